@@ -1,0 +1,44 @@
+"""Small shared helpers: size and address parsing used by the CLI, engine and Ansible modules."""
+
+from __future__ import annotations
+
+import re
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str | int) -> int:
+    """Return a byte count from `512M`, `10G`, `1T`, `4096` (binary units); ValueError otherwise."""
+    if isinstance(text, int):
+        if text <= 0:
+            raise ValueError(f"size must be positive, got {text}")
+        return text
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise ValueError(f"invalid size {text!r}: use bytes or a number with K, M, G or T")
+    value = int(m.group(1)) * _UNITS[m.group(2).upper()]
+    if value <= 0:
+        raise ValueError(f"size must be positive, got {text!r}")
+    return value
+
+
+def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int]:
+    """Split `HOST:PORT` (or `[v6]:PORT`, or `HOST` when a default port is given)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_s = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _, port_s = text.partition(":")
+    else:
+        host, port_s = text, ""
+    if not port_s:
+        if default_port is None:
+            raise ValueError(f"address {text!r} needs a port (HOST:PORT)")
+        return host, default_port
+    if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        raise ValueError(f"invalid port in address {text!r}")
+    if not host:
+        raise ValueError(f"address {text!r} has no host")
+    return host, int(port_s)

@@ -1,0 +1,52 @@
+"""The block-volume interface the iSCSI/SCSI frontend serves, and its error types."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+
+class VolumeError(Exception):
+    """Base of every error a volume reports to the frontend."""
+
+
+class VolumeNotReady(VolumeError):
+    """The volume cannot serve I/O yet (waiting for replicas, resynchronising)."""
+
+
+class VolumeIOError(VolumeError):
+    """The I/O failed on every replica that could serve it."""
+
+
+class VolumeFenced(VolumeError):
+    """A newer controller (higher epoch) owns the volume; this one must stop serving."""
+
+
+class OutOfRange(VolumeError):
+    """The request reaches past the end of the volume."""
+
+
+@runtime_checkable
+class BlockVolume(Protocol):
+    """What a SCSI logical unit needs from the storage behind it (see docs/DESIGN.md §1)."""
+
+    name: str
+    size: int
+    block_size: int
+
+    async def read(self, offset: int, length: int) -> bytes | bytearray | memoryview: ...
+
+    async def write(self, offset: int, data: bytes | memoryview, fua: bool = False) -> None: ...
+
+    async def flush(self) -> None: ...
+
+    async def unmap(self, offset: int, length: int) -> None: ...
+
+    async def allocated(self, offset: int, length: int) -> list[tuple[int, int, bool]]: ...
+
+    def ready(self) -> bool: ...
+
+
+def check_range(size: int, offset: int, length: int) -> None:
+    """Raise OutOfRange unless [offset, offset+length) lies inside a volume of `size` bytes."""
+    if offset < 0 or length < 0 or offset + length > size:
+        raise OutOfRange(f"range {offset}+{length} outside volume of {size} bytes")
