@@ -1,0 +1,55 @@
+"""HMAC-SHA256 challenge-response for the replica handshake (DESIGN.md §3); no secret on the wire.
+
+mac inputs are the UTF-8 volume name followed by the raw (hex-decoded) nonces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from pathlib import Path
+
+NONCE_BYTES = 16
+
+
+def new_nonce() -> str:
+    """Return a fresh random nonce as hex."""
+    return secrets.token_hex(NONCE_BYTES)
+
+
+def _as_bytes(secret: str | bytes) -> bytes:
+    return secret.encode() if isinstance(secret, str) else bytes(secret)
+
+
+def _mac(secret: str | bytes, label: bytes, volume: str, first: str, second: str) -> str:
+    msg = label + volume.encode() + bytes.fromhex(first) + bytes.fromhex(second)
+    return hmac.new(_as_bytes(secret), msg, hashlib.sha256).hexdigest()
+
+
+def client_mac(secret: str | bytes, volume: str, nonce: str, cnonce: str) -> str:
+    """The client's proof: HMAC(secret, "jiva-client|" + volume + nonce + cnonce)."""
+    return _mac(secret, b"jiva-client|", volume, nonce, cnonce)
+
+
+def server_mac(secret: str | bytes, volume: str, nonce: str, cnonce: str) -> str:
+    """The replica's proof: HMAC(secret, "jiva-server|" + volume + cnonce + nonce)."""
+    return _mac(secret, b"jiva-server|", volume, cnonce, nonce)
+
+
+def verify(expected: str, got: object) -> bool:
+    """Constant-time comparison of two hex MACs; False for anything that is not a string."""
+    if not isinstance(got, str):
+        return False
+    return hmac.compare_digest(expected.encode(), got.encode())
+
+
+def read_secret_file(path: str | Path) -> bytes:
+    """Read a shared secret (surrounding whitespace stripped); ValueError if missing or empty."""
+    try:
+        data = Path(path).read_bytes().strip()
+    except OSError as e:
+        raise ValueError(f"cannot read secret file {path}: {e.strerror}") from None
+    if not data:
+        raise ValueError(f"secret file {path} is empty")
+    return data

@@ -1,0 +1,313 @@
+"""Pipelining client for one replica: one TCP connection, requests keyed by req_id.
+
+Frames are queued when a method is *called* and written in call order, coalesced into one
+send per event-loop iteration, so writes reach the replica in the order the controller issued them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from typing import Any
+
+from jiva_engine.protocol import auth, wire
+
+log = logging.getLogger(__name__)
+
+_pack = wire.HEADER.pack
+_MAGIC = wire.MAGIC
+
+
+class ReplicaUnavailable(Exception):
+    """The replica cannot be reached: connection refused/lost, or a request timed out."""
+
+
+class ReplicaError(Exception):
+    """The replica answered a request with an error status."""
+
+    def __init__(self, status: int, message: str = "") -> None:
+        self.status = status
+        self.message = message
+        name = wire.STATUS_NAMES.get(status, str(status))
+        super().__init__(f"{name}: {message}" if message else name)
+
+
+class _ClientProtocol(asyncio.Protocol):
+    def __init__(self, client: ReplicaClient) -> None:
+        self.client = client
+        self.reader = wire.FrameReader()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client._lost(f"connection lost: {exc}" if exc else "connection closed by the replica")
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.reader.feed(data)
+        except wire.FrameError as e:
+            self.client._abort(f"malformed frame from replica: {e}")
+            return
+        self.client._on_frames(frames)
+
+
+class ReplicaClient:
+    """One connection to one replica; see DESIGN.md §3 for the operations.
+
+    `read`, `write`, `flush` and `unmap` are plain methods returning an awaitable future, so the
+    frame is queued at call time (issue order == wire order == apply order). A request that gets no
+    answer within `timeout` seconds closes the connection and fails every pending request with
+    ReplicaUnavailable (the replica is then considered gone; reconnect with a new client).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        volume: str,
+        secret: str | bytes | None = None,
+        timeout: float = 3.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.volume = volume
+        self.secret = secret
+        self.timeout = timeout
+        self.address = f"{host}:{port}"
+        self.epoch = 0  # highest epoch this client has used; default for fenced control ops
+        self.hello: dict[str, Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._transport: asyncio.Transport | None = None
+        self._pending: dict[int, asyncio.Future] = {}
+        self._deadlines: collections.deque[tuple[float, int]] = collections.deque()
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._next_id = 1
+        self._hello_fut: asyncio.Future | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._closed_reason: str | None = "not connected"
+
+    # ------------------------------------------------------------------ connection
+    @property
+    def connected(self) -> bool:
+        """True while the connection is up and authenticated."""
+        return self._transport is not None and self._closed_reason is None
+
+    async def connect(self) -> None:
+        """Open the connection and run the HELLO/AUTH handshake (ReplicaError on refusal)."""
+        loop = self._loop = asyncio.get_running_loop()
+        self._hello_fut = loop.create_future()
+        try:
+            transport, _ = await asyncio.wait_for(
+                loop.create_connection(lambda: _ClientProtocol(self), self.host, self.port),
+                self.timeout,
+            )
+        except (TimeoutError, OSError) as e:
+            raise ReplicaUnavailable(f"cannot connect to replica {self.address}: {e}") from None
+        self._transport = transport
+        self._closed_reason = None
+        self._arm_watchdog()
+        try:
+            await self._handshake()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _handshake(self) -> None:
+        try:
+            hello = await asyncio.wait_for(asyncio.shield(self._hello_fut), self.timeout)
+        except TimeoutError:
+            raise ReplicaUnavailable(f"replica {self.address} sent no HELLO") from None
+        if not isinstance(hello, dict) or not isinstance(hello.get("nonce"), str):
+            raise ReplicaUnavailable(f"replica {self.address} sent a malformed HELLO")
+        self.hello = hello
+        if hello.get("volume") != self.volume:
+            raise ReplicaError(
+                wire.WRONG_VOLUME,
+                f"replica {self.address} serves volume {hello.get('volume')!r}, not {self.volume!r}",
+            )
+        if hello.get("auth") and not self.secret:
+            raise ReplicaError(wire.AUTH_REQUIRED, f"replica {self.address} requires a secret")
+        if self.secret and not hello.get("auth"):
+            raise ReplicaError(
+                wire.AUTH_FAILED,
+                f"replica {self.address} has no secret configured but this client has one",
+            )
+        cnonce = auth.new_nonce()
+        mac = (
+            auth.client_mac(self.secret, self.volume, hello["nonce"], cnonce) if self.secret else ""
+        )
+        answer = await self._json(wire.AUTH, {"volume": self.volume, "mac": mac, "cnonce": cnonce})
+        if self.secret:
+            want = auth.server_mac(self.secret, self.volume, hello["nonce"], cnonce)
+            if not isinstance(answer, dict) or not auth.verify(want, answer.get("mac")):
+                raise ReplicaError(
+                    wire.AUTH_FAILED, f"replica {self.address} failed to prove the shared secret"
+                )
+
+    async def close(self) -> None:
+        """Close the connection; pending requests fail with ReplicaUnavailable."""
+        if self._transport is not None:
+            self._flush()
+            self._transport.close()
+        self._lost("connection closed by the client")
+
+    def _abort(self, reason: str) -> None:
+        log.warning("replica %s: %s", self.address, reason)
+        if self._transport is not None:
+            self._transport.abort()
+        self._lost(reason)
+
+    def _lost(self, reason: str) -> None:
+        if self._closed_reason is None:
+            self._closed_reason = reason
+        self._transport = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        self._out.clear()
+        pending, self._pending = self._pending, {}
+        self._deadlines.clear()
+        err_text = f"replica {self.address}: {self._closed_reason}"
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(ReplicaUnavailable(err_text))
+        if self._hello_fut is not None and not self._hello_fut.done():
+            self._hello_fut.set_exception(ReplicaUnavailable(err_text))
+
+    def _arm_watchdog(self) -> None:
+        period = max(0.02, min(0.5, self.timeout / 4))
+        self._watchdog = self._loop.call_later(period, self._check_timeouts)
+
+    def _check_timeouts(self) -> None:
+        now = time.monotonic()
+        dl = self._deadlines
+        pending = self._pending
+        while dl and (dl[0][1] not in pending):
+            dl.popleft()
+        if dl and dl[0][0] <= now:
+            op_age = self.timeout + now - dl[0][0]
+            self._abort(f"request {dl[0][1]} got no answer in {op_age:.1f}s (timeout)")
+            return
+        self._arm_watchdog()
+
+    # ------------------------------------------------------------------ frames
+    def _send(
+        self, op: int, offset: int = 0, length: int = 0, epoch: int = 0, payload: Any = b""
+    ) -> asyncio.Future:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        if self._transport is None:
+            fut.set_exception(ReplicaUnavailable(f"replica {self.address}: {self._closed_reason}"))
+            return fut
+        if epoch > self.epoch:
+            self.epoch = epoch
+        rid = self._next_id
+        self._next_id = rid + 1
+        self._pending[rid] = fut
+        self._deadlines.append((time.monotonic() + self.timeout, rid))
+        out = self._out
+        plen = len(payload)
+        out.append(_pack(_MAGIC, op, 0, plen, rid, offset, length, epoch))
+        if plen:
+            out.append(payload)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out = self._out
+        if out and self._transport is not None:
+            self._out = []
+            self._transport.write(b"".join(out) if len(out) > 1 else out[0])
+
+    def _on_frames(self, frames: list[tuple]) -> None:
+        pending = self._pending
+        for op, status, req_id, _off, _len, _epoch, payload in frames:
+            fut = pending.pop(req_id, None)
+            if fut is None:
+                if op == wire.HELLO and self._hello_fut is not None and not self._hello_fut.done():
+                    try:
+                        self._hello_fut.set_result(wire.loads(payload))
+                    except wire.FrameError as e:
+                        self._hello_fut.set_exception(ReplicaUnavailable(f"bad HELLO: {e}"))
+                continue
+            if fut.done():
+                continue
+            if status:
+                fut.set_exception(ReplicaError(status, payload.decode("utf-8", "replace")))
+            else:
+                fut.set_result(payload)
+
+    async def _json(self, op: int, obj: Any = None, epoch: int | None = None, **kw: int) -> Any:
+        payload = wire.dumps(obj) if obj is not None else b""
+        ep = self.epoch if epoch is None else epoch
+        data = await self._send(op, epoch=ep, payload=payload, **kw)
+        try:
+            return wire.loads(data)
+        except wire.FrameError as e:
+            raise ReplicaError(
+                wire.EIO, f"bad JSON answer from replica {self.address}: {e}"
+            ) from None
+
+    # ------------------------------------------------------------------ data operations
+    def read(self, offset: int, length: int, epoch: int) -> asyncio.Future:
+        """Read `length` bytes at `offset`; the future resolves to bytes."""
+        return self._send(wire.READ, offset, length, epoch)
+
+    def write(
+        self,
+        offset: int,
+        data: bytes | bytearray | memoryview,
+        epoch: int,
+        fua: bool = False,
+        rebuild: bool = False,
+    ) -> asyncio.Future:
+        """Write `data` at `offset` (do not modify `data` until the future is done).
+
+        fua: stable on disk before the answer; rebuild: counted as rebuild traffic.
+        """
+        flags = (wire.FLAG_FUA if fua else 0) | (wire.FLAG_REBUILD if rebuild else 0)
+        return self._send(wire.WRITE, offset, flags, epoch, data)
+
+    def flush(self, epoch: int) -> asyncio.Future:
+        """Make every write answered so far stable on the replica's disk."""
+        return self._send(wire.FLUSH, 0, 0, epoch)
+
+    def unmap(self, offset: int, length: int, epoch: int) -> asyncio.Future:
+        """Deallocate a range; it reads back as zeroes."""
+        return self._send(wire.UNMAP, offset, length, epoch)
+
+    # ------------------------------------------------------------------ control operations
+    async def ping(self) -> None:
+        """Round trip to check the replica answers."""
+        await self._send(wire.PING)
+
+    async def info(self) -> dict[str, Any]:
+        """Replica metadata, mode, stats and dirty state (see DESIGN.md §3 INFO)."""
+        return await self._json(wire.INFO)
+
+    async def set_meta(self, **fields: Any) -> dict[str, Any]:
+        """Update epoch/membership/tracking/clean; persisted before the answer. Returns the meta."""
+        ep = fields.get("epoch")
+        return await self._json(wire.SET_META, fields, ep if isinstance(ep, int) else None)
+
+    async def set_mode(self, mode: str) -> dict[str, Any]:
+        """Tell the replica it is "WO" (being rebuilt, not current) or "RW" (current)."""
+        return await self._json(wire.SET_MODE, {"mode": mode})
+
+    async def dirty_map(self) -> dict[str, Any]:
+        """{"region_size", "dirty": [regions], "missed": {"E": [regions]}}."""
+        return await self._json(wire.DIRTY_MAP)
+
+    async def clear_dirty(self, regions: list[int] | None = None) -> None:
+        """Clear dirty bits (all when `regions` is None) after syncing the data file."""
+        await self._json(wire.CLEAR_DIRTY, {"regions": regions})
+
+    async def extents(self, offset: int, length: int) -> list[list[int]]:
+        """Allocated [offset, length] runs inside the range."""
+        return await self._json(wire.EXTENTS, None, offset=offset, length=length)

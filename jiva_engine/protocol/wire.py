@@ -1,0 +1,202 @@
+"""Controller <-> replica frame codec (DESIGN.md §3): a 40-byte big-endian header plus payload.
+
+Kept allocation-light because every replicated block I/O crosses it twice.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any, NamedTuple
+
+HEADER = struct.Struct(">HBBIQQQQ")
+HEADER_SIZE = HEADER.size  # 40
+MAGIC = 0x4A56  # "JV"
+MAX_IO = 16 * 1024 * 1024  # largest READ/WRITE/UNMAP length in one frame
+MAX_PAYLOAD = MAX_IO + 4096  # larger payload_len = malformed frame
+SECTOR = 512
+
+# operation codes
+HELLO = 1
+AUTH = 2
+PING = 3
+INFO = 4
+READ = 5
+WRITE = 6
+FLUSH = 7
+UNMAP = 8
+SET_META = 9
+DIRTY_MAP = 10
+CLEAR_DIRTY = 11
+EXTENTS = 12
+SET_MODE = 13
+
+OP_NAMES = {
+    HELLO: "HELLO",
+    AUTH: "AUTH",
+    PING: "PING",
+    INFO: "INFO",
+    READ: "READ",
+    WRITE: "WRITE",
+    FLUSH: "FLUSH",
+    UNMAP: "UNMAP",
+    SET_META: "SET_META",
+    DIRTY_MAP: "DIRTY_MAP",
+    CLEAR_DIRTY: "CLEAR_DIRTY",
+    EXTENTS: "EXTENTS",
+    SET_MODE: "SET_MODE",
+}
+
+# WRITE flags (carried in the `length` field)
+FLAG_FUA = 1
+FLAG_REBUILD = 2
+
+# status codes
+OK = 0
+EINVAL = 1
+EIO = 2
+STALE_EPOCH = 3
+AUTH_REQUIRED = 4
+AUTH_FAILED = 5
+WRONG_VOLUME = 6
+UNKNOWN_OP = 7
+
+STATUS_NAMES = {
+    OK: "OK",
+    EINVAL: "EINVAL",
+    EIO: "EIO",
+    STALE_EPOCH: "STALE_EPOCH",
+    AUTH_REQUIRED: "AUTH_REQUIRED",
+    AUTH_FAILED: "AUTH_FAILED",
+    WRONG_VOLUME: "WRONG_VOLUME",
+    UNKNOWN_OP: "UNKNOWN_OP",
+}
+
+_pack = HEADER.pack
+_unpack_from = HEADER.unpack_from
+
+
+class FrameError(ValueError):
+    """Malformed input on the wire (bad magic, oversized payload, bad JSON, truncated frame)."""
+
+
+class Frame(NamedTuple):
+    """One decoded message."""
+
+    op: int
+    status: int
+    req_id: int
+    offset: int
+    length: int
+    epoch: int
+    payload: bytes
+
+
+def pack_header(
+    op: int,
+    req_id: int,
+    payload_len: int = 0,
+    status: int = 0,
+    offset: int = 0,
+    length: int = 0,
+    epoch: int = 0,
+) -> bytes:
+    """Return the 40-byte header for a frame (the payload is sent separately)."""
+    return _pack(MAGIC, op, status, payload_len, req_id, offset, length, epoch)
+
+
+def encode(
+    op: int,
+    req_id: int,
+    payload: bytes = b"",
+    status: int = 0,
+    offset: int = 0,
+    length: int = 0,
+    epoch: int = 0,
+) -> bytes:
+    """Return a whole frame (header + payload) as bytes; FrameError if the payload is too big."""
+    if len(payload) > MAX_PAYLOAD:
+        raise FrameError(f"payload of {len(payload)} bytes exceeds the {MAX_PAYLOAD}-byte limit")
+    return _pack(MAGIC, op, status, len(payload), req_id, offset, length, epoch) + bytes(payload)
+
+
+def decode(data: bytes | bytearray | memoryview) -> Frame:
+    """Decode exactly one whole frame; FrameError if it is malformed, truncated or has extra bytes."""
+    if len(data) < HEADER_SIZE:
+        raise FrameError(f"truncated frame: {len(data)} bytes, header needs {HEADER_SIZE}")
+    magic, op, status, plen, req_id, offset, length, epoch = _unpack_from(data, 0)
+    _check(magic, plen)
+    if len(data) != HEADER_SIZE + plen:
+        what = "truncated" if len(data) < HEADER_SIZE + plen else "trailing bytes after"
+        raise FrameError(f"{what} frame: payload_len {plen}, got {len(data) - HEADER_SIZE} bytes")
+    return Frame(op, status, req_id, offset, length, epoch, bytes(data[HEADER_SIZE:]))
+
+
+def _check(magic: int, plen: int) -> None:
+    if magic != MAGIC:
+        raise FrameError(f"bad magic 0x{magic:04x} (expected 0x{MAGIC:04x})")
+    if plen > MAX_PAYLOAD:
+        raise FrameError(f"payload_len {plen} exceeds the {MAX_PAYLOAD}-byte limit")
+
+
+class FrameReader:
+    """Incremental decoder for a byte stream: feed() returns the frames completed so far.
+
+    Frames are plain tuples (op, status, req_id, offset, length, epoch, payload) for speed;
+    they unpack in the same order as `Frame`.
+    """
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def pending(self) -> int:
+        """Bytes buffered that do not yet form a whole frame."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[tuple]:
+        """Consume `data`; return the whole frames it completes. Raises FrameError."""
+        buf = self._buf
+        if buf:
+            buf += data
+            src = memoryview(buf)
+        else:
+            src = data
+        frames = []
+        append = frames.append
+        pos = 0
+        n = len(src)
+        try:
+            while n - pos >= HEADER_SIZE:
+                magic, op, status, plen, req_id, offset, length, epoch = _unpack_from(src, pos)
+                if magic != MAGIC or plen > MAX_PAYLOAD:
+                    _check(magic, plen)
+                end = pos + HEADER_SIZE + plen
+                if end > n:
+                    break
+                payload = bytes(src[pos + HEADER_SIZE : end]) if plen else b""
+                append((op, status, req_id, offset, length, epoch, payload))
+                pos = end
+        finally:
+            if src is not data:
+                src.release()
+        if src is data:
+            if pos < n:
+                buf += data[pos:]
+        elif pos:
+            del buf[:pos]
+        return frames
+
+
+def dumps(obj: Any) -> bytes:
+    """Encode a JSON payload."""
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def loads(payload: bytes) -> Any:
+    """Decode a JSON payload; FrameError when it is not valid JSON."""
+    try:
+        return json.loads(payload) if payload else None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise FrameError(f"bad JSON payload: {e}") from None

@@ -1,0 +1,92 @@
+"""`jiva replica`: run one replica process for one volume on this node."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from jiva_engine.protocol.auth import read_secret_file
+from jiva_engine.replica.server import ReplicaServer
+from jiva_engine.replica.store import ReplicaStore, StoreError
+from jiva_engine.util import parse_hostport, parse_size
+
+log = logging.getLogger("jiva.replica")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of `jiva replica` (DESIGN.md §4)."""
+    p.add_argument("--volume", required=True, help="volume name this replica belongs to")
+    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to serve on")
+    p.add_argument("--dir", required=True, help="data directory (created if missing)")
+    p.add_argument("--size", required=True, help="volume size: 512M, 10G, 1T or bytes")
+    p.add_argument("--secret-file", help="shared secret the controller must prove")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--sync-interval",
+        type=float,
+        default=2.0,
+        help="seconds between background fdatasync + dirty-map clearing (default 2)",
+    )
+    p.add_argument("--region-size", default="1M", help="dirty-map region size for a new DIR")
+
+
+def _fail(msg: str) -> int:
+    print(f"jiva replica: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the replica and serve until SIGTERM/SIGINT; 2 on bad configuration."""
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format=f"%(asctime)s replica[{args.volume}@{args.listen}] %(levelname)s %(message)s",
+    )
+    try:
+        size = parse_size(args.size)
+        region = parse_size(args.region_size)
+        host, port = parse_hostport(args.listen)
+        secret = read_secret_file(args.secret_file) if args.secret_file else None
+    except ValueError as e:
+        return _fail(str(e))
+    if args.sync_interval <= 0:
+        return _fail("--sync-interval must be positive")
+    try:
+        store = ReplicaStore(args.dir, args.volume, size, region)
+    except StoreError as e:
+        return _fail(str(e))
+    except OSError as e:
+        return _fail(f"cannot open {args.dir}: {e}")
+    return asyncio.run(_serve(store, host, port, secret, args.sync_interval))
+
+
+async def _serve(
+    store: ReplicaStore, host: str, port: int, secret: bytes | None, interval: float
+) -> int:
+    server = ReplicaServer(store, secret, interval)
+    try:
+        await server.start(host, port)
+    except OSError as e:
+        store.close(clean=True)
+        return _fail(f"cannot listen on {host}:{port}: {e.strerror or e}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "serving volume %s (%d bytes, epoch %s, mode %s, %d dirty regions) from %s",
+        store.volume,
+        store.size,
+        store.epoch,
+        store.mode,
+        len(store.dirty),
+        store.dir,
+    )
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()
+    log.info("stopped cleanly")
+    return 0

@@ -1,0 +1,643 @@
+"""The replica server: serves one ReplicaStore over the wire protocol (DESIGN.md §3).
+
+Frames of a connection are applied strictly in arrival order; a frame that needs disk metadata
+first (a dirty bit going 0->1, SET_META) holds back the ones after it. Reads and writes go straight
+to the page cache from the event loop; only fsyncs run in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from jiva_engine.protocol import auth, wire
+from jiva_engine.replica.store import ReplicaStore
+
+log = logging.getLogger(__name__)
+
+_pack = wire.HEADER.pack
+_MAGIC = wire.MAGIC
+_READ, _WRITE = wire.READ, wire.WRITE
+_QUEUE_FRAMES_MAX = 4096  # frames buffered per connection before we stop reading
+_QUEUE_BYTES_MAX = 64 << 20
+
+
+class Coalescer:
+    """Runs an async job on demand; each request() is answered by a run that started after it.
+
+    Concurrent requests share one run (one fdatasync covers many FUA writes).
+    """
+
+    def __init__(self, job: Callable[[], Awaitable[None]], name: str) -> None:
+        self.job = job
+        self.name = name
+        self.waiters: list[asyncio.Future] = []
+        self.task: asyncio.Task | None = None
+
+    def request(self) -> asyncio.Future:
+        """Ask for a run; the future resolves (or fails) when a covering run has finished."""
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters.append(fut)
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._run())
+        return fut
+
+    async def _run(self) -> None:
+        try:
+            while self.waiters:
+                waiters, self.waiters = self.waiters, []
+                exc: BaseException | None = None
+                try:
+                    await self.job()
+                except Exception as e:  # reported to every waiter
+                    log.error("%s failed: %s", self.name, e)
+                    exc = e
+                for w in waiters:
+                    if not w.done():
+                        if exc is None:
+                            w.set_result(None)
+                        else:
+                            w.set_exception(exc)
+        finally:
+            self.task = None
+
+
+def _consume(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+class Stats:
+    """I/O counters reported by INFO."""
+
+    __slots__ = (
+        "reads",
+        "writes",
+        "unmaps",
+        "flushes",
+        "bytes_read",
+        "bytes_written",
+        "rebuild_bytes_written",
+        "errors",
+    )
+
+    def __init__(self) -> None:
+        for k in self.__slots__:
+            setattr(self, k, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        """Counters as a JSON-able dict."""
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+class ReplicaServer:
+    """Accepts controller connections for one store; owns the sync/bitmap background work."""
+
+    def __init__(
+        self,
+        store: ReplicaStore,
+        secret: bytes | None = None,
+        sync_interval: float = 2.0,
+    ) -> None:
+        self.store = store
+        self.secret = secret
+        self.sync_interval = sync_interval
+        self.stats = Stats()
+        self.conns: set[ReplicaConnection] = set()
+        self.meta_lock = asyncio.Lock()
+        self.persist = Coalescer(self._persist_job, "dirty-map write")
+        self.syncer = Coalescer(self._sync_job, "fdatasync")
+        self._server: asyncio.base_events.Server | None = None
+        self._tick: asyncio.Task | None = None
+        self.tasks: set[asyncio.Task] = set()
+
+    async def start(self, host: str, port: int) -> None:
+        """Listen on host:port and start the periodic sync-and-clear."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: ReplicaConnection(self), host, port, reuse_address=True
+        )
+        self._tick = loop.create_task(self._tick_loop())
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful with port 0)."""
+        return self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Stop serving, finish background disk work, close the store cleanly."""
+        if self._server is not None:
+            self._server.close()
+        if self._tick is not None:
+            self._tick.cancel()
+        for c in list(self.conns):
+            c.transport.close()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=10)
+        for co in (self.persist, self.syncer):
+            if co.task is not None:
+                await asyncio.wait([co.task], timeout=10)
+        await asyncio.get_running_loop().run_in_executor(None, self.store.close, True)
+
+    def spawn(self, coro: Awaitable[Any]) -> asyncio.Task:
+        """Run a per-request coroutine, keeping a reference until it finishes."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    # ------------------------------------------------------------------ background disk work
+    async def _persist_job(self) -> None:
+        store = self.store
+        snap = store.bitmap_snapshot()
+        await asyncio.get_running_loop().run_in_executor(None, store.write_bitmaps, snap)
+        store.bitmaps_written(snap)
+
+    async def _sync_job(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.store.datasync)
+
+    async def sync_and_clear(self) -> None:
+        """fdatasync the data, then lazily clear dirty bits of regions idle since the last pass."""
+        cand, seq = self.store.begin_clear()
+        await self.syncer.request()
+        if cand and self.store.finish_clear(cand, seq):
+            self.persist.request().add_done_callback(_consume)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.sync_interval)
+            store = self.store
+            if store.dirty and (store.dirty - store.sticky):
+                try:
+                    await self.sync_and_clear()
+                except Exception as e:
+                    log.error("periodic sync failed: %s", e)
+
+    async def write_meta(self) -> None:
+        """Persist meta.json (atomically) from the current in-memory meta."""
+        async with self.meta_lock:
+            snap = self.store.meta_snapshot()
+            await asyncio.get_running_loop().run_in_executor(None, self.store.write_meta, snap)
+
+    def info(self) -> dict[str, Any]:
+        """INFO answer: meta, mode, dirty state and stats."""
+        store = self.store
+        out = dict(store.meta)
+        out["tracking"] = sorted(store.missed)
+        out["mode"] = store.mode
+        out["dirty"] = bool(store.dirty)
+        out["dirty_regions"] = len(store.dirty)
+        out["stats"] = self.stats.as_dict()
+        out["connections"] = len(self.conns)
+        return out
+
+
+class _Malformed(Exception):
+    pass
+
+
+class ReplicaConnection(asyncio.Protocol):
+    """One controller connection: handshake, then frames applied in order."""
+
+    def __init__(self, server: ReplicaServer) -> None:
+        self.server = server
+        self.store = server.store
+        self.stats = server.stats
+        self.reader = wire.FrameReader()
+        self.queue: collections.deque[tuple] = collections.deque()
+        self.queued_bytes = 0
+        self.out: list[bytes] = []
+        self.flush_scheduled = False
+        self.blocked = False
+        self.closing = False
+        self.authed = False
+        self.read_paused = False
+        self.write_paused = False
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.nonce = auth.new_nonce()
+        self.loop = asyncio.get_event_loop()
+
+    # ------------------------------------------------------------------ transport callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        transport.set_write_buffer_limits(high=8 << 20)  # type: ignore[attr-defined]
+        self.server.conns.add(self)
+        hello = {
+            "volume": self.store.volume,
+            "nonce": self.nonce,
+            "auth": self.server.secret is not None,
+        }
+        self._reply(wire.HELLO, 0, wire.dumps(hello))
+        log.debug("connection from %s", self.peer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.queue.clear()
+        self.server.conns.discard(self)
+        log.debug("connection from %s closed", self.peer)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        want_pause = self.write_paused or (
+            len(self.queue) > _QUEUE_FRAMES_MAX or self.queued_bytes > _QUEUE_BYTES_MAX
+        )
+        if want_pause != self.read_paused and not self.closing:
+            self.read_paused = want_pause
+            if want_pause:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            frames = self.reader.feed(data)
+        except wire.FrameError as e:
+            self._malformed(str(e))
+            return
+        if not frames:
+            return
+        if self.blocked or self.queue:
+            self.queue.extend(frames)
+            self.queued_bytes += sum(len(f[6]) for f in frames)
+            self._update_reading()
+            return
+        self.queue.extend(frames)
+        self.queued_bytes += sum(len(f[6]) for f in frames)
+        self._run()
+
+    def _malformed(self, reason: str) -> None:
+        log.warning("malformed frame from %s: %s; closing that connection", self.peer, reason)
+        self.stats.errors += 1
+        self.closing = True
+        self.queue.clear()
+        self._flush()
+        self.transport.close()
+
+    # ------------------------------------------------------------------ output
+    def _reply(
+        self, op: int, req_id: int, payload: bytes = b"", status: int = 0, offset: int = 0
+    ) -> None:
+        out = self.out
+        out.append(
+            _pack(_MAGIC, op, status, len(payload), req_id, offset, 0, self.store.meta["epoch"])
+        )
+        if payload:
+            out.append(payload)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _error(self, op: int, req_id: int, status: int, message: str) -> None:
+        self.stats.errors += 1
+        self._reply(op, req_id, message.encode(), status)
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        out = self.out
+        if out:
+            self.out = []
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+
+    # ------------------------------------------------------------------ frame loop
+    def _run(self) -> None:
+        q = self.queue
+        try:
+            while q and not self.blocked and not self.closing:
+                f = q.popleft()
+                self.queued_bytes -= len(f[6])
+                op = f[0]
+                if op == _WRITE and self.authed:
+                    self._write(f)
+                elif op == _READ and self.authed:
+                    self._read(f)
+                else:
+                    self._control(f)
+        except _Malformed as e:
+            self._malformed(str(e))
+            return
+        if self.read_paused:
+            self._update_reading()
+
+    def _block(self, coro: Awaitable[None]) -> None:
+        """Hold back later frames of this connection until `coro` (which replies) is done."""
+        self.blocked = True
+        self.server.spawn(coro).add_done_callback(self._unblock)
+
+    def _unblock(self, task: asyncio.Task) -> None:
+        self.blocked = False
+        if not task.cancelled() and task.exception() is not None:
+            log.error("request from %s failed: %r", self.peer, task.exception())
+        if not self.closing:
+            self._run()
+
+    def _stale(self, op: int, req_id: int, epoch: int) -> None:
+        self._error(
+            op,
+            req_id,
+            wire.STALE_EPOCH,
+            f"request epoch {epoch} is older than the replica's epoch {self.store.meta['epoch']}",
+        )
+
+    # ------------------------------------------------------------------ data ops
+    def _write(self, f: tuple) -> None:
+        _op, _st, rid, off, flags, ep, payload = f
+        store = self.store
+        if ep < store.meta["epoch"]:
+            return self._stale(_WRITE, rid, ep)
+        n = len(payload)
+        if n == 0 or off % 512 or n % 512 or off + n > store.size:
+            why = store.check_range(off, n) or "bad range"
+            return self._error(_WRITE, rid, wire.EINVAL, f"WRITE refused: {why}")
+        if store.needs_intent(off, n):
+            store.mark(off, n)
+            return self._block(self._write_slow(f))
+        self._apply_write(f)
+
+    async def _write_slow(self, f: tuple) -> None:
+        store = self.store
+        try:
+            while store.needs_intent(f[3], len(f[6])):
+                await self.server.persist.request()
+        except Exception as e:
+            return self._error(_WRITE, f[2], wire.EIO, f"cannot record write intent: {e}")
+        self._apply_write(f)
+
+    def _apply_write(self, f: tuple) -> None:
+        _op, _st, rid, off, flags, _ep, payload = f
+        n = len(payload)
+        store = self.store
+        try:
+            store.pwrite(off, payload)
+        except OSError as e:
+            return self._error(_WRITE, rid, wire.EIO, f"write failed: {e}")
+        store.note_write(off, n)
+        st = self.stats
+        st.writes += 1
+        st.bytes_written += n
+        if flags & wire.FLAG_REBUILD:
+            st.rebuild_bytes_written += n
+        if flags & wire.FLAG_FUA:
+            self.server.spawn(self._synced_reply(_WRITE, rid))
+        else:
+            self._reply(_WRITE, rid)
+
+    async def _synced_reply(self, op: int, rid: int) -> None:
+        try:
+            await self.server.syncer.request()
+        except Exception as e:
+            return self._error(op, rid, wire.EIO, f"fdatasync failed: {e}")
+        self._reply(op, rid)
+
+    def _read(self, f: tuple) -> None:
+        _op, _st, rid, off, n, ep, _payload = f
+        store = self.store
+        if ep < store.meta["epoch"]:
+            return self._stale(_READ, rid, ep)
+        if n > wire.MAX_IO or n <= 0 or off % 512 or n % 512 or off + n > store.size:
+            why = store.check_range(off, n) or f"length {n} exceeds {wire.MAX_IO}"
+            return self._error(_READ, rid, wire.EINVAL, f"READ refused: {why}")
+        try:
+            data = store.pread(off, n)
+        except OSError as e:
+            return self._error(_READ, rid, wire.EIO, f"read failed: {e}")
+        st = self.stats
+        st.reads += 1
+        st.bytes_read += n
+        self._reply(_READ, rid, data)
+
+    # ------------------------------------------------------------------ control ops
+    def _json(self, payload: bytes) -> Any:
+        try:
+            return wire.loads(payload)
+        except wire.FrameError as e:
+            raise _Malformed(str(e)) from None
+
+    def _control(self, f: tuple) -> None:
+        op, _st, rid, off, length, ep, payload = f
+        if not self.authed:
+            if op == wire.AUTH:
+                return self._auth(rid, self._json(payload))
+            return self._error(op, rid, wire.AUTH_REQUIRED, "authenticate first (AUTH)")
+        store = self.store
+        if op == wire.PING:
+            return self._reply(op, rid)
+        if op == wire.INFO:
+            return self._reply(op, rid, wire.dumps(self.server.info()))
+        if op == wire.DIRTY_MAP:
+            body = {
+                "region_size": store.region_size,
+                "dirty": sorted(store.dirty),
+                "missed": {str(e): sorted(m) for e, m in store.missed.items()},
+            }
+            return self._reply(op, rid, wire.dumps(body))
+        if op == wire.EXTENTS:
+            if off < 0 or length <= 0 or off + length > store.size:
+                return self._error(op, rid, wire.EINVAL, store.check_range(off, length) or "")
+            try:
+                return self._reply(op, rid, wire.dumps(store.extents(off, length)))
+            except OSError as e:
+                return self._error(op, rid, wire.EIO, f"extents failed: {e}")
+        if op == wire.AUTH:
+            return self._error(op, rid, wire.EINVAL, "already authenticated")
+        if op not in wire.OP_NAMES or op == wire.HELLO:
+            return self._error(op, rid, wire.UNKNOWN_OP, f"unknown operation {op}")
+        # the rest change state: fenced by epoch
+        if ep < store.meta["epoch"]:
+            return self._stale(op, rid, ep)
+        if op == wire.FLUSH:
+            self.stats.flushes += 1
+            self.server.spawn(self._flush_op(rid))
+        elif op == wire.UNMAP:
+            self._unmap(rid, off, length)
+        elif op == wire.SET_META:
+            body = self._json(payload)
+            self._block(self._set_meta(rid, ep, body))
+        elif op == wire.SET_MODE:
+            body = self._json(payload)
+            self._block(self._set_mode(rid, body))
+        elif op == wire.CLEAR_DIRTY:
+            body = self._json(payload)
+            self._block(self._clear_dirty(rid, body))
+
+    def _auth(self, rid: int, body: Any) -> None:
+        store = self.store
+        secret = self.server.secret
+        if not isinstance(body, dict):
+            raise _Malformed("AUTH payload must be a JSON object")
+        if body.get("volume") != store.volume:
+            log.warning(
+                "refused %s: it asked for volume %r, this replica serves %r",
+                self.peer,
+                body.get("volume"),
+                store.volume,
+            )
+            self._error(
+                wire.AUTH,
+                rid,
+                wire.WRONG_VOLUME,
+                f"this replica serves volume {store.volume!r}, not {body.get('volume')!r}",
+            )
+            return self._close_after_reply()
+        answer = ""
+        if secret is not None:
+            cnonce = body.get("cnonce")
+            try:
+                want = auth.client_mac(secret, store.volume, self.nonce, cnonce)
+                ok = auth.verify(want, body.get("mac"))
+                answer = auth.server_mac(secret, store.volume, self.nonce, cnonce)
+            except (TypeError, ValueError, AttributeError):
+                ok = False
+            if not ok:
+                log.warning("authentication of %s failed (wrong secret)", self.peer)
+                self._error(wire.AUTH, rid, wire.AUTH_FAILED, "authentication failed")
+                return self._close_after_reply()
+        self.authed = True
+        log.info("controller %s authenticated", self.peer)
+        self._reply(wire.AUTH, rid, wire.dumps({"mac": answer}))
+
+    def _close_after_reply(self) -> None:
+        self.closing = True
+        self.queue.clear()
+        self._flush()
+        self.transport.close()
+
+    def _unmap(self, rid: int, off: int, length: int) -> None:
+        store = self.store
+        why = store.check_range(off, length)
+        if why:
+            return self._error(wire.UNMAP, rid, wire.EINVAL, f"UNMAP refused: {why}")
+        if store.needs_intent(off, length):
+            store.mark(off, length)
+            return self._block(self._unmap_slow(rid, off, length))
+        self._apply_unmap(rid, off, length)
+
+    async def _unmap_slow(self, rid: int, off: int, length: int) -> None:
+        try:
+            while self.store.needs_intent(off, length):
+                await self.server.persist.request()
+        except Exception as e:
+            return self._error(wire.UNMAP, rid, wire.EIO, f"cannot record write intent: {e}")
+        self._apply_unmap(rid, off, length)
+
+    def _apply_unmap(self, rid: int, off: int, length: int) -> None:
+        try:
+            self.store.punch(off, length)
+        except OSError as e:
+            return self._error(wire.UNMAP, rid, wire.EIO, f"unmap failed: {e}")
+        self.store.note_write(off, length)
+        self.stats.unmaps += 1
+        self._reply(wire.UNMAP, rid)
+
+    async def _flush_op(self, rid: int) -> None:
+        try:
+            await self.server.sync_and_clear()
+        except Exception as e:
+            return self._error(wire.FLUSH, rid, wire.EIO, f"fdatasync failed: {e}")
+        self._reply(wire.FLUSH, rid)
+
+    async def _set_meta(self, rid: int, hdr_epoch: int, body: Any) -> None:
+        op = wire.SET_META
+        store = self.store
+        allowed = {"epoch", "membership", "start_tracking", "stop_tracking", "clean"}
+        if not isinstance(body, dict) or set(body) - allowed:
+            extra = sorted(set(body) - allowed) if isinstance(body, dict) else "not an object"
+            return self._error(op, rid, wire.EINVAL, f"SET_META: unexpected fields {extra}")
+        epoch = body.get("epoch")
+        members = body.get("membership")
+        start = body.get("start_tracking")
+        stop = body.get("stop_tracking")
+        clean = body.get("clean")
+        if epoch is not None and (
+            not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0
+        ):
+            return self._error(op, rid, wire.EINVAL, f"SET_META: bad epoch {epoch!r}")
+        if members is not None and (
+            not isinstance(members, list) or not all(isinstance(m, str) for m in members)
+        ):
+            return self._error(
+                op, rid, wire.EINVAL, "SET_META: membership must be a list of addresses"
+            )
+        if start is not None and not isinstance(start, bool):
+            return self._error(op, rid, wire.EINVAL, "SET_META: start_tracking must be a boolean")
+        if stop is not None and (
+            not isinstance(stop, list) or not all(isinstance(e, int) for e in stop)
+        ):
+            return self._error(op, rid, wire.EINVAL, "SET_META: stop_tracking must list epochs")
+        if clean is not None and not isinstance(clean, bool):
+            return self._error(op, rid, wire.EINVAL, "SET_META: clean must be a boolean")
+        if epoch is not None and epoch < store.meta["epoch"]:
+            return self._stale(op, rid, epoch)
+        if epoch is not None:
+            store.meta["epoch"] = epoch
+        if members is not None:
+            store.meta["membership"] = members
+        if clean is not None:
+            store.meta["clean"] = clean
+        try:
+            if start:
+                store.start_tracking(store.meta["epoch"])
+                await self.server.persist.request()  # the change map exists before meta names it
+            if stop:
+                store.stop_tracking(stop)
+            await self.server.write_meta()
+            if stop:
+                await self.server.persist.request()  # meta no longer names them: delete files
+        except Exception as e:
+            return self._error(op, rid, wire.EIO, f"SET_META could not be persisted: {e}")
+        log.info(
+            "meta updated by %s: epoch %s membership %s tracking %s",
+            self.peer,
+            store.meta["epoch"],
+            store.meta["membership"],
+            sorted(store.missed),
+        )
+        self._reply(op, rid, wire.dumps(self.server.info()))
+
+    async def _set_mode(self, rid: int, body: Any) -> None:
+        op = wire.SET_MODE
+        if not isinstance(body, dict) or body.get("mode") not in ("RW", "WO"):
+            return self._error(op, rid, wire.EINVAL, 'SET_MODE needs {"mode": "RW" or "WO"}')
+        self.store.meta["rebuilding"] = body["mode"] == "WO"
+        try:
+            await self.server.write_meta()
+        except Exception as e:
+            return self._error(op, rid, wire.EIO, f"SET_MODE could not be persisted: {e}")
+        log.info(
+            "mode set to %s by %s (reported mode %s)", body["mode"], self.peer, self.store.mode
+        )
+        self._reply(op, rid, wire.dumps(self.server.info()))
+
+    async def _clear_dirty(self, rid: int, body: Any) -> None:
+        op = wire.CLEAR_DIRTY
+        regions = body.get("regions") if isinstance(body, dict) else None
+        if body is not None and not isinstance(body, dict):
+            return self._error(op, rid, wire.EINVAL, 'CLEAR_DIRTY needs {"regions": [..] | null}')
+        if regions is not None and (
+            not isinstance(regions, list) or not all(isinstance(r, int) for r in regions)
+        ):
+            return self._error(op, rid, wire.EINVAL, "CLEAR_DIRTY: regions must be integers")
+        store = self.store
+        seq = store.wseq
+        try:
+            await self.server.syncer.request()
+            store.clear_regions(regions, seq)
+            await self.server.persist.request()
+        except Exception as e:
+            return self._error(op, rid, wire.EIO, f"CLEAR_DIRTY failed: {e}")
+        self._reply(op, rid, wire.dumps({"dirty": sorted(store.dirty)}))

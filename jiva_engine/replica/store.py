@@ -1,0 +1,440 @@
+"""A replica's on-disk store (DESIGN.md §2): sparse data file, atomic meta.json, region bitmaps.
+
+The write-intent map `dirty.map` and the change maps `missed-E.map` cost a metadata write only
+when a region goes 0->1; they are cleared lazily after the data has been fdatasync'ed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import logging
+import os
+import uuid as uuidlib
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+SECTOR = 512
+DEFAULT_REGION = 1 << 20
+META = "meta.json"
+DATA = "volume.img"
+DIRTY = "dirty.map"
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _fallocate = _libc.fallocate
+    _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    _fallocate.restype = ctypes.c_int
+except (OSError, AttributeError):  # pragma: no cover - non-glibc platforms
+    _fallocate = None
+
+
+class StoreError(Exception):
+    """The DIR cannot be used (belongs to another volume/size, unreadable meta, ...)."""
+
+
+def missed_name(since: int) -> str:
+    """File name of the change map started at epoch `since`."""
+    return f"missed-{since}.map"
+
+
+def bits_to_bytes(regions: set[int] | frozenset[int], nregions: int) -> bytes:
+    """Serialise a set of region numbers as a little-endian-bit bitmap."""
+    buf = bytearray((nregions + 7) // 8)
+    for r in regions:
+        buf[r >> 3] |= 1 << (r & 7)
+    return bytes(buf)
+
+
+def bytes_to_bits(data: bytes, nregions: int) -> set[int]:
+    """Parse a bitmap written by bits_to_bytes (bits past nregions are ignored)."""
+    out: set[int] = set()
+    for i, b in enumerate(data):
+        if b:
+            for j in range(8):
+                if b & (1 << j):
+                    r = (i << 3) | j
+                    if r < nregions:
+                        out.add(r)
+    return out
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write a file atomically and durably: temp file, fsync, rename, fsync the directory."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class ReplicaStore:
+    """One volume's blocks and metadata in DIR; single-threaded use from the event loop.
+
+    Only `write_bitmaps`, `write_meta` and `datasync` are meant to run in a worker thread, on
+    snapshots taken in the loop thread.
+    """
+
+    def __init__(
+        self, path: str | Path, volume: str, size: int, region_size: int = DEFAULT_REGION
+    ) -> None:
+        self.dir = Path(path)
+        self.volume = volume
+        self.size = size
+        if size <= 0 or size % SECTOR:
+            raise StoreError(f"size {size} must be a positive multiple of {SECTOR} bytes")
+        if region_size < SECTOR or region_size & (region_size - 1):
+            raise StoreError(f"region size {region_size} must be a power of two >= {SECTOR}")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create {self.dir}: {e.strerror}") from None
+        self.meta = self._load_or_init_meta(region_size)
+        self.region_size = int(self.meta["region_size"])
+        self.shift = self.region_size.bit_length() - 1
+        self.nregions = (size + self.region_size - 1) >> self.shift
+        self.fd = self._open_data()
+        # region bitmaps held as sets; files mirror them (written on 0->1, lazily on clear)
+        self.dirty: set[int] = self._load_map(DIRTY)
+        self.sticky: set[int] = set(self.dirty)  # left by a crash: only CLEAR_DIRTY clears them
+        self.missed: dict[int, set[int]] = {}
+        for t in self.meta.get("tracking", []):
+            since = int(t["since"])
+            if (self.dir / missed_name(since)).exists():
+                self.missed[since] = self._load_map(missed_name(since))
+            else:  # lost change map: the only safe answer is "everything changed"
+                log.warning("%s missing: treating every region as changed", missed_name(since))
+                self.missed[since] = set(range(self.nregions))
+        self.undurable: set[int] = set()  # set in memory, not yet on disk
+        self._dropped: set[int] = set()  # change maps to delete at the next bitmap write
+        self.last_write: dict[int, int] = {}  # region -> write sequence number of its last write
+        self.wseq = 0
+        self.prev_clear_seq = 0
+        self.closed = False
+        if self.meta.get("clean", True):
+            self.meta["clean"] = False
+            self.write_meta(self.meta_snapshot())
+
+    # ------------------------------------------------------------------ open / meta
+    def _load_or_init_meta(self, region_size: int) -> dict[str, Any]:
+        meta_path = self.dir / META
+        data_path = self.dir / DATA
+        if meta_path.exists():
+            try:
+                meta = json.loads(meta_path.read_text())
+                vol, size = meta["volume"], int(meta["size"])
+                int(meta["region_size"])
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise StoreError(
+                    f"{meta_path} is unreadable ({e}); refusing to touch {self.dir}"
+                ) from None
+            if vol != self.volume or size != self.size:
+                raise StoreError(
+                    f"{self.dir} belongs to volume {vol!r} of size {size} bytes; refusing to "
+                    f"use it for volume {self.volume!r} of size {self.size} bytes"
+                )
+            if meta.get("format") != FORMAT:
+                raise StoreError(f"{meta_path} has unsupported format {meta.get('format')!r}")
+            if data_path.exists() and data_path.stat().st_size != size:
+                raise StoreError(
+                    f"{data_path} is {data_path.stat().st_size} bytes but meta says {size}; "
+                    "refusing to use it"
+                )
+            meta.setdefault("tracking", [])
+            meta.setdefault("membership", [])
+            meta.setdefault("rebuilding", False)
+            return meta
+        if data_path.exists() and data_path.stat().st_size != self.size:
+            raise StoreError(
+                f"{data_path} exists with size {data_path.stat().st_size}, not {self.size}, and "
+                f"{self.dir} has no {META}; refusing to use it"
+            )
+        meta = {
+            "format": FORMAT,
+            "volume": self.volume,
+            "size": self.size,
+            "sector_size": SECTOR,
+            "uuid": str(uuidlib.uuid4()),
+            "epoch": 0,
+            "membership": [],
+            "clean": True,
+            "region_size": region_size,
+            "tracking": [],
+            "rebuilding": False,
+        }
+        atomic_write(meta_path, json.dumps(meta, indent=1).encode())
+        return meta
+
+    def _open_data(self) -> int:
+        path = self.dir / DATA
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        if os.fstat(fd).st_size != self.size:
+            os.ftruncate(fd, self.size)  # sparse
+            os.fsync(fd)
+            _fsync_dir(self.dir)
+        return fd
+
+    def _load_map(self, name: str) -> set[int]:
+        path = self.dir / name
+        try:
+            return bytes_to_bits(path.read_bytes(), self.nregions)
+        except FileNotFoundError:
+            return set()
+
+    @property
+    def epoch(self) -> int:
+        """The stored epoch: data ops from a lower epoch are refused."""
+        return int(self.meta["epoch"])
+
+    @property
+    def mode(self) -> str:
+        """ "WO" while the replica has no valid data (epoch 0, or told it is being rebuilt)."""
+        return "WO" if self.meta["epoch"] == 0 or self.meta.get("rebuilding") else "RW"
+
+    def meta_snapshot(self) -> bytes:
+        """meta.json contents for write_meta (taken in the loop thread)."""
+        return json.dumps(self.meta, indent=1).encode()
+
+    def write_meta(self, data: bytes) -> None:
+        """Atomically replace meta.json (thread-safe given a snapshot)."""
+        atomic_write(self.dir / META, data)
+
+    # ------------------------------------------------------------------ data path
+    def check_range(self, offset: int, length: int) -> str | None:
+        """Return why (offset, length) is not a valid I/O range, or None."""
+        if length <= 0:
+            return f"length {length} must be positive"
+        if offset % SECTOR or length % SECTOR:
+            return f"offset {offset} and length {length} must be multiples of {SECTOR}"
+        if offset < 0 or offset + length > self.size:
+            return f"range {offset}+{length} is past the end of the volume ({self.size} bytes)"
+        return None
+
+    def needs_intent(self, offset: int, length: int) -> bool:
+        """True when some region of the range is not durably marked dirty yet."""
+        shift = self.shift
+        dirty = self.dirty
+        und = self.undurable
+        for r in range(offset >> shift, ((offset + length - 1) >> shift) + 1):
+            if r not in dirty or r in und:
+                return True
+        return False
+
+    def mark(self, offset: int, length: int) -> None:
+        """Mark the range's regions dirty (and changed in every change map) in memory.
+
+        The new bits are `undurable` until a bitmap write covers them; the data write must wait.
+        """
+        shift = self.shift
+        for r in range(offset >> shift, ((offset + length - 1) >> shift) + 1):
+            if r not in self.dirty:
+                self.dirty.add(r)
+                self.undurable.add(r)
+                for m in self.missed.values():
+                    m.add(r)
+
+    def note_write(self, offset: int, length: int) -> None:
+        """Record the write sequence of the regions touched (for lazy clearing)."""
+        self.wseq = seq = self.wseq + 1
+        shift = self.shift
+        r0 = offset >> shift
+        r1 = (offset + length - 1) >> shift
+        lw = self.last_write
+        lw[r0] = seq
+        while r0 < r1:
+            r0 += 1
+            lw[r0] = seq
+
+    def pwrite(self, offset: int, data: bytes | memoryview) -> None:
+        """Apply a write to the data file (the caller made its regions durably dirty first)."""
+        fd = self.fd
+        n = os.pwrite(fd, data, offset)
+        if n != len(data):
+            view = memoryview(data)
+            while n < len(view):
+                n += os.pwrite(fd, view[n:], offset + n)
+
+    def pread(self, offset: int, length: int) -> bytes:
+        """Read a range (holes read as zeroes)."""
+        data = os.pread(self.fd, length, offset)
+        if len(data) != length:  # only if the file was truncated behind our back
+            data += bytes(length - len(data))
+        return data
+
+    def punch(self, offset: int, length: int) -> None:
+        """Deallocate a range: PUNCH_HOLE|KEEP_SIZE, or write zeroes where that is unsupported."""
+        if _fallocate is not None:
+            rc = _fallocate(self.fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length)
+            if rc == 0:
+                return
+            err = ctypes.get_errno()
+            if err not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise OSError(err, os.strerror(err))
+        zero = bytes(min(length, 1 << 20))
+        pos, end = offset, offset + length
+        while pos < end:
+            n = min(len(zero), end - pos)
+            self.pwrite(pos, zero[:n] if n < len(zero) else zero)
+            pos += n
+
+    def extents(self, offset: int, length: int) -> list[list[int]]:
+        """Allocated [offset, length] runs inside the range, found with SEEK_DATA/SEEK_HOLE."""
+        end = min(offset + length, self.size)
+        runs: list[list[int]] = []
+        pos = offset
+        while pos < end:
+            try:
+                data = os.lseek(self.fd, pos, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:
+                    break
+                raise
+            if data >= end:
+                break
+            hole = min(os.lseek(self.fd, data, os.SEEK_HOLE), end)
+            runs.append([data, hole - data])
+            pos = hole
+        return runs
+
+    def datasync(self) -> None:
+        """fdatasync the data file (run in a worker thread)."""
+        os.fdatasync(self.fd)
+
+    # ------------------------------------------------------------------ bitmaps
+    def bitmap_snapshot(self) -> dict[str, Any]:
+        """Capture the bitmaps for write_bitmaps (loop thread)."""
+        return {
+            "dirty": bits_to_bytes(self.dirty, self.nregions),
+            "missed": {e: bits_to_bytes(m, self.nregions) for e, m in self.missed.items()},
+            "drop": set(self._dropped),
+            "regions": set(self.undurable),
+        }
+
+    def write_bitmaps(self, snap: dict[str, Any]) -> None:
+        """Write and fsync the bitmap files of a snapshot (worker thread)."""
+        for name, data in [(DIRTY, snap["dirty"])] + [
+            (missed_name(e), d) for e, d in snap["missed"].items()
+        ]:
+            path = self.dir / name
+            created = not path.exists()
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.pwrite(fd, data, 0)
+                os.ftruncate(fd, len(data))
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            if created:
+                _fsync_dir(self.dir)
+        for e in snap["drop"]:
+            try:
+                os.unlink(self.dir / missed_name(e))
+            except FileNotFoundError:
+                pass
+        if snap["drop"]:
+            _fsync_dir(self.dir)
+
+    def bitmaps_written(self, snap: dict[str, Any]) -> None:
+        """The snapshot is on disk: its regions are durably dirty (loop thread)."""
+        self.undurable -= snap["regions"]
+        self._dropped -= snap["drop"]
+
+    def persist_bitmaps(self) -> None:
+        """Synchronous snapshot + write (tests, startup, shutdown)."""
+        snap = self.bitmap_snapshot()
+        self.write_bitmaps(snap)
+        self.bitmaps_written(snap)
+
+    def begin_clear(self) -> tuple[set[int], int]:
+        """Pick dirty regions idle since the previous clear; call before syncing the data."""
+        prev = self.prev_clear_seq
+        lw = self.last_write
+        cand = {r for r in self.dirty - self.sticky - self.undurable if lw.get(r, 0) <= prev}
+        self.prev_clear_seq = self.wseq
+        return cand, self.wseq
+
+    def finish_clear(self, cand: set[int], seq: int) -> bool:
+        """After the data sync: clear candidates not written since begin_clear. True if changed."""
+        lw = self.last_write
+        gone = {r for r in cand if lw.get(r, 0) <= seq and r in self.dirty}
+        if not gone:
+            return False
+        self.dirty -= gone
+        for r in gone:
+            lw.pop(r, None)
+        return True
+
+    def clear_regions(self, regions: list[int] | None, seq: int) -> None:
+        """CLEAR_DIRTY after a data sync: drop the given (or all) bits, sticky ones included."""
+        lw = self.last_write
+        targets = set(self.dirty) if regions is None else set(regions) & self.dirty
+        gone = {r for r in targets if lw.get(r, 0) <= seq and r not in self.undurable}
+        self.dirty -= gone
+        self.sticky -= gone
+
+    def start_tracking(self, since: int) -> None:
+        """Start a change map "written since epoch `since`", seeded with the dirty regions."""
+        if since in self.missed:
+            return
+        self.missed[since] = set(self.dirty)
+        self._dropped.discard(since)
+        self.meta["tracking"] = [{"since": e} for e in sorted(self.missed)]
+
+    def stop_tracking(self, since_list: list[int]) -> None:
+        """Drop change maps (their files go at the next bitmap write)."""
+        for e in since_list:
+            if self.missed.pop(e, None) is not None:
+                self._dropped.add(e)
+        self.meta["tracking"] = [{"since": e} for e in sorted(self.missed)]
+
+    # ------------------------------------------------------------------ shutdown / writes for tests
+    def write(self, offset: int, data: bytes) -> None:
+        """Synchronous write with the intent protocol (tests and tools, not the server path)."""
+        if self.needs_intent(offset, len(data)):
+            self.mark(offset, len(data))
+            self.persist_bitmaps()
+        self.pwrite(offset, data)
+        self.note_write(offset, len(data))
+
+    def unmap(self, offset: int, length: int) -> None:
+        """Synchronous unmap with the intent protocol (tests and tools)."""
+        if self.needs_intent(offset, length):
+            self.mark(offset, length)
+            self.persist_bitmaps()
+        self.punch(offset, length)
+        self.note_write(offset, length)
+
+    def close(self, clean: bool = True) -> None:
+        """Stop using the store; on a clean close sync, clear the runtime dirty bits, mark clean."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if clean:
+                os.fdatasync(self.fd)
+                self.dirty = set(self.sticky)
+                self.persist_bitmaps()
+                self.meta["clean"] = not self.dirty
+                self.write_meta(self.meta_snapshot())
+        finally:
+            os.close(self.fd)
