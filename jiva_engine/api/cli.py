@@ -1,0 +1,101 @@
+"""`jiva status`: show a volume and its replicas from the controller's management API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+from tabulate import tabulate
+
+from jiva_engine.util import parse_hostport
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of `jiva status`."""
+    p.add_argument("--api", required=True, metavar="HOST:PORT", help="the controller's API address")
+    p.add_argument("--json", action="store_true", help="print the status JSON instead of a table")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the API")
+
+
+def fetch_status(api: str, timeout: float = 5.0) -> dict[str, Any]:
+    """GET /v1/volume from the API; raises RuntimeError with a one-line reason on failure."""
+    host, port = parse_hostport(api)
+    url = f"http://{host if ':' not in host else '[' + host + ']'}:{port}/v1/volume"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            body = resp.read()
+    except urllib.error.HTTPError as e:
+        raise RuntimeError(f"API {host}:{port} answered HTTP {e.code}: {e.reason}") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise RuntimeError(f"cannot reach the API at {host}:{port}: {reason}") from None
+    try:
+        status = json.loads(body)
+    except ValueError:
+        raise RuntimeError(f"API {host}:{port} did not answer with JSON") from None
+    if not isinstance(status, dict) or "replicas" not in status:
+        raise RuntimeError(f"API {host}:{port} answered with an unexpected document")
+    return status
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def render(status: dict[str, Any]) -> str:
+    """The human view: a volume summary table and a replica table."""
+    summary = [
+        ["volume", status.get("name")],
+        ["state", status.get("state")],
+        ["degraded", "yes" if status.get("degraded") else "no"],
+        ["size", _human(int(status.get("size") or 0))],
+        ["epoch", status.get("epoch")],
+        ["portal", status.get("portal") or "-"],
+        ["iqn", status.get("iqn") or "-"],
+    ]
+    if status.get("reason"):
+        summary.append(["reason", status["reason"]])
+    rows = []
+    for r in status.get("replicas", []):
+        rb = r.get("rebuild")
+        if rb:
+            total = rb.get("total") or 0
+            pct = 100.0 * rb.get("done", 0) / total if total else 0.0
+            progress = f"{pct:.0f}% ({_human(rb.get('done', 0))}/{_human(total)})"
+        else:
+            progress = "-"
+        state = {"RW": "healthy", "WO": "rebuilding", "ERR": "failed"}.get(r.get("mode"), "?")
+        rows.append(
+            [
+                r.get("address"),
+                r.get("mode"),
+                state,
+                r.get("epoch"),
+                progress,
+                r.get("last_error") or "",
+            ]
+        )
+    headers = ["replica", "mode", "state", "epoch", "rebuild", "last error"]
+    return tabulate(summary, tablefmt="plain") + "\n\n" + tabulate(rows, headers=headers)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the status; exit 1 with a one-line error when the API cannot be used."""
+    try:
+        status = fetch_status(args.api, args.timeout)
+    except (RuntimeError, ValueError) as e:
+        print(f"jiva status: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(render(status))
+    return 0

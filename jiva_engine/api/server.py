@@ -1,0 +1,259 @@
+"""Management HTTP API of a controller (DESIGN.md §5): status, stats, metrics, replica add/remove."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+
+from jiva_engine.controller.volume import Volume
+
+_VOLUME = web.AppKey("volume", Volume)
+_CONF = web.AppKey("conf", dict)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message, "status": status}, status=status)
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every error (404, 405, bad input, unexpected) is a JSON body with a clear message."""
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return _error(e.status, e.text if e.text and not e.text.startswith("404") else e.reason)
+    except Exception as e:  # never a traceback to the client
+        return _error(500, f"internal error: {type(e).__name__}: {e}")
+
+
+def _authorised(request: web.Request) -> bool:
+    token = request.app[_CONF]["token"]
+    if not token:
+        return True
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    )
+
+
+def _unauthorised() -> web.Response:
+    resp = _error(401, "this call needs 'Authorization: Bearer TOKEN' with the volume's API token")
+    resp.headers["WWW-Authenticate"] = 'Bearer realm="jiva"'
+    return resp
+
+
+def volume_status(app: web.Application) -> dict[str, Any]:
+    """The status JSON of DESIGN.md §5."""
+    vol = app[_VOLUME]
+    st = vol.status()
+    st["portal"] = app[_CONF]["portal"]
+    st["iqn"] = app[_CONF]["iqn"]
+    return st
+
+
+async def get_volume(request: web.Request) -> web.Response:
+    """GET /v1/volume"""
+    return web.json_response(volume_status(request.app))
+
+
+def _stats(app: web.Application) -> dict[str, Any]:
+    vol = app[_VOLUME]
+    return {
+        "name": vol.name,
+        "state": vol.state,
+        "epoch": vol.epoch,
+        "uptime_seconds": round(time.time() - vol.started_at, 3),
+        "volume": dict(vol.stats),
+        "replicas": {
+            m.address: {
+                "mode": m.mode,
+                "ops": m.writes,
+                "reads": m.reads,
+                "errors": m.errors,
+                "rebuild": m.rebuild,
+                "last_rebuild": m.last_rebuild,
+            }
+            for m in vol.members.values()
+        },
+    }
+
+
+async def get_stats(request: web.Request) -> web.Response:
+    """GET /v1/stats"""
+    return web.json_response(_stats(request.app))
+
+
+def _label(v: str) -> str:
+    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render_metrics(app: web.Application) -> str:
+    """Prometheus text exposition format (version 0.0.4)."""
+    vol = app[_VOLUME]
+    name = _label(vol.name)
+    lines: list[str] = []
+
+    def metric(mname: str, mtype: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+        lines.append(f"# HELP {mname} {help_text}")
+        lines.append(f"# TYPE {mname} {mtype}")
+        for labels, value in samples:
+            lines.append(f"{mname}{{{labels}}} {float(value):g}")
+
+    vl = f'volume="{name}"'
+    s = vol.stats
+    metric("jiva_volume_up", "gauge", "1 while the volume serves I/O", [(vl, vol.ready())])
+    metric(
+        "jiva_volume_state",
+        "gauge",
+        "1 for the current state",
+        [(f'{vl},state="{st}"', vol.state == st) for st in ("serving", "waiting", "fenced")],
+    )
+    metric(
+        "jiva_volume_degraded", "gauge", "1 unless every replica is current", [(vl, vol.degraded())]
+    )
+    metric("jiva_volume_epoch", "gauge", "current membership epoch", [(vl, vol.epoch)])
+    metric("jiva_volume_size_bytes", "gauge", "volume size", [(vl, vol.size)])
+    for key, mname, help_text in [
+        ("reads", "jiva_volume_reads_total", "read requests completed"),
+        ("writes", "jiva_volume_writes_total", "write requests acknowledged"),
+        ("flushes", "jiva_volume_flushes_total", "flushes completed"),
+        ("unmaps", "jiva_volume_unmaps_total", "unmaps completed"),
+        ("read_bytes", "jiva_volume_read_bytes_total", "bytes read"),
+        ("write_bytes", "jiva_volume_write_bytes_total", "bytes written"),
+        ("read_errors", "jiva_volume_read_errors_total", "reads failed on every replica"),
+        ("write_errors", "jiva_volume_write_errors_total", "writes failed on every replica"),
+        ("ejections", "jiva_volume_replica_ejections_total", "replicas removed after a failure"),
+        ("rebuilds_done", "jiva_volume_rebuilds_total", "rebuilds completed"),
+        ("rebuild_bytes_copied", "jiva_volume_rebuild_bytes_total", "bytes copied by rebuilds"),
+        ("read_seconds", "jiva_volume_read_seconds_total", "time spent in reads"),
+        ("write_seconds", "jiva_volume_write_seconds_total", "time spent in writes"),
+    ]:
+        metric(mname, "counter", help_text, [(vl, s[key])])
+    reps = list(vol.members.values())
+    metric(
+        "jiva_replica_mode",
+        "gauge",
+        "1 for the replica's current mode",
+        [
+            (f'{vl},replica="{_label(m.address)}",mode="{mode}"', m.mode == mode)
+            for m in reps
+            for mode in ("RW", "WO", "ERR")
+        ],
+    )
+    metric(
+        "jiva_replica_rebuild_done_bytes",
+        "gauge",
+        "rebuild progress (bytes scanned)",
+        [(f'{vl},replica="{_label(m.address)}"', (m.rebuild or {}).get("done", 0)) for m in reps],
+    )
+    metric(
+        "jiva_replica_rebuild_total_bytes",
+        "gauge",
+        "bytes the current rebuild has to scan",
+        [(f'{vl},replica="{_label(m.address)}"', (m.rebuild or {}).get("total", 0)) for m in reps],
+    )
+    metric(
+        "jiva_replica_errors_total",
+        "counter",
+        "times the replica was ejected",
+        [(f'{vl},replica="{_label(m.address)}"', m.errors) for m in reps],
+    )
+    return "\n".join(lines) + "\n"
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    """GET /metrics"""
+    return web.Response(
+        text=render_metrics(request.app),
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Prometheus-Format": "0.0.4"},
+    )
+
+
+async def post_replica(request: web.Request) -> web.Response:
+    """POST /v1/replicas {"address": "HOST:PORT"}: add a replica (it is rebuilt, then joins)."""
+    if not _authorised(request):
+        return _unauthorised()
+    try:
+        body = json.loads(await request.text() or "null")
+    except ValueError as e:
+        return _error(400, f"request body is not valid JSON: {e}")
+    if not isinstance(body, dict) or not isinstance(body.get("address"), str):
+        return _error(400, 'expected a JSON object {"address": "HOST:PORT"}')
+    vol = request.app[_VOLUME]
+    try:
+        m = await vol.add_replica(body["address"])
+    except ValueError as e:
+        status = 409 if "already" in str(e) else 400
+        return _error(status, str(e))
+    return web.json_response({"added": m.address, "replica": m.view()}, status=202)
+
+
+async def delete_replica(request: web.Request) -> web.Response:
+    """DELETE /v1/replicas/{address}: forget a replica (a member leaves under a new epoch)."""
+    if not _authorised(request):
+        return _unauthorised()
+    vol = request.app[_VOLUME]
+    address = request.match_info["address"]
+    try:
+        await vol.remove_replica(address)
+    except KeyError as e:
+        return _error(404, str(e.args[0]))
+    except ValueError as e:
+        return _error(409 if "only current" in str(e) else 400, str(e))
+    return web.json_response({"removed": address, "epoch": vol.epoch})
+
+
+def make_app(
+    volume: Volume, token: str | None = None, portal: str | None = None, iqn: str | None = None
+) -> web.Application:
+    """Build the aiohttp application for one volume."""
+    app = web.Application(middlewares=[_json_errors])
+    app[_VOLUME] = volume
+    app[_CONF] = {"token": token, "portal": portal, "iqn": iqn}
+    app.router.add_get("/v1/volume", get_volume)
+    app.router.add_get("/v1/stats", get_stats)
+    app.router.add_get("/metrics", get_metrics)
+    app.router.add_post("/v1/replicas", post_replica)
+    app.router.add_delete("/v1/replicas/{address}", delete_replica)
+    return app
+
+
+class ApiServer:
+    """A running API server; `await close()` stops it."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int) -> None:
+        self.runner = runner
+        self.host = host
+        self.port = port
+
+    async def close(self) -> None:
+        """Stop listening and release the app."""
+        await self.runner.cleanup()
+
+
+async def start_api(
+    volume: Volume,
+    host: str,
+    port: int,
+    *,
+    token: str | None = None,
+    portal: str | None = None,
+    iqn: str | None = None,
+) -> ApiServer:
+    """Serve the API on host:port (port 0 picks a free one, see ApiServer.port)."""
+    runner = web.AppRunner(make_app(volume, token, portal, iqn), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    sockets = getattr(site._server, "sockets", None) or []
+    real_port = sockets[0].getsockname()[1] if sockets else port
+    return ApiServer(runner, host, real_port)

@@ -1,0 +1,167 @@
+"""`jiva controller`: run one volume's replicated volume, its management API and iSCSI target."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from jiva_engine.util import parse_hostport, parse_size
+
+log = logging.getLogger("jiva.controller")
+
+IQN_PREFIX = "iqn.2026-11.org.jiva-py:"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of `jiva controller` (DESIGN.md §4)."""
+    p.add_argument("--volume", required=True, help="volume name")
+    p.add_argument("--api", required=True, metavar="HOST:PORT", help="management API address")
+    p.add_argument(
+        "--replica",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a replica of the volume (repeat for each)",
+    )
+    p.add_argument("--portal", metavar="HOST:PORT", help="iSCSI portal to serve the volume on")
+    p.add_argument("--size", help="expected volume size (512M, 10G, ...); checked on replicas")
+    p.add_argument("--replica-timeout", type=float, default=3.0, help="seconds (default 3)")
+    p.add_argument("--secret-file", help="file holding the controller<->replica shared secret")
+    p.add_argument("--token-file", help="file holding the API bearer token for mutating calls")
+    p.add_argument("--chap-user", help="CHAP user initiators must log in with")
+    p.add_argument("--chap-secret-file", help="file holding the CHAP secret")
+    p.add_argument("--mutual-user", help="mutual CHAP user the target answers with")
+    p.add_argument("--mutual-secret-file", help="file holding the mutual CHAP secret")
+    p.add_argument(
+        "--allow-initiator",
+        action="append",
+        default=[],
+        metavar="IQN",
+        help="initiator IQN allowed to log in (repeat; default: any)",
+    )
+    p.add_argument("--rebuild-rate", type=float, help="rebuild throttle in MiB/s (default none)")
+    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+
+
+def _read_secret(path: str | None, what: str) -> str | None:
+    if not path:
+        return None
+    try:
+        text = Path(path).read_text().strip()
+    except OSError as e:
+        raise ValueError(f"cannot read {what} file {path}: {e.strerror}") from None
+    if not text:
+        raise ValueError(f"{what} file {path} is empty")
+    return text
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate the options, then serve until SIGTERM/SIGINT."""
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        cfg = _config(args)
+    except ValueError as e:
+        print(f"jiva controller: {e}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_serve(cfg))
+    except (OSError, RuntimeError) as e:
+        print(f"jiva controller: {e}", file=sys.stderr)
+        return 1
+
+
+def _config(args: argparse.Namespace) -> dict:
+    if not args.replica:
+        raise ValueError("at least one --replica HOST:PORT is required")
+    replicas = []
+    for r in args.replica:
+        host, port = parse_hostport(r)
+        addr = f"{host}:{port}"
+        if addr in replicas:
+            raise ValueError(f"replica {addr} given twice")
+        replicas.append(addr)
+    if args.replica_timeout <= 0:
+        raise ValueError("--replica-timeout must be positive")
+    if args.rebuild_rate is not None and args.rebuild_rate <= 0:
+        raise ValueError("--rebuild-rate must be positive (MiB/s)")
+    if bool(args.chap_user) != bool(args.chap_secret_file):
+        raise ValueError("--chap-user and --chap-secret-file go together")
+    if bool(args.mutual_user) != bool(args.mutual_secret_file):
+        raise ValueError("--mutual-user and --mutual-secret-file go together")
+    if args.mutual_user and not args.chap_user:
+        raise ValueError("mutual CHAP needs --chap-user as well")
+    return {
+        "volume": args.volume,
+        "api": parse_hostport(args.api),
+        "portal": parse_hostport(args.portal, 3260) if args.portal else None,
+        "replicas": replicas,
+        "size": parse_size(args.size) if args.size else None,
+        "timeout": args.replica_timeout,
+        "secret": _read_secret(args.secret_file, "replica secret"),
+        "token": _read_secret(args.token_file, "API token"),
+        "chap_user": args.chap_user,
+        "chap_secret": _read_secret(args.chap_secret_file, "CHAP secret"),
+        "mutual_user": args.mutual_user,
+        "mutual_secret": _read_secret(args.mutual_secret_file, "mutual CHAP secret"),
+        "allowed": tuple(args.allow_initiator),
+        "rebuild_rate": args.rebuild_rate * (1 << 20) if args.rebuild_rate else None,
+    }
+
+
+async def _serve(cfg: dict) -> int:
+    from jiva_engine.api.server import start_api
+    from jiva_engine.controller.volume import Volume
+
+    volume = Volume(
+        cfg["volume"],
+        cfg["replicas"],
+        size=cfg["size"],
+        replica_timeout=cfg["timeout"],
+        secret=cfg["secret"],
+        rebuild_rate=cfg["rebuild_rate"],
+    )
+    iqn = IQN_PREFIX + cfg["volume"]
+    portal = "{}:{}".format(*cfg["portal"]) if cfg["portal"] else None
+    target = None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await volume.start()
+    api = await start_api(volume, *cfg["api"], token=cfg["token"], portal=portal, iqn=iqn)
+    try:
+        if cfg["portal"]:
+            try:
+                from jiva_engine.iscsi.target import TargetConfig, start_target
+            except ImportError as e:
+                print(
+                    f"jiva controller: --portal needs the iSCSI target (jiva_engine.iscsi.target),"
+                    f" which is not available: {e}",
+                    file=sys.stderr,
+                )
+                return 1
+            tcfg = TargetConfig(
+                iqn,
+                chap_user=cfg["chap_user"],
+                chap_secret=cfg["chap_secret"],
+                mutual_user=cfg["mutual_user"],
+                mutual_secret=cfg["mutual_secret"],
+                allowed_initiators=cfg["allowed"],
+            )
+            target = await start_target(volume, *cfg["portal"], tcfg)
+        log.info("controller for %s: api %s:%d, portal %s", cfg["volume"], *cfg["api"], portal)
+        await stop.wait()
+        log.info("stopping")
+        return 0
+    finally:
+        if target is not None:
+            await target.close()
+        await api.close()
+        await volume.close()

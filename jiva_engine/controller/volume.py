@@ -1,0 +1,869 @@
+"""The replicated volume: fans writes out to every replica, balances reads, keeps the epoch.
+
+See docs/ENGINE.md for the rules this module enforces (start-up, ejection, rebuild, fencing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from jiva_engine.controller.rangelock import RangeLock
+from jiva_engine.protocol import wire
+from jiva_engine.protocol.client import ReplicaClient, ReplicaError, ReplicaUnavailable
+from jiva_engine.util import parse_hostport
+from jiva_engine.volume import (
+    OutOfRange,
+    VolumeFenced,
+    VolumeIOError,
+    VolumeNotReady,
+    check_range,
+)
+
+log = logging.getLogger(__name__)
+
+RW, WO, ERR = "RW", "WO", "ERR"
+SERVING, WAITING, FENCED = "serving", "waiting", "fenced"
+DEFAULT_REGION = 1 << 20
+MAX_IO = wire.MAX_IO  # largest READ/WRITE in one frame; bigger requests are split
+SECTOR = 512
+
+
+class _Fenced(Exception):
+    """Internal: a replica answered STALE_EPOCH."""
+
+
+@dataclass
+class Member:
+    """What the controller knows about one replica address."""
+
+    address: str
+    mode: str = ERR
+    client: ReplicaClient | None = None
+    epoch: int = 0
+    rebuild: dict[str, int] | None = None
+    last_error: str | None = "not connected yet"
+    last_rebuild: dict[str, Any] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    connecting: bool = False
+    rebuild_task: asyncio.Task | None = None
+    reads: int = 0
+    writes: int = 0
+    errors: int = 0
+
+    def view(self) -> dict[str, Any]:
+        """The replica entry of the status JSON (DESIGN.md §5)."""
+        return {
+            "address": self.address,
+            "mode": self.mode,
+            "epoch": self.epoch,
+            "rebuild": dict(self.rebuild) if self.rebuild is not None else None,
+            "last_error": self.last_error,
+            "last_rebuild": dict(self.last_rebuild) if self.last_rebuild else None,
+        }
+
+
+class _Op:
+    """One replicated write/unmap in flight (kept so it can be re-sent after an ejection)."""
+
+    __slots__ = ("kind", "offset", "data", "length", "fua", "targets", "done")
+
+    def __init__(self, kind: str, offset: int, data: Any, length: int, fua: bool) -> None:
+        self.kind = kind
+        self.offset = offset
+        self.data = data
+        self.length = length
+        self.fua = fua
+        self.targets: list[Member] = []
+        self.done: asyncio.Future[None] | None = None
+
+
+class _Throttle:
+    """Shared rebuild rate limit (bytes per second across every rebuild at once)."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.rate = rate
+        self._next = 0.0
+
+    async def take(self, nbytes: int) -> None:
+        if not self.rate or nbytes <= 0:
+            return
+        now = time.monotonic()
+        start = max(now, self._next)
+        self._next = start + nbytes / self.rate
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
+class Volume:
+    """A replicated block volume (jiva_engine.volume.BlockVolume) over `jiva replica` processes.
+
+    Call `await start()`; the volume then connects to its replicas in the background and serves
+    once rule 4 of ARCHITECTURE.md allows it (see `state` / `reason` while it waits).
+    """
+
+    block_size = 512
+
+    def __init__(
+        self,
+        name: str,
+        replicas: list[str],
+        *,
+        size: int | None = None,
+        replica_timeout: float = 3.0,
+        secret: str | bytes | None = None,
+        rebuild_rate: float | None = None,
+        retry_interval: float = 1.0,
+    ) -> None:
+        self.name = name
+        self.size = size or 0
+        self._want_size = size
+        self.replica_timeout = replica_timeout
+        self.secret = secret
+        self.retry_interval = retry_interval
+        self.state = WAITING
+        self.reason = "starting: connecting to the replicas"
+        self.epoch = 0
+        self.region_size = DEFAULT_REGION
+        self.members: dict[str, Member] = {}
+        for addr in replicas:
+            self._known(addr)
+        self._ranges = RangeLock()
+        self._meta_lock = asyncio.Lock()
+        self._stable = asyncio.Event()
+        self._stable.set()
+        self._ejecting = 0
+        self._inflight: dict[int, _Op] = {}
+        self._op_ids = itertools.count()
+        self._rr = itertools.count()
+        self._throttle = _Throttle(rebuild_rate)
+        self._task: asyncio.Task | None = None
+        self._closed = False
+        self._wake = asyncio.Event()
+        self.started_at = time.time()
+        self.stats: dict[str, float] = {
+            "reads": 0,
+            "writes": 0,
+            "flushes": 0,
+            "unmaps": 0,
+            "read_bytes": 0,
+            "write_bytes": 0,
+            "read_errors": 0,
+            "write_errors": 0,
+            "read_retries": 0,
+            "read_seconds": 0.0,
+            "write_seconds": 0.0,
+            "ejections": 0,
+            "rebuilds_done": 0,
+            "rebuild_bytes_copied": 0,
+            "epoch_changes": 0,
+        }
+
+    # ------------------------------------------------------------------ lifecycle
+    def _known(self, address: str) -> Member:
+        host, port = parse_hostport(address)
+        addr = f"{host}:{port}"
+        m = self.members.get(addr)
+        if m is None:
+            m = self.members[addr] = Member(addr)
+        return m
+
+    async def start(self) -> None:
+        """Start the background manager (connects, starts serving, reconnects, rebuilds)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._manage())
+
+    async def wait_serving(self, timeout: float = 30.0) -> None:
+        """Wait until the volume serves I/O (TimeoutError with the reason otherwise)."""
+        deadline = time.monotonic() + timeout
+        while self.state != SERVING:
+            if self.state == FENCED:
+                raise VolumeFenced(self.reason)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"volume {self.name} not serving: {self.reason}")
+            await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        """Stop background work and close every replica connection (data stays on the replicas)."""
+        self._closed = True
+        tasks = [m.rebuild_task for m in self.members.values() if m.rebuild_task]
+        if self._task:
+            tasks.append(self._task)
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        for m in self.members.values():
+            await self._drop_client(m)
+
+    def ready(self) -> bool:
+        """True while the volume serves I/O."""
+        return self.state == SERVING
+
+    # ------------------------------------------------------------------ views
+    def rw_members(self) -> list[Member]:
+        """Current members (RW, in the membership)."""
+        return [m for m in self.members.values() if m.mode == RW]
+
+    def membership(self) -> list[str]:
+        """Addresses of the current membership."""
+        return [m.address for m in self.rw_members()]
+
+    def degraded(self) -> bool:
+        """True unless every known replica is a current member."""
+        return self.state != SERVING or any(m.mode != RW for m in self.members.values())
+
+    def status(self) -> dict[str, Any]:
+        """Status JSON (DESIGN.md §5) without the portal/iqn, which the API adds."""
+        return {
+            "name": self.name,
+            "size": self.size,
+            "state": self.state,
+            "reason": self.reason,
+            "epoch": self.epoch,
+            "replicas": [m.view() for m in self.members.values()],
+            "degraded": self.degraded(),
+        }
+
+    # ------------------------------------------------------------------ I/O entry points
+    def _check(self, offset: int, length: int) -> None:
+        check_range(self.size, offset, length)
+        if offset % SECTOR or length % SECTOR:
+            raise ValueError(f"offset {offset} and length {length} must be multiples of {SECTOR}")
+
+    def _check_io(self) -> None:
+        if self.state == SERVING:
+            return
+        if self.state == FENCED:
+            raise VolumeFenced(self.reason)
+        raise VolumeNotReady(self.reason)
+
+    async def read(self, offset: int, length: int) -> bytes | bytearray | memoryview:
+        """Read from one current member, rotating; retry on another if one fails."""
+        self._check_io()
+        self._check(offset, length)
+        if length == 0:
+            return b""
+        t0 = time.perf_counter()
+        tried: set[str] = set()
+        while True:
+            self._check_io()
+            rw = [m for m in self.rw_members() if m.address not in tried]
+            if not rw:
+                self.stats["read_errors"] += 1
+                raise VolumeIOError(f"read {offset}+{length}: no replica could serve it")
+            m = rw[next(self._rr) % len(rw)]
+            tried.add(m.address)
+            try:
+                if length <= MAX_IO:
+                    data = await m.client.read(offset, length, self.epoch)
+                else:
+                    parts = await asyncio.gather(
+                        *(
+                            m.client.read(offset + i, min(MAX_IO, length - i), self.epoch)
+                            for i in range(0, length, MAX_IO)
+                        )
+                    )
+                    data = b"".join(parts)
+            except (ReplicaError, ReplicaUnavailable) as e:
+                self.stats["read_retries"] += 1
+                await self._failures([(m, e)])
+                continue
+            if len(data) != length:
+                await self._failures([(m, ReplicaError(wire.EIO, "short read"))])
+                continue
+            m.reads += 1
+            self.stats["reads"] += 1
+            self.stats["read_bytes"] += length
+            self.stats["read_seconds"] += time.perf_counter() - t0
+            return data
+
+    async def write(self, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
+        """Write to every member (ordered with overlapping writes); returns once all have it."""
+        self._check_io()
+        n = len(data)
+        self._check(offset, n)
+        if n == 0:
+            return
+        t0 = time.perf_counter()
+        async with self._ranges.hold(offset, n):
+            await self._replicate(_Op("write", offset, data, n, fua))
+        self.stats["writes"] += 1
+        self.stats["write_bytes"] += n
+        self.stats["write_seconds"] += time.perf_counter() - t0
+
+    async def unmap(self, offset: int, length: int) -> None:
+        """Deallocate a range on every member; it reads back as zeroes."""
+        self._check_io()
+        self._check(offset, length)
+        if length == 0:
+            return
+        async with self._ranges.hold(offset, length):
+            await self._replicate(_Op("unmap", offset, None, length, False))
+        self.stats["unmaps"] += 1
+
+    async def flush(self) -> None:
+        """Make every acknowledged write stable on every member (SYNCHRONIZE CACHE)."""
+        self._check_io()
+        await self._replicate(_Op("flush", 0, None, 0, False))
+        self.stats["flushes"] += 1
+
+    async def allocated(self, offset: int, length: int) -> list[tuple[int, int, bool]]:
+        """(offset, length, mapped) runs covering the range, from one current member."""
+        self._check_io()
+        check_range(self.size, offset, length)
+        rw = self.rw_members()
+        if not rw or length == 0:
+            return [(offset, length, True)] if length else []
+        m = rw[next(self._rr) % len(rw)]
+        try:
+            ext = await m.client.extents(offset, length)
+        except (ReplicaError, ReplicaUnavailable):
+            return [(offset, length, True)]
+        runs: list[tuple[int, int, bool]] = []
+        pos, end = offset, offset + length
+        for eo, el in _clip(ext, offset, end):
+            if eo > pos:
+                runs.append((pos, eo - pos, False))
+            runs.append((eo, el, True))
+            pos = eo + el
+        if pos < end:
+            runs.append((pos, end - pos, False))
+        return runs
+
+    # ------------------------------------------------------------------ replication core
+    def _issue(self, m: Member, op: _Op, epoch: int) -> asyncio.Future:
+        c = m.client
+        if c is None:
+            f = asyncio.get_running_loop().create_future()
+            f.set_exception(ReplicaUnavailable(f"replica {m.address} not connected"))
+            return f
+        if op.kind == "write":
+            if op.length <= MAX_IO:
+                return c.write(op.offset, op.data, epoch, fua=op.fua)
+            view = memoryview(op.data)
+            return asyncio.gather(
+                *(
+                    c.write(op.offset + i, view[i : i + MAX_IO], epoch, fua=op.fua)
+                    for i in range(0, op.length, MAX_IO)
+                )
+            )
+        if op.kind == "unmap":
+            return c.unmap(op.offset, op.length, epoch)
+        return c.flush(epoch)
+
+    async def _replicate(self, op: _Op) -> None:
+        """Send `op` to every RW and WO member in one synchronous step; handle failures."""
+        targets = [m for m in self.members.values() if m.mode in (RW, WO) and m.client]
+        if not any(m.mode == RW for m in targets):
+            self._check_io()
+            raise VolumeIOError(f"{op.kind}: no current replica")
+        epoch = self.epoch
+        futs = [self._issue(m, op, epoch) for m in targets]  # all frames queued right here
+        op.targets = targets
+        op.done = asyncio.get_running_loop().create_future()
+        oid = next(self._op_ids)
+        # stays "in flight" until acknowledged, so an ejection re-sends it after SET_META
+        self._inflight[oid] = op
+        try:
+            results = await asyncio.gather(*futs, return_exceptions=True)
+            failed = [
+                (m, r) for m, r in zip(targets, results, strict=True) if isinstance(r, Exception)
+            ]
+            for m, r in zip(targets, results, strict=True):
+                if not isinstance(r, Exception):
+                    m.writes += 1
+            if failed:
+                await self._failures(failed)
+            if not self._stable.is_set():
+                await self._stable.wait()
+        finally:
+            del self._inflight[oid]
+            op.done.set_result(None)
+        self._check_io()
+        ok = any(
+            m.mode == RW and not isinstance(r, Exception)
+            for m, r in zip(targets, results, strict=True)
+        )
+        if not ok:
+            self.stats["write_errors"] += 1
+            raise VolumeIOError(f"{op.kind} {op.offset}+{op.length} failed on every replica")
+
+    async def _failures(self, failed: list[tuple[Member, BaseException]]) -> None:
+        """Eject failed members (rule 3), or fence on STALE_EPOCH."""
+        for m, e in failed:
+            if isinstance(e, ReplicaError) and e.status == wire.STALE_EPOCH:
+                await self._fence(f"replica {m.address} reports a newer epoch: {e.message}")
+                raise VolumeFenced(self.reason)
+        await self._eject([m for m, _ in failed], {m.address: str(e) for m, e in failed})
+
+    async def _fence(self, reason: str) -> None:
+        if self.state == FENCED:
+            return
+        log.error("volume %s fenced: %s", self.name, reason)
+        self.state = FENCED
+        self.reason = f"fenced: {reason}; a newer controller owns the volume"
+        self._stable.set()
+        for m in self.members.values():
+            if m.rebuild_task and m.rebuild_task is not asyncio.current_task():
+                m.rebuild_task.cancel()
+            await self._drop_client(m)
+
+    async def _drop_client(self, m: Member) -> None:
+        c, m.client = m.client, None
+        if c is not None:
+            with contextlib.suppress(Exception):
+                await c.close()
+
+    async def _eject(self, failed: list[Member], errors: dict[str, str]) -> None:
+        """Remove failed members under a new epoch before anything else is acknowledged."""
+        self._ejecting += 1
+        self._stable.clear()
+        try:
+            async with self._meta_lock:
+                await self._eject_locked(failed, errors)
+        finally:
+            self._ejecting -= 1
+            if not self._ejecting:
+                self._stable.set()
+
+    async def _eject_locked(self, failed: list[Member], errors: dict[str, str]) -> None:
+        while failed:
+            failed = [m for m in failed if m.mode != ERR]
+            if not failed or self.state != SERVING:
+                return
+            removed_rw = False
+            for m in failed:
+                log.warning("replica %s ejected: %s", m.address, errors.get(m.address))
+                removed_rw |= m.mode == RW
+                m.mode = ERR
+                m.errors += 1
+                m.rebuild = None
+                m.last_error = errors.get(m.address) or "failed"
+                if m.rebuild_task and m.rebuild_task is not asyncio.current_task():
+                    m.rebuild_task.cancel()
+                self.stats["ejections"] += 1
+                await self._drop_client(m)
+            if not removed_rw:
+                return  # a WO replica is not in the membership: no new epoch needed
+            rw = self.rw_members()
+            if not rw:
+                self.state = WAITING
+                self.reason = (
+                    "every member was lost ("
+                    + ", ".join(f"{a}: {e}" for a, e in errors.items())
+                    + "); waiting for the newest members to return"
+                )
+                self._wake.set()
+                return
+            # ops sent to a failed member may have landed on the others before tracking
+            # starts: re-send them after SET_META so the missed map records them
+            resend = [op for op in self._inflight.values() if any(t in failed for t in op.targets)]
+            self.epoch += 1
+            self.stats["epoch_changes"] += 1
+            membership = [m.address for m in rw]
+            futs = [
+                m.client.set_meta(epoch=self.epoch, membership=membership, start_tracking=True)
+                for m in rw
+            ]
+            res = await asyncio.gather(*futs, return_exceptions=True)
+            failed, errors = [], {}
+            for m, r in zip(rw, res, strict=True):
+                if isinstance(r, Exception):
+                    if isinstance(r, ReplicaError) and r.status == wire.STALE_EPOCH:
+                        await self._fence(f"replica {m.address} reports a newer epoch: {r}")
+                        return
+                    failed.append(m)
+                    errors[m.address] = f"SET_META failed: {r}"
+                else:
+                    m.epoch = self.epoch
+            if resend and not failed:
+                targets = [m for m in self.members.values() if m.mode in (RW, WO) and m.client]
+                futs = [self._issue(m, op, self.epoch) for op in resend for m in targets]
+                res = await asyncio.gather(*futs, return_exceptions=True)
+                per = len(targets)
+                for i, r in enumerate(res):
+                    m = targets[i % per]
+                    if isinstance(r, Exception) and m not in failed:
+                        failed.append(m)
+                        errors[m.address] = f"re-sending in-flight writes failed: {r}"
+
+    # ------------------------------------------------------------------ background manager
+    async def _manage(self) -> None:
+        while not self._closed and self.state != FENCED:
+            self._wake.clear()
+            try:
+                if self.state == WAITING:
+                    await self._try_start()
+                elif self.state == SERVING:
+                    await self._tend()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # keep managing: report and retry next round
+                log.exception("volume %s manager error", self.name)
+                if self.state == WAITING:
+                    self.reason = f"start-up failed: {e}; retrying"
+            if self.state == SERVING and self._wake.is_set():
+                continue
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.retry_interval)
+
+    async def _connect(self, m: Member) -> dict[str, Any] | None:
+        """Connect `m` if needed and return its INFO (None when unreachable)."""
+        if m.client is not None and m.client.connected:
+            try:
+                info = await m.client.info()
+            except (ReplicaError, ReplicaUnavailable) as e:
+                m.last_error = f"INFO failed: {e}"
+                await self._drop_client(m)
+                return None
+        else:
+            await self._drop_client(m)
+            host, port = parse_hostport(m.address)
+            c = ReplicaClient(host, port, self.name, self.secret, self.replica_timeout)
+            try:
+                await c.connect()
+                info = await c.info()
+            except (ReplicaError, ReplicaUnavailable, OSError) as e:
+                m.last_error = str(e)
+                with contextlib.suppress(Exception):
+                    await c.close()
+                return None
+            m.client = c
+        meta = _meta(info)
+        m.info = info
+        m.epoch = int(meta.get("epoch") or 0)
+        size = int(meta.get("size") or 0)
+        want = self._want_size or self.size
+        if want and size != want:
+            m.last_error = f"replica size {size} differs from the volume size {want}"
+            await self._drop_client(m)
+            return None
+        return info
+
+    async def _try_start(self) -> None:
+        """Rule 4 and 5: serve only when every member of the newest membership is reachable."""
+        pending = [m for m in self.members.values()]
+        infos = await asyncio.gather(*(self._connect(m) for m in pending))
+        reach = {m.address: _meta(i) for m, i in zip(pending, infos, strict=True) if i}
+        if self.state != WAITING:
+            return
+        if not reach:
+            self.reason = "no replica reachable: " + "; ".join(
+                f"{m.address}: {m.last_error}" for m in pending
+            )
+            return
+        newest = max(reach.values(), key=lambda meta: int(meta.get("epoch") or 0))
+        top = int(newest.get("epoch") or 0)
+        if top == 0:
+            missing = [a for a in self.members if a not in reach]
+            if missing:
+                self.reason = (
+                    "new volume (no replica has data yet): waiting for every replica to "
+                    f"initialise it together; unreachable: {', '.join(missing)}"
+                )
+                return
+            membership = list(self.members)
+        else:
+            membership = [self._known(a).address for a in newest.get("membership") or []]
+            missing = [a for a in membership if a not in reach]
+            if missing:
+                # a freshly added address may have just been connected above; retry next round
+                self.reason = (
+                    f"waiting for replica(s) {', '.join(missing)}: members of the newest "
+                    f"membership (epoch {top}) and possibly the only current copies; refusing to "
+                    "serve from replicas that may be behind (reachable: "
+                    + ", ".join(f"{a} epoch {int(reach[a].get('epoch') or 0)}" for a in reach)
+                    + ")"
+                )
+                return
+        if not self.size:
+            self.size = int(newest.get("size") or 0)
+        members = [self.members[a] for a in membership]
+        self.reason = f"resynchronising members {', '.join(membership)}"
+        self.epoch = top + 1
+        self.stats["epoch_changes"] += 1
+        # claim the volume first: any older controller now gets STALE_EPOCH from these replicas
+        for m in members:
+            if top == 0:
+                await m.client.set_mode("RW")
+            await m.client.set_meta(epoch=self.epoch, membership=membership)
+            m.epoch = self.epoch
+        maps = await asyncio.gather(*(m.client.dirty_map() for m in members))
+        self.region_size = int(maps[0].get("region_size") or DEFAULT_REGION)
+        dirty = sorted(set().union(*(set(d.get("dirty") or []) for d in maps)))
+        if dirty and len(members) > 1:
+            src = max(members, key=lambda m: int(reach[m.address].get("epoch") or 0))
+            others = [m for m in members if m is not src]
+            for r in dirty:
+                off, ln = self._region(r)
+                await self._copy(src, others, off, ln, rebuild=False)
+        for m in members:
+            await m.client.flush(self.epoch)
+            await m.client.clear_dirty(dirty if dirty else None)
+        for m in members:
+            m.mode = RW
+            m.last_error = None
+        log.info(
+            "volume %s serving at epoch %d with %s (%d dirty regions resynchronised)",
+            self.name,
+            self.epoch,
+            membership,
+            len(dirty),
+        )
+        self.reason = f"resynchronised {len(dirty)} dirty region(s) at start-up" if dirty else ""
+        self.state = SERVING
+        self._wake.set()
+
+    async def _tend(self) -> None:
+        """While serving: ping members, reconnect lost replicas and start their rebuilds."""
+        for m in list(self.members.values()):
+            if m.mode != ERR or m.connecting or (m.rebuild_task and not m.rebuild_task.done()):
+                continue  # RW members are checked by the pings below, WO ones by their rebuild
+            m.connecting = True
+            asyncio.get_running_loop().create_task(self._rejoin(m))
+        rw = self.rw_members()
+        res = await asyncio.gather(*(m.client.ping() for m in rw), return_exceptions=True)
+        failed = [(m, r) for m, r in zip(rw, res, strict=True) if isinstance(r, Exception)]
+        if failed and self.state == SERVING:
+            with contextlib.suppress(VolumeFenced):
+                await self._failures(failed)
+
+    async def _rejoin(self, m: Member) -> None:
+        try:
+            info = await self._connect(m)
+            if info is None or self.state != SERVING or self._closed:
+                if info is not None and self.state != SERVING:
+                    await self._drop_client(m)
+                return
+            m.rebuild_task = asyncio.get_running_loop().create_task(self._rebuild(m, _meta(info)))
+        finally:
+            m.connecting = False
+
+    # ------------------------------------------------------------------ rebuild (rule 6)
+    def _region(self, r: int) -> tuple[int, int]:
+        off = r * self.region_size
+        return off, max(0, min(self.region_size, self.size - off))
+
+    async def _copy(self, src: Member, dsts: list[Member], off: int, ln: int, rebuild: bool) -> int:
+        """Copy [off, off+ln) from src to dsts under the range lock; holes become holes."""
+        copied = 0
+        async with self._ranges.hold(off, ln):
+            ext = await src.client.extents(off, ln)
+            pos, end = off, off + ln
+            for eo, el in [*_clip(ext, off, end), (end, 0)]:
+                if eo > pos:
+                    await asyncio.gather(*(d.client.unmap(pos, eo - pos, self.epoch) for d in dsts))
+                if el:
+                    data = await src.client.read(eo, el, self.epoch)
+                    await asyncio.gather(
+                        *(d.client.write(eo, data, self.epoch, rebuild=rebuild) for d in dsts)
+                    )
+                    copied += el
+                pos = eo + el
+        return copied
+
+    def _plan(self, rmeta: dict[str, Any], rdirty: dict[str, Any], sdm: dict[str, Any]) -> tuple:
+        """Which regions a returning replica needs: (kind, regions or None for full)."""
+        r_epoch = int(rmeta.get("epoch") or 0)
+        if (
+            r_epoch <= 0
+            or rmeta.get("rebuilding")
+            or int(sdm.get("region_size") or 0) != self.region_size
+        ):
+            return "full", None
+        if int(rdirty.get("region_size") or self.region_size) != self.region_size:
+            return "full", None
+        missed = {int(e): regs for e, regs in (sdm.get("missed") or {}).items()}
+        usable = [e for e in missed if e <= r_epoch + 1]
+        if not usable:
+            return "full", None
+        since = max(usable)
+        regions = set(missed[since]) | set(rdirty.get("dirty") or [])
+        return f"incremental since epoch {since}", sorted(regions)
+
+    async def _rebuild(self, m: Member, rmeta: dict[str, Any]) -> None:
+        """Bring a non-member up to date as WO, then add it to the membership (rule 6)."""
+        t0 = time.monotonic()
+        try:
+            c = m.client
+            if m.epoch > self.epoch:
+                # only a newer controller could have raised it: leave this replica alone
+                raise ReplicaError(
+                    wire.STALE_EPOCH,
+                    f"replica has epoch {m.epoch}, newer than ours ({self.epoch}); "
+                    "another controller may own the volume",
+                )
+            c.epoch = max(c.epoch, m.epoch)  # control ops carry the client's epoch
+            rdirty = await c.dirty_map() if int(rmeta.get("epoch") or 0) > 0 else {}
+            await c.set_mode("WO")  # persisted first: a crash from here on means a full rebuild
+            # then raise its epoch so frames still queued from an old connection are refused
+            await c.set_meta(epoch=self.epoch, membership=self.membership())
+            m.mode = WO  # every write issued from now on also goes to this replica
+            m.rebuild = {"done": 0, "total": 0}
+            m.last_error = None
+            before = list(self._inflight.values())
+            for op in before:  # writes issued before the switch must land on the source first
+                await op.done
+            rw = self.rw_members()
+            if not rw:
+                raise ReplicaUnavailable("no current member to rebuild from")
+            src = rw[next(self._rr) % len(rw)]
+            sdm = await src.client.dirty_map()
+            kind, regions = self._plan(rmeta, rdirty, sdm)
+            if regions is None:
+                used = set()
+                for eo, el in await src.client.extents(0, self.size):
+                    used.update(
+                        range(eo // self.region_size, (eo + el - 1) // self.region_size + 1)
+                    )
+                for eo, el in await c.extents(0, self.size):
+                    used.update(
+                        range(eo // self.region_size, (eo + el - 1) // self.region_size + 1)
+                    )
+                regions = sorted(used)
+            total = sum(self._region(r)[1] for r in regions)
+            m.rebuild = {"done": 0, "total": total}
+            log.info(
+                "rebuilding %s from %s: %s, %d regions", m.address, src.address, kind, len(regions)
+            )
+            copied = 0
+            for r in regions:
+                if m.mode != WO or src.mode != RW or self.state != SERVING:
+                    raise ReplicaUnavailable("rebuild interrupted")
+                off, ln = self._region(r)
+                n = await self._copy_checked(src, m, off, ln)
+                copied += n
+                self.stats["rebuild_bytes_copied"] += n
+                m.rebuild["done"] += ln
+                await self._throttle.take(n)
+            await c.flush(self.epoch)
+            m.last_rebuild = {
+                "kind": kind.split()[0],
+                "detail": kind,
+                "source": src.address,
+                "regions": len(regions),
+                "copied": copied,
+                "scanned": total,
+                "seconds": round(time.monotonic() - t0, 3),
+            }
+            await self._promote(m)
+        except asyncio.CancelledError:
+            raise
+        except VolumeFenced:
+            return
+        except Exception as e:
+            if m.mode != ERR:
+                log.warning("rebuild of %s failed: %s", m.address, e)
+                m.mode = ERR
+                m.rebuild = None
+                m.last_error = f"rebuild failed: {e}"
+                await self._drop_client(m)
+
+    async def _copy_checked(self, src: Member, dst: Member, off: int, ln: int) -> int:
+        """One rebuild copy; a failing source is ejected (rule 3), a failing target drops out."""
+        try:
+            return await self._copy(src, [dst], off, ln, rebuild=True)
+        except (ReplicaError, ReplicaUnavailable) as e:
+            # find out which side failed: the source's failure is a membership change
+            if src.client is None or not src.client.connected:
+                await self._failures([(src, e)])
+            raise
+
+    async def _promote(self, m: Member) -> None:
+        """Add a rebuilt replica to the membership under a new epoch."""
+        async with self._meta_lock:
+            if m.mode != WO or self.state != SERVING:
+                raise ReplicaUnavailable("replica no longer rebuilding")
+            self.epoch += 1
+            self.stats["epoch_changes"] += 1
+            members = [*self.rw_members(), m]
+            membership = [x.address for x in members]
+            await m.client.set_mode("RW")
+            res = await asyncio.gather(
+                *(x.client.set_meta(epoch=self.epoch, membership=membership) for x in members),
+                return_exceptions=True,
+            )
+            bad = [(x, r) for x, r in zip(members, res, strict=True) if isinstance(r, Exception)]
+            if not bad:
+                for x in members:
+                    x.epoch = self.epoch
+                m.mode = RW
+                m.rebuild = None
+                m.last_error = None
+                self.stats["rebuilds_done"] += 1
+                log.info("replica %s is current: membership %s", m.address, membership)
+        if bad:
+            await self._failures(bad)
+            return
+        if all(x.mode == RW for x in self.members.values()):
+            await self._stop_tracking()
+
+    async def _stop_tracking(self) -> None:
+        """Every known replica is current: nobody needs the missed-write maps any more."""
+        for x in self.rw_members():
+            try:
+                meta = _meta(await x.client.info())
+                since = [
+                    int(t["since"]) if isinstance(t, dict) else int(t)
+                    for t in meta.get("tracking") or []
+                ]
+                if since:
+                    await x.client.set_meta(epoch=self.epoch, stop_tracking=since)
+            except (ReplicaError, ReplicaUnavailable) as e:
+                log.warning("stop tracking on %s: %s", x.address, e)
+
+    # ------------------------------------------------------------------ management
+    async def add_replica(self, address: str) -> Member:
+        """Add a replica address; it joins as WO, is rebuilt, then becomes RW."""
+        host, port = parse_hostport(address)
+        addr = f"{host}:{port}"
+        if addr in self.members:
+            raise ValueError(f"replica {addr} is already part of volume {self.name}")
+        m = self._known(addr)
+        self._wake.set()
+        return m
+
+    async def remove_replica(self, address: str) -> None:
+        """Forget a replica; a current member is removed under a new epoch (not the last one)."""
+        host, port = parse_hostport(address)
+        addr = f"{host}:{port}"
+        m = self.members.get(addr)
+        if m is None:
+            raise KeyError(f"replica {addr} is not part of volume {self.name}")
+        if m.mode == RW and len(self.rw_members()) == 1:
+            raise ValueError(f"replica {addr} is the only current copy; refusing to remove it")
+        if m.mode == RW:
+            await self._eject([m], {addr: "removed by the operator"})
+        if m.rebuild_task:
+            m.rebuild_task.cancel()
+        m.mode = ERR
+        await self._drop_client(m)
+        self.members.pop(addr, None)
+
+
+def _meta(info: dict[str, Any] | None) -> dict[str, Any]:
+    """The metadata part of an INFO answer (accepts flat or {"meta": {...}} layouts)."""
+    if not info:
+        return {}
+    meta = info.get("meta")
+    return meta if isinstance(meta, dict) else info
+
+
+def _clip(ext: list, start: int, end: int) -> list[tuple[int, int]]:
+    """Sorted extents clipped to [start, end)."""
+    out = []
+    for eo, el in sorted((int(a), int(b)) for a, b in ext or []):
+        a, b = max(eo, start), min(eo + el, end)
+        if b > a:
+            out.append((a, b - a))
+    return out
+
+
+__all__ = ["Volume", "Member", "OutOfRange", "RW", "WO", "ERR", "SERVING", "WAITING", "FENCED"]
