@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "controller": ("jiva_engine.controller.cli", "run a volume's controller and iSCSI target"),
     "target": ("jiva_engine.iscsi.cli", "serve one local file as an iSCSI target"),
     "status": ("jiva_engine.api.cli", "show a volume's state from its management API"),
+    "supervise": ("jiva_engine.supervise", "keep one jiva process running (hosts without systemd)"),
 }
 
 

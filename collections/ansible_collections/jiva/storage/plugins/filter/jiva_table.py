@@ -1,0 +1,56 @@
+# -*- coding: utf-8 -*-
+# Copyright: jiva-py contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+"""Filter jiva.storage.volume_table: render volumes (placement + live state) as a text table."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+from ansible.errors import AnsibleFilterError
+
+try:
+    from tabulate import tabulate
+except ImportError:  # pragma: no cover - reported when the filter is used
+    tabulate = None
+
+HEADERS = ["volume", "size", "portal", "iqn", "controller", "replicas", "state", "epoch", "degraded"]
+
+
+def _replica_cell(vol, state):
+    if not state:
+        return ", ".join(vol.get("replica_nodes", []))
+    by_addr = dict((r.get("address"), r) for r in state.get("replicas", []))
+    cells = []
+    for node, addr in zip(vol.get("replica_nodes", []), vol.get("replica_addresses", [])):
+        r = by_addr.get(addr)
+        mode = r.get("mode", "?") if r else "missing"
+        if r and r.get("rebuild"):
+            done, total = r["rebuild"].get("done", 0), r["rebuild"].get("total", 0) or 1
+            mode += " %d%%" % (100 * done // total)
+        cells.append("%s:%s" % (node, mode))
+    return ", ".join(cells)
+
+
+def volume_table(volumes, states=None, tablefmt="simple"):
+    """Return the volumes with their controller, replicas and live state as a tabulate table."""
+    if tabulate is None:
+        raise AnsibleFilterError("jiva.storage.volume_table needs the Python package 'tabulate' on the control node")
+    states = states or {}
+    rows = []
+    for vol in volumes:
+        st = states.get(vol["name"]) or {}
+        rows.append([
+            vol["name"], vol.get("size"), vol.get("portal"), vol.get("iqn"), vol.get("controller"),
+            _replica_cell(vol, st), st.get("state", "unknown"), st.get("epoch", ""),
+            st.get("degraded", ""),
+        ])
+    return tabulate(rows, headers=HEADERS, tablefmt=tablefmt)
+
+
+class FilterModule(object):
+    """jiva.storage filters."""
+
+    def filters(self):
+        """Map filter names to functions."""
+        return {"volume_table": volume_table}

@@ -1,0 +1,288 @@
+# -*- coding: utf-8 -*-
+# Copyright: jiva-py contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+"""Inventory validation and replica placement (rendezvous hashing) for jiva volumes.
+
+Pure functions, no Ansible imports, so the same code runs in the placement module and in unit tests.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import hashlib
+import re
+
+DEFAULT_PORTAL_PORT = 3260
+DEFAULT_REPLICA_PORT_BASE = 9700
+DEFAULT_API_PORT_BASE = 9800
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
+_IQN_RE = re.compile(r"^(iqn\.\d{4}-\d{2}\.[^\s]+|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]{16,32})$")
+SECTOR = 512
+
+
+class PlacementError(ValueError):
+    """An inventory problem; the message names the variable (and the volume) at fault."""
+
+
+def parse_size(text):
+    """Return bytes from `512M`, `10G`, `1T` or a byte count; ValueError when malformed."""
+    if isinstance(text, bool):
+        raise ValueError("invalid size %r" % (text,))
+    if isinstance(text, int):
+        value = text
+    else:
+        m = _SIZE_RE.match(str(text))
+        if not m:
+            raise ValueError("invalid size %r: use bytes or a number with K, M, G or T" % (text,))
+        value = int(m.group(1)) * _UNITS[m.group(2).upper()]
+    if value <= 0:
+        raise ValueError("size must be positive, got %r" % (text,))
+    if value % SECTOR:
+        raise ValueError("size %r is not a multiple of %d bytes" % (text, SECTOR))
+    return value
+
+
+def split_hostport(text, default_port):
+    """Split `HOST:PORT`, `[v6]:PORT` or `HOST` (then `default_port`); ValueError when malformed."""
+    text = str(text).strip()
+    if text.startswith("["):
+        host, _sep, rest = text[1:].partition("]")
+        port_s = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _sep, port_s = text.partition(":")
+    else:
+        host, port_s = text, ""
+    if not host:
+        raise ValueError("address %r has no host" % (text,))
+    if not port_s:
+        return host, default_port
+    if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        raise ValueError("invalid port in address %r" % (text,))
+    return host, int(port_s)
+
+
+def join_hostport(host, port):
+    """Format HOST:PORT, bracketing IPv6 literals."""
+    return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
+
+
+def hrw_score(volume, node, salt="replica"):
+    """Rendezvous weight of `node` for `volume`: a stable 256-bit hash, highest wins."""
+    digest = hashlib.sha256(("%s|%s|%s" % (salt, volume, node)).encode("utf-8")).hexdigest()
+    return int(digest, 16)
+
+
+def _port(value, what):
+    if isinstance(value, bool) or value is None:
+        raise PlacementError("%s must be a TCP port number, got %r" % (what, value))
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        raise PlacementError("%s must be a TCP port number, got %r" % (what, value))
+    if not 0 < port < 65536:
+        raise PlacementError("%s must be between 1 and 65535, got %r" % (what, value))
+    return port
+
+
+def validate_nodes(nodes):
+    """Check the node list (name, address, eligible); return {name: node} in input order."""
+    if not isinstance(nodes, list) or not nodes:
+        raise PlacementError("the inventory group 'jiva_nodes' is empty or missing: list the storage hosts in it")
+    out = {}
+    addresses = {}
+    for node in nodes:
+        name = node.get("name")
+        if not name:
+            raise PlacementError("a node in 'jiva_nodes' has no name")
+        if name in out:
+            raise PlacementError("node %r is listed twice in 'jiva_nodes'" % name)
+        address = node.get("address")
+        if not address or not isinstance(address, str):
+            raise PlacementError("host %r has no 'jiva_address' (the address its replicas listen on)" % name)
+        if ":" in address and not address.count(":") > 1:
+            raise PlacementError("jiva_address of host %r must be an address without a port, got %r" % (name, address))
+        if address in addresses:
+            raise PlacementError("jiva_address %r of host %r is also used by host %r" % (address, name, addresses[address]))
+        addresses[address] = name
+        eligible = node.get("eligible", True)
+        if not isinstance(eligible, bool):
+            raise PlacementError("jiva_eligible of host %r must be true or false, got %r" % (name, eligible))
+        out[name] = {"name": name, "address": address, "eligible": eligible}
+    return out
+
+
+def validate_volumes(volumes, replica_port_base=DEFAULT_REPLICA_PORT_BASE, api_port_base=DEFAULT_API_PORT_BASE):
+    """Normalise `jiva_volumes`: sizes in bytes, portal split, ports derived; PlacementError on bad input.
+
+    Ports not given are derived from the volume's position in the list: replica_port =
+    replica_port_base + index, api_port = api_port_base + index (append new volumes at the end).
+    """
+    if volumes is None:
+        raise PlacementError("'jiva_volumes' is not defined: give the volumes as a list in group vars")
+    if not isinstance(volumes, list):
+        raise PlacementError("'jiva_volumes' must be a list of volumes, got %s" % type(volumes).__name__)
+    out = []
+    seen = {}
+    for index, vol in enumerate(volumes):
+        where = "jiva_volumes[%d]" % index
+        if not isinstance(vol, dict):
+            raise PlacementError("%s must be a mapping with name, size, replicas and portal" % where)
+        known = {"name", "size", "replicas", "portal", "chap", "allowed_initiators", "nodes", "controller",
+                 "replica_port", "api_port"}
+        unknown = sorted(set(vol) - known)
+        if unknown:
+            raise PlacementError("%s has unknown keys %s (allowed: %s)" % (where, ", ".join(unknown), ", ".join(sorted(known))))
+        name = vol.get("name")
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise PlacementError("%s.name must be lower-case letters, digits, '.' or '-' (at most 63), got %r" % (where, name))
+        where = "jiva_volumes[%d] (volume %r)" % (index, name)
+        if name in seen:
+            raise PlacementError("duplicate volume name %r in jiva_volumes[%d] and jiva_volumes[%d]" % (name, seen[name], index))
+        seen[name] = index
+        if "size" not in vol:
+            raise PlacementError("%s has no 'size'" % where)
+        try:
+            size = parse_size(vol["size"])
+        except ValueError as exc:
+            raise PlacementError("%s.size: %s" % (where, exc))
+        replicas = vol.get("replicas", 3)
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+            raise PlacementError("%s.replicas must be a positive integer, got %r" % (where, replicas))
+        portal = vol.get("portal")
+        if not portal or not isinstance(portal, str):
+            raise PlacementError("%s has no 'portal' (the address initiators log in to, HOST:PORT or HOST)" % where)
+        try:
+            portal_host, portal_port = split_hostport(portal, DEFAULT_PORTAL_PORT)
+        except ValueError as exc:
+            raise PlacementError("%s.portal: %s" % (where, exc))
+        replica_port = _port(vol.get("replica_port", replica_port_base + index), "%s.replica_port" % where)
+        api_port = _port(vol.get("api_port", api_port_base + index), "%s.api_port" % where)
+        chap = vol.get("chap")
+        if chap is not None:
+            if not isinstance(chap, dict) or not chap.get("user") or not chap.get("secret"):
+                raise PlacementError("%s.chap must be a mapping with 'user' and 'secret'" % where)
+            if not 12 <= len(str(chap["secret"])) <= 255:
+                raise PlacementError("%s.chap.secret must be 12 to 255 characters (RFC 7143)" % where)
+        initiators = vol.get("allowed_initiators", [])
+        if not isinstance(initiators, list):
+            raise PlacementError("%s.allowed_initiators must be a list of initiator IQNs" % where)
+        for iqn in initiators:
+            if not isinstance(iqn, str) or not _IQN_RE.match(iqn):
+                raise PlacementError("%s.allowed_initiators: %r is not an iSCSI name (iqn./eui./naa.)" % (where, iqn))
+        pinned = vol.get("nodes", [])
+        if not isinstance(pinned, list) or not all(isinstance(n, str) for n in pinned):
+            raise PlacementError("%s.nodes must be a list of host names from 'jiva_nodes'" % where)
+        if len(set(pinned)) != len(pinned):
+            raise PlacementError("%s.nodes names a host twice: %s" % (where, ", ".join(pinned)))
+        if len(pinned) > replicas:
+            raise PlacementError("%s.nodes pins %d hosts but the volume has only %d replicas" % (where, len(pinned), replicas))
+        controller = vol.get("controller")
+        if controller is not None and not isinstance(controller, str):
+            raise PlacementError("%s.controller must be a host name from 'jiva_nodes'" % where)
+        out.append({
+            "name": name, "index": index, "size": str(vol["size"]), "size_bytes": size, "replicas": replicas,
+            "portal": join_hostport(portal_host, portal_port), "portal_host": portal_host,
+            "portal_port": portal_port, "replica_port": replica_port, "api_port": api_port,
+            "api": join_hostport(portal_host, api_port),
+            "chap_user": chap["user"] if chap else None, "chap_secret": chap["secret"] if chap else None,
+            "allowed_initiators": list(initiators), "pinned": list(pinned), "pinned_controller": controller,
+            "iqn": "iqn.2026-11.org.jiva-py:%s" % name,
+        })
+    return out
+
+
+def _check_ports(volumes, nodes):
+    """Fail when two listeners would bind the same HOST:PORT (replica ports must be unique per volume)."""
+    by_replica_port = {}
+    for vol in volumes:
+        other = by_replica_port.get(vol["replica_port"])
+        if other is not None:
+            raise PlacementError(
+                "port clash: jiva_volumes[%d] (volume %r) replica_port %d is also the replica_port of volume %r"
+                % (vol["index"], vol["name"], vol["replica_port"], other))
+        by_replica_port[vol["replica_port"]] = vol["name"]
+    bindings = {}
+
+    def bind(host, port, what):
+        key = (host, port)
+        if key in bindings:
+            raise PlacementError("port clash: %s and %s both use %s" % (bindings[key], what, join_hostport(host, port)))
+        bindings[key] = what
+
+    for vol in volumes:
+        label = "jiva_volumes[%d] (volume %r)" % (vol["index"], vol["name"])
+        bind(vol["portal_host"], vol["portal_port"], "%s.portal" % label)
+        bind(vol["portal_host"], vol["api_port"], "%s.api_port" % label)
+    for vol in volumes:
+        label = "jiva_volumes[%d] (volume %r)" % (vol["index"], vol["name"])
+        for node in nodes.values():
+            key = (node["address"], vol["replica_port"])
+            if key in bindings:
+                raise PlacementError("port clash: %s.replica_port and %s both use %s on host %r"
+                                     % (label, bindings[key], join_hostport(*key), node["name"]))
+
+
+def place(nodes, volumes, existing=None, replica_port_base=DEFAULT_REPLICA_PORT_BASE,
+          api_port_base=DEFAULT_API_PORT_BASE):
+    """Validate everything, then place each volume's replicas and controller; return the volume list.
+
+    Replicas: pinned nodes first, then replicas that already exist (from `existing`, a mapping
+    volume -> {"replicas": [node..], "controller": node}) on eligible nodes, then the eligible
+    nodes with the highest rendezvous weight. Never two replicas of one volume on one node; adding
+    nodes never moves an existing replica. The controller stays where it is, else the pinned one,
+    else the replica node with the highest controller weight. Raises PlacementError before anything
+    is returned when any volume cannot be placed.
+    """
+    nodes_by_name = validate_nodes(nodes)
+    vols = validate_volumes(volumes, replica_port_base, api_port_base)
+    _check_ports(vols, nodes_by_name)
+    existing = existing or {}
+    eligible = [n for n in nodes_by_name.values() if n["eligible"]]
+    for vol in vols:
+        where = "jiva_volumes[%d] (volume %r)" % (vol["index"], vol["name"])
+        for pin in vol["pinned"]:
+            if pin not in nodes_by_name:
+                raise PlacementError("%s.nodes names unknown host %r (not in group 'jiva_nodes')" % (where, pin))
+            if not nodes_by_name[pin]["eligible"]:
+                raise PlacementError("%s.nodes pins host %r, which is marked jiva_eligible=false" % (where, pin))
+        if vol["replicas"] > len(eligible):
+            raise PlacementError(
+                "%s asks for %d replicas but only %d eligible nodes exist (%s): one replica per node"
+                % (where, vol["replicas"], len(eligible), ", ".join(n["name"] for n in eligible) or "none"))
+        ctl = vol["pinned_controller"]
+        if ctl is not None:
+            if ctl not in nodes_by_name:
+                raise PlacementError("%s.controller names unknown host %r (not in group 'jiva_nodes')" % (where, ctl))
+            if not nodes_by_name[ctl]["eligible"]:
+                raise PlacementError("%s.controller pins host %r, which is marked jiva_eligible=false" % (where, ctl))
+    for vol in vols:
+        name = vol["name"]
+        chosen = list(vol["pinned"])
+        before = existing.get(name) or {}
+        kept = [n for n in before.get("replicas", []) if n in nodes_by_name and nodes_by_name[n]["eligible"]
+                and n not in chosen]
+        kept.sort(key=lambda n: hrw_score(name, n), reverse=True)
+        for n in kept:
+            if len(chosen) < vol["replicas"]:
+                chosen.append(n)
+        ranked = sorted(eligible, key=lambda n: hrw_score(name, n["name"]), reverse=True)
+        for n in ranked:
+            if len(chosen) >= vol["replicas"]:
+                break
+            if n["name"] not in chosen:
+                chosen.append(n["name"])
+        controller = vol["pinned_controller"]
+        old_ctl = before.get("controller")
+        if controller is None and old_ctl in nodes_by_name and nodes_by_name[old_ctl]["eligible"]:
+            controller = old_ctl
+        if controller is None:
+            controller = max(chosen, key=lambda n: hrw_score(name, n, "controller"))
+        vol["replica_nodes"] = chosen
+        vol["replica_addresses"] = [join_hostport(nodes_by_name[n]["address"], vol["replica_port"]) for n in chosen]
+        vol["controller"] = controller
+        vol["moved"] = sorted(set(before.get("replicas", [])) - set(chosen))
+    return vols

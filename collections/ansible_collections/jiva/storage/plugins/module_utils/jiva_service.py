@@ -1,0 +1,302 @@
+# -*- coding: utf-8 -*-
+# Copyright: jiva-py contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+"""Service layer shared by the replica and controller modules: config files plus systemd or daemons.
+
+One jiva process = one "service" named KIND-VOLUME (replica-db, controller-db). Its arguments live
+in CONFIG_DIR/KIND-VOLUME.env as `JIVA_ARGS=...`; secrets go to separate 0600 files. With systemd
+the template unit jiva@.service runs it; without, a supervisor (python -m jiva_engine.supervise)
+started with setsid restarts it on a crash and keeps a pidfile in RUN_DIR.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import shlex
+import signal
+import subprocess
+import tempfile
+import time
+
+SERVICE_COMMON_ARGS = dict(
+    config_dir=dict(type="path", default="/etc/jiva"),
+    run_dir=dict(type="path", default="/run/jiva"),
+    log_dir=dict(type="path", default="/var/log/jiva"),
+    venv=dict(type="path", default="/opt/jiva/venv"),
+    service_manager=dict(type="str", default="auto", choices=["auto", "systemd", "daemon"]),
+    engine_revision=dict(type="str", default=""),
+    start_timeout=dict(type="float", default=15.0),
+    alive_check=dict(type="float", default=1.0),
+)
+
+
+def render_env(kind, volume, args, revision):
+    """Return the env file text for one service: a header and the quoted argument line."""
+    line = " ".join(shlex.quote(str(a)) for a in [kind] + list(args))
+    lines = [
+        "# Managed by Ansible (jiva.storage.%s): volume %s" % (kind, volume),
+        "# engine revision: %s" % (revision or "unknown"),
+        "JIVA_ARGS=%s" % shlex.quote(line),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def read_file(path):
+    """Return the text of `path`, or None when it does not exist."""
+    try:
+        with open(path, "r") as f:
+            return f.read()
+    except (IOError, OSError):
+        return None
+
+
+def write_atomic(path, content, mode):
+    """Write `content` to `path` atomically (temp file, fsync, rename) with `mode`."""
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except Exception:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def file_mode(path):
+    """Return the permission bits of `path`, or None."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        return None
+
+
+class Service(object):
+    """One jiva service (KIND-VOLUME) on this host, managed by systemd or as a supervised daemon."""
+
+    def __init__(self, module, kind, volume):
+        p = module.params
+        self.module = module
+        self.kind = kind
+        self.volume = volume
+        self.name = "%s-%s" % (kind, volume)
+        self.config_dir = p["config_dir"]
+        self.run_dir = p["run_dir"]
+        self.log_dir = p["log_dir"]
+        self.venv = p["venv"]
+        self.env_path = os.path.join(self.config_dir, self.name + ".env")
+        self.pidfile = os.path.join(self.run_dir, self.name + ".pid")
+        self.logfile = os.path.join(self.log_dir, self.name + ".log")
+        manager = p["service_manager"]
+        if manager == "auto":
+            manager = "systemd" if os.path.isdir("/run/systemd/system") else "daemon"
+        self.manager = manager
+        self.unit = "jiva@%s.service" % self.name
+
+    # ---- files -----------------------------------------------------------------------------
+    def secret_path(self, what):
+        """Path of a secret file of this service, e.g. controller-db.chap."""
+        return os.path.join(self.config_dir, "%s.%s" % (self.name, what))
+
+    def plan_files(self, files):
+        """Compare wanted files {path: (content, mode, secret)} with disk; return (changed paths, diff)."""
+        changed = []
+        before, after = [], []
+        for path, (content, mode, secret) in sorted(files.items()):
+            current = read_file(path)
+            if content is None:
+                if current is not None:
+                    changed.append(path)
+                    before.append(self._show(path, current, secret))
+                continue
+            if current != content or file_mode(path) != mode:
+                changed.append(path)
+                before.append(self._show(path, current, secret))
+                after.append(self._show(path, content, secret))
+        diff = {
+            "before_header": self.name + " (config)",
+            "after_header": self.name + " (config)",
+            "before": "".join(x for x in before if x),
+            "after": "".join(x for x in after if x),
+        }
+        return changed, diff
+
+    @staticmethod
+    def _show(path, content, secret):
+        if content is None:
+            return ""
+        if secret:
+            return "# %s: (secret, %d bytes, not shown)\n" % (path, len(content))
+        return "# %s\n%s" % (path, content)
+
+    def apply_files(self, files, changed):
+        """Write (or delete, for content None) the changed files."""
+        for path in changed:
+            content, mode, _secret = files[path]
+            if content is None:
+                if os.path.exists(path):
+                    os.unlink(path)
+            else:
+                if not os.path.isdir(os.path.dirname(path)):
+                    os.makedirs(os.path.dirname(path), 0o755)
+                write_atomic(path, content, mode)
+
+    # ---- process state -----------------------------------------------------------------------
+    def _pid(self):
+        text = read_file(self.pidfile)
+        if not text or not text.strip().isdigit():
+            return None
+        pid = int(text.strip())
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                cmdline = f.read()
+        except (IOError, OSError, IndexError):
+            return None
+        if state == "Z" or self.pidfile.encode() not in cmdline:
+            return None
+        return pid
+
+    def running(self):
+        """True when the service (its supervisor or systemd unit) is up."""
+        if self.manager == "systemd":
+            rc, _out, _err = self.module.run_command(["systemctl", "is-active", "--quiet", self.unit])
+            return rc == 0
+        return self._pid() is not None
+
+    def start(self):
+        """Start the service; with daemons, wait until the supervisor has written its pidfile."""
+        if self.manager == "systemd":
+            self._systemctl("enable", "--now")
+            return
+        for d in (self.run_dir, self.log_dir):
+            if not os.path.isdir(d):
+                os.makedirs(d, 0o755)
+        cmd = [
+            os.path.join(self.venv, "bin", "python"), "-m", "jiva_engine.supervise",
+            "--name", self.name, "--env-file", self.env_path, "--pidfile", self.pidfile,
+            "--log", self.logfile, "--", os.path.join(self.venv, "bin", "jiva"),
+        ]
+        devnull = open(os.devnull, "r+b")
+        try:
+            subprocess.Popen(cmd, stdin=devnull, stdout=devnull, stderr=devnull, close_fds=True,
+                             start_new_session=True, cwd="/")
+        finally:
+            devnull.close()
+        deadline = time.time() + self.module.params["start_timeout"]
+        while time.time() < deadline:
+            if self._pid() is not None:
+                return
+            time.sleep(0.05)
+        self.module.fail_json(msg="%s: the supervisor did not start (see %s)" % (self.name, self.logfile))
+
+    def stop(self):
+        """Stop the service: SIGTERM the supervisor (it stops its child), SIGKILL after a wait."""
+        if self.manager == "systemd":
+            self._systemctl("disable", "--now")
+            return
+        pid = self._pid()
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.time() + 15
+        while time.time() < deadline and self._pid() is not None:
+            time.sleep(0.05)
+        if self._pid() is not None:
+            os.kill(pid, signal.SIGKILL)
+        if os.path.exists(self.pidfile):
+            os.unlink(self.pidfile)
+
+    def restart(self):
+        """Stop then start (the process re-reads its config)."""
+        self.stop()
+        self.start()
+
+    def _systemctl(self, *args):
+        rc, out, err = self.module.run_command(["systemctl"] + list(args) + [self.unit])
+        if rc != 0:
+            self.module.fail_json(msg="systemctl %s %s failed: %s" % (" ".join(args), self.unit, (err or out).strip()))
+
+    def check_alive(self, seconds):
+        """After a start, make sure the process stays up for `seconds` (it did not crash on its config)."""
+        if self.manager == "systemd" or seconds <= 0:
+            return
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            time.sleep(0.1)
+        if self._pid() is None or read_file(self.pidfile + ".crashes") is not None:
+            tail = (read_file(self.logfile) or "")[-2000:]
+            self.module.fail_json(msg="%s is not running after start; log tail:\n%s" % (self.name, tail))
+
+
+def ensure(module, kind, volume, args, files_extra, data_cleanup=None, dirs=None):
+    """Bring one service to module.params['state']; exit the module with changed/diff/result.
+
+    `args` is the jiva argument list, `files_extra` {path: (content|None, mode, secret)} the secret
+    files (content None = must not exist). `data_cleanup` is a callable run (not in check mode)
+    when state=absent and the caller asked to delete data; it returns True when it removed something.
+    `dirs` are directories (mode 0700) that must exist unless state=absent.
+    """
+    state = module.params["state"]
+    svc = Service(module, kind, volume)
+    revision = module.params["engine_revision"]
+    files = dict(files_extra)
+    if state == "absent":
+        files = dict((path, (None, 0o600, spec[2])) for path, spec in files.items())
+        files[svc.env_path] = (None, 0o600, False)
+    else:
+        files[svc.env_path] = (render_env(kind, volume, args, revision), 0o600, False)
+    changed_files, diff = svc.plan_files(files)
+    new_dirs = [d for d in (dirs or []) if state != "absent" and not os.path.isdir(d)]
+    running = svc.running()
+    actions = []
+    if state in ("absent", "stopped") and running:
+        actions.append("stop")
+    if state == "started":
+        if not running:
+            actions.append("start")
+        elif changed_files:
+            actions.append("restart")
+    data_removed = False
+    if not module.check_mode:
+        if "stop" in actions:
+            svc.stop()
+        for d in new_dirs:
+            os.makedirs(d, 0o700)
+        if state == "absent" and data_cleanup is not None:
+            data_removed = bool(data_cleanup())
+        svc.apply_files(files, changed_files)
+        if "start" in actions:
+            svc.start()
+        if "restart" in actions:
+            svc.restart()
+        if actions and state == "started":
+            svc.check_alive(module.params["alive_check"])
+    elif state == "absent" and data_cleanup is not None:
+        data_removed = bool(data_cleanup(check=True))
+    changed = bool(changed_files or actions or data_removed or new_dirs)
+    result = dict(
+        changed=changed,
+        name=svc.name,
+        state=state,
+        service_manager=svc.manager,
+        config_file=svc.env_path,
+        pidfile=svc.pidfile if svc.manager == "daemon" else None,
+        log_file=svc.logfile if svc.manager == "daemon" else None,
+        actions=actions,
+        changed_files=changed_files,
+        created_dirs=new_dirs,
+        data_removed=data_removed,
+        args=[kind] + list(args),
+    )
+    if changed_files:
+        result["diff"] = diff
+    module.exit_json(**result)

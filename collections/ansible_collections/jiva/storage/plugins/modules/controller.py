@@ -1,0 +1,263 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: jiva-py contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+"""Ansible module: configure and run one jiva volume controller (iSCSI target + API) on a host."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: controller
+short_description: Manage one jiva volume controller (iSCSI target and management API)
+version_added: "0.1.0"
+description:
+  - Writes the controller's service config (C(CONFIG_DIR/controller-NAME.env), mode 0600) and
+    separate 0600 files for the replica secret, the CHAP secret and the API token, then manages
+    its service.
+  - With systemd the template unit C(jiva@controller-NAME.service) runs it (Restart=on-failure).
+    Without systemd a supervisor started with setsid restarts it after a crash and keeps a pidfile.
+  - Idempotent; reports changed only when the config or the service state changed. A config
+    change of a running controller restarts it (initiators reconnect).
+author:
+  - jiva-py contributors
+options:
+  name:
+    description: Volume name.
+    type: str
+    required: true
+  state:
+    description:
+      - C(present) writes the config only; C(started) also makes sure it runs; C(stopped) stops it
+        and keeps the config; C(absent) stops it and removes the config.
+    type: str
+    choices: [present, started, stopped, absent]
+    default: started
+  portal:
+    description: HOST:PORT of the iSCSI portal initiators log in to.
+    type: str
+  api:
+    description: HOST:PORT of the management HTTP API.
+    type: str
+  replicas:
+    description: HOST:PORT of every replica of the volume.
+    type: list
+    elements: str
+  size:
+    description: Volume size (C(512M), C(10G), or bytes).
+    type: str
+  replica_timeout:
+    description: Seconds after which an unresponsive replica is dropped from the membership.
+    type: float
+  rebuild_rate:
+    description: Rebuild bandwidth limit in MiB/s.
+    type: int
+  secret:
+    description: Shared controller/replica secret (0600 file).
+    type: str
+  token:
+    description: Bearer token that mutating API calls must carry (0600 file).
+    type: str
+  chap_user:
+    description: CHAP user name initiators must log in with.
+    type: str
+  chap_secret:
+    description: CHAP secret (0600 file), 12 to 255 characters.
+    type: str
+  allowed_initiators:
+    description: Initiator IQNs allowed to log in (empty = any).
+    type: list
+    elements: str
+    default: []
+  config_dir:
+    description: Directory of the service config files.
+    type: path
+    default: /etc/jiva
+  run_dir:
+    description: Directory of pidfiles (daemon service manager).
+    type: path
+    default: /run/jiva
+  log_dir:
+    description: Directory of log files (daemon service manager).
+    type: path
+    default: /var/log/jiva
+  venv:
+    description: Virtual environment holding the jiva engine.
+    type: path
+    default: /opt/jiva/venv
+  service_manager:
+    description: C(systemd), C(daemon) (setsid + supervisor + pidfile), or C(auto) (systemd when it runs).
+    type: str
+    choices: [auto, systemd, daemon]
+    default: auto
+  engine_revision:
+    description: Identifies the installed engine build; written into the config so an upgrade restarts the process.
+    type: str
+    default: ""
+  start_timeout:
+    description: Seconds to wait for the supervisor's pidfile after a start.
+    type: float
+    default: 15.0
+  alive_check:
+    description: Seconds to watch a freshly started process for a crash before reporting success (0 = off).
+    type: float
+    default: 1.0
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+"""
+
+EXAMPLES = r"""
+- name: Serve volume db
+  jiva.storage.controller:
+    name: db
+    portal: "10.0.0.100:3260"
+    api: "10.0.0.100:9800"
+    replicas: ["10.0.0.1:9700", "10.0.0.2:9700", "10.0.0.3:9700"]
+    size: 10G
+    chap_user: dbuser
+    chap_secret: "{{ vault_db_chap_secret }}"
+    allowed_initiators: [iqn.1993-08.org.debian:01:client1]
+
+- name: Stop it, keep its config
+  jiva.storage.controller:
+    name: db
+    state: stopped
+    portal: "10.0.0.100:3260"
+    api: "10.0.0.100:9800"
+    replicas: ["10.0.0.1:9700"]
+"""
+
+RETURN = r"""
+name:
+  description: Service name (C(controller-VOLUME)).
+  returned: always
+  type: str
+  sample: controller-db
+service_manager:
+  description: The service manager used.
+  returned: always
+  type: str
+  sample: daemon
+config_file:
+  description: Path of the env file.
+  returned: always
+  type: str
+  sample: /etc/jiva/controller-db.env
+pidfile:
+  description: The supervisor's pidfile (daemon manager only).
+  returned: always
+  type: str
+  sample: /run/jiva/controller-db.pid
+log_file:
+  description: The log file (daemon manager only).
+  returned: always
+  type: str
+  sample: /var/log/jiva/controller-db.log
+actions:
+  description: Service actions taken (or that would be taken in check mode).
+  returned: always
+  type: list
+  elements: str
+  sample: [restart]
+changed_files:
+  description: Config files written or removed.
+  returned: always
+  type: list
+  elements: str
+  sample: [/etc/jiva/controller-db.env]
+created_dirs:
+  description: Directories created (none for a controller).
+  returned: always
+  type: list
+  elements: str
+  sample: []
+data_removed:
+  description: Always false (a controller holds no data).
+  returned: always
+  type: bool
+  sample: false
+args:
+  description: The jiva command line (without secrets).
+  returned: always
+  type: list
+  elements: str
+  sample: [controller, --volume, db, --api, "10.0.0.100:9800", --portal, "10.0.0.100:3260", --replica, "10.0.0.1:9700"]
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.jiva.storage.plugins.module_utils.jiva_service import (
+    SERVICE_COMMON_ARGS,
+    Service,
+    ensure,
+)
+
+
+def main():
+    """Run the module."""
+    argument_spec = dict(
+        name=dict(type="str", required=True),
+        state=dict(type="str", default="started", choices=["present", "started", "stopped", "absent"]),
+        portal=dict(type="str"),
+        api=dict(type="str"),
+        replicas=dict(type="list", elements="str"),
+        size=dict(type="str"),
+        replica_timeout=dict(type="float"),
+        rebuild_rate=dict(type="int"),
+        secret=dict(type="str", no_log=True),
+        token=dict(type="str", no_log=True),
+        chap_user=dict(type="str"),
+        chap_secret=dict(type="str", no_log=True),
+        allowed_initiators=dict(type="list", elements="str", default=[]),
+    )
+    argument_spec.update(SERVICE_COMMON_ARGS)
+    module = AnsibleModule(
+        argument_spec=argument_spec,
+        supports_check_mode=True,
+        required_if=[
+            ("state", "present", ("portal", "api", "replicas")),
+            ("state", "started", ("portal", "api", "replicas")),
+            ("state", "stopped", ("portal", "api", "replicas")),
+        ],
+        required_together=[("chap_user", "chap_secret")],
+    )
+    p = module.params
+    name = p["name"]
+    if p["state"] != "absent" and not p["replicas"]:
+        module.fail_json(msg="controller %s: replicas must list at least one HOST:PORT" % name)
+    if p["chap_secret"] is not None and not 12 <= len(p["chap_secret"]) <= 255:
+        module.fail_json(msg="controller %s: chap_secret must be 12 to 255 characters (RFC 7143)" % name)
+    svc = Service(module, "controller", name)
+    args = []
+    files = {}
+    if p["state"] != "absent":
+        args = ["--volume", name, "--api", p["api"], "--portal", p["portal"]]
+        for r in p["replicas"]:
+            args += ["--replica", r]
+        if p["size"]:
+            args += ["--size", p["size"]]
+        if p["replica_timeout"] is not None:
+            args += ["--replica-timeout", "%g" % p["replica_timeout"]]
+        if p["rebuild_rate"] is not None:
+            args += ["--rebuild-rate", str(p["rebuild_rate"])]
+        if p["chap_user"]:
+            args += ["--chap-user", p["chap_user"]]
+        for iqn in p["allowed_initiators"]:
+            args += ["--allow-initiator", iqn]
+    for what, flag, value in (("secret", "--secret-file", p["secret"]), ("token", "--token-file", p["token"]),
+                              ("chap", "--chap-secret-file", p["chap_secret"])):
+        path = svc.secret_path(what)
+        if value and p["state"] != "absent":
+            args += [flag, path]
+            files[path] = (value, 0o600, True)
+        else:
+            files[path] = (None, 0o600, True)
+    ensure(module, "controller", name, args, files)
+
+
+if __name__ == "__main__":
+    main()

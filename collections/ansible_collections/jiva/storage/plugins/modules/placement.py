@@ -1,0 +1,184 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: jiva-py contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+"""Ansible module: validate jiva volumes and nodes and place each volume's replicas and controller."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: placement
+short_description: Validate the jiva inventory and place replicas and controllers on nodes
+version_added: "0.1.0"
+description:
+  - Checks the volumes and nodes of a jiva inventory and computes, for every volume, the node
+    that runs its controller and the nodes that hold its replicas.
+  - Replicas are placed with rendezvous (highest random weight) hashing of the volume name and
+    the node name, so the result does not depend on the order of the inventory and re-runs give
+    the same answer.
+  - Never places two replicas of one volume on one node. Honours pinned nodes (O(nodes) of a
+    volume) and nodes marked ineligible. Replicas listed in O(existing) stay where they are, so
+    adding nodes never moves an existing replica.
+  - Fails before anything is changed, with a message naming the volume and the variable, when the
+    inventory is invalid or a volume asks for more replicas than there are eligible nodes.
+  - Pure computation on the control node; it changes nothing.
+author:
+  - jiva-py contributors
+options:
+  nodes:
+    description:
+      - The storage nodes, usually built from the C(jiva_nodes) group.
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      name:
+        description: Inventory host name.
+        type: str
+        required: true
+      address:
+        description: Address the node's replicas listen on (C(jiva_address)).
+        type: str
+        required: true
+      eligible:
+        description: Whether new replicas and controllers may be placed on the node (C(jiva_eligible)).
+        type: bool
+        default: true
+  volumes:
+    description:
+      - The C(jiva_volumes) list. Each item has C(name), C(size), C(replicas) (default 3),
+        C(portal) (HOST:PORT or HOST, port 3260 by default), and optionally C(chap)
+        (C(user), C(secret)), C(allowed_initiators), C(nodes) (pinned hosts), C(controller)
+        (pinned controller host), C(replica_port) and C(api_port).
+    type: list
+    elements: raw
+  existing:
+    description:
+      - Where replicas and controllers already run, as a mapping of volume name to a mapping with
+        C(replicas) (a list of hosts) and C(controller) (a host). Those placements are kept.
+    type: dict
+    default: {}
+  existing_services:
+    description:
+      - Another way to give O(existing) - for every host, the names of the service files found in
+        its config folder (C(replica-VOLUME.env), C(controller-VOLUME.env)), as site.yml collects them.
+    type: dict
+    default: {}
+  replica_port_base:
+    description:
+      - A volume without C(replica_port) listens on this port plus its index in C(jiva_volumes).
+    type: int
+    default: 9700
+  api_port_base:
+    description:
+      - A volume without C(api_port) serves its management API on this port plus its index.
+    type: int
+    default: 9800
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+notes:
+  - Append new volumes at the end of C(jiva_volumes) or give their ports explicitly; derived
+    ports follow the position in the list.
+"""
+
+EXAMPLES = r"""
+- name: Place the volumes
+  jiva.storage.placement:
+    nodes:
+      - {name: node1, address: 10.0.0.1}
+      - {name: node2, address: 10.0.0.2}
+      - {name: node3, address: 10.0.0.3, eligible: false}
+    volumes:
+      - {name: db, size: 10G, replicas: 2, portal: "10.0.0.100:3260"}
+  register: placed
+
+- name: Show where db's replicas go
+  ansible.builtin.debug:
+    msg: "{{ placed.volumes[0].replica_nodes }}"
+"""
+
+RETURN = r"""
+volumes:
+  description: The volumes, normalised, with their placement.
+  returned: success
+  type: list
+  elements: dict
+  sample:
+    - name: db
+      size: 10G
+      size_bytes: 10737418240
+      replicas: 2
+      portal: "10.0.0.100:3260"
+      portal_host: 10.0.0.100
+      portal_port: 3260
+      api: "10.0.0.100:9800"
+      api_port: 9800
+      replica_port: 9700
+      replica_nodes: [node2, node1]
+      replica_addresses: ["10.0.0.2:9700", "10.0.0.1:9700"]
+      controller: node2
+      iqn: "iqn.2026-11.org.jiva-py:db"
+      moved: []
+by_node:
+  description: For every node, the volumes whose replicas and controllers it runs.
+  returned: success
+  type: dict
+  sample: {node1: {replicas: [db], controllers: []}, node2: {replicas: [db], controllers: [db]}}
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.jiva.storage.plugins.module_utils.jiva_placement import (
+    PlacementError,
+    place,
+)
+
+
+def main():
+    """Run the module: validate, place, return the placement (never changes anything)."""
+    module = AnsibleModule(
+        argument_spec=dict(
+            nodes=dict(type="list", elements="dict", required=True, options=dict(
+                name=dict(type="str", required=True),
+                address=dict(type="str", required=True),
+                eligible=dict(type="bool", default=True),
+            )),
+            volumes=dict(type="list", elements="raw"),
+            existing=dict(type="dict", default={}),
+            existing_services=dict(type="dict", default={}),
+            replica_port_base=dict(type="int", default=9700),
+            api_port_base=dict(type="int", default=9800),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    existing = dict((k, dict(v)) for k, v in p["existing"].items())
+    for host, names in sorted(p["existing_services"].items()):
+        for fname in names or []:
+            base = fname[:-4] if fname.endswith(".env") else fname
+            kind, _sep, vol = base.partition("-")
+            entry = existing.setdefault(vol, {"replicas": [], "controller": None})
+            if kind == "replica" and host not in entry.setdefault("replicas", []):
+                entry["replicas"].append(host)
+            elif kind == "controller":
+                entry["controller"] = host
+    try:
+        volumes = place(p["nodes"], p["volumes"], existing, p["replica_port_base"], p["api_port_base"])
+    except PlacementError as exc:
+        module.fail_json(msg="invalid jiva inventory: %s" % exc)
+    by_node = dict((n["name"], {"replicas": [], "controllers": []}) for n in p["nodes"])
+    for vol in volumes:
+        for n in vol["replica_nodes"]:
+            by_node[n]["replicas"].append(vol["name"])
+        by_node[vol["controller"]]["controllers"].append(vol["name"])
+        vol.pop("chap_secret", None)
+    module.exit_json(changed=False, volumes=volumes, by_node=by_node)
+
+
+if __name__ == "__main__":
+    main()

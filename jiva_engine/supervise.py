@@ -1,0 +1,173 @@
+"""`jiva supervise`: keep one jiva process running on hosts without systemd (Restart=on-failure).
+
+Started detached (setsid) by the Ansible service layer; restarts its child with backoff when it
+crashes, stops it on SIGTERM, and keeps pidfiles so the service layer and fault tests find both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MIN_BACKOFF = 0.2
+MAX_BACKOFF = 10.0
+STABLE_AFTER = 30.0  # a child that ran this long resets the backoff
+STOP_GRACE = 10.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `jiva supervise` (also `python -m jiva_engine.supervise`)."""
+    parser.add_argument("--name", required=True, help="service name, for log lines")
+    parser.add_argument("--pidfile", required=True, help="this supervisor's pidfile")
+    parser.add_argument("--env-file", help="file with JIVA_ARGS=... appended to the command")
+    parser.add_argument("--log", help="append the child's output here (default: inherit)")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- PROGRAM [ARGS...]")
+
+
+def read_env_args(path: str) -> list[str]:
+    """Return the words of JIVA_ARGS in an env file (shell-quoted, as systemd reads it)."""
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if line.startswith("JIVA_ARGS="):
+            value = line[len("JIVA_ARGS=") :]
+            words = shlex.split(value)
+            return shlex.split(words[0]) if len(words) == 1 else words
+    raise ValueError(f"{path}: no JIVA_ARGS= line")
+
+
+class Supervisor:
+    """Runs the child, restarts it after a crash with exponential backoff, stops it on SIGTERM."""
+
+    def __init__(self, name: str, command: list[str], pidfile: Path, log: Path | None) -> None:
+        self.name = name
+        self.command = command
+        self.pidfile = pidfile
+        self.childfile = Path(str(pidfile) + ".child")
+        self.crashfile = Path(str(pidfile) + ".crashes")
+        self.log = log
+        self.child: subprocess.Popen | None = None
+        self.stopping = False
+        self.crashes = 0
+
+    def say(self, msg: str) -> None:
+        """Write a supervisor line into the service log."""
+        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} supervise[{self.name}]: {msg}\n"
+        if self.log:
+            with open(self.log, "a") as f:
+                f.write(line)
+        else:
+            sys.stderr.write(line)
+
+    def on_term(self, signum: int, _frame: object) -> None:
+        """SIGTERM/SIGINT: stop restarting and pass the signal to the child."""
+        self.stopping = True
+        if self.child and self.child.poll() is None:
+            self.child.send_signal(signal.SIGTERM)
+
+    def spawn(self) -> None:
+        """Start the child in this session with output appended to the log."""
+        out = open(self.log, "ab") if self.log else None  # noqa: SIM115 - closed below
+        try:
+            self.child = subprocess.Popen(
+                self.command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+            )
+        finally:
+            if out:
+                out.close()
+        self.childfile.write_text(f"{self.child.pid}\n")
+
+    def run(self) -> int:
+        """Supervise until SIGTERM; return 0 (or the child's code when it exits cleanly)."""
+        signal.signal(signal.SIGTERM, self.on_term)
+        signal.signal(signal.SIGINT, self.on_term)
+        self.pidfile.parent.mkdir(parents=True, exist_ok=True)
+        self.crashfile.unlink(missing_ok=True)
+        self.pidfile.write_text(f"{os.getpid()}\n")
+        backoff = MIN_BACKOFF
+        code = 0
+        try:
+            while not self.stopping:
+                started = time.monotonic()
+                try:
+                    self.spawn()
+                except OSError as exc:
+                    self.say(f"cannot start {self.command[0]}: {exc}")
+                    code = 1
+                else:
+                    assert self.child is not None
+                    self.say(f"started pid {self.child.pid}: {shlex.join(self.command)}")
+                    code = self._wait_child()
+                    self.childfile.unlink(missing_ok=True)
+                if self.stopping:
+                    break
+                if code == 0:
+                    self.say("child exited cleanly; not restarting")
+                    return 0
+                self.crashes += 1
+                self.crashfile.write_text(f"{self.crashes}\n")
+                if time.monotonic() - started > STABLE_AFTER:
+                    backoff = MIN_BACKOFF
+                self.say(f"child exited with {code}; restart {self.crashes} in {backoff:.1f}s")
+                deadline = time.monotonic() + backoff
+                while not self.stopping and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+            return 0
+        finally:
+            self._stop_child()
+            self.childfile.unlink(missing_ok=True)
+            self.pidfile.unlink(missing_ok=True)
+            self.say("stopped")
+
+    def _wait_child(self) -> int:
+        assert self.child is not None
+        while True:
+            try:
+                return self.child.wait()
+            except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+                continue
+
+    def _stop_child(self) -> None:
+        if not self.child or self.child.poll() is not None:
+            return
+        self.child.send_signal(signal.SIGTERM)
+        try:
+            self.child.wait(timeout=STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            self.child.kill()
+            self.child.wait()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `jiva supervise`."""
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        print("jiva supervise: give the program after --", file=sys.stderr)
+        return 2
+    if args.env_file:
+        try:
+            command += read_env_args(args.env_file)
+        except (OSError, ValueError) as exc:
+            print(f"jiva supervise: {exc}", file=sys.stderr)
+            return 2
+    sup = Supervisor(args.name, command, Path(args.pidfile), Path(args.log) if args.log else None)
+    return sup.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m jiva_engine.supervise` without importing the other subcommands."""
+    parser = argparse.ArgumentParser(prog="jiva supervise", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
