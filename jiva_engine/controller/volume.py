@@ -531,9 +531,7 @@ class Volume:
                 await c.connect()
                 info = await c.info()
             except (ReplicaError, ReplicaUnavailable, OSError) as e:
-                m.last_error = str(e)
-                with contextlib.suppress(Exception):
-                    await c.close()
+                m.last_error = str(e)  # connect() already closed what it opened
                 return None
             m.client = c
         meta = _meta(info)

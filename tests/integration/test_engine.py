@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import random
 import signal
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from jiva_engine.controller.volume import ERR, RW, SERVING, WAITING, Volume
+from jiva_engine.controller.volume import ERR, RW, WAITING, Volume
 from jiva_engine.protocol.client import ReplicaClient
 from jiva_engine.volume import OutOfRange
 from tests.procs import free_port, wait_port
@@ -212,3 +211,269 @@ async def test_out_of_range_writes_nothing(procs, tmp_path):
         await vol.close()
     for r in reps:
         assert r.data() == bytes(4 * MiB)
+
+
+class Writer:
+    """Concurrent writers, each on its own slice: a model of every acknowledged write."""
+
+    def __init__(self, vol: Volume, base: int, span: int, workers: int = 8, bs: int = 4096):
+        self.vol = vol
+        self.base = base
+        self.span = span
+        self.workers = workers
+        self.bs = bs
+        self.acked: dict[int, bytes] = {}
+        self.errors: list[BaseException] = []
+        self.max_latency = 0.0
+        self.count = 0
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    async def _worker(self, i: int) -> None:
+        slice_len = self.span // self.workers
+        rnd = random.Random(i)
+        seq = 0
+        while not self._stop.is_set():
+            off = self.base + i * slice_len + rnd.randrange(slice_len // self.bs) * self.bs
+            seq += 1
+            data = block(i * 1_000_000 + seq, self.bs)
+            t0 = time.monotonic()
+            try:
+                await self.vol.write(off, data)
+            except Exception as e:  # recorded: the tests assert there are none
+                self.errors.append(e)
+                return
+            self.max_latency = max(self.max_latency, time.monotonic() - t0)
+            self.acked[off] = data
+            self.count += 1
+
+    def start(self) -> Writer:
+        self._tasks = [asyncio.create_task(self._worker(i)) for i in range(self.workers)]
+        return self
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    async def verify(self, vol: Volume | None = None) -> None:
+        vol = vol or self.vol
+        for off, data in self.acked.items():
+            assert await vol.read(off, len(data)) == data, f"acknowledged write at {off} lost"
+
+
+async def fill(vol: Volume, start: int, length: int, seed: int) -> bytes:
+    """Write a deterministic pattern over a range in 1 MiB writes; return it."""
+    data = block(seed, length)
+    for off in range(0, length, MiB):
+        await vol.write(start + off, data[off : off + MiB])
+    return data
+
+
+async def test_replica_killed_during_writes_catches_up_incrementally(procs, tmp_path):
+    reps = replicas(procs, tmp_path, 3)
+    vol = await open_volume(reps)
+    try:
+        base = await fill(vol, 16 * MiB, 32 * MiB, seed=1)  # data the returning replica keeps
+        await vol.flush()
+        await asyncio.sleep(1.5)  # idle: the replicas lazily clear those dirty bits
+        epoch0 = vol.epoch
+        w = Writer(vol, 0, 4 * MiB).start()
+        await asyncio.sleep(0.3)
+        reps[2].kill()  # kill -9 during writes
+        await wait_for(lambda: vol.members[reps[2].addr].mode == ERR, 10, "ejection")
+        await asyncio.sleep(0.5)
+        await w.stop()
+        assert not w.errors, w.errors
+        assert w.count > 50
+        # rule 3: the removal is recorded under a higher epoch on the remaining members
+        assert vol.epoch > epoch0
+        for r in reps[:2]:
+            meta = r.meta()
+            assert meta["epoch"] == vol.epoch
+            assert meta["membership"] == [reps[0].addr, reps[1].addr]
+            assert meta["tracking"], "remaining members track what the lost one misses"
+        assert vol.degraded()
+        # it comes back by itself and copies only what it missed (the 4 MiB hot area)
+        reps[2].start()
+        await all_current(vol, 3)
+        m = vol.members[reps[2].addr]
+        assert m.last_rebuild["kind"] == "incremental", m.last_rebuild
+        assert m.last_rebuild["copied"] <= 6 * MiB, m.last_rebuild
+        info = await reps[2].info()
+        assert 0 < info["stats"]["rebuild_bytes_written"] <= 6 * MiB
+        assert not vol.degraded()
+        await w.verify()
+        assert await vol.read(16 * MiB, 32 * MiB) == base
+        # every replica serves the same data: read through each one
+        await vol.flush()
+    finally:
+        await vol.close()
+    for r in reps:
+        r.stop()
+    identical(reps)
+    assert not reps[0].meta()["tracking"], "tracking stops once every replica is current"
+
+
+async def test_sigstopped_replica_is_ejected_within_timeout(procs, tmp_path):
+    reps = replicas(procs, tmp_path, 3)
+    vol = await open_volume(reps, timeout=1.0)
+    try:
+        w = Writer(vol, 0, 8 * MiB).start()
+        await asyncio.sleep(0.3)
+        reps[1].kill(signal.SIGSTOP)
+        t0 = time.monotonic()
+        await wait_for(lambda: vol.members[reps[1].addr].mode == ERR, 5, "ejection")
+        ejected_after = time.monotonic() - t0
+        before = w.count
+        await asyncio.sleep(0.5)
+        assert w.count > before + 20, "writes go on without the stopped replica"
+        await w.stop()
+        assert not w.errors, w.errors
+        assert ejected_after < 1.0 + 1.0, ejected_after
+        assert w.max_latency < 1.0 + 1.0, w.max_latency
+        reps[1].kill(signal.SIGCONT)
+        await all_current(vol, 3)
+        await w.verify()
+        await vol.flush()
+    finally:
+        await vol.close()
+    for r in reps:
+        r.stop()
+    identical(reps)
+
+
+async def test_full_rebuild_of_an_empty_replica(procs, tmp_path):
+    reps = replicas(procs, tmp_path, 2)
+    vol = await open_volume(reps)
+    try:
+        await fill(vol, 0, 6 * MiB, seed=3)
+        await fill(vol, 40 * MiB, 2 * MiB, seed=4)
+        new = Rep(procs, tmp_path, "new").start()
+        await vol.add_replica(new.addr)
+        w = Writer(vol, 10 * MiB, 2 * MiB, workers=4).start()  # writes during the rebuild
+        await all_current(vol, 3)
+        await w.stop()
+        assert not w.errors
+        m = vol.members[new.addr]
+        assert m.last_rebuild["kind"] == "full", m.last_rebuild
+        # holes are skipped: only allocated data is copied, not the 64 MiB volume
+        assert 8 * MiB <= m.last_rebuild["copied"] <= 12 * MiB, m.last_rebuild
+        assert new.meta()["membership"] == [reps[0].addr, reps[1].addr, new.addr]
+        # reads now also come from the new member
+        for _ in range(6):
+            await vol.read(0, 4096)
+        assert m.reads > 0
+        await vol.flush()
+    finally:
+        await vol.close()
+    for r in [*reps, new]:
+        r.stop()
+    identical([*reps, new])
+
+
+async def test_stale_replicas_refuse_until_the_newest_returns(procs, tmp_path):
+    a, b, c = reps = replicas(procs, tmp_path, 3)
+    vol = await open_volume(reps)
+    try:
+        await fill(vol, 0, 2 * MiB, seed=5)
+        b.kill()
+        await vol.write(0, block(6))  # ejects B
+        c.kill()
+        await vol.write(4096, block(7))  # ejects C
+        assert vol.membership() == [a.addr]
+        newest = await fill(vol, 8 * MiB, 2 * MiB, seed=8)  # only A has this
+        head = await vol.read(0, 2 * MiB)
+        await vol.flush()
+    finally:
+        await vol.close()
+    a.stop()
+    b.start()
+    c.start()
+    vol = Volume(VOL, [a.addr, b.addr, c.addr], retry_interval=0.2)
+    await vol.start()
+    try:
+        await asyncio.sleep(1.5)
+        assert vol.state == WAITING and not vol.ready()
+        assert a.addr in vol.reason and "behind" in vol.reason, vol.reason
+        assert b.meta()["epoch"] < a.meta()["epoch"]
+        a.start()
+        await vol.wait_serving(20)
+        assert await vol.read(8 * MiB, 2 * MiB) == newest
+        assert await vol.read(0, 2 * MiB) == head
+        await all_current(vol, 3)
+        await vol.flush()
+    finally:
+        await vol.close()
+    for r in reps:
+        r.stop()
+    identical(reps)
+
+
+async def test_two_replica_policy(procs, tmp_path):
+    a, b = reps = replicas(procs, tmp_path, 2)
+    vol = await open_volume(reps)
+    try:
+        w = Writer(vol, 0, 2 * MiB, workers=4).start()
+        await asyncio.sleep(0.2)
+        b.kill()
+        await wait_for(lambda: vol.members[b.addr].mode == ERR, 10, "ejection")
+        await asyncio.sleep(0.3)
+        await w.stop()
+        assert not w.errors, "a 2-replica volume keeps serving on one member"
+        # the survivor records that it is the only current copy
+        assert a.meta()["membership"] == [a.addr]
+        await vol.flush()
+    finally:
+        await vol.close()
+    a.stop()
+    b.start()
+    vol = Volume(VOL, [a.addr, b.addr], retry_interval=0.2)
+    await vol.start()
+    try:
+        await asyncio.sleep(1.0)
+        assert vol.state == WAITING, "must not serve from the stale replica alone"
+        assert a.addr in vol.reason
+        a.start()
+        await vol.wait_serving(20)
+        await w.verify(vol)
+        await all_current(vol, 2)
+        await vol.flush()
+    finally:
+        await vol.close()
+    for r in reps:
+        r.stop()
+    identical(reps)
+
+
+async def test_single_replica_volume_works_without_ha(procs, tmp_path):
+    (a,) = replicas(procs, tmp_path, 1)
+    vol = await open_volume([a])
+    try:
+        data = await fill(vol, MiB, 3 * MiB, seed=9)
+        assert await vol.read(MiB, 3 * MiB) == data
+        await vol.flush()
+        assert vol.membership() == [a.addr]
+    finally:
+        await vol.close()
+    assert a.data()[MiB : 4 * MiB] == data
+
+
+async def test_newer_controller_fences_the_old_one(procs, tmp_path):
+    from jiva_engine.controller.volume import FENCED
+    from jiva_engine.volume import VolumeFenced
+
+    reps = replicas(procs, tmp_path, 2)
+    old = await open_volume(reps)
+    new = None
+    try:
+        await old.write(0, block(1))
+        new = await open_volume(reps)
+        assert new.epoch > old.epoch
+        with pytest.raises(VolumeFenced):
+            await old.write(0, block(2))
+        assert old.state == FENCED and not old.ready()
+        assert await new.read(0, 4096) == block(1)
+    finally:
+        await old.close()
+        if new:
+            await new.close()
