@@ -274,6 +274,8 @@ class ReplicaConnection(asyncio.Protocol):
         if self.blocked or self.queue:
             self.queue.extend(frames)
             self.queued_bytes += sum(len(f[6]) for f in frames)
+            if self.blocked and self.authed:
+                self._premark(frames)
             self._update_reading()
             return
         self.queue.extend(frames)
@@ -366,8 +368,24 @@ class ReplicaConnection(asyncio.Protocol):
             return self._error(_WRITE, rid, wire.EINVAL, f"WRITE refused: {why}")
         if store.needs_intent(off, n):
             store.mark(off, n)
+            self._premark(self.queue)
             return self._block(self._write_slow(f))
         self._apply_write(f)
+
+    def _premark(self, frames: Any) -> None:
+        """Mark the regions of queued writes/unmaps now, so one bitmap write covers them all."""
+        store = self.store
+        size = store.size
+        for f in frames:
+            op = f[0]
+            if op == _WRITE:
+                off, n = f[3], len(f[6])
+            elif op == wire.UNMAP:
+                off, n = f[3], f[4]
+            else:
+                continue
+            if n > 0 and off >= 0 and off + n <= size and store.needs_intent(off, n):
+                store.mark(off, n)
 
     async def _write_slow(self, f: tuple) -> None:
         store = self.store
@@ -524,6 +542,7 @@ class ReplicaConnection(asyncio.Protocol):
             return self._error(wire.UNMAP, rid, wire.EINVAL, f"UNMAP refused: {why}")
         if store.needs_intent(off, length):
             store.mark(off, length)
+            self._premark(self.queue)
             return self._block(self._unmap_slow(rid, off, length))
         self._apply_unmap(rid, off, length)
 

@@ -1,0 +1,134 @@
+"""Micro-benchmark: one ReplicaClient against one local replica process, 4K random I/O at a queue depth.
+
+Usage: python bench/replica_bench.py [--seconds 10] [--qd 32] [--bs 4096] [--size 1G] [--rw write|read]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from tabulate import tabulate
+
+from jiva_engine.protocol.client import ReplicaClient
+from jiva_engine.util import parse_size
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _wait_connect(port: int, volume: str) -> ReplicaClient:
+    deadline = time.monotonic() + 15
+    while True:
+        c = ReplicaClient("127.0.0.1", port, volume, timeout=10)
+        try:
+            await c.connect()
+            return c
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def _run(args: argparse.Namespace, port: int) -> dict:
+    size = parse_size(args.size)
+    c = await _wait_connect(port, "bench")
+    await c.set_meta(epoch=1)
+    bs = args.bs
+    nblocks = size // bs
+    buf = os.urandom(bs)
+    if args.rw == "read":  # pre-fill so reads hit written data
+        chunk = os.urandom(1 << 20)
+        for base in range(0, size >> 20, 64):
+            n = min(64, (size >> 20) - base)
+            await asyncio.gather(*(c.write((base + i) << 20, chunk, 1) for i in range(n)))
+    rnd = random.Random(1)
+    done = 0
+    stop_at = 0.0
+
+    async def worker() -> None:
+        nonlocal done
+        write, read = c.write, c.read
+        randrange = rnd.randrange
+        while time.monotonic() < stop_at:
+            off = randrange(nblocks) * bs
+            if args.rw == "write":
+                await write(off, buf, 1)
+            else:
+                await read(off, bs, 1)
+            done += 1
+
+    # warm-up (also lets the dirty map settle), then the measured run
+    stop_at = time.monotonic() + min(2.0, args.seconds / 3)
+    await asyncio.gather(*(worker() for _ in range(args.qd)))
+    done = 0
+    t0 = time.monotonic()
+    stop_at = t0 + args.seconds
+    await asyncio.gather(*(worker() for _ in range(args.qd)))
+    elapsed = time.monotonic() - t0
+    info = await c.info()
+    await c.close()
+    return {"ops": done, "elapsed": elapsed, "info": info}
+
+
+def main() -> int:
+    """Start a replica, drive it, print a table, stop the replica by PID."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--seconds", type=float, default=10)
+    p.add_argument("--qd", type=int, default=32)
+    p.add_argument("--bs", type=int, default=4096)
+    p.add_argument("--size", default="1G")
+    p.add_argument("--rw", choices=["write", "read"], default="write")
+    p.add_argument("--dir", help="data directory (default: a temp dir, removed afterwards)")
+    args = p.parse_args()
+    tmp = tempfile.mkdtemp(prefix="jiva-bench-")
+    port = _free_port()
+    log = open(os.path.join(tmp, "replica.log"), "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jiva_engine.replica", "--volume", "bench", "--size", args.size]
+        + ["--listen", f"127.0.0.1:{port}", "--dir", args.dir or os.path.join(tmp, "data")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        r = asyncio.run(_run(args, port))
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    iops = r["ops"] / r["elapsed"]
+    rows = [
+        [
+            f"{args.bs // 1024}K random {args.rw}",
+            args.qd,
+            f"{r['elapsed']:.1f}",
+            r["ops"],
+            f"{iops:,.0f}",
+            f"{iops * args.bs / 1e6:.1f}",
+        ]
+    ]
+    print(tabulate(rows, headers=["workload", "QD", "seconds", "ops", "IOPS", "MB/s"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

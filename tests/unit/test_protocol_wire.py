@@ -1,0 +1,95 @@
+"""Unit tests of the replica wire codec: round trips and every kind of malformed input."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from jiva_engine.protocol import wire
+
+
+def test_header_is_40_bytes_big_endian():
+    hdr = wire.pack_header(wire.WRITE, 7, payload_len=4096, offset=512, length=1, epoch=3)
+    assert len(hdr) == wire.HEADER_SIZE == 40
+    assert hdr[:2] == b"JV"
+    assert struct.unpack(">HBBIQQQQ", hdr) == (0x4A56, wire.WRITE, 0, 4096, 7, 512, 1, 3)
+
+
+@pytest.mark.parametrize("payload", [b"", b"x", bytes(range(256)) * 16])
+def test_round_trip(payload):
+    raw = wire.encode(wire.READ, 2**64 - 1, payload, status=wire.EIO, offset=123, length=9, epoch=5)
+    f = wire.decode(raw)
+    assert f == wire.Frame(wire.READ, wire.EIO, 2**64 - 1, 123, 9, 5, payload)
+
+
+def test_bad_magic():
+    raw = bytearray(wire.encode(wire.PING, 1))
+    raw[0:2] = b"XX"
+    with pytest.raises(wire.FrameError, match="bad magic"):
+        wire.decode(bytes(raw))
+    with pytest.raises(wire.FrameError, match="bad magic"):
+        wire.FrameReader().feed(bytes(raw))
+
+
+def test_oversized_payload_rejected_from_header_alone():
+    hdr = struct.pack(">HBBIQQQQ", wire.MAGIC, wire.WRITE, 0, wire.MAX_PAYLOAD + 1, 1, 0, 0, 0)
+    with pytest.raises(wire.FrameError, match="exceeds"):
+        wire.FrameReader().feed(hdr)  # refused before any payload arrives
+    with pytest.raises(wire.FrameError):
+        wire.encode(wire.WRITE, 1, bytes(wire.MAX_PAYLOAD + 1))
+
+
+def test_max_payload_accepted():
+    payload = bytes(wire.MAX_PAYLOAD)
+    frames = wire.FrameReader().feed(wire.encode(wire.WRITE, 1, payload))
+    assert len(frames) == 1 and len(frames[0][6]) == wire.MAX_PAYLOAD
+
+
+def test_truncated_frame():
+    raw = wire.encode(wire.WRITE, 1, b"abcd" * 10)
+    with pytest.raises(wire.FrameError, match="truncated"):
+        wire.decode(raw[:-1])
+    with pytest.raises(wire.FrameError, match="truncated"):
+        wire.decode(raw[:20])
+    with pytest.raises(wire.FrameError, match="trailing"):
+        wire.decode(raw + b"z")
+
+
+def test_reader_byte_by_byte_and_batches():
+    frames = [wire.encode(wire.WRITE, i, bytes([i]) * (i * 100), offset=i) for i in range(1, 6)]
+    stream = b"".join(frames)
+    r = wire.FrameReader()
+    got = []
+    for i in range(len(stream)):
+        got += r.feed(stream[i : i + 1])
+    assert [(f[2], f[3], f[6]) for f in got] == [
+        (i, i, bytes([i]) * (i * 100)) for i in range(1, 6)
+    ]
+    assert r.pending() == 0
+    # the same stream in odd-sized chunks
+    r = wire.FrameReader()
+    got = []
+    for i in range(0, len(stream), 333):
+        got += r.feed(stream[i : i + 333])
+    assert [f[2] for f in got] == [1, 2, 3, 4, 5]
+    # all at once
+    assert [f[2] for f in wire.FrameReader().feed(stream)] == [1, 2, 3, 4, 5]
+
+
+def test_reader_keeps_partial_tail():
+    a = wire.encode(wire.PING, 1)
+    b = wire.encode(wire.WRITE, 2, b"q" * 1000)
+    r = wire.FrameReader()
+    assert [f[2] for f in r.feed(a + b[:500])] == [1]
+    assert r.pending() == 500
+    assert [f[6] for f in r.feed(b[500:])] == [b"q" * 1000]
+
+
+def test_json_helpers():
+    assert wire.loads(wire.dumps({"a": [1, 2]})) == {"a": [1, 2]}
+    assert wire.loads(b"") is None
+    with pytest.raises(wire.FrameError, match="bad JSON"):
+        wire.loads(b"{nope")
+    with pytest.raises(wire.FrameError, match="bad JSON"):
+        wire.loads(b"\xff\xfe")

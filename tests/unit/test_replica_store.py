@@ -1,0 +1,249 @@
+"""Unit tests of the replica's on-disk store: meta, refusal, bitmaps, holes and extents."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from jiva_engine.replica import store as store_mod
+from jiva_engine.replica.store import ReplicaStore, StoreError, bytes_to_bits
+
+MiB = 1 << 20
+
+
+def _map_on_disk(path, name="dirty.map", nregions=64):
+    p = path / name
+    return bytes_to_bits(p.read_bytes(), nregions) if p.exists() else set()
+
+
+def test_new_dir_is_epoch_0_sparse_and_meta_complete(tmp_path):
+    d = tmp_path / "r"
+    s = ReplicaStore(d, "vol1", 64 * MiB)
+    meta = json.loads((d / "meta.json").read_text())
+    assert meta["volume"] == "vol1" and meta["size"] == 64 * MiB and meta["epoch"] == 0
+    assert meta["format"] == 1 and meta["sector_size"] == 512 and meta["region_size"] == MiB
+    assert meta["clean"] is False  # open = running = not clean
+    assert s.mode == "WO"
+    st = os.stat(d / "volume.img")
+    assert st.st_size == 64 * MiB and st.st_blocks == 0  # sparse
+    s.close()
+    assert json.loads((d / "meta.json").read_text())["clean"] is True
+    assert not [p for p in os.listdir(d) if p.endswith(".tmp")]
+
+
+def test_atomic_write_replaces_and_leaves_no_temp(tmp_path, monkeypatch):
+    target = tmp_path / "meta.json"
+    target.write_text('{"old": 1}')
+    calls = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd)))
+    store_mod.atomic_write(target, b'{"new": 2}')
+    assert json.loads(target.read_text()) == {"new": 2}
+    assert len(calls) == 2  # the temp file, then the directory
+    assert os.listdir(tmp_path) == ["meta.json"]
+
+
+def test_failed_atomic_write_keeps_old_meta(tmp_path, monkeypatch):
+    target = tmp_path / "meta.json"
+    target.write_text('{"old": 1}')
+
+    def boom(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError):
+        store_mod.atomic_write(target, b'{"new": 2}')
+    assert json.loads(target.read_text()) == {"old": 1}
+
+
+@pytest.mark.parametrize("volume,size", [("other", 64 * MiB), ("vol1", 32 * MiB)])
+def test_refuses_dir_of_another_volume_or_size(tmp_path, volume, size):
+    d = tmp_path / "r"
+    ReplicaStore(d, "vol1", 64 * MiB).close()
+    before = (d / "meta.json").read_bytes()
+    with pytest.raises(StoreError, match="belongs to volume 'vol1' of size 67108864"):
+        ReplicaStore(d, volume, size)
+    assert (d / "meta.json").read_bytes() == before
+    assert os.stat(d / "volume.img").st_size == 64 * MiB
+
+
+def test_refuses_corrupt_meta_and_foreign_image(tmp_path):
+    d = tmp_path / "r"
+    d.mkdir()
+    (d / "meta.json").write_text("{garbage")
+    with pytest.raises(StoreError, match="unreadable"):
+        ReplicaStore(d, "v", MiB)
+    d2 = tmp_path / "r2"
+    d2.mkdir()
+    (d2 / "volume.img").write_bytes(b"x" * 4096)
+    with pytest.raises(StoreError, match="exists with size 4096"):
+        ReplicaStore(d2, "v", MiB)
+    assert (d2 / "volume.img").read_bytes() == b"x" * 4096
+
+
+def test_dirty_bit_is_on_disk_before_the_data_write(tmp_path, monkeypatch):
+    d = tmp_path / "r"
+    s = ReplicaStore(d, "v", 64 * MiB)
+    seen = []
+    real = s.pwrite
+
+    def spy(offset, data):
+        seen.append(_map_on_disk(d))  # what a crash at this instant would leave
+        real(offset, data)
+
+    monkeypatch.setattr(s, "pwrite", spy)
+    s.write(5 * MiB + 4096, b"a" * 4096)
+    s.write(5 * MiB + 8192, b"b" * 4096)  # same region: no new metadata write
+    s.write(9 * MiB - 512, b"c" * 1024)  # straddles regions 8 and 9
+    assert seen == [{5}, {5}, {5, 8, 9}]
+    assert s.dirty == {5, 8, 9}
+    s.close(clean=False)
+
+
+def test_no_bitmap_write_when_region_already_dirty(tmp_path, monkeypatch):
+    s = ReplicaStore(tmp_path / "r", "v", 8 * MiB)
+    s.write(0, b"x" * 512)
+    writes = []
+    monkeypatch.setattr(s, "write_bitmaps", lambda snap: writes.append(snap))
+    for i in range(100):
+        s.write(i * 4096, b"y" * 4096)
+    assert writes == []
+    s.close(clean=False)
+
+
+def test_dirty_bits_cleared_lazily_after_sync(tmp_path):
+    d = tmp_path / "r"
+    s = ReplicaStore(d, "v", 16 * MiB)
+    s.write(1 * MiB, b"x" * 4096)
+    s.write(3 * MiB, b"x" * 4096)
+    # first pass: both were written since the previous pass -> kept (activity-log style)
+    cand, seq = s.begin_clear()
+    assert cand == set()
+    s.write(3 * MiB, b"y" * 4096)  # region 3 stays hot
+    cand, seq = s.begin_clear()
+    assert cand == {1}
+    s.datasync()
+    s.write(1 * MiB + 512, b"z" * 512)  # written during the sync: must not be cleared
+    assert s.finish_clear(cand, seq) is False
+    cand, seq = s.begin_clear()
+    cand, seq = s.begin_clear()
+    assert cand == {1, 3}
+    s.datasync()
+    assert s.finish_clear(cand, seq) is True
+    s.persist_bitmaps()
+    assert s.dirty == set() and _map_on_disk(d, nregions=16) == set()
+    s.close()
+
+
+def test_crash_leaves_sticky_dirty_bits(tmp_path):
+    d = tmp_path / "r"
+    s = ReplicaStore(d, "v", 16 * MiB)
+    s.write(2 * MiB, b"x" * 4096)
+    os.close(s.fd)  # "crash": no clean close
+    s2 = ReplicaStore(d, "v", 16 * MiB)
+    assert s2.dirty == {2} and s2.sticky == {2}
+    for _ in range(3):
+        cand, seq = s2.begin_clear()
+        s2.finish_clear(cand, seq)
+    assert s2.dirty == {2}  # only CLEAR_DIRTY may drop what a crash left
+    s2.close()
+    assert _map_on_disk(d, nregions=16) == {2}
+    assert json.loads((d / "meta.json").read_text())["clean"] is False
+    s3 = ReplicaStore(d, "v", 16 * MiB)
+    s3.clear_regions([2], s3.wseq)
+    s3.close()
+    assert _map_on_disk(d, nregions=16) == set()
+    assert json.loads((d / "meta.json").read_text())["clean"] is True
+
+
+def test_punch_hole_reads_zeroes_and_frees_blocks(tmp_path):
+    d = tmp_path / "r"
+    s = ReplicaStore(d, "v", 8 * MiB)
+    s.write(0, b"\xab" * (2 * MiB))
+    blocks_before = os.stat(d / "volume.img").st_blocks
+    s.unmap(MiB, 512 * 1024)
+    assert s.pread(MiB, 512 * 1024) == bytes(512 * 1024)
+    assert s.pread(MiB - 512, 512) == b"\xab" * 512
+    assert s.pread(MiB + 512 * 1024, 512) == b"\xab" * 512
+    assert os.stat(d / "volume.img").st_blocks < blocks_before
+    assert os.stat(d / "volume.img").st_size == 8 * MiB
+    s.close()
+
+
+def test_punch_fallback_writes_zeroes(tmp_path, monkeypatch):
+    s = ReplicaStore(tmp_path / "r", "v", 4 * MiB)
+    s.write(0, b"\x11" * 8192)
+    monkeypatch.setattr(store_mod, "_fallocate", None)
+    s.unmap(4096, 2048)
+    assert s.pread(0, 8192) == b"\x11" * 4096 + bytes(2048) + b"\x11" * 2048
+    s.close()
+
+
+def test_extents_follow_written_data(tmp_path):
+    s = ReplicaStore(tmp_path / "r", "v", 64 * MiB)
+    assert s.extents(0, 64 * MiB) == []
+    s.write(4 * MiB, b"x" * MiB)
+    s.write(10 * MiB, b"y" * (2 * MiB))
+    runs = s.extents(0, 64 * MiB)
+    assert runs == [[4 * MiB, MiB], [10 * MiB, 2 * MiB]]
+    assert s.extents(10 * MiB + 4096, 8192) == [[10 * MiB + 4096, 8192]]
+    assert s.extents(20 * MiB, MiB) == []
+    s.unmap(10 * MiB, MiB)
+    assert s.extents(0, 64 * MiB) == [[4 * MiB, MiB], [11 * MiB, MiB]]
+    s.close()
+
+
+def test_change_tracking_seeded_persisted_and_dropped(tmp_path):
+    d = tmp_path / "r"
+    s = ReplicaStore(d, "v", 16 * MiB)
+    s.meta["epoch"] = 4
+    s.write(0, b"x" * 512)  # dirty region 0 when tracking starts
+    s.start_tracking(4)
+    s.write(7 * MiB, b"x" * 512)
+    s.write(0, b"x" * 512)
+    s.write_meta(s.meta_snapshot())
+    assert s.missed == {4: {0, 7}}
+    assert _map_on_disk(d, "missed-4.map", 16) == {0, 7}
+    os.close(s.fd)  # crash
+    s2 = ReplicaStore(d, "v", 16 * MiB)
+    assert s2.missed == {4: {0, 7}}
+    s2.stop_tracking([4])
+    s2.write_meta(s2.meta_snapshot())
+    s2.persist_bitmaps()
+    assert not (d / "missed-4.map").exists()
+    assert json.loads((d / "meta.json").read_text())["tracking"] == []
+    s2.close()
+
+
+def test_lost_change_map_means_everything_changed(tmp_path):
+    d = tmp_path / "r"
+    s = ReplicaStore(d, "v", 4 * MiB)
+    s.start_tracking(0)
+    s.persist_bitmaps()
+    s.write_meta(s.meta_snapshot())
+    s.close()
+    (d / "missed-0.map").unlink()
+    s2 = ReplicaStore(d, "v", 4 * MiB)
+    assert s2.missed == {0: {0, 1, 2, 3}}
+    s2.close()
+
+
+@pytest.mark.parametrize(
+    "off,n,ok",
+    [
+        (0, 512, True),
+        (0, 0, False),
+        (1, 512, False),
+        (0, 100, False),
+        (4 * MiB - 512, 512, True),
+        (4 * MiB, 512, False),
+        (4 * MiB - 512, 1024, False),
+        (-512, 512, False),
+    ],
+)
+def test_range_validation(tmp_path, off, n, ok):
+    s = ReplicaStore(tmp_path / "r", "v", 4 * MiB)
+    assert (s.check_range(off, n) is None) == ok
+    s.close()
