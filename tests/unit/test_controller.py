@@ -1,0 +1,108 @@
+"""Unit tests of the controller's pure parts: the range lock and the rebuild planner."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from jiva_engine.controller.rangelock import RangeLock
+from jiva_engine.controller.volume import Volume, _clip
+
+
+async def test_overlapping_holders_run_in_arrival_order():
+    lock = RangeLock()
+    order: list[str] = []
+    gate = asyncio.Event()
+
+    async def holder(name: str, off: int, n: int, wait: bool = False) -> None:
+        async with lock.hold(off, n):
+            order.append(f"{name}+")
+            if wait:
+                await gate.wait()
+            await asyncio.sleep(0)
+            order.append(f"{name}-")
+
+    a = asyncio.create_task(holder("a", 0, 4096, wait=True))
+    await asyncio.sleep(0)
+    b = asyncio.create_task(holder("b", 2048, 4096))  # overlaps a: must wait
+    c = asyncio.create_task(holder("c", 8192, 4096))  # disjoint: runs now
+    await asyncio.sleep(0.01)
+    assert order == ["a+", "c+", "c-"]
+    assert lock.busy(0, 512) and not lock.busy(6144, 1024)
+    gate.set()
+    await asyncio.gather(a, b, c)
+    assert order == ["a+", "c+", "c-", "a-", "b+", "b-"]
+    assert len(lock) == 0
+
+
+async def test_waiter_cancelled_does_not_block_later_ones():
+    lock = RangeLock()
+    gate = asyncio.Event()
+    done = []
+
+    async def first():
+        async with lock.hold(0, 100):
+            await gate.wait()
+
+    async def later(name):
+        async with lock.hold(0, 100):
+            done.append(name)
+
+    t1 = asyncio.create_task(first())
+    await asyncio.sleep(0)
+    t2 = asyncio.create_task(later("cancelled"))
+    t3 = asyncio.create_task(later("third"))
+    await asyncio.sleep(0.01)
+    t2.cancel()
+    gate.set()
+    await asyncio.gather(t1, t3)
+    with pytest.raises(asyncio.CancelledError):
+        await t2
+    assert done == ["third"] and len(lock) == 0
+
+
+def test_clip_extents():
+    assert _clip([[0, 100], [200, 50]], 50, 220) == [(50, 50), (200, 20)]
+    assert _clip([[300, 10]], 0, 100) == []
+    assert _clip(None, 0, 10) == []
+
+
+def _vol() -> Volume:
+    return Volume("v", ["127.0.0.1:1"], size=64 << 20)
+
+
+def test_plan_incremental_uses_the_smallest_covering_change_map():
+    v = _vol()
+    sdm = {"region_size": 1 << 20, "missed": {"3": [1, 2, 3, 9], "5": [2, 9], "8": [4]}}
+    kind, regions = v._plan({"epoch": 4}, {"region_size": 1 << 20, "dirty": [7]}, sdm)
+    # epoch 4 missed everything from epoch 5 on: map 5 covers it, map 8 started too late
+    assert kind.startswith("incremental") and regions == [2, 7, 9]
+
+
+@pytest.mark.parametrize(
+    "rmeta,sdm",
+    [
+        ({"epoch": 0}, {"region_size": 1 << 20, "missed": {"1": [1]}}),  # empty replica
+        ({"epoch": 4, "rebuilding": True}, {"region_size": 1 << 20, "missed": {"1": [1]}}),
+        ({"epoch": 4}, {"region_size": 1 << 20, "missed": {"6": [1]}}),  # tracking too late
+        ({"epoch": 4}, {"region_size": 1 << 20, "missed": {}}),  # no tracking at all
+        ({"epoch": 4}, {"region_size": 1 << 16, "missed": {"5": [1]}}),  # other region size
+    ],
+)
+def test_plan_falls_back_to_full(rmeta, sdm):
+    kind, regions = _vol()._plan(rmeta, {"region_size": 1 << 20, "dirty": []}, sdm)
+    assert kind == "full" and regions is None
+
+
+async def test_io_refused_while_waiting():
+    from jiva_engine.volume import VolumeNotReady
+
+    v = _vol()
+    assert not v.ready()
+    with pytest.raises(VolumeNotReady, match="starting"):
+        await v.write(0, bytes(512))
+    with pytest.raises(VolumeNotReady):
+        await v.read(0, 512)
+    st = v.status()
+    assert st["state"] == "waiting" and st["replicas"][0]["mode"] == "ERR"
