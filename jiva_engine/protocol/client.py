@@ -296,17 +296,17 @@ class ReplicaClient:
         ep = fields.get("epoch")
         return await self._json(wire.SET_META, fields, ep if isinstance(ep, int) else None)
 
-    async def set_mode(self, mode: str) -> dict[str, Any]:
+    async def set_mode(self, mode: str, epoch: int | None = None) -> dict[str, Any]:
         """Tell the replica it is "WO" (being rebuilt, not current) or "RW" (current)."""
-        return await self._json(wire.SET_MODE, {"mode": mode})
+        return await self._json(wire.SET_MODE, {"mode": mode}, epoch)
 
     async def dirty_map(self) -> dict[str, Any]:
         """{"region_size", "dirty": [regions], "missed": {"E": [regions]}}."""
         return await self._json(wire.DIRTY_MAP)
 
-    async def clear_dirty(self, regions: list[int] | None = None) -> None:
+    async def clear_dirty(self, regions: list[int] | None = None, epoch: int | None = None) -> None:
         """Clear dirty bits (all when `regions` is None) after syncing the data file."""
-        await self._json(wire.CLEAR_DIRTY, {"regions": regions})
+        await self._json(wire.CLEAR_DIRTY, {"regions": regions}, epoch)
 
     async def extents(self, offset: int, length: int) -> list[list[int]]:
         """Allocated [offset, length] runs inside the range."""

@@ -1,0 +1,496 @@
+"""The real `jiva replica` process over real TCP: data path, auth, fencing, bad input, crashes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from jiva_engine.protocol import auth, wire
+from jiva_engine.protocol.client import ReplicaClient, ReplicaError, ReplicaUnavailable
+from tests.procs import free_port
+
+MiB = 1 << 20
+REPLICA = [sys.executable, "-m", "jiva_engine.replica"]
+
+
+class Replica:
+    """A replica process started through the `procs` fixture (stopped by PID at teardown)."""
+
+    def __init__(self, procs, d: Path, volume="vol1", size="64M", secret=None, interval=None):
+        self.procs, self.dir, self.volume, self.size = procs, d, volume, size
+        self.port = free_port()
+        self.secret_file = None
+        if secret is not None:
+            self.secret_file = d.parent / f"{d.name}.secret"
+            self.secret_file.write_text(secret + "\n")
+        self.interval = interval
+        self.n = 0
+        self.proc = None
+
+    def args(self) -> list[str]:
+        a = ["--volume", self.volume, "--listen", f"127.0.0.1:{self.port}", "--dir", str(self.dir)]
+        a += ["--size", self.size]
+        if self.secret_file:
+            a += ["--secret-file", str(self.secret_file)]
+        if self.interval:
+            a += ["--sync-interval", str(self.interval)]
+        return a
+
+    def start(self) -> Replica:
+        self.n += 1
+        self.name = f"replica-{self.dir.name}-{self.n}"
+        self.proc = self.procs.start(REPLICA + self.args(), self.name)
+        deadline = time.monotonic() + 15
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"replica exited {self.proc.returncode}: {self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def log(self) -> str:
+        return self.procs.log(self.name)
+
+    def client(self, **kw) -> ReplicaClient:
+        kw.setdefault("volume", self.volume)
+        return ReplicaClient("127.0.0.1", self.port, **kw)
+
+    async def connect(self, **kw) -> ReplicaClient:
+        c = self.client(**kw)
+        await c.connect()
+        return c
+
+    def disk(self, offset: int, length: int) -> bytes:
+        with open(self.dir / "volume.img", "rb") as f:
+            f.seek(offset)
+            return f.read(length)
+
+
+def _recv_frame(sock: socket.socket) -> wire.Frame | None:
+    buf = b""
+    while len(buf) < wire.HEADER_SIZE:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None
+        buf += chunk
+    plen = wire.HEADER.unpack_from(buf)[3]
+    while len(buf) < wire.HEADER_SIZE + plen:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None
+        buf += chunk
+    return wire.decode(buf[: wire.HEADER_SIZE + plen])
+
+
+def _closed(sock: socket.socket, timeout: float = 5.0) -> bool:
+    sock.settimeout(timeout)
+    try:
+        while True:
+            if not sock.recv(65536):
+                return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+@pytest.fixture
+def replica(procs, tmp_path):
+    return Replica(procs, tmp_path / "r1").start()
+
+
+async def test_pipelined_writes_and_reads_match_the_data_file(replica):
+    c = await replica.connect()
+    await c.set_meta(epoch=1, membership=[f"127.0.0.1:{replica.port}"])
+    rnd = random.Random(7)
+    expect: dict[int, bytes] = {}
+    futs = []
+    for _ in range(3000):  # many land on the same blocks: only issue order gives the right answer
+        off = rnd.randrange(512) * 4096
+        data = rnd.randbytes(4096)
+        futs.append(c.write(off, data, 1))
+        expect[off] = data
+    big = rnd.randbytes(3 * MiB)  # a multi-region write
+    futs.append(c.write(40 * MiB - 4096, big, 1, fua=True))
+    await asyncio.gather(*futs)
+    got = await asyncio.gather(*(c.read(off, 4096, 1) for off in expect))
+    assert got == list(expect.values())
+    assert await c.read(40 * MiB - 4096, 3 * MiB, 1) == big
+    await c.flush(1)
+    for off, data in expect.items():
+        assert replica.disk(off, 4096) == data
+    assert replica.disk(40 * MiB - 4096, 3 * MiB) == big
+    info = await c.info()
+    assert info["stats"]["writes"] == 3001
+    assert info["stats"]["bytes_written"] == 3000 * 4096 + 3 * MiB
+    assert info["epoch"] == 1 and info["mode"] == "RW" and info["dirty"] is True
+    await c.close()
+
+
+async def test_same_block_write_order_survives_interleaved_flushes(replica):
+    c = await replica.connect()
+    futs = []
+    for i in range(500):
+        futs.append(c.write(8192, i.to_bytes(4, "big") * 128, 0, fua=(i % 7 == 0)))
+        if i % 50 == 0:
+            futs.append(c.flush(0))
+    await asyncio.gather(*futs)
+    assert await c.read(8192, 512, 0) == (499).to_bytes(4, "big") * 128
+    await c.close()
+
+
+async def test_unmap_reads_zeroes_and_extents_shrink(replica):
+    c = await replica.connect()
+    await c.write(0, b"\x5a" * (2 * MiB), 0)
+    assert await c.extents(0, 64 * MiB) == [[0, 2 * MiB]]
+    await c.unmap(MiB, MiB, 0)
+    assert await c.read(MiB, MiB, 0) == bytes(MiB)
+    assert await c.read(0, 512, 0) == b"\x5a" * 512
+    assert await c.extents(0, 64 * MiB) == [[0, MiB]]
+    assert replica.disk(MiB, 4096) == bytes(4096)
+    await c.close()
+
+
+async def test_out_of_range_and_unaligned_io_is_einval_and_writes_nothing(replica):
+    c = await replica.connect()
+    size = 64 * MiB
+    cases = [
+        c.write(size - 512, b"x" * 1024, 0),  # runs past the end
+        c.write(size, b"x" * 512, 0),
+        c.write(100, b"x" * 512, 0),  # unaligned offset
+        c.write(0, b"x" * 100, 0),  # unaligned length
+        c.read(size - 512, 1024, 0),
+        c.unmap(size - 512, 4096, 0),
+        c.read(0, wire.MAX_IO + 512, 0),
+    ]
+    for fut in cases:
+        with pytest.raises(ReplicaError) as ei:
+            await fut
+        assert ei.value.status == wire.EINVAL
+        assert "refused" in ei.value.message
+    assert await c.read(size - 512, 512, 0) == bytes(512)
+    assert await c.extents(0, size) == []  # nothing at all was written
+    assert await c.read(0, 512, 0) == bytes(512)  # connection still usable
+    await c.close()
+
+
+async def test_stale_epoch_is_refused_and_persisted(replica):
+    new = await replica.connect()
+    meta = await new.set_meta(epoch=5, membership=["a:1", "b:2"])
+    assert meta["epoch"] == 5
+    old = await replica.connect()
+    for fut in (
+        old.write(0, b"o" * 512, 4),
+        old.read(0, 512, 4),
+        old.flush(4),
+        old.unmap(0, 512, 4),
+    ):
+        with pytest.raises(ReplicaError) as ei:
+            await fut
+        assert ei.value.status == wire.STALE_EPOCH
+    with pytest.raises(ReplicaError) as ei:
+        await old.set_meta(epoch=4)
+    assert ei.value.status == wire.STALE_EPOCH
+    assert replica.disk(0, 512) == bytes(512)
+    await new.write(0, b"n" * 512, 5)
+    await new.close()
+    await old.close()
+    os.kill(replica.proc.pid, signal.SIGTERM)
+    assert replica.proc.wait(10) == 0
+    replica.start()
+    c = await replica.connect()
+    info = await c.info()
+    assert info["epoch"] == 5 and info["membership"] == ["a:1", "b:2"]
+    with pytest.raises(ReplicaError) as ei:
+        await c.write(0, b"o" * 512, 4)
+    assert ei.value.status == wire.STALE_EPOCH
+    assert replica.disk(0, 512) == b"n" * 512
+    await c.close()
+
+
+async def test_wrong_secret_is_refused_and_nothing_is_written(procs, tmp_path):
+    r = Replica(procs, tmp_path / "r", secret="right-secret").start()
+    with pytest.raises(ReplicaError) as ei:
+        await r.connect(secret="wrong-secret")
+    assert ei.value.status == wire.AUTH_FAILED
+    with pytest.raises(ReplicaError) as ei:
+        await r.connect()  # no secret at all
+    assert ei.value.status == wire.AUTH_REQUIRED
+    # raw: a bad AUTH immediately followed by a pipelined WRITE; and a WRITE with no AUTH
+    with socket.create_connection(("127.0.0.1", r.port)) as s:
+        hello = _recv_frame(s)
+        body = json.loads(hello.payload)
+        assert hello.op == wire.HELLO and body["auth"] is True and body["volume"] == "vol1"
+        cn = auth.new_nonce()
+        bad = auth.client_mac(b"guess", "vol1", body["nonce"], cn)
+        req = {"volume": "vol1", "mac": bad, "cnonce": cn}
+        s.sendall(
+            wire.encode(wire.AUTH, 1, wire.dumps(req))
+            + wire.encode(wire.WRITE, 2, b"E" * 4096, offset=0)
+        )
+        resp = _recv_frame(s)
+        assert (resp.req_id, resp.status) == (1, wire.AUTH_FAILED)
+        assert _closed(s)
+    with socket.create_connection(("127.0.0.1", r.port)) as s:
+        _recv_frame(s)
+        s.sendall(wire.encode(wire.WRITE, 9, b"E" * 4096, offset=0))
+        resp = _recv_frame(s)
+        assert (resp.req_id, resp.status) == (9, wire.AUTH_REQUIRED)
+    assert r.disk(0, 4096) == bytes(4096)
+    good = await r.connect(secret="right-secret")
+    assert (await good.info())["stats"]["writes"] == 0
+    await good.write(0, b"G" * 512, 0)
+    assert r.disk(0, 512) == b"G" * 512
+    await good.close()
+    assert "right-secret" not in r.log()
+    assert "authentication of 127.0.0.1" in r.log()
+
+
+async def test_client_with_secret_refuses_replica_without_one(replica):
+    with pytest.raises(ReplicaError) as ei:
+        await replica.connect(secret="s")
+    assert ei.value.status == wire.AUTH_FAILED
+
+
+async def test_wrong_volume_is_refused(replica):
+    with pytest.raises(ReplicaError) as ei:
+        await replica.connect(volume="vol2")
+    assert ei.value.status == wire.WRONG_VOLUME
+    # a raw client that ignores HELLO and insists gets WRONG_VOLUME and is disconnected
+    with socket.create_connection(("127.0.0.1", replica.port)) as s:
+        _recv_frame(s)
+        s.sendall(
+            wire.encode(wire.AUTH, 1, wire.dumps({"volume": "vol2", "mac": "", "cnonce": ""}))
+        )
+        assert _recv_frame(s).status == wire.WRONG_VOLUME
+        assert _closed(s)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\x00" * 40,  # bad magic
+        wire.HEADER.pack(wire.MAGIC, wire.WRITE, 0, wire.MAX_PAYLOAD + 1, 1, 0, 0, 0),  # oversized
+        "bad-json",
+    ],
+)
+async def test_malformed_frame_closes_only_that_connection(replica, garbage):
+    good = await replica.connect()
+    await good.write(0, b"1" * 512, 0)
+    with socket.create_connection(("127.0.0.1", replica.port)) as s:
+        _recv_frame(s)
+        if garbage == "bad-json":
+            s.sendall(wire.encode(wire.AUTH, 1, b"{not json"))
+        else:
+            s.sendall(garbage)
+        assert _closed(s)
+        peer_port = s.getsockname()[1]
+    await good.write(512, b"2" * 512, 0)
+    assert await good.read(0, 1024, 0) == b"1" * 512 + b"2" * 512
+    other = await replica.connect()  # and new connections are still accepted
+    await other.ping()
+    await other.close()
+    await good.close()
+    lines = [ln for ln in replica.log().splitlines() if "malformed frame" in ln]
+    assert len(lines) == 1 and f"127.0.0.1:{peer_port}" in lines[0]
+    assert "Traceback" not in replica.log()
+
+
+async def test_set_meta_with_bad_json_closes_connection(replica):
+    c = await replica.connect()
+    fut = c._send(wire.SET_META, payload=b"{oops")
+    with pytest.raises(ReplicaUnavailable):
+        await fut
+    c2 = await replica.connect()
+    with pytest.raises(ReplicaError) as ei:
+        await c2.set_meta(epoch="seven")
+    assert ei.value.status == wire.EINVAL
+    with pytest.raises(ReplicaError) as ei:
+        await c2.set_meta(bogus=1)
+    assert ei.value.status == wire.EINVAL
+    await c2.close()
+
+
+async def test_request_timeout_fails_pending_requests(replica):
+    c = await replica.connect(timeout=0.5)
+    os.kill(replica.proc.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        futs = [c.write(i * 512, b"t" * 512, 0) for i in range(10)]
+        for fut in futs:
+            with pytest.raises(ReplicaUnavailable, match="timeout"):
+                await fut
+        assert 0.4 < time.monotonic() - t0 < 3
+        with pytest.raises(ReplicaUnavailable):
+            await c.ping()
+    finally:
+        os.kill(replica.proc.pid, signal.SIGCONT)
+    c2 = await replica.connect()
+    await c2.ping()
+    await c2.close()
+
+
+async def test_tracking_mode_and_rebuild_stats(replica):
+    c = await replica.connect()
+    info = await c.info()
+    assert info["mode"] == "WO" and info["epoch"] == 0  # new replica: no data yet
+    await c.set_meta(epoch=2)
+    await c.write(3 * MiB, b"d" * 512, 2)  # dirty before tracking starts
+    await c.set_meta(epoch=3, start_tracking=True)
+    assert (replica.dir / "missed-3.map").exists()
+    await c.write(9 * MiB, b"m" * 512, 3)
+    await c.write(20 * MiB, b"r" * 4096, 3, rebuild=True)
+    dm = await c.dirty_map()
+    assert dm["region_size"] == MiB
+    assert dm["missed"] == {"3": [3, 9, 20]}
+    assert set(dm["dirty"]) == {3, 9, 20}
+    info = await c.info()
+    assert info["tracking"] == [3] and info["stats"]["rebuild_bytes_written"] == 4096
+    assert (await c.set_mode("WO"))["mode"] == "WO"
+    await c.close()
+    os.kill(replica.proc.pid, signal.SIGTERM)
+    assert replica.proc.wait(10) == 0
+    replica.start()
+    c = await replica.connect()
+    info = await c.info()
+    assert info["mode"] == "WO" and info["epoch"] == 3 and info["tracking"] == [3]
+    assert (await c.dirty_map())["missed"] == {"3": [3, 9, 20]}
+    with pytest.raises(ReplicaError) as ei:
+        await c.set_mode("RW")  # this client has not shown epoch 3 yet: fenced
+    assert ei.value.status == wire.STALE_EPOCH
+    assert (await c.set_mode("RW", epoch=3))["mode"] == "RW"
+    await c.set_meta(epoch=3, stop_tracking=[3])
+    assert not (replica.dir / "missed-3.map").exists()
+    assert (await c.dirty_map())["missed"] == {}
+    await c.close()
+
+
+async def test_sigterm_is_a_clean_shutdown(replica):
+    c = await replica.connect()
+    await c.write(5 * MiB, b"x" * 4096, 0)
+    assert (await c.dirty_map())["dirty"] == [5]
+    await c.close()
+    os.kill(replica.proc.pid, signal.SIGTERM)
+    assert replica.proc.wait(10) == 0
+    meta = json.loads((replica.dir / "meta.json").read_text())
+    assert meta["clean"] is True
+    assert not any((replica.dir / "dirty.map").read_bytes())
+    assert "stopped cleanly" in replica.log()
+
+
+async def test_kill_9_during_writes_leaves_in_flight_regions_dirty(procs, tmp_path):
+    interval = 0.3
+    r = Replica(procs, tmp_path / "r", interval=interval).start()
+    c = await r.connect(timeout=5)
+    # regions 40..43 written once, then idle: the lazy clearing must drop them
+    await asyncio.gather(*(c.write(reg * MiB, b"i" * 4096, 0) for reg in range(40, 44)))
+    await c.flush(0)
+    deadline = time.monotonic() + 10
+    while set((await c.dirty_map())["dirty"]) & set(range(40, 44)):
+        assert time.monotonic() < deadline, "idle dirty regions were never cleared"
+        await asyncio.sleep(interval)
+    # hot regions 0..15: many writers, each write carrying a unique tag; every writer always
+    # has one write outstanding, so the kill (the loop is blocked meanwhile) catches 32 in flight
+    acked: dict[int, float] = {}
+    issued: list[tuple[int, bytes, float]] = []  # (offset, data, time)
+    answered: dict[int, float] = {}  # index in issued -> when the answer was seen
+    seq = 0
+
+    async def writer(k: int) -> None:
+        nonlocal seq
+        rnd = random.Random(k)
+        while True:
+            seq += 1
+            reg = rnd.randrange(16)
+            off = reg * MiB + rnd.randrange(256) * 4096
+            idx = len(issued)
+            issued.append((off, seq.to_bytes(8, "big") * 512, time.monotonic()))
+            try:
+                await c.write(off, issued[idx][1], 0)
+            except ReplicaUnavailable:
+                return
+            answered[idx] = acked[reg] = time.monotonic()
+
+    tasks = [asyncio.ensure_future(writer(k)) for k in range(32)]
+    await asyncio.sleep(1.0)
+    killed_at = time.monotonic()
+    os.kill(r.proc.pid, signal.SIGKILL)
+    r.proc.wait(10)
+    await asyncio.gather(*tasks)
+    in_flight = [
+        (off, data)
+        for i, (off, data, t) in enumerate(issued)
+        if t < killed_at and answered.get(i, killed_at + 1) > killed_at
+    ]
+    assert len(in_flight) == 32
+    r.start()
+    c2 = await r.connect()
+    dirty = set((await c2.dirty_map())["dirty"])
+    recent = {reg for reg, t in acked.items() if killed_at - t < interval}
+    assert recent, "writes were acknowledged right before the kill"
+    assert recent <= dirty
+    landed = [off for off, data in in_flight if r.disk(off, 4096) == data]
+    assert {off // MiB for off in landed} <= dirty  # in-flight writes that reached the file
+    assert not dirty & set(range(40, 44))
+    assert dirty <= set(range(16))
+    info = await c2.info()
+    assert info["clean"] is False and info["dirty"] is True
+    # a crash's dirty bits survive the lazy clearing until CLEAR_DIRTY
+    await asyncio.sleep(3 * interval)
+    assert set((await c2.dirty_map())["dirty"]) == dirty
+    await c2.clear_dirty(sorted(dirty))
+    assert (await c2.dirty_map())["dirty"] == []
+    await c2.close()
+
+
+@pytest.mark.parametrize("volume,size", [("vol2", "64M"), ("vol1", "128M")])
+def test_dir_of_another_volume_or_size_is_refused(procs, tmp_path, volume, size):
+    r = Replica(procs, tmp_path / "r").start()
+    os.kill(r.proc.pid, signal.SIGTERM)
+    r.proc.wait(10)
+    out = subprocess.run(
+        REPLICA
+        + ["--volume", volume, "--size", size, "--dir", str(r.dir)]
+        + ["--listen", f"127.0.0.1:{free_port()}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert "belongs to volume 'vol1' of size 67108864 bytes" in lines[0]
+    assert "Traceback" not in out.stderr and out.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--size", "12Q"], "invalid size"),
+        (["--listen", "127.0.0.1"], "needs a port"),
+        (["--secret-file", "/nonexistent/secret"], "cannot read secret file"),
+    ],
+)
+def test_bad_options_give_one_line_errors(tmp_path, args, msg):
+    base = {"--volume": "v", "--size": "1M", "--dir": str(tmp_path / "d")}
+    base["--listen"] = f"127.0.0.1:{free_port()}"
+    for i in range(0, len(args), 2):
+        base[args[i]] = args[i + 1]
+    argv = [x for kv in base.items() for x in kv]
+    out = subprocess.run(REPLICA + argv, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert msg in out.stderr and len(out.stderr.strip().splitlines()) == 1
