@@ -454,6 +454,12 @@ class Volume:
                 return  # a WO replica is not in the membership: no new epoch needed
             rw = self.rw_members()
             if not rw:
+                for x in self.members.values():  # rebuilds need a source: stop them
+                    if x.mode == WO:
+                        if x.rebuild_task and x.rebuild_task is not asyncio.current_task():
+                            x.rebuild_task.cancel()
+                        x.mode, x.rebuild, x.last_error = ERR, None, "rebuild source lost"
+                        await self._drop_client(x)
                 self.state = WAITING
                 self.reason = (
                     "every member was lost ("
@@ -559,6 +565,10 @@ class Volume:
             return
         newest = max(reach.values(), key=lambda meta: int(meta.get("epoch") or 0))
         top = int(newest.get("epoch") or 0)
+        if self.epoch and top > self.epoch:
+            # we served before and someone raised the epoch since: a newer controller owns it
+            await self._fence(f"replicas are at epoch {top}, above ours ({self.epoch})")
+            return
         if top == 0:
             missing = [a for a in self.members if a not in reach]
             if missing:
@@ -572,6 +582,7 @@ class Volume:
             membership = [self._known(a).address for a in newest.get("membership") or []]
             missing = [a for a in membership if a not in reach]
             if missing:
+                missing = [f"{a} ({self.members[a].last_error})" for a in missing]
                 # a freshly added address may have just been connected above; retry next round
                 self.reason = (
                     f"waiting for replica(s) {', '.join(missing)}: members of the newest "
@@ -757,7 +768,7 @@ class Volume:
         except VolumeFenced:
             return
         except Exception as e:
-            if m.mode != ERR:
+            if m.mode == WO:
                 log.warning("rebuild of %s failed: %s", m.address, e)
                 m.mode = ERR
                 m.rebuild = None
@@ -844,6 +855,8 @@ class Volume:
         m.mode = ERR
         await self._drop_client(m)
         self.members.pop(addr, None)
+        if self.state == SERVING and all(x.mode == RW for x in self.members.values()):
+            await self._stop_tracking()
 
 
 def _meta(info: dict[str, Any] | None) -> dict[str, Any]:
