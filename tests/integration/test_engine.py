@@ -558,3 +558,87 @@ async def test_dirty_regions_are_resynchronised_before_serving(procs, tmp_path):
         assert not (await reps[1].info())["dirty"]
     finally:
         await vol.close()
+
+
+def _iscsi_url(port: int) -> str:
+    return f"iscsi://127.0.0.1:{port}/iqn.2026-11.org.jiva-py:{VOL}/0"
+
+
+async def _api_serving(port: int, timeout: float = 30.0) -> dict:
+    """Poll the controller's API until the volume serves; return its status."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    st: dict = {}
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/volume", timeout=2) as r:
+                st = json.loads(r.read())
+            if st["state"] == "serving":
+                return st
+        except OSError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"controller API {port} not serving: {st}")
+
+
+def _controller_args(reps: list[Rep], api: int, portal: int) -> list[str]:
+    args = ["controller", "--volume", VOL, "--api", f"127.0.0.1:{api}"]
+    args += ["--portal", f"127.0.0.1:{portal}", "--replica-timeout", "3"]
+    for r in reps:
+        args += ["--replica", r.addr]
+    return args
+
+
+async def test_jiva_controller_killed_under_iscsi_writes(procs, tmp_path):
+    """The real `jiva controller` process, written to by qemu-io over iSCSI, kill -9'd."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("qemu-io"):
+        pytest.fail("qemu-io (Debian qemu-utils + qemu-block-extra) is required")
+    reps = replicas(procs, tmp_path, 3)
+    api, portal = free_port(), free_port()
+    ctl = jiva(procs, *_controller_args(reps, api, portal), name="ctl-1")
+    await _api_serving(api)
+    # 4 concurrent initiators, each writing 64 KiB blocks to its own area, one after the other
+    writers = []
+    for w in range(4):
+        cmds = []
+        for i in range(400):
+            cmds += ["-c", f"write -P {(w * 400 + i) % 255 + 1} {(w * 400 + i) * 65536} 64k"]
+        writers.append(
+            procs.start(
+                ["stdbuf", "-oL", "qemu-io", "-f", "raw", *cmds, _iscsi_url(portal)], f"qio{w}"
+            )
+        )
+    await wait_for(lambda: sum(procs.log(f"qio{w}").count("wrote ") for w in range(4)) > 200, 60)
+    procs.kill(ctl)  # kill -9 with writes in flight
+    await asyncio.sleep(0.5)
+    for p in writers:
+        procs.kill(p)
+    acked = []
+    for w in range(4):
+        for line in procs.log(f"qio{w}").splitlines():
+            if line.startswith("wrote 65536/65536 bytes at offset "):
+                off = int(line.rsplit(" ", 1)[1])
+                acked.append((off, (off // 65536) % 255 + 1))
+    assert len(acked) > 200
+    jiva(procs, *_controller_args(reps, api, portal), name="ctl-2")
+    wait_port("127.0.0.1", portal)
+    await _api_serving(api)
+    cmds = []
+    for off, pat in acked:
+        cmds += ["-c", f"read -P {pat} {off} 64k"]
+    out = subprocess.run(
+        ["qemu-io", "-f", "raw", *cmds, _iscsi_url(portal)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Pattern verification failed" not in out.stdout, out.stdout[-2000:]
+    assert out.stdout.count("read 65536/65536 bytes") == len(acked)
+    for r in reps:
+        r.stop()
+    identical(reps)
