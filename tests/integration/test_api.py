@@ -180,3 +180,27 @@ async def test_api_refuses_to_remove_the_last_current_copy(procs, tmp_path):
     finally:
         await api.close()
         await vol.close()
+
+
+def test_controller_cli_refuses_bad_options(tmp_path):
+    def ctl(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*JIVA, "controller", "--volume", VOL, "--api", "127.0.0.1:1", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    out = ctl()
+    assert out.returncode == 2 and "at least one --replica" in out.stderr
+    out = ctl("--replica", "127.0.0.1")
+    assert out.returncode == 2 and "needs a port" in out.stderr
+    out = ctl("--replica", "127.0.0.1:5", "--size", "lots")
+    assert out.returncode == 2 and "invalid size" in out.stderr
+    out = ctl("--replica", "127.0.0.1:5", "--token-file", str(tmp_path / "missing"))
+    assert out.returncode == 2 and "cannot read API token file" in out.stderr
+    out = ctl("--replica", "127.0.0.1:5", "--replica", "127.0.0.1:5")
+    assert out.returncode == 2 and "given twice" in out.stderr
+    out = ctl("--replica", "127.0.0.1:5", "--chap-user", "u")
+    assert out.returncode == 2 and "--chap-secret-file" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -278,11 +278,26 @@ async def test_replica_killed_during_writes_catches_up_incrementally(procs, tmp_
         await asyncio.sleep(1.5)  # idle: the replicas lazily clear those dirty bits
         epoch0 = vol.epoch
         w = Writer(vol, 0, 4 * MiB).start()
+        reads_ok = 0
+        reading = True
+
+        async def reader() -> None:  # reads rotate over members, including the one that dies
+            nonlocal reads_ok
+            rnd = random.Random(3)
+            while reading:
+                off = rnd.randrange(32 * MiB // 4096) * 4096
+                assert await vol.read(16 * MiB + off, 4096) == base[off : off + 4096]
+                reads_ok += 1
+
+        rtask = asyncio.create_task(reader())
         await asyncio.sleep(0.3)
-        reps[2].kill()  # kill -9 during writes
+        reps[2].kill()  # kill -9 during writes and reads
         await wait_for(lambda: vol.members[reps[2].addr].mode == ERR, 10, "ejection")
         await asyncio.sleep(0.5)
         await w.stop()
+        reading = False
+        await rtask  # raises if any read failed or returned wrong data
+        assert reads_ok > 50
         assert not w.errors, w.errors
         assert w.count > 50
         # rule 3: the removal is recorded under a higher epoch on the remaining members
@@ -642,3 +657,29 @@ async def test_jiva_controller_killed_under_iscsi_writes(procs, tmp_path):
     for r in reps:
         r.stop()
     identical(reps)
+
+
+async def test_rebuild_rate_throttle_and_progress(procs, tmp_path):
+    reps = replicas(procs, tmp_path, 1)
+    vol = await open_volume(reps, rebuild_rate=4 * MiB)
+    try:
+        await fill(vol, 0, 4 * MiB, seed=13)
+        new = Rep(procs, tmp_path, "new").start()
+        await vol.add_replica(new.addr)
+        seen = []
+
+        def progressing() -> bool:
+            rb = vol.members[new.addr].rebuild
+            if rb and rb["total"] and 0 < rb["done"] < rb["total"]:
+                seen.append(dict(rb))
+            return vol.members[new.addr].mode == RW
+
+        await wait_for(progressing, 30, "rebuild")
+        lr = vol.members[new.addr].last_rebuild
+        assert lr["copied"] == 4 * MiB
+        # 4 MiB at 4 MiB/s: the first MiB goes at once, the other three are paced
+        assert lr["seconds"] >= 0.7, lr
+        assert seen and seen[0]["total"] == 4 * MiB, "progress done/total was visible"
+        assert vol.status()["replicas"][1]["rebuild"] is None
+    finally:
+        await vol.close()
