@@ -800,12 +800,15 @@ class Volume:
                 return_exceptions=True,
             )
             bad = [(x, r) for x, r in zip(members, res, strict=True) if isinstance(r, Exception)]
-            if not bad:
-                for x in members:
+            for x, r in zip(members, res, strict=True):
+                if not isinstance(r, Exception):
                     x.epoch = self.epoch
-                m.mode = RW
-                m.rebuild = None
-                m.last_error = None
+            # some members may have recorded it as a member even if others failed: treat it as
+            # one, so a failure below is removed under a new epoch like any member's (rule 3)
+            m.mode = RW
+            m.rebuild = None
+            m.last_error = None
+            if not bad:
                 self.stats["rebuilds_done"] += 1
                 log.info("replica %s is current: membership %s", m.address, membership)
         if bad:
