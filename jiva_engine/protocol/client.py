@@ -17,7 +17,10 @@ from jiva_engine.protocol import auth, wire
 log = logging.getLogger(__name__)
 
 _pack = wire.HEADER.pack
+_unpack_from = wire.HEADER.unpack_from
 _MAGIC = wire.MAGIC
+_MAX_PAYLOAD = wire.MAX_PAYLOAD
+_Future = asyncio.Future
 
 
 class ReplicaUnavailable(Exception):
@@ -37,18 +40,45 @@ class ReplicaError(Exception):
 class _ClientProtocol(asyncio.Protocol):
     def __init__(self, client: ReplicaClient) -> None:
         self.client = client
-        self.reader = wire.FrameReader()
+        self.rbuf = bytearray()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.client._lost(f"connection lost: {exc}" if exc else "connection closed by the replica")
 
     def data_received(self, data: bytes) -> None:
-        try:
-            frames = self.reader.feed(data)
-        except wire.FrameError as e:
-            self.client._abort(f"malformed frame from replica: {e}")
-            return
-        self.client._on_frames(frames)
+        rbuf = self.rbuf
+        if rbuf:
+            rbuf += data
+            src = rbuf
+        else:
+            src = data
+        client = self.client
+        pending = client._pending
+        n = len(src)
+        pos = 0
+        with memoryview(src) as mv:
+            while n - pos >= 40:
+                magic, op, status, plen, req_id, _o, _l, _e = _unpack_from(src, pos)
+                if magic != _MAGIC or plen > _MAX_PAYLOAD:
+                    client._abort(f"malformed frame from replica: bad magic or length {plen}")
+                    return
+                end = pos + 40 + plen
+                if end > n:
+                    break
+                fut = pending.pop(req_id, None)
+                if fut is None:
+                    client._unsolicited(op, bytes(mv[pos + 40 : end]))
+                elif status:
+                    if not fut.done():
+                        msg = str(mv[pos + 40 : end], "utf-8", "replace")
+                        fut.set_exception(ReplicaError(status, msg))
+                elif not fut.done():
+                    fut.set_result(bytes(mv[pos + 40 : end]) if plen else b"")
+                pos = end
+        if src is rbuf:
+            del rbuf[:pos]
+        elif pos < n:
+            rbuf += src[pos:]
 
 
 class ReplicaClient:
@@ -79,6 +109,7 @@ class ReplicaClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._transport: asyncio.Transport | None = None
         self._pending: dict[int, asyncio.Future] = {}
+        # (deadline, last req_id) per flushed batch: one entry per send, not per request
         self._deadlines: collections.deque[tuple[float, int]] = collections.deque()
         self._out: list[bytes] = []
         self._flush_scheduled = False
@@ -182,13 +213,16 @@ class ReplicaClient:
     def _check_timeouts(self) -> None:
         now = time.monotonic()
         dl = self._deadlines
-        pending = self._pending
-        while dl and (dl[0][1] not in pending):
-            dl.popleft()
-        if dl and dl[0][0] <= now:
-            op_age = self.timeout + now - dl[0][0]
-            self._abort(f"request {dl[0][1]} got no answer in {op_age:.1f}s (timeout)")
-            return
+        oldest = next(iter(self._pending), None)  # dicts keep insertion (= req_id) order
+        if oldest is None:
+            dl.clear()
+        else:
+            while dl and dl[0][1] < oldest:  # batches whose requests are all answered
+                dl.popleft()
+            if dl and dl[0][0] <= now:
+                age = self.timeout + now - dl[0][0]
+                self._abort(f"request {oldest} got no answer in {age:.1f}s (timeout)")
+                return
         self._arm_watchdog()
 
     # ------------------------------------------------------------------ frames
@@ -198,7 +232,7 @@ class ReplicaClient:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-        fut = loop.create_future()
+        fut = _Future(loop=loop)
         if self._transport is None:
             fut.set_exception(ReplicaUnavailable(f"replica {self.address}: {self._closed_reason}"))
             return fut
@@ -207,7 +241,6 @@ class ReplicaClient:
         rid = self._next_id
         self._next_id = rid + 1
         self._pending[rid] = fut
-        self._deadlines.append((time.monotonic() + self.timeout, rid))
         out = self._out
         plen = len(payload)
         out.append(_pack(_MAGIC, op, 0, plen, rid, offset, length, epoch))
@@ -223,25 +256,16 @@ class ReplicaClient:
         out = self._out
         if out and self._transport is not None:
             self._out = []
+            self._deadlines.append((time.monotonic() + self.timeout, self._next_id - 1))
             self._transport.write(b"".join(out) if len(out) > 1 else out[0])
 
-    def _on_frames(self, frames: list[tuple]) -> None:
-        pending = self._pending
-        for op, status, req_id, _off, _len, _epoch, payload in frames:
-            fut = pending.pop(req_id, None)
-            if fut is None:
-                if op == wire.HELLO and self._hello_fut is not None and not self._hello_fut.done():
-                    try:
-                        self._hello_fut.set_result(wire.loads(payload))
-                    except wire.FrameError as e:
-                        self._hello_fut.set_exception(ReplicaUnavailable(f"bad HELLO: {e}"))
-                continue
-            if fut.done():
-                continue
-            if status:
-                fut.set_exception(ReplicaError(status, payload.decode("utf-8", "replace")))
-            else:
-                fut.set_result(payload)
+    def _unsolicited(self, op: int, payload: bytes) -> None:
+        hello = self._hello_fut
+        if op == wire.HELLO and hello is not None and not hello.done():
+            try:
+                hello.set_result(wire.loads(payload))
+            except wire.FrameError as e:
+                hello.set_exception(ReplicaUnavailable(f"bad HELLO: {e}"))
 
     async def _json(self, op: int, obj: Any = None, epoch: int | None = None, **kw: int) -> Any:
         payload = wire.dumps(obj) if obj is not None else b""

@@ -139,12 +139,30 @@ def _check(magic: int, plen: int) -> None:
         raise FrameError(f"payload_len {plen} exceeds the {MAX_PAYLOAD}-byte limit")
 
 
-class FrameReader:
-    """Incremental decoder for a byte stream: feed() returns the frames completed so far.
+def split_frames(src: bytes | bytearray | memoryview, pos: int = 0) -> tuple[list[tuple], int]:
+    """Decode the whole frames in src[pos:]; return (frames, position after the last one).
 
-    Frames are plain tuples (op, status, req_id, offset, length, epoch, payload) for speed;
-    they unpack in the same order as `Frame`.
+    Frames are plain tuples (op, status, req_id, offset, length, epoch, payload) for speed, in
+    the same order as `Frame`; payloads are copied out of `src`. Raises FrameError.
     """
+    frames: list[tuple] = []
+    append = frames.append
+    n = len(src)
+    while n - pos >= HEADER_SIZE:
+        magic, op, status, plen, req_id, offset, length, epoch = _unpack_from(src, pos)
+        if magic != MAGIC or plen > MAX_PAYLOAD:
+            _check(magic, plen)
+        end = pos + HEADER_SIZE + plen
+        if end > n:
+            break
+        payload = bytes(src[pos + HEADER_SIZE : end]) if plen else b""
+        append((op, status, req_id, offset, length, epoch, payload))
+        pos = end
+    return frames, pos
+
+
+class FrameReader:
+    """Incremental decoder for a byte stream: feed() returns the frames completed so far."""
 
     __slots__ = ("_buf",)
 
@@ -156,35 +174,17 @@ class FrameReader:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[tuple]:
-        """Consume `data`; return the whole frames it completes. Raises FrameError."""
+        """Consume `data`; return the whole frames it completes (see split_frames)."""
         buf = self._buf
-        if buf:
-            buf += data
-            src = memoryview(buf)
-        else:
-            src = data
-        frames = []
-        append = frames.append
-        pos = 0
-        n = len(src)
-        try:
-            while n - pos >= HEADER_SIZE:
-                magic, op, status, plen, req_id, offset, length, epoch = _unpack_from(src, pos)
-                if magic != MAGIC or plen > MAX_PAYLOAD:
-                    _check(magic, plen)
-                end = pos + HEADER_SIZE + plen
-                if end > n:
-                    break
-                payload = bytes(src[pos + HEADER_SIZE : end]) if plen else b""
-                append((op, status, req_id, offset, length, epoch, payload))
-                pos = end
-        finally:
-            if src is not data:
-                src.release()
-        if src is data:
-            if pos < n:
+        if not buf:
+            frames, pos = split_frames(data)
+            if pos < len(data):
                 buf += data[pos:]
-        elif pos:
+            return frames
+        buf += data
+        with memoryview(buf) as src:
+            frames, pos = split_frames(src)
+        if pos:
             del buf[:pos]
         return frames
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,8 +20,11 @@ from jiva_engine.replica.store import ReplicaStore
 log = logging.getLogger(__name__)
 
 _pack = wire.HEADER.pack
+_unpack_from = wire.HEADER.unpack_from
 _MAGIC = wire.MAGIC
 _READ, _WRITE = wire.READ, wire.WRITE
+_FLAG_REBUILD = wire.FLAG_REBUILD
+_MAX_IO = wire.MAX_IO
 _QUEUE_FRAMES_MAX = 4096  # frames buffered per connection before we stop reading
 _QUEUE_BYTES_MAX = 64 << 20
 
@@ -206,7 +210,7 @@ class ReplicaConnection(asyncio.Protocol):
         self.server = server
         self.store = server.store
         self.stats = server.stats
-        self.reader = wire.FrameReader()
+        self.rbuf = bytearray()  # the incomplete frame at the end of what was received
         self.queue: collections.deque[tuple] = collections.deque()
         self.queued_bytes = 0
         self.out: list[bytes] = []
@@ -264,23 +268,115 @@ class ReplicaConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        rbuf = self.rbuf
+        if rbuf:
+            rbuf += data
+            src = rbuf
+        else:
+            src = data
         try:
-            frames = self.reader.feed(data)
+            if self.blocked or self.queue or not self.authed:
+                pos = 0
+            else:
+                pos = self._fast(src)
+            if len(src) - pos >= wire.HEADER_SIZE:
+                with memoryview(src) as mv:
+                    frames, pos = wire.split_frames(mv, pos)
+            else:
+                frames = None
         except wire.FrameError as e:
             self._malformed(str(e))
             return
-        if not frames:
-            return
-        if self.blocked or self.queue:
-            self.queue.extend(frames)
+        if src is rbuf:
+            del rbuf[:pos]
+        elif pos < len(src):
+            rbuf += src[pos:]
+        if frames:
+            q = self.queue
+            q.extend(frames)
             self.queued_bytes += sum(len(f[6]) for f in frames)
-            if self.blocked and self.authed:
+            if self.blocked:
                 self._premark(frames)
-            self._update_reading()
-            return
-        self.queue.extend(frames)
-        self.queued_bytes += sum(len(f[6]) for f in frames)
-        self._run()
+                self._update_reading()
+            elif len(q) == len(frames):
+                self._run()
+            else:
+                self._update_reading()
+
+    def _fast(self, src: bytes | bytearray) -> int:
+        """Apply the plain READs/WRITEs at the head of `src` without queueing or copying.
+
+        Returns where it stopped: at a partial frame, or at the first frame that needs the
+        general path (control ops, errors, a region not yet durably dirty, ...).
+        """
+        store = self.store
+        epoch = store.meta["epoch"]
+        size = store.size
+        shift = store.shift
+        dirty = store.dirty
+        und = store.undurable
+        lastw = store.last_write
+        fd = store.fd
+        st = self.stats
+        out = self.out
+        pwrite = os.pwrite
+        pread = os.pread
+        n = len(src)
+        pos = 0
+        seq = store.wseq
+        replies = 0
+        with memoryview(src) as mv:
+            while n - pos >= 40:
+                magic, op, _st, plen, rid, off, ln, ep = _unpack_from(src, pos)
+                end = pos + 40 + plen
+                if end > n or magic != _MAGIC or ep < epoch:
+                    break
+                if op == _WRITE:
+                    r0 = off >> shift
+                    if (
+                        not plen
+                        or (off | plen) & 511
+                        or off + plen > size
+                        or ln & ~_FLAG_REBUILD  # FUA and unknown flags: general path
+                        or (off + plen - 1) >> shift != r0
+                        or r0 not in dirty
+                        or (und and r0 in und)
+                    ):
+                        break
+                    try:
+                        if pwrite(fd, mv[pos + 40 : end], off) != plen:
+                            break  # short write: let the general path finish it
+                    except OSError:
+                        break
+                    seq += 1
+                    lastw[r0] = seq
+                    st.writes += 1
+                    st.bytes_written += plen
+                    if ln:
+                        st.rebuild_bytes_written += plen
+                    out.append(_pack(_MAGIC, _WRITE, 0, 0, rid, 0, 0, epoch))
+                elif op == _READ:
+                    if ln <= 0 or ln > _MAX_IO or (off | ln) & 511 or off + ln > size or plen:
+                        break
+                    try:
+                        data = pread(fd, ln, off)
+                    except OSError:
+                        break
+                    if len(data) != ln:
+                        break
+                    st.reads += 1
+                    st.bytes_read += ln
+                    out.append(_pack(_MAGIC, _READ, 0, ln, rid, 0, 0, epoch))
+                    out.append(data)
+                else:
+                    break
+                replies += 1
+                pos = end
+        store.wseq = seq
+        if replies and not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self._flush)
+        return pos
 
     def _malformed(self, reason: str) -> None:
         log.warning("malformed frame from %s: %s; closing that connection", self.peer, reason)
