@@ -64,6 +64,7 @@ class _Task:
         "running",
         "cmdsn",
         "datasn_out",
+        "unsol_sn",
     )
 
     def __init__(self, bhs: P.Bhs) -> None:
@@ -77,13 +78,14 @@ class _Task:
         self.received = 0
         self.unsol_left = 0
         self.next_r2t = 0
-        self.r2t_out: dict[int, tuple[int, int]] = {}  # ttt -> (offset, length)
+        self.r2t_out: dict[int, list[int]] = {}  # ttt -> [offset, length, next DataSN]
         self.r2tsn = 0
         self.ttt = P.RSVD
         self.aborted = False
         self.running: asyncio.Task | None = None
         self.cmdsn = bhs.w24
         self.datasn_out = 0
+        self.unsol_sn = 0
 
 
 class Session:
@@ -592,7 +594,7 @@ class Connection(asyncio.Protocol):
             length = min(p.max_burst, t.edtl - t.next_r2t)
             ttt = self.next_ttt
             self.next_ttt = (self.next_ttt + 1) & 0x3FFFFFFF or 1
-            t.r2t_out[ttt] = (t.next_r2t, length)
+            t.r2t_out[ttt] = [t.next_r2t, length, 0]
             self.by_ttt[ttt] = t
             hdr = P.header(P.R2T, 0x80, 0, 0, 0, t.lun, t.itt, ttt, self.stat_sn,
                            s.exp_cmdsn, s.max_cmdsn(), t.r2tsn, t.next_r2t, length)  # fmt: skip
@@ -616,6 +618,18 @@ class Connection(asyncio.Protocol):
                 return
         off = bhs.w40
         n = len(data)
+        if ttt == P.RSVD:
+            want_sn = t.unsol_sn
+            t.unsol_sn += 1
+        else:
+            seq = t.r2t_out[ttt]
+            want_sn = seq[2]
+            seq[2] += 1
+        if bhs.w36 != want_sn:
+            # ErrorRecoveryLevel 0: a sequence error is a connection failure
+            self._reject(bhs.raw, P.REJ_PROTOCOL, f"DataSN {bhs.w36} where {want_sn} was due")
+            self.close("Data-Out sequence error")
+            return
         if off + n > t.edtl or not isinstance(t.buf, bytearray):
             self._reject(bhs.raw, P.REJ_PROTOCOL, "Data-Out beyond expected transfer length")
             return
@@ -744,7 +758,7 @@ class Connection(asyncio.Protocol):
             if fn == 1:  # ABORT TASK
                 t = self.tasks.get(ref)
                 if t is None:
-                    resp = 0 if ref != bhs.itt else 1
+                    resp = 1  # task does not exist (already completed)
                 else:
                     await self._abort([t])
             elif fn in (2, 4):  # ABORT TASK SET / CLEAR TASK SET
@@ -756,10 +770,10 @@ class Connection(asyncio.Protocol):
                     resp = 2
                 else:
                     await server.abort_all()
-                    server.lu.reset(cold=False)
+                    server.lu.reset(cold=False, by=self.session.nexus)
             elif fn in (6, 7):  # TARGET WARM / COLD RESET
                 await server.abort_all()
-                server.lu.reset(cold=fn == 7)
+                server.lu.reset(cold=fn == 7, by=self.session.nexus)
             elif fn == 8:
                 resp = 4  # task reassign: not at ErrorRecoveryLevel 0
             else:

@@ -24,8 +24,8 @@ PRODUCT = b"jiva volume     "
 REVISION = b"0001"
 MAX_XFER_BLOCKS = 32768  # 16 MiB at 512-byte blocks
 MAX_CAW_BLOCKS = 255
-MAX_WS_BLOCKS = 1 << 22  # 2 GiB per WRITE SAME
-MAX_UNMAP_BLOCKS = 1 << 22
+MAX_WS_BLOCKS = 65535  # per WRITE SAME (32 MiB at 512-byte blocks)
+MAX_UNMAP_BLOCKS = 1 << 20
 MAX_UNMAP_DESCS = 256
 CHUNK = 1 << 20
 
@@ -173,23 +173,23 @@ class LogicalUnit:
                 q.append(asc_ascq)
 
     def nexus_added(self, nexus: Nexus) -> None:
-        """A new I_T nexus logged in."""
-        self.ua.setdefault(nexus.key, [])
+        """A new I_T nexus logged in: it starts without stale unit attentions."""
+        self.ua[nexus.key] = []
 
     def nexus_lost(self, nexus: Nexus) -> None:
         """An I_T nexus went away: SPC-2 reservations and PREVENT state are released."""
         if self.spc2 == nexus.key:
             self.spc2 = None
         self.prevent.discard(nexus.key)
+        if nexus.key not in self.pr.keys:
+            self.ua.pop(nexus.key, None)
 
     def reset(self, cold: bool = False, by: Nexus | None = None) -> None:
         """LUN or target reset: clear SPC-2 reservations and prevent state, raise UAs."""
         self.spc2 = None
         self.prevent.clear()
-        self.add_ua(S.POWER_ON_RESET if cold else S.BUS_DEVICE_RESET, skip=None)
-        if by is not None and not cold:
-            # the nexus that asked for the reset also sees the UA (SAM-5), keep it queued
-            pass
+        # every other I_T nexus learns about the reset; the one that asked already knows
+        self.add_ua(S.POWER_ON_RESET if cold else S.BUS_DEVICE_RESET, skip=by.key if by else None)
 
     # ------------------------------------------------------------------ dispatch
     async def execute(
@@ -573,7 +573,7 @@ class LogicalUnit:
             b = bytearray(32)
             b[0:8] = (self.nblocks - 1).to_bytes(8, "big")
             b[8:12] = self.bs.to_bytes(4, "big")
-            b[13] = max(0, (4096 // self.bs).bit_length() - 1)  # LBPPBE
+            b[13] = 0  # LBPPBE: one logical block per physical block
             b[14] = 0x80 | 0x40  # LBPME, LBPRZ
             return Result(data=_trunc(bytes(b), alloc))
         if sa == 0x12:  # GET LBA STATUS
@@ -704,8 +704,7 @@ class LogicalUnit:
                 self.swp = bool(body[4] & 0x08)
             changed = True
             pos += 2 + ln
-        if changed:
-            self.add_ua(S.MODE_PARAMS_CHANGED, skip=nexus.key)
+        del changed
         return Result()
 
     # ------------------------------------------------------------------ block I/O
@@ -756,12 +755,19 @@ class LogicalUnit:
             raise _ill()
         if self.swp:
             raise SenseError(S.DATA_PROTECT, (0x27, 0x00), out_len=need)
-        if len(data) < need:
-            raise SenseError(S.ILLEGAL_REQUEST, S.INVALID_FIELD_IN_IU, out_len=need)
         if n == 0:
             return Result()
         if len(data) > need:
             data = memoryview(data)[:need]
+        elif len(data) < need:
+            # iSCSI EDTL below the CDB's length: transfer (and write) only what EDTL allows,
+            # the transport reports the overflow residual (FCP-4 / SAM-5 behaviour)
+            if not data:
+                return Result(out_len=need)
+            n_written = len(data)
+            await self.volume.write(lba * self.bs, data, fua=op != 0x0A and bool(cdb[1] & 0x08))
+            del n_written
+            return Result(out_len=need)
         fua = op != 0x0A and bool(cdb[1] & 0x08)
         if op in (0x2E, 0xAE, 0x8E):  # WRITE AND VERIFY: stable, then compare
             await self.volume.write(lba * self.bs, data, fua=True)
@@ -830,14 +836,14 @@ class LogicalUnit:
         self._check_lba(lba, n)
         if n > MAX_WS_BLOCKS:
             raise _ill()
-        if len(data) < need:
-            raise SenseError(S.ILLEGAL_REQUEST, S.INVALID_FIELD_IN_IU, out_len=need)
+        if len(data) != need:
+            raise SenseError(S.ILLEGAL_REQUEST, S.INVALID_FIELD_IN_CDB, out_len=need)
         if self.swp:
             raise SenseError(S.DATA_PROTECT, (0x27, 0x00), out_len=need)
         block = bytes(self.bs) if ndob else bytes(data[: self.bs])
         if n == 0:
             return Result(out_len=need)
-        if flags & 0x08 and block.count(0) == self.bs:
+        if flags & 0x08:  # UNMAP: deallocate (reads return zeroes, LBPRZ=1)
             await self.volume.unmap(lba * self.bs, n * self.bs)
             return Result(out_len=need)
         per = max(1, CHUNK // self.bs)
@@ -885,10 +891,10 @@ class LogicalUnit:
         if n > MAX_CAW_BLOCKS:
             raise _ill()
         self._check_lba(lba, n)
-        if n == 0:
-            return Result()
         if len(data) != need:
             raise SenseError(S.ILLEGAL_REQUEST, S.INVALID_FIELD_IN_CDB, out_len=need)
+        if n == 0:
+            return Result()
         half = n * self.bs
         verify = bytes(data[:half])
         async with self.caw_lock:
