@@ -1,0 +1,141 @@
+"""Pytest helpers for Ansible tests: test hosts (network namespaces + sshd) that are always torn
+down, and a runner for ansible-playbook that parses the recap."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+_spec = importlib.util.spec_from_file_location("jiva_sandbox", ROOT / "scripts" / "sandbox.py")
+sandbox_mod = importlib.util.module_from_spec(_spec)
+assert _spec.loader is not None
+_spec.loader.exec_module(sandbox_mod)
+Sandbox = sandbox_mod.Sandbox
+_counter = itertools.count()
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="test hosts need root (netns, mounts)")
+
+
+@dataclass
+class PlaybookRun:
+    """The outcome of one ansible-playbook run."""
+
+    rc: int
+    output: str
+    seconds: float
+
+    def recap(self) -> dict[str, dict[str, int]]:
+        """host -> {ok, changed, unreachable, failed, skipped, ...} from PLAY RECAP."""
+        out = {}
+        for m in re.finditer(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", self.output, re.M):
+            out[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
+        return out
+
+    def changed(self) -> int:
+        """Total changed tasks over all hosts."""
+        return sum(h.get("changed", 0) for h in self.recap().values())
+
+    def failed(self) -> int:
+        """Total failed + unreachable over all hosts."""
+        return sum(h.get("failed", 0) + h.get("unreachable", 0) for h in self.recap().values())
+
+
+def ansible_env(config: Path, home: Path) -> dict[str, str]:
+    """Environment for ansible-playbook with a given ansible.cfg and an Ansible home."""
+    env = dict(os.environ)
+    env.update(
+        ANSIBLE_CONFIG=str(config),
+        ANSIBLE_HOME=str(home),
+        ANSIBLE_LOCAL_TEMP=str(home / "tmp"),
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_FORCE_COLOR="0",
+        PATH=f"{BIN}:{env.get('PATH', '')}",
+    )
+    return env
+
+
+def run_playbook(
+    playbook: str,
+    config: Path,
+    home: Path,
+    *args: str,
+    inventory: Path | None = None,
+    timeout: float = 600,
+) -> PlaybookRun:
+    """Run `ansible-playbook playbooks/PLAYBOOK ARGS` from the checkout; return rc, output, time."""
+    cmd = [str(BIN / "ansible-playbook"), str(ROOT / "playbooks" / playbook), *args]
+    if inventory is not None:
+        cmd += ["-i", str(inventory)]
+    start = time.monotonic()
+    p = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        env=ansible_env(config, home),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return PlaybookRun(p.returncode, p.stdout + p.stderr, time.monotonic() - start)
+
+
+class HostsFactory:
+    """Creates sandboxes on demand; `teardown()` removes every one of them."""
+
+    def __init__(self) -> None:
+        self.made: list = []
+
+    def __call__(self, nodes: int) -> Sandbox:
+        """Bring up `nodes` test hosts in a fresh short folder under /tmp."""
+        d = Path(tempfile.mkdtemp(prefix="jvsb", dir="/tmp"))
+        sb = Sandbox(d)
+        self.made.append(sb)
+        sb.up(f"pt{os.getpid() % 10000}{next(_counter)}"[:8], nodes)
+        return sb
+
+    def teardown(self) -> None:
+        """Tear down every sandbox made (also after a failed test)."""
+        for sb in self.made:
+            try:
+                sb.down()
+            finally:
+                shutil.rmtree(sb.dir, ignore_errors=True)
+
+
+@pytest.fixture(name="sandbox_hosts")
+def sandbox_hosts_fixture():
+    """Factory fixture: `sb = sandbox_hosts(4)` gives 4 SSH-reachable hosts, torn down at the end."""
+    factory = HostsFactory()
+    try:
+        yield factory
+    finally:
+        factory.teardown()
+
+
+def frozen_wheelhouse(base: Path) -> list[str]:
+    """Build the engine wheelhouse into `base` once; return ansible-playbook args that ship it as is
+    (so engine commits landing during a test do not count as changes between two runs)."""
+    out = base / "wheelhouse"
+    seed = ROOT / "build" / "wheelhouse"
+    if seed.is_dir():
+        shutil.copytree(seed, out)
+        (out / ".src-key").unlink(missing_ok=True)
+    subprocess.run(
+        [str(ROOT / "scripts" / "build-wheelhouse.sh"), str(out)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return ["-e", "jiva_build_wheelhouse=false", "-e", f"jiva_control_wheelhouse={out}"]
