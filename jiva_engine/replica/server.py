@@ -298,10 +298,8 @@ class ReplicaConnection(asyncio.Protocol):
             if self.blocked:
                 self._premark(frames)
                 self._update_reading()
-            elif len(q) == len(frames):
-                self._run()
             else:
-                self._update_reading()
+                self._run()
 
     def _fast(self, src: bytes | bytearray) -> int:
         """Apply the plain READs/WRITEs at the head of `src` without queueing or copying.

@@ -153,6 +153,27 @@ async def test_same_block_write_order_survives_interleaved_flushes(replica):
     await c.close()
 
 
+async def test_order_kept_when_first_writes_to_new_regions_wait_for_the_dirty_map(replica):
+    # a first write to a fresh region waits for a dirty-map fsync; writes sent after it (here in
+    # separate sends, so they arrive while the replica waits) must not overtake it or what
+    # is queued behind it
+    c = await replica.connect()
+    await c.write(0, b"\0" * 512, 0)
+    futs = []
+    for k in range(1, 40):
+        futs.append(c.write(k * MiB, b"\x01" * 512, 0))  # fresh region k: must wait
+        futs.append(c.write(k * MiB, b"\xee" * 512, 0))  # same block, queued behind it
+        futs.append(c.write(0, (2 * k).to_bytes(2, "big") * 256, 0))  # queued behind it
+        await asyncio.sleep(0)  # send now
+        futs.append(c.write(0, (2 * k + 1).to_bytes(2, "big") * 256, 0))  # a later send
+        await asyncio.sleep(0)
+    await asyncio.gather(*futs)
+    for k in range(1, 40):
+        assert replica.disk(k * MiB, 512) == b"\xee" * 512
+    assert replica.disk(0, 512) == (79).to_bytes(2, "big") * 256
+    await c.close()
+
+
 async def test_unmap_reads_zeroes_and_extents_shrink(replica):
     c = await replica.connect()
     await c.write(0, b"\x5a" * (2 * MiB), 0)
