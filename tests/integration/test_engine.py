@@ -683,3 +683,28 @@ async def test_rebuild_rate_throttle_and_progress(procs, tmp_path):
         assert vol.status()["replicas"][1]["rebuild"] is None
     finally:
         await vol.close()
+
+
+async def test_replica_dying_mid_rebuild_is_rebuilt_again(procs, tmp_path):
+    reps = replicas(procs, tmp_path, 2)
+    vol = await open_volume(reps, rebuild_rate=4 * MiB)
+    try:
+        data = await fill(vol, 0, 8 * MiB, seed=21)
+        new = Rep(procs, tmp_path, "new").start()
+        await vol.add_replica(new.addr)
+        m = vol.members[new.addr]
+        await wait_for(lambda: m.rebuild and m.rebuild["done"] >= 2 * MiB, 20, "rebuild halfway")
+        new.kill()
+        await wait_for(lambda: m.mode == ERR, 10, "rebuild failure noticed")
+        assert new.meta()["rebuilding"] is True, "an interrupted rebuild is recorded on disk"
+        assert new.addr not in reps[0].meta()["membership"]
+        new.start()
+        await all_current(vol, 3, timeout=40)
+        assert m.last_rebuild["kind"] == "full"
+        assert await vol.read(0, 8 * MiB) == data
+        await vol.flush()
+    finally:
+        await vol.close()
+    for r in [*reps, new]:
+        r.stop()
+    identical([*reps, new])

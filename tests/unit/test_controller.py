@@ -106,3 +106,35 @@ async def test_io_refused_while_waiting():
         await v.read(0, 512)
     st = v.status()
     assert st["state"] == "waiting" and st["replicas"][0]["mode"] == "ERR"
+
+
+def test_status_table_shows_rebuild_progress_and_reason():
+    from jiva_engine.api.cli import render
+
+    st = {
+        "name": "v",
+        "size": 1 << 30,
+        "state": "serving",
+        "reason": "",
+        "epoch": 7,
+        "portal": "10.0.0.5:3260",
+        "iqn": "iqn.2026-11.org.jiva-py:v",
+        "degraded": True,
+        "replicas": [
+            {"address": "a:1", "mode": "RW", "epoch": 7, "rebuild": None, "last_error": None},
+            {
+                "address": "b:1",
+                "mode": "WO",
+                "epoch": 7,
+                "rebuild": {"done": 512 << 20, "total": 1 << 30},
+                "last_error": None,
+            },
+            {"address": "c:1", "mode": "ERR", "epoch": 5, "rebuild": None, "last_error": "gone"},
+        ],
+    }
+    out = render(st)
+    lines = {ln.split()[0]: ln for ln in out.splitlines() if ln.strip()}
+    assert "healthy" in lines["a:1"]
+    assert "rebuilding" in lines["b:1"] and "50%" in lines["b:1"] and "512.0 MiB" in lines["b:1"]
+    assert "failed" in lines["c:1"] and "gone" in lines["c:1"]
+    assert "yes" in lines["degraded"] and "1.0 GiB" in lines["size"]
