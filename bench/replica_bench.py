@@ -42,7 +42,13 @@ async def _wait_connect(port: int, volume: str) -> ReplicaClient:
             await asyncio.sleep(0.05)
 
 
-async def _run(args: argparse.Namespace, port: int) -> dict:
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _run(args: argparse.Namespace, port: int, pid: int) -> dict:
     size = parse_size(args.size)
     c = await _wait_connect(port, "bench")
     await c.set_meta(epoch=1)
@@ -75,12 +81,14 @@ async def _run(args: argparse.Namespace, port: int) -> dict:
     await asyncio.gather(*(worker() for _ in range(args.qd)))
     done = 0
     t0 = time.monotonic()
+    cpu_r0, cpu_c0 = _cpu_seconds(pid), time.process_time()
     stop_at = t0 + args.seconds
     await asyncio.gather(*(worker() for _ in range(args.qd)))
     elapsed = time.monotonic() - t0
+    cpu_r, cpu_c = _cpu_seconds(pid) - cpu_r0, time.process_time() - cpu_c0
     info = await c.info()
     await c.close()
-    return {"ops": done, "elapsed": elapsed, "info": info}
+    return {"ops": done, "elapsed": elapsed, "info": info, "cpu_r": cpu_r, "cpu_c": cpu_c}
 
 
 def main() -> int:
@@ -104,7 +112,7 @@ def main() -> int:
         start_new_session=True,
     )
     try:
-        r = asyncio.run(_run(args, port))
+        r = asyncio.run(_run(args, port, proc.pid))
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGTERM)
@@ -124,9 +132,12 @@ def main() -> int:
             r["ops"],
             f"{iops:,.0f}",
             f"{iops * args.bs / 1e6:.1f}",
+            f"{r['cpu_r'] / r['ops'] * 1e6:.1f}",
+            f"{r['cpu_c'] / r['ops'] * 1e6:.1f}",
         ]
     ]
-    print(tabulate(rows, headers=["workload", "QD", "seconds", "ops", "IOPS", "MB/s"]))
+    head = ["workload", "QD", "seconds", "ops", "IOPS", "MB/s", "replica CPU us/op"]
+    print(tabulate(rows, headers=[*head, "client CPU us/op"]))
     return 0
 
 

@@ -163,9 +163,14 @@ class ReplicaServer:
     async def _sync_job(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.store.datasync)
 
-    async def sync_and_clear(self) -> None:
-        """fdatasync the data, then lazily clear dirty bits of regions idle since the last pass."""
+    async def sync_and_clear(self, force: bool = True) -> None:
+        """fdatasync the data, then lazily clear dirty bits of regions idle since the last pass.
+
+        Without `force` (the periodic pass) nothing is synced when no region could be cleared.
+        """
         cand, seq = self.store.begin_clear()
+        if not cand and not force:
+            return
         await self.syncer.request()
         if cand and self.store.finish_clear(cand, seq):
             self.persist.request().add_done_callback(_consume)
@@ -176,7 +181,7 @@ class ReplicaServer:
             store = self.store
             if store.dirty and (store.dirty - store.sticky):
                 try:
-                    await self.sync_and_clear()
+                    await self.sync_and_clear(force=False)
                 except Exception as e:
                     log.error("periodic sync failed: %s", e)
 
