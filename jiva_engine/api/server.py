@@ -171,10 +171,8 @@ def render_metrics(app: web.Application) -> str:
 async def get_metrics(request: web.Request) -> web.Response:
     """GET /metrics"""
     return web.Response(
-        text=render_metrics(request.app),
-        content_type="text/plain",
-        charset="utf-8",
-        headers={"X-Prometheus-Format": "0.0.4"},
+        body=render_metrics(request.app).encode(),
+        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
     )
 
 

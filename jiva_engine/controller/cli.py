@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+from jiva_engine.protocol.auth import read_secret_file
 from jiva_engine.util import parse_hostport, parse_size
 
 log = logging.getLogger("jiva.controller")
@@ -104,7 +105,7 @@ def _config(args: argparse.Namespace) -> dict:
         "replicas": replicas,
         "size": parse_size(args.size) if args.size else None,
         "timeout": args.replica_timeout,
-        "secret": _read_secret(args.secret_file, "replica secret"),
+        "secret": read_secret_file(args.secret_file) if args.secret_file else None,
         "token": _read_secret(args.token_file, "API token"),
         "chap_user": args.chap_user,
         "chap_secret": _read_secret(args.chap_secret_file, "CHAP secret"),

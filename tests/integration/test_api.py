@@ -204,3 +204,46 @@ def test_controller_cli_refuses_bad_options(tmp_path):
     out = ctl("--replica", "127.0.0.1:5", "--chap-user", "u")
     assert out.returncode == 2 and "--chap-secret-file" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+async def test_replica_secret_is_required_and_checked(procs, tmp_path):
+    secret = tmp_path / "replica.secret"
+    secret.write_text("shared-between-controller-and-replicas\n")
+    wrong = tmp_path / "wrong.secret"
+    wrong.write_text("something else")
+    reps = []
+    for name, sf in (("a", secret), ("b", secret), ("c", wrong)):
+        r = Rep(procs, tmp_path, name)
+        r.proc = jiva(
+            procs, "replica", "--volume", VOL, "--listen", r.addr, "--dir", str(r.dir),
+            "--size", str(r.size), "--secret-file", str(sf), name=name,
+        )  # fmt: skip
+        wait_port("127.0.0.1", r.port)
+        reps.append(r)
+    base, _ = start_controller(
+        procs, tmp_path, reps[:2], token=False, extra=("--secret-file", str(secret))
+    )
+    st = await wait_state(base, lambda s: s["state"] == "serving")
+    assert [x["mode"] for x in st["replicas"]] == ["RW", "RW"]
+    # a controller with the wrong secret is refused by the replicas and says so
+    base2, _ = start_controller(
+        procs,
+        tmp_path,
+        reps[:1],
+        name="ctl-wrong",
+        token=False,
+        extra=("--secret-file", str(wrong)),
+    )
+    st = await wait_state(base2, lambda s: "AUTH_FAILED" in (s["replicas"][0]["last_error"] or ""))
+    assert st["state"] == "waiting"
+    # and the serving controller refuses a replica that cannot prove the shared secret
+    async with aiohttp.ClientSession() as s:
+        async with s.post(base + "/v1/replicas", json={"address": reps[2].addr}) as r:
+            assert r.status == 202
+    st = await wait_state(
+        base,
+        lambda s: (
+            len(s["replicas"]) == 3 and "AUTH_FAILED" in (s["replicas"][2]["last_error"] or "")
+        ),
+    )
+    assert st["replicas"][2]["mode"] == "ERR" and st["degraded"]
