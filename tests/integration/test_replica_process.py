@@ -20,7 +20,7 @@ from jiva_engine.protocol.client import ReplicaClient, ReplicaError, ReplicaUnav
 from tests.procs import free_port
 
 MiB = 1 << 20
-REPLICA = [sys.executable, "-m", "jiva_engine.replica"]
+REPLICA = [sys.executable, "-m", "jiva_engine.cli", "replica"]  # the real `jiva replica`
 
 
 class Replica:
