@@ -221,8 +221,8 @@ def test_qemu_img_bench_short(procs, tmp_path):
     """A ~7 s qemu-img bench (past qemu's 5 s NOP-Out) keeps flowing: no CmdSN stall."""
     t = Target(procs, tmp_path, "bench", "64M")
     start = time.monotonic()
-    out = _bench(t.url(), 40000, True)
-    out += _bench(t.url(), 60000, False)
+    out = _bench(t.url(), 200000, True)
+    out += _bench(t.url(), 150000, False)
     took = time.monotonic() - start
     assert out.count("Run completed in") == 2, out
     assert took < 120, f"bench took {took:.1f}s"
