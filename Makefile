@@ -24,7 +24,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check jiva_engine tests bench
 
 # The whole suite: Debian tools, the venv, lint, then every default test.
-test: debs venv lint
+test: debs venv lint ansible-checks
 	$(PY) -m pytest -q tests
 
 unit: venv
@@ -32,3 +32,42 @@ unit: venv
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+
+# ---- Ansible: deploy, test hosts, collection checks (owner: the Ansible part) ----------------
+# make deploy            the local example volumes on this machine (inventory/local), then a table
+# make teardown          stop them (add DELETE_DATA=1 to delete their data too)
+# make sandbox-up NODES=4 / make sandbox-down   network-namespace test hosts (root), see .sandbox/
+# make ansible-checks    ansible-lint (production profile), ansible-test sanity, molecule test
+.PHONY: teardown sandbox-up sandbox-down ansible-lint ansible-sanity molecule ansible-checks
+NODES ?= 3
+ANSIBLE_ENV := ANSIBLE_CONFIG=$(CURDIR)/ansible.cfg ANSIBLE_HOME=$(CURDIR)/.ansible
+COLLECTION := collections/ansible_collections/jiva/storage
+SANITY_ARGS ?=
+
+deploy: venv
+	$(ANSIBLE_ENV) $(VENV)/bin/ansible-playbook playbooks/site.yml
+
+teardown: venv
+	$(ANSIBLE_ENV) $(VENV)/bin/ansible-playbook playbooks/teardown.yml $(if $(DELETE_DATA),-e jiva_teardown_delete_data=true)
+
+sandbox-up: venv
+	$(PY) scripts/sandbox.py up --nodes $(NODES)
+
+sandbox-down:
+	$(PYTHON) scripts/sandbox.py down
+
+ansible-lint: venv
+	$(ANSIBLE_ENV) $(VENV)/bin/ansible-lint --profile production playbooks roles molecule $(COLLECTION)
+
+# ansible-test keeps its venvs and pip bootstrap under $$HOME/.ansible/test: point HOME into the
+# checkout and give it an offline stand-in for the get-pip script it would download.
+ansible-sanity: venv
+	mkdir -p .ansible/home/.ansible/test/cache
+	v=$$($(PY) -c "import ansible_test, pathlib, re; print(re.search(r\"pip='([0-9.]+)'\", (pathlib.Path(ansible_test.__file__).parent / '_internal/python_requirements.py').read_text()).group(1))") && \
+	  cp scripts/ansible-test-get-pip.py .ansible/home/.ansible/test/cache/get_pip_$${v//./_}.py
+	cd $(COLLECTION) && HOME=$(CURDIR)/.ansible/home $(CURDIR)/$(VENV)/bin/ansible-test sanity --python 3.11 $(SANITY_ARGS)
+
+molecule: venv debs
+	$(ANSIBLE_ENV) $(VENV)/bin/molecule test -s default
+
+ansible-checks: ansible-lint ansible-sanity molecule

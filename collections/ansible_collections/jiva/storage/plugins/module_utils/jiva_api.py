@@ -11,11 +11,10 @@ import json
 import socket
 
 try:
-    from urllib.error import HTTPError, URLError
-    from urllib.request import Request, urlopen
-except ImportError:  # pragma: no cover - Python 2 is not supported, keep the import guard for sanity
-    HTTPError = URLError = Exception
-    Request = urlopen = None
+    from http.client import HTTPConnection, HTTPException
+except ImportError:  # pragma: no cover - only Python 3 targets are supported
+    HTTPConnection = None
+    HTTPException = Exception
 
 
 class ApiError(Exception):
@@ -27,24 +26,33 @@ def api_url(address, path):
     return "http://%s/%s" % (address, path.lstrip("/"))
 
 
+def split_address(address):
+    """(host, port) of HOST:PORT or [v6]:PORT."""
+    host, _sep, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ApiError("API address %r must be HOST:PORT" % (address,))
+    return host.strip("[]"), int(port)
+
+
 def get_json(address, path, token=None, timeout=3.0):
-    """GET a JSON document from the API; raise ApiError with a readable reason."""
+    """GET a JSON document from the API (standard library only); raise ApiError with the reason."""
+    host, port = split_address(address)
     headers = {"Accept": "application/json"}
     if token:
         headers["Authorization"] = "Bearer %s" % token
-    req = Request(api_url(address, path), headers=headers)
+    url = api_url(address, path)
+    conn = HTTPConnection(host, port, timeout=timeout)
     try:
-        resp = urlopen(req, timeout=timeout)
-        try:
-            body = resp.read()
-        finally:
-            resp.close()
-    except HTTPError as exc:
-        raise ApiError("%s answered HTTP %s: %s" % (api_url(address, path), exc.code, exc.reason))
-    except (URLError, socket.timeout, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ApiError("cannot reach %s: %s" % (api_url(address, path), reason))
+        conn.request("GET", "/" + path.lstrip("/"), headers=headers)
+        resp = conn.getresponse()
+        body = resp.read()
+    except (socket.timeout, OSError, HTTPException) as exc:
+        raise ApiError("cannot reach %s: %s" % (url, exc))
+    finally:
+        conn.close()
+    if resp.status != 200:
+        raise ApiError("%s answered HTTP %s: %s" % (url, resp.status, body[:200].decode("utf-8", "replace")))
     try:
         return json.loads(body.decode("utf-8"))
     except ValueError as exc:
-        raise ApiError("%s returned invalid JSON: %s" % (api_url(address, path), exc))
+        raise ApiError("%s returned invalid JSON: %s" % (url, exc))

@@ -22,7 +22,7 @@ description:
   - Idempotent; reports changed only when the config or the service state changed. A config
     change of a running controller restarts it (initiators reconnect).
 author:
-  - jiva-py contributors
+  - jiva-py contributors (@jiva-py)
 options:
   name:
     description: Volume name.
@@ -107,8 +107,10 @@ options:
 attributes:
   check_mode:
     support: full
+    description: Reports what would change (files, start/stop/restart) without changing anything.
   diff_mode:
     support: full
+    description: Shows the service config before and after; secret files are named, never shown.
 """
 
 EXAMPLES = r"""

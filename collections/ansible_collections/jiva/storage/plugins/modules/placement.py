@@ -26,7 +26,7 @@ description:
     inventory is invalid or a volume asks for more replicas than there are eligible nodes.
   - Pure computation on the control node; it changes nothing.
 author:
-  - jiva-py contributors
+  - jiva-py contributors (@jiva-py)
 options:
   nodes:
     description:
@@ -80,8 +80,10 @@ options:
 attributes:
   check_mode:
     support: full
+    description: Changes nothing in any mode, so it runs in check mode as usual.
   diff_mode:
     support: none
+    description: Nothing changes, so there is nothing to diff.
 notes:
   - Append new volumes at the end of C(jiva_volumes) or give their ports explicitly; derived
     ports follow the position in the list.

@@ -20,7 +20,7 @@ description:
   - Never fails because the volume is unhealthy; it fails only when O(fail_on_unreachable=true)
     and the API cannot be reached. Use C(until) on RV(serving) to wait for a volume.
 author:
-  - jiva-py contributors
+  - jiva-py contributors (@jiva-py)
 options:
   api:
     description: HOST:PORT of the volume's management API.
@@ -43,8 +43,10 @@ options:
 attributes:
   check_mode:
     support: full
+    description: Changes nothing in any mode, so it runs in check mode as usual.
   diff_mode:
     support: none
+    description: Nothing changes, so there is nothing to diff.
 """
 
 EXAMPLES = r"""
