@@ -273,6 +273,15 @@ class ReplicaConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        try:
+            self._received(data)
+        except Exception as e:  # a bug must cost one connection, not the process or a traceback
+            log.error("internal error serving %s: %r; closing that connection", self.peer, e)
+            self.closing = True
+            self.queue.clear()
+            self.transport.abort()
+
+    def _received(self, data: bytes) -> None:
         rbuf = self.rbuf
         if rbuf:
             rbuf += data
@@ -566,10 +575,8 @@ class ReplicaConnection(asyncio.Protocol):
         if op == wire.EXTENTS:
             if off < 0 or length <= 0 or off + length > store.size:
                 return self._error(op, rid, wire.EINVAL, store.check_range(off, length) or "")
-            try:
-                return self._reply(op, rid, wire.dumps(store.extents(off, length)))
-            except OSError as e:
-                return self._error(op, rid, wire.EIO, f"extents failed: {e}")
+            self.server.spawn(self._extents(rid, off, length))
+            return None
         if op == wire.AUTH:
             return self._error(op, rid, wire.EINVAL, "already authenticated")
         if op not in wire.OP_NAMES or op == wire.HELLO:
@@ -661,6 +668,15 @@ class ReplicaConnection(asyncio.Protocol):
         self.store.note_write(off, length)
         self.stats.unmaps += 1
         self._reply(wire.UNMAP, rid)
+
+    async def _extents(self, rid: int, off: int, length: int) -> None:
+        # in a thread: a fragmented file needs many lseeks; writes already applied are seen
+        loop = asyncio.get_running_loop()
+        try:
+            runs = await loop.run_in_executor(None, self.store.extents, off, length)
+        except OSError as e:
+            return self._error(wire.EXTENTS, rid, wire.EIO, f"extents failed: {e}")
+        self._reply(wire.EXTENTS, rid, wire.dumps(runs))
 
     async def _flush_op(self, rid: int) -> None:
         try:

@@ -88,6 +88,22 @@ def atomic_write(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+MAX_RUNS = 100_000  # EXTENTS answers stay well under the frame payload limit
+
+
+def coarsen(runs: list[list[int]], gran: int, start: int, end: int) -> list[list[int]]:
+    """Widen runs to `gran`-aligned chunks (clipped to [start, end)) and merge what touches."""
+    out: list[list[int]] = []
+    for off, ln in runs:
+        a = max(start, off - off % gran)
+        b = min(end, -(-(off + ln) // gran) * gran)
+        if out and a <= out[-1][0] + out[-1][1]:
+            out[-1][1] = max(out[-1][1], b - out[-1][0])
+        else:
+            out.append([a, b - a])
+    return out
+
+
 class ReplicaStore:
     """One volume's blocks and metadata in DIR; single-threaded use from the event loop.
 
@@ -297,8 +313,20 @@ class ReplicaStore:
             self.pwrite(pos, zero[:n] if n < len(zero) else zero)
             pos += n
 
-    def extents(self, offset: int, length: int) -> list[list[int]]:
-        """Allocated [offset, length] runs inside the range, found with SEEK_DATA/SEEK_HOLE."""
+    def extents(self, offset: int, length: int, max_runs: int = MAX_RUNS) -> list[list[int]]:
+        """Allocated [offset, length] runs inside the range, found with SEEK_DATA/SEEK_HOLE.
+
+        A very fragmented file is answered coarser (runs widened to aligned chunks of a region
+        or more) so the answer stays under `max_runs`: over-reporting allocation is safe.
+        """
+        runs = self._extents(offset, length)
+        gran = self.region_size
+        while len(runs) > max_runs:
+            runs = coarsen(runs, gran, offset, offset + length)
+            gran *= 2
+        return runs
+
+    def _extents(self, offset: int, length: int) -> list[list[int]]:
         end = min(offset + length, self.size)
         runs: list[list[int]] = []
         pos = offset

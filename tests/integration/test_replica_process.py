@@ -515,3 +515,39 @@ def test_bad_options_give_one_line_errors(tmp_path, args, msg):
     out = subprocess.run(REPLICA + argv, capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert msg in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_random_frames_never_take_the_process_down(replica):
+    rnd = random.Random(1234)
+    for conn in range(30):
+        with socket.create_connection(("127.0.0.1", replica.port)) as s:
+            _recv_frame(s)
+            if conn % 3:  # most connections authenticate first, so data ops are reached
+                s.sendall(wire.encode(wire.AUTH, 1, wire.dumps({"volume": "vol1", "cnonce": ""})))
+            frames = []
+            for i in range(50):
+                op = rnd.choice([0, *range(1, 14), 14, 99, 255])
+                payload = rnd.choice([b"", rnd.randbytes(rnd.randrange(1, 2048)), b"{}", b"[]"])
+                off = rnd.choice([0, 512, 4096, rnd.randrange(2**64), 64 * MiB - 512])
+                ln = rnd.choice([0, 512, 1, rnd.randrange(2**64), wire.MAX_IO + 512])
+                ep = rnd.choice([0, 0, 1, rnd.randrange(2**64)])
+                frames.append(wire.encode(op, i + 2, payload, offset=off, length=ln, epoch=ep))
+            if conn % 5 == 0:
+                frames.append(rnd.randbytes(100))  # and plain junk
+            s.sendall(b"".join(frames))
+            s.shutdown(socket.SHUT_WR)
+            _closed(s, 10)
+    assert replica.proc.poll() is None
+
+    async def still_serving() -> dict:
+        c = await replica.connect()
+        await c.write(0, b"ok" * 256, max(0, (await c.info())["epoch"]))
+        info = await c.info()
+        await c.close()
+        return info
+
+    info = asyncio.run(still_serving())
+    assert info["connections"] == 1
+    assert replica.disk(0, 512) == b"ok" * 256
+    log = replica.log()
+    assert "Traceback" not in log and "internal error" not in log

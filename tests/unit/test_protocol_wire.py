@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jiva_engine.protocol import wire
 
@@ -93,3 +95,40 @@ def test_json_helpers():
         wire.loads(b"{nope")
     with pytest.raises(wire.FrameError, match="bad JSON"):
         wire.loads(b"\xff\xfe")
+
+
+@given(
+    frames=st.lists(
+        st.tuples(
+            st.integers(0, 255),
+            st.integers(0, 2**64 - 1),
+            st.integers(0, 2**64 - 1),
+            st.binary(max_size=3000),
+        ),
+        max_size=12,
+    ),
+    cuts=st.lists(st.integers(0, 40000), max_size=10),
+)
+@settings(max_examples=200, deadline=None)
+def test_reader_reassembles_any_split(frames, cuts):
+    stream = b"".join(wire.encode(op, rid, p, offset=off) for op, rid, off, p in frames)
+    bounds = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    r = wire.FrameReader()
+    got = []
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        got += r.feed(stream[a:b])
+    assert [(f[0], f[2], f[3], f[6]) for f in got] == frames
+    assert r.pending() == 0
+
+
+@given(st.binary(min_size=40, max_size=200))
+@settings(max_examples=300, deadline=None)
+def test_garbage_is_either_frames_or_a_frame_error(data):
+    r = wire.FrameReader()
+    try:
+        frames = r.feed(data)
+    except wire.FrameError:
+        return
+    consumed = sum(wire.HEADER_SIZE + len(f[6]) for f in frames)
+    assert consumed + r.pending() == len(data)
+    assert all(data[:2] == b"JV" for _ in frames)

@@ -247,3 +247,19 @@ def test_range_validation(tmp_path, off, n, ok):
     s = ReplicaStore(tmp_path / "r", "v", 4 * MiB)
     assert (s.check_range(off, n) is None) == ok
     s.close()
+
+
+def test_fragmented_extents_are_coarsened_not_truncated(tmp_path):
+    s = ReplicaStore(tmp_path / "r", "v", 8 * MiB)
+    for i in range(0, 8 * MiB, 64 * 1024):  # 128 separate 4K runs
+        s.write(i, b"x" * 4096)
+    fine = s.extents(0, 8 * MiB)
+    assert len(fine) == 128
+    coarse = s.extents(0, 8 * MiB, max_runs=5)
+    assert len(coarse) <= 5
+    covered = set()
+    for off, ln in coarse:
+        covered.update(range(off, off + ln, 4096))
+    assert all(off in covered for off, _ in fine)  # never under-reports
+    assert s.extents(MiB + 4096, MiB, max_runs=1) == [[MiB + 4096, MiB]]  # clipped to the range
+    s.close()
