@@ -708,3 +708,36 @@ async def test_replica_dying_mid_rebuild_is_rebuilt_again(procs, tmp_path):
     for r in [*reps, new]:
         r.stop()
     identical([*reps, new])
+
+
+@pytest.mark.slow
+async def test_soak_random_replica_faults_under_load(procs, tmp_path):
+    """60 s of writes and reads while replicas are killed, stopped and restarted at random."""
+    reps = replicas(procs, tmp_path, 3)
+    vol = await open_volume(reps, timeout=1.0)
+    rnd = random.Random(42)
+    try:
+        w = Writer(vol, 0, 32 * MiB, workers=16).start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            await all_current(vol, 3, timeout=60)
+            victim = rnd.choice(reps)
+            if rnd.random() < 0.5:
+                victim.kill()
+                await asyncio.sleep(rnd.uniform(0.2, 2.0))
+                victim.start()
+            else:
+                victim.kill(signal.SIGSTOP)
+                await asyncio.sleep(rnd.uniform(0.2, 2.0))
+                victim.kill(signal.SIGCONT)
+            assert not w.errors, w.errors
+        await all_current(vol, 3, timeout=60)
+        await w.stop()
+        assert not w.errors, w.errors
+        await w.verify()
+        await vol.flush()
+    finally:
+        await vol.close()
+    for r in reps:
+        r.stop()
+    identical(reps)
