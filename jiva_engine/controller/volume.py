@@ -580,6 +580,11 @@ class Volume:
             membership = list(self.members)
         else:
             membership = [self._known(a).address for a in newest.get("membership") or []]
+            if not membership:
+                self.reason = (
+                    f"the newest metadata (epoch {top}) names no member; refusing to guess"
+                )
+                return
             missing = [a for a in membership if a not in reach]
             if missing:
                 missing = [f"{a} ({self.members[a].last_error})" for a in missing]
