@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 PYTHON ?= python3
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv debs test lint unit deploy bench clean
+.PHONY: venv debs test lint unit deploy bench clean torture
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ test: debs venv lint ansible-checks
 
 unit: venv
 	$(PY) -m pytest -q tests/unit
+
+# Crash torture, full run (opt-in): >= 200 process faults, summary table + seed (replay: SEED=N).
+# The default `make test` runs the short version (tests/faults/test_torture.py, ~20 faults).
+FAULTS ?= 200
+torture: venv
+	$(PY) bench/torture.py --faults $(FAULTS) $(if $(SEED),--seed $(SEED))
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

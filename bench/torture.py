@@ -1,0 +1,13 @@
+"""Crash torture, full run: >= 200 process faults against a 3-replica volume; prints the summary.
+
+Usage: .venv/bin/python bench/torture.py [--faults 200] [--seed N]   (also: make torture)
+"""
+
+from __future__ import annotations
+
+import sys
+
+from jiva_engine.torture.run import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,183 @@
+"""Real jiva processes for the torture run (replicas + controller on 127.0.0.1), stopped by PID.
+
+Recovery is what the product's supervisor does: a dead process is started again with the same
+arguments; the controller rejoins restarted replicas by itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+JIVA = [sys.executable, "-m", "jiva_engine.cli"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_port(host: str, port: int, timeout: float = 20.0) -> None:
+    """Wait until host:port accepts connections (TimeoutError otherwise)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+class Proc:
+    """One restartable process with a fixed command line and a log file per start."""
+
+    def __init__(self, name: str, args: list[str], logdir: Path, port: int) -> None:
+        self.name, self.args, self.logdir, self.port = name, args, logdir, port
+        self.p: subprocess.Popen | None = None
+        self.starts = 0
+        self.stopped = False  # SIGSTOPped
+
+    def start(self, wait: bool = True) -> None:
+        """Start (again) and wait for its port."""
+        self.starts += 1
+        log = open(self.logdir / f"{self.name}.log", "ab")  # noqa: SIM115 - owned by the process
+        self.p = subprocess.Popen(
+            [*JIVA, *self.args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        if wait:
+            wait_port("127.0.0.1", self.port)
+
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.p is not None and self.p.poll() is None
+
+    def kill(self) -> None:
+        """kill -9 by PID and reap."""
+        if self.alive():
+            os.kill(self.p.pid, signal.SIGKILL)
+            self.p.wait(timeout=10)
+        self.stopped = False
+
+    def sigstop(self) -> None:
+        """Freeze the process (SIGSTOP)."""
+        if self.alive():
+            os.kill(self.p.pid, signal.SIGSTOP)
+            self.stopped = True
+
+    def sigcont(self) -> None:
+        """Let a frozen process run again."""
+        if self.alive():
+            os.kill(self.p.pid, signal.SIGCONT)
+        self.stopped = False
+
+    def terminate(self) -> None:
+        """SIGTERM, then SIGKILL after 5 s (by PID)."""
+        if not self.alive():
+            return
+        os.kill(self.p.pid, signal.SIGCONT)
+        os.kill(self.p.pid, signal.SIGTERM)
+        try:
+            self.p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.kill(self.p.pid, signal.SIGKILL)
+            self.p.wait(timeout=5)
+
+
+class Cluster:
+    """N replica processes and one controller with an iSCSI portal, all on 127.0.0.1."""
+
+    def __init__(
+        self,
+        root: Path,
+        volume: str = "torture",
+        replicas: int = 3,
+        size: str = "32M",
+        replica_timeout: float = 1.0,
+        secret: str | None = "torture-replica-secret",
+    ) -> None:
+        self.root = root
+        self.volume = volume
+        self.logdir = root / "logs"
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        extra: list[str] = []
+        if secret:
+            sf = root / "replica.secret"
+            sf.write_text(secret + "\n")
+            os.chmod(sf, 0o600)
+            extra = ["--secret-file", str(sf)]
+        self.replicas: list[Proc] = []
+        for i in range(replicas):
+            port = free_port()
+            d = root / f"r{i}"
+            args = ["replica", "--volume", volume, "--listen", f"127.0.0.1:{port}", "--dir", str(d),
+                    "--size", size, "--sync-interval", "0.5", *extra]  # fmt: skip
+            self.replicas.append(Proc(f"r{i}", args, self.logdir, port))
+        self.api_port = free_port()
+        self.portal_port = free_port()
+        args = ["controller", "--volume", volume, "--api", f"127.0.0.1:{self.api_port}",
+                "--portal", f"127.0.0.1:{self.portal_port}", "--replica-timeout",
+                str(replica_timeout), *extra]  # fmt: skip
+        for r in self.replicas:
+            args += ["--replica", f"127.0.0.1:{r.port}"]
+        self.controller = Proc("controller", args, self.logdir, self.portal_port)
+        self.iqn = f"iqn.2026-11.org.jiva-py:{volume}"
+
+    def start(self) -> None:
+        """Start every replica, then the controller."""
+        for r in self.replicas:
+            r.start()
+        self.controller.start()
+
+    def stop(self) -> None:
+        """Stop every process by PID (controller first)."""
+        self.controller.terminate()
+        for r in self.replicas:
+            r.terminate()
+
+    def image(self, i: int) -> Path:
+        """The data file of replica i."""
+        return self.root / f"r{i}" / "volume.img"
+
+    async def status(self) -> dict | None:
+        """GET /v1/volume, or None when the API does not answer."""
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s,
+                s.get(f"http://127.0.0.1:{self.api_port}/v1/volume") as r,
+            ):
+                return await r.json()
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return None
+
+    async def wait_healthy(self, timeout: float = 90.0) -> dict:
+        """Wait until the volume serves with every replica RW; raise TimeoutError otherwise."""
+        import asyncio
+
+        end = time.monotonic() + timeout
+        st: dict | None = None
+        while time.monotonic() < end:
+            st = await self.status()
+            if (
+                st
+                and st.get("state") == "serving"
+                and len(st["replicas"]) == len(self.replicas)
+                and all(r["mode"] == "RW" for r in st["replicas"])
+            ):
+                return st
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"volume not healthy after {timeout}s: {st}")
