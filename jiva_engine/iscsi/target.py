@@ -134,6 +134,9 @@ class Connection(asyncio.Protocol):
         self.local = ("", 0)
         self.logout_pending = False
         self.paused = False
+        # data segments above the negotiated MaxRecvDataSegmentLength get a Reject, but only
+        # up to this many bytes are ever buffered; beyond it the connection is closed
+        self.rx_limit = 64 * 1024
 
     # ------------------------------------------------------------------ transport events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -270,8 +273,9 @@ class Connection(asyncio.Protocol):
             ahs = b4 * 4
             dd = 4 if (self.dd and dlen) else 0
             total = 48 + ahs + hd + dlen + (-dlen % 4) + dd
-            if total > HARD_MAX_PDU:
-                self.close(f"PDU of {total} bytes exceeds the limit")
+            if total > HARD_MAX_PDU or dlen > self.rx_limit:
+                # never buffer what we would refuse anyway: bounded memory per connection
+                self.close(f"PDU with {dlen} data bytes exceeds the limit")
                 return
             if n - pos < total:
                 break
@@ -370,6 +374,7 @@ class Connection(asyncio.Protocol):
             return
         if sess is not None:
             self.params = lm.params
+            self.rx_limit = 2 * lm.params.max_recv_dsl
             self.hd = lm.params.header_digest
             self.dd = lm.params.data_digest
             self.session = sess
