@@ -240,3 +240,22 @@ def test_qemu_img_bench_60s(procs, tmp_path):
     assert m, out
     assert time.monotonic() - start >= 5
     assert t.proc.poll() is None
+
+
+def test_concurrent_sessions(procs, tmp_path):
+    """Four qemu-io sessions at once, each on its own quarter of the volume, all verify."""
+    t = Target(procs, tmp_path, "multi", "16M")
+    quarter = 4 << 20
+    ps = []
+    for i in range(4):
+        cmds = ["-c", f"write -P {0x40 + i} {i * quarter} {quarter}",
+                "-c", f"read -P {0x40 + i} {i * quarter} {quarter}"]  # fmt: skip
+        ps.append(subprocess.Popen(["qemu-io", "-f", "raw", t.url(), *cmds],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))  # fmt: skip
+    for p in ps:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0 and "Pattern verification failed" not in out, out
+    for i in range(4):
+        with open(t.img, "rb") as f:
+            f.seek(i * quarter + 12345)
+            assert f.read(1) == bytes([0x40 + i])

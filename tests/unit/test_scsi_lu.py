@@ -198,3 +198,38 @@ def test_dispatcher_fuzz(op, rest, data, other):
         assert len(v.data) == 64 * 1024
 
     run(go())
+
+
+def test_fenced_volume_reports_not_ready_and_drops_sessions():
+    """VolumeFenced: NOT READY sense and the transport's on_fenced hook runs (drop sessions)."""
+    from jiva_engine.volume import VolumeFenced
+
+    lu, v = lu_pair()
+    dropped = []
+    lu.on_fenced = lambda: dropped.append(True)
+
+    async def fenced_read(offset, length):  # noqa: ANN001, ANN202
+        raise VolumeFenced("newer epoch")
+
+    v.read = fenced_read  # type: ignore[method-assign]
+
+    async def go():
+        r = await lu.execute(A, rw10(0x28, 0, 1), None)
+        assert r.status == S.CHECK_CONDITION and sense_of(r)[0] == 2
+        assert dropped == [True]
+
+    run(go())
+
+
+def test_lun_reset_unit_attention_for_other_nexus_only():
+    """After a LUN reset the other nexus sees BUS DEVICE RESET once; the issuer does not."""
+    lu, _ = lu_pair()
+
+    async def go():
+        lu.reset(cold=False, by=A)
+        assert (await lu.execute(A, bytes(6), None)).status == S.GOOD
+        r = await lu.execute(B, bytes(6), None)
+        assert sense_of(r) == (6, 0x29, 0x03)
+        assert (await lu.execute(B, bytes(6), None)).status == S.GOOD
+
+    run(go())
