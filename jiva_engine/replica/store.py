@@ -213,9 +213,16 @@ class ReplicaStore:
     def _load_map(self, name: str) -> set[int]:
         path = self.dir / name
         try:
-            return bytes_to_bits(path.read_bytes(), self.nregions)
+            data = path.read_bytes()
         except FileNotFoundError:
             return set()
+        if len(data) != (self.nregions + 7) // 8:
+            # torn or truncated (the file is always rewritten at its full length): bits may be
+            # missing, and a lost dirty bit means serving data this replica does not have
+            log.warning("%s has %d bytes, not %d: treating every region as dirty",
+                        path, len(data), (self.nregions + 7) // 8)  # fmt: skip
+            return set(range(self.nregions))
+        return bytes_to_bits(data, self.nregions)
 
     @property
     def epoch(self) -> int:
