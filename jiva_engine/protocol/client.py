@@ -37,6 +37,11 @@ class ReplicaError(Exception):
         super().__init__(f"{name}: {message}" if message else name)
 
 
+def _consume(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
 class _ClientProtocol(asyncio.Protocol):
     def __init__(self, client: ReplicaClient) -> None:
         self.client = client
@@ -177,8 +182,14 @@ class ReplicaClient:
                 )
 
     async def close(self) -> None:
-        """Close the connection; pending requests fail with ReplicaUnavailable."""
+        """Close the connection; pending requests fail with ReplicaUnavailable.
+
+        With nothing in flight the close is orderly (a BYE frame first). Otherwise the replica
+        sees a writer vanish and keeps its dirty regions until a controller's CLEAR_DIRTY.
+        """
         if self._transport is not None:
+            if not self._pending and self._closed_reason is None:
+                self._send(wire.BYE).add_done_callback(_consume)
             self._flush()
             self._transport.close()
         self._lost("connection closed by the client")

@@ -30,6 +30,7 @@ DIRTY_MAP = 10
 CLEAR_DIRTY = 11
 EXTENTS = 12
 SET_MODE = 13
+BYE = 14  # orderly close: nothing of this client is in flight; the replica answers and closes
 
 OP_NAMES = {
     HELLO: "HELLO",
@@ -45,6 +46,7 @@ OP_NAMES = {
     CLEAR_DIRTY: "CLEAR_DIRTY",
     EXTENTS: "EXTENTS",
     SET_MODE: "SET_MODE",
+    BYE: "BYE",
 }
 
 # WRITE flags (carried in the `length` field)

@@ -117,6 +117,7 @@ class ReplicaServer:
         self._server: asyncio.base_events.Server | None = None
         self._tick: asyncio.Task | None = None
         self.tasks: set[asyncio.Task] = set()
+        self.stopping = False
 
     async def start(self, host: str, port: int) -> None:
         """Listen on host:port and start the periodic sync-and-clear."""
@@ -133,6 +134,7 @@ class ReplicaServer:
 
     async def stop(self) -> None:
         """Stop serving, finish background disk work, close the store cleanly."""
+        self.stopping = True
         if self._server is not None:
             self._server.close()
         if self._tick is not None:
@@ -223,6 +225,7 @@ class ReplicaConnection(asyncio.Protocol):
         self.blocked = False
         self.closing = False
         self.authed = False
+        self.wrote = False  # this connection changed data (its loss pins the dirty regions)
         self.read_paused = False
         self.write_paused = False
         self.transport: asyncio.Transport | None = None
@@ -250,6 +253,19 @@ class ReplicaConnection(asyncio.Protocol):
         self.queue.clear()
         self.server.conns.discard(self)
         log.debug("connection from %s closed", self.peer)
+        if self.wrote and not self.server.stopping:
+            # A controller that goes away may leave writes that reached this replica but not
+            # its peers; keep every region dirty now until a controller's CLEAR_DIRTY says the
+            # members agree, instead of letting the lazy clearing forget them.
+            store = self.store
+            kept = store.dirty - store.sticky
+            store.sticky |= store.dirty
+            if kept:
+                log.info(
+                    "writer %s disconnected: %d dirty region(s) kept until CLEAR_DIRTY",
+                    self.peer,
+                    len(kept),
+                )
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -384,7 +400,9 @@ class ReplicaConnection(asyncio.Protocol):
                     break
                 replies += 1
                 pos = end
-        store.wseq = seq
+        if seq != store.wseq:
+            store.wseq = seq
+            self.wrote = True
         if replies and not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self._flush)
@@ -513,6 +531,7 @@ class ReplicaConnection(asyncio.Protocol):
         except OSError as e:
             return self._error(_WRITE, rid, wire.EIO, f"write failed: {e}")
         store.note_write(off, n)
+        self.wrote = True
         st = self.stats
         st.writes += 1
         st.bytes_written += n
@@ -579,6 +598,10 @@ class ReplicaConnection(asyncio.Protocol):
             return None
         if op == wire.AUTH:
             return self._error(op, rid, wire.EINVAL, "already authenticated")
+        if op == wire.BYE:
+            self.wrote = False  # orderly: the client says nothing of it is in flight
+            self._reply(op, rid)
+            return self._close_after_reply()
         if op not in wire.OP_NAMES or op == wire.HELLO:
             return self._error(op, rid, wire.UNKNOWN_OP, f"unknown operation {op}")
         # the rest change state: fenced by epoch
@@ -666,6 +689,7 @@ class ReplicaConnection(asyncio.Protocol):
         except OSError as e:
             return self._error(wire.UNMAP, rid, wire.EIO, f"unmap failed: {e}")
         self.store.note_write(off, length)
+        self.wrote = True
         self.stats.unmaps += 1
         self._reply(wire.UNMAP, rid)
 

@@ -551,3 +551,32 @@ def test_random_frames_never_take_the_process_down(replica):
     assert replica.disk(0, 512) == b"ok" * 256
     log = replica.log()
     assert "Traceback" not in log and "internal error" not in log
+
+
+async def test_writer_disconnect_pins_dirty_regions_until_clear_dirty(procs, tmp_path):
+    interval = 0.2
+    r = Replica(procs, tmp_path / "r", interval=interval).start()
+    reader = await r.connect()
+    w1 = await r.connect()
+    await w1.write(3 * MiB, b"a" * 512, 0)
+    await w1.write(7 * MiB, b"b" * 512, 0)
+    await reader.read(0, 512, 0)  # a connection that only reads pins nothing
+    await reader.close()
+    await asyncio.sleep(6 * interval)
+    assert (await w1.dirty_map())["dirty"] == []  # idle regions are cleared while it is alive
+    await w1.close()  # orderly close (BYE): nothing pinned
+    # a writer that vanishes without BYE (a killed controller): region 5 may be missing on
+    # its peers, so it stays dirty
+    with socket.create_connection(("127.0.0.1", r.port)) as s:
+        _recv_frame(s)
+        s.sendall(wire.encode(wire.AUTH, 1, wire.dumps({"volume": "vol1", "cnonce": ""})))
+        assert _recv_frame(s).status == wire.OK
+        s.sendall(wire.encode(wire.WRITE, 2, b"c" * 512, offset=5 * MiB))
+        assert _recv_frame(s).status == wire.OK
+    c = await r.connect()
+    await asyncio.sleep(6 * interval)
+    assert (await c.dirty_map())["dirty"] == [5]
+    assert r.log().count("kept until CLEAR_DIRTY") == 1
+    await c.clear_dirty([5])
+    assert (await c.dirty_map())["dirty"] == []
+    await c.close()
