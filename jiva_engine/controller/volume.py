@@ -32,6 +32,8 @@ SERVING, WAITING, FENCED = "serving", "waiting", "fenced"
 DEFAULT_REGION = 1 << 20
 MAX_IO = wire.MAX_IO  # largest READ/WRITE in one frame; bigger requests are split
 SECTOR = 512
+REBUILD_PARALLEL = 4  # spans copied at once by one rebuild
+REBUILD_SPAN = 8  # adjacent regions copied as one span (one write-intent update on the target)
 
 
 class _Fenced(Exception):
@@ -673,11 +675,11 @@ class Volume:
             pos, end = off, off + ln
             for eo, el in [*_clip(ext, off, end), (end, 0)]:
                 if eo > pos:
-                    await asyncio.gather(*(d.client.unmap(pos, eo - pos, self.epoch) for d in dsts))
+                    await _all([d.client.unmap(pos, eo - pos, self.epoch) for d in dsts])
                 if el:
                     data = await src.client.read(eo, el, self.epoch)
-                    await asyncio.gather(
-                        *(d.client.write(eo, data, self.epoch, rebuild=rebuild) for d in dsts)
+                    await _all(
+                        [d.client.write(eo, data, self.epoch, rebuild=rebuild) for d in dsts]
                     )
                     copied += el
                 pos = eo + el
@@ -748,15 +750,35 @@ class Volume:
                 "rebuilding %s from %s: %s, %d regions", m.address, src.address, kind, len(regions)
             )
             copied = 0
-            for r in regions:
-                if m.mode != WO or src.mode != RW or self.state != SERVING:
-                    raise ReplicaUnavailable("rebuild interrupted")
-                off, ln = self._region(r)
-                n = await self._copy_checked(src, m, off, ln)
-                copied += n
-                self.stats["rebuild_bytes_copied"] += n
-                m.rebuild["done"] += ln
-                await self._throttle.take(n)
+            span = REBUILD_SPAN
+            if self._throttle.rate:  # keep the pacing smooth: at most ~1/4 s of budget per span
+                span = max(1, min(span, int(self._throttle.rate / 4) // self.region_size))
+            todo = iter(_spans(regions, span))
+            failure: list[BaseException] = []
+
+            async def copier() -> None:  # a few regions in flight at once, each range-locked
+                nonlocal copied
+                for first, count in todo:
+                    if failure:
+                        return
+                    if m.mode != WO or src.mode != RW or self.state != SERVING:
+                        failure.append(ReplicaUnavailable("rebuild interrupted"))
+                        return
+                    off = self._region(first)[0]
+                    ln = sum(self._region(r)[1] for r in range(first, first + count))
+                    await self._throttle.take(ln)  # --rebuild-rate, shared by every rebuild
+                    try:
+                        n = await self._copy_checked(src, m, off, ln)
+                    except Exception as e:
+                        failure.append(e)
+                        return
+                    copied += n
+                    self.stats["rebuild_bytes_copied"] += n
+                    m.rebuild["done"] += ln
+
+            await asyncio.gather(*(copier() for _ in range(REBUILD_PARALLEL)))
+            if failure:
+                raise failure[0]
             await c.flush(self.epoch)
             m.last_rebuild = {
                 "kind": kind.split()[0],
@@ -865,6 +887,24 @@ class Volume:
         self.members.pop(addr, None)
         if self.state == SERVING and all(x.mode == RW for x in self.members.values()):
             await self._stop_tracking()
+
+
+def _spans(regions: list[int], limit: int) -> list[tuple[int, int]]:
+    """Group sorted region numbers into (first, count) runs of adjacent regions, count <= limit."""
+    out: list[tuple[int, int]] = []
+    for r in regions:
+        if out and out[-1][0] + out[-1][1] == r and out[-1][1] < limit:
+            out[-1] = (out[-1][0], out[-1][1] + 1)
+        else:
+            out.append((r, 1))
+    return out
+
+
+async def _all(futs: list[asyncio.Future]) -> None:
+    """Wait for every future; raise the first failure (after all are done, none left unread)."""
+    for r in await asyncio.gather(*futs, return_exceptions=True):
+        if isinstance(r, BaseException):
+            raise r
 
 
 def _meta(info: dict[str, Any] | None) -> dict[str, Any]:

@@ -138,3 +138,11 @@ def test_status_table_shows_rebuild_progress_and_reason():
     assert "rebuilding" in lines["b:1"] and "50%" in lines["b:1"] and "512.0 MiB" in lines["b:1"]
     assert "failed" in lines["c:1"] and "gone" in lines["c:1"]
     assert "yes" in lines["degraded"] and "1.0 GiB" in lines["size"]
+
+
+def test_spans_group_adjacent_regions():
+    from jiva_engine.controller.volume import _spans
+
+    assert _spans([], 8) == []
+    assert _spans([0, 1, 2, 5, 6, 9], 8) == [(0, 3), (5, 2), (9, 1)]
+    assert _spans(list(range(10)), 4) == [(0, 4), (4, 4), (8, 2)]
