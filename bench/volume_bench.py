@@ -1,7 +1,8 @@
 """Benchmark: 4 KiB random writes at queue depth 32 through the controller's volume object.
 
 Starts local `jiva replica` processes (3, then 1 for reference), drives `controller.Volume`
-in-process for N seconds each and prints IOPS and latency as a table.
+in-process for N seconds each and prints IOPS and latency as a table; then times the full
+rebuild of an empty third replica from two holding half the volume (rebuild throughput).
 Usage: python bench/volume_bench.py [--seconds 10] [--qd 32] [--size 256M] [--bs 4096]
 """
 
@@ -45,6 +46,7 @@ def _wait_port(port: int, timeout: float = 15.0) -> None:
 def start_replicas(n: int, root: Path, size: int) -> tuple[list[subprocess.Popen], list[str]]:
     """Start n replica processes on loopback; return the processes and their addresses."""
     procs, addrs = [], []
+    root.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         port = _free_port()
         log = open(root / f"replica{n}-{i}.log", "wb")  # noqa: SIM115 - closed with the process
@@ -107,6 +109,24 @@ async def drive(addrs: list[str], size: int, seconds: float, qd: int, bs: int) -
     }
 
 
+async def rebuild(addrs: list[str], new: str, data: int) -> dict:
+    """Write `data` bytes on the first replicas, add `new` empty, time its full rebuild."""
+    vol = Volume("bench", addrs, retry_interval=0.2)
+    await vol.start()
+    await vol.wait_serving(30)
+    buf = os.urandom(1 << 20)
+    for off in range(0, data, 1 << 20):
+        await vol.write(off, buf)
+    await vol.add_replica(new)
+    t0 = time.monotonic()
+    while vol.members[new].mode != "RW":
+        await asyncio.sleep(0.02)
+    elapsed = time.monotonic() - t0
+    info = vol.members[new].last_rebuild
+    await vol.close()
+    return {"seconds": elapsed, "copied": info["copied"], "kind": info["kind"]}
+
+
 def main() -> int:
     """Run the benchmark against 3 replicas and 1 replica and print a table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -127,10 +147,31 @@ def main() -> int:
             rows.append([f"{n} replica{'s' if n > 1 else ''}", args.bs, args.qd,
                          f"{r['iops']:.0f}", f"{r['mib_s']:.1f}", f"{r['p50_ms']:.2f}",
                          f"{r['p99_ms']:.2f}", r["writes"]])  # fmt: skip
+        procs, addrs = start_replicas(3, Path(tmp) / "rebuild", size)
+        try:
+            data = size // 2
+            rb = asyncio.run(rebuild(addrs[:2], addrs[2], data))
+        finally:
+            stop(procs)
     print(
         tabulate(
             rows,
             headers=["volume", "block", "QD", "IOPS", "MiB/s", "p50 ms", "p99 ms", "writes"],
+        )
+    )
+    print()
+    print(
+        tabulate(
+            [
+                [
+                    rb["kind"],
+                    f"{size >> 20} MiB",
+                    f"{rb['copied'] >> 20} MiB",
+                    f"{rb['seconds']:.2f}",
+                    f"{rb['copied'] / rb['seconds'] / (1 << 20):.0f}",
+                ]
+            ],  # fmt: skip
+            headers=["rebuild", "volume", "copied", "seconds", "MiB/s"],
         )
     )
     return 0
