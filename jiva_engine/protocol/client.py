@@ -238,12 +238,19 @@ class ReplicaClient:
 
     # ------------------------------------------------------------------ frames
     def _send(
-        self, op: int, offset: int = 0, length: int = 0, epoch: int = 0, payload: Any = b""
-    ) -> asyncio.Future:
+        self,
+        op: int,
+        offset: int = 0,
+        length: int = 0,
+        epoch: int = 0,
+        payload: Any = b"",
+        fut: Any = None,
+    ) -> Any:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-        fut = _Future(loop=loop)
+        if fut is None:
+            fut = _Future(loop=loop)
         if self._transport is None:
             fut.set_exception(ReplicaUnavailable(f"replica {self.address}: {self._closed_reason}"))
             return fut
@@ -346,3 +353,78 @@ class ReplicaClient:
     async def extents(self, offset: int, length: int) -> list[list[int]]:
         """Allocated [offset, length] runs inside the range."""
         return await self._json(wire.EXTENTS, None, offset=offset, length=length)
+
+
+class _Slot:
+    """One replica's part of a fan-out: stands in for a Future in ReplicaClient._pending."""
+
+    __slots__ = ("fan", "idx", "fired")
+
+    def __init__(self, fan: _Fan, idx: int) -> None:
+        self.fan = fan
+        self.idx = idx
+        self.fired = False
+
+    def done(self) -> bool:
+        return self.fired
+
+    def set_result(self, _payload: bytes) -> None:
+        if not self.fired:
+            self.fired = True
+            self.fan.arrive()
+
+    def set_exception(self, exc: BaseException) -> None:
+        if not self.fired:
+            self.fired = True
+            self.fan.results[self.idx] = exc
+            self.fan.arrive()
+
+
+class _Fan:
+    __slots__ = ("future", "results", "remaining")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, n: int) -> None:
+        self.future = _Future(loop=loop)
+        self.results: list[BaseException | None] = [None] * n
+        self.remaining = n
+        if n == 0:
+            self.future.set_result(self.results)
+
+    def arrive(self) -> None:
+        self.remaining -= 1
+        if self.remaining == 0 and not self.future.done():
+            self.future.set_result(self.results)
+
+
+def _fan(clients: list[ReplicaClient], op: int, offset: int, length: int, epoch: int, data: Any):
+    fan = _Fan(asyncio.get_running_loop(), len(clients))
+    for i, c in enumerate(clients):
+        c._send(op, offset, length, epoch, data, _Slot(fan, i))
+    return fan.future
+
+
+def write_all(
+    clients: list[ReplicaClient],
+    offset: int,
+    data: bytes | bytearray | memoryview,
+    epoch: int,
+    fua: bool = False,
+    rebuild: bool = False,
+) -> asyncio.Future:
+    """WRITE to several replicas at once; cheaper than one future per replica plus gather.
+
+    Frames are queued at call time, in list order. The future never raises: it resolves to a
+    list with, per client, None (done) or the exception (ReplicaError / ReplicaUnavailable).
+    """
+    flags = (wire.FLAG_FUA if fua else 0) | (wire.FLAG_REBUILD if rebuild else 0)
+    return _fan(clients, wire.WRITE, offset, flags, epoch, data)
+
+
+def unmap_all(clients: list[ReplicaClient], offset: int, length: int, epoch: int) -> asyncio.Future:
+    """UNMAP on several replicas at once; resolves like write_all."""
+    return _fan(clients, wire.UNMAP, offset, length, epoch, b"")
+
+
+def flush_all(clients: list[ReplicaClient], epoch: int) -> asyncio.Future:
+    """FLUSH on several replicas at once; resolves like write_all."""
+    return _fan(clients, wire.FLUSH, 0, 0, epoch, b"")

@@ -580,3 +580,27 @@ async def test_writer_disconnect_pins_dirty_regions_until_clear_dirty(procs, tmp
     await c.clear_dirty([5])
     assert (await c.dirty_map())["dirty"] == []
     await c.close()
+
+
+async def test_write_all_fans_out_and_reports_each_replica(procs, tmp_path):
+    from jiva_engine.protocol.client import flush_all, unmap_all, write_all
+
+    r1 = Replica(procs, tmp_path / "a").start()
+    r2 = Replica(procs, tmp_path / "b").start()
+    c1, c2 = await r1.connect(timeout=1), await r2.connect(timeout=1)
+    await c2.set_meta(epoch=2)
+    futs = [write_all([c1, c2], i * 4096, bytes([i]) * 4096, 2) for i in range(64)]
+    assert await asyncio.gather(*futs) == [[None, None]] * 64
+    for i in range(64):
+        assert r1.disk(i * 4096, 4096) == r2.disk(i * 4096, 4096) == bytes([i]) * 4096
+    assert await flush_all([c1, c2], 2) == [None, None]
+    assert await unmap_all([c1, c2], 0, 4096, 2) == [None, None]
+    res = await write_all([c1, c2], 0, b"s" * 512, 1)  # stale for r2 only
+    assert res[0] is None and isinstance(res[1], ReplicaError)
+    assert res[1].status == wire.STALE_EPOCH
+    os.kill(r2.proc.pid, signal.SIGKILL)
+    r2.proc.wait(10)
+    res = await write_all([c1, c2], 8192, b"k" * 512, 2)
+    assert res[0] is None and isinstance(res[1], ReplicaUnavailable)
+    assert await write_all([], 0, b"x" * 512, 2) == []
+    await c1.close()
