@@ -11,6 +11,7 @@ import asyncio
 import collections
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -210,6 +211,25 @@ class _Malformed(Exception):
     pass
 
 
+def _keepalive(sock: socket.socket | None) -> None:
+    """Notice a controller whose host vanished (no FIN) within ~10 s, even when idle."""
+    if sock is None or not hasattr(sock, "setsockopt"):
+        return
+    opts = [
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", None), 4),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", None), 2),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", None), 3),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", None), 10_000),
+    ]
+    for level, name, value in opts:
+        if name is not None:
+            try:
+                sock.setsockopt(level, name, value)
+            except OSError:
+                pass
+
+
 class ReplicaConnection(asyncio.Protocol):
     """One controller connection: handshake, then frames applied in order."""
 
@@ -239,6 +259,7 @@ class ReplicaConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         transport.set_write_buffer_limits(high=8 << 20)  # type: ignore[attr-defined]
+        _keepalive(transport.get_extra_info("socket"))
         self.server.conns.add(self)
         hello = {
             "volume": self.store.volume,

@@ -604,3 +604,44 @@ async def test_write_all_fans_out_and_reports_each_replica(procs, tmp_path):
     assert res[0] is None and isinstance(res[1], ReplicaUnavailable)
     assert await write_all([], 0, b"x" * 512, 2) == []
     await c1.close()
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 4 MiB tmpfs (needs root), unmounted at teardown."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+async def test_full_disk_gives_eio_and_the_replica_keeps_serving(procs, small_fs):
+    r = Replica(procs, small_fs / "r", size="32M").start()
+    c = await r.connect()
+    chunk = b"\x77" * MiB
+    written = []
+    err = None
+    for i in range(32):
+        try:
+            await c.write(i * MiB, chunk, 0)
+            written.append(i)
+        except ReplicaError as e:
+            err = e
+            break
+    assert err is not None and err.status == wire.EIO
+    assert "No space left" in err.message
+    assert 1 <= len(written) < 5
+    assert await c.read(0, MiB, 0) == chunk  # earlier data is intact
+    await c.write(0, b"\x01" * MiB, 0)  # overwriting allocated blocks still works
+    await c.unmap(MiB, MiB, 0)  # freeing space...
+    await c.write(10 * MiB, b"\x02" * 4096, 0)  # ...makes room again
+    assert await c.read(10 * MiB, 4096, 0) == b"\x02" * 4096
+    assert r.proc.poll() is None
+    await c.close()
+    os.kill(r.proc.pid, signal.SIGTERM)
+    assert r.proc.wait(10) == 0

@@ -27,7 +27,7 @@ class FakeTransport:
         self.frames += self.reader.feed(data)
 
     def get_extra_info(self, key):
-        return ("127.0.0.1", 4242)
+        return ("127.0.0.1", 4242) if key == "peername" else None
 
     def set_write_buffer_limits(self, high):
         pass
@@ -154,3 +154,22 @@ async def test_bad_json_control_frame_closes_and_stops_processing(conn):
     await settle(c)
     assert t.closed
     assert store.pread(0, 512) == b"\0" * 512  # the write after the bad frame never ran
+
+
+async def test_accepted_connections_use_tcp_keepalive(tmp_path):
+    import socket
+
+    store = ReplicaStore(tmp_path / "r", "v", MiB)
+    server = ReplicaServer(store, None, 60)
+    await server.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        await reader.readexactly(wire.HEADER_SIZE)  # HELLO header: the connection is set up
+        (conn,) = server.conns
+        sock = conn.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 4
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 10_000
+        writer.close()
+    finally:
+        await server.stop()
