@@ -795,7 +795,7 @@ class Volume:
         except VolumeFenced:
             return
         except Exception as e:
-            if m.mode == WO:
+            if m.mode in (WO, ERR):  # not yet (or no longer) a member: retried next round
                 log.warning("rebuild of %s failed: %s", m.address, e)
                 m.mode = ERR
                 m.rebuild = None
