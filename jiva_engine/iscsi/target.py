@@ -127,6 +127,7 @@ class Connection(asyncio.Protocol):
         self.next_ttt = 1
         self.closed = False
         self.last_rx = time.monotonic()
+        self.opened = self.last_rx  # login must finish within login_timeout of this
         self.nop_sent: float | None = None
         self.nop_ttt = 0x40000000
         self.timer: asyncio.TimerHandle | None = None
@@ -227,7 +228,9 @@ class Connection(asyncio.Protocol):
         cfg = self.server.config
         idle = now - self.last_rx
         if self.session is None:
-            if idle > cfg.login_timeout or now - self.server.started > 1e9:
+            # from the connection's start, not the last byte: a sender trickling one byte at a
+            # time must not hold a connection (and its buffer) forever
+            if now - self.opened > cfg.login_timeout:
                 self.close("login timed out")
                 return
         else:
