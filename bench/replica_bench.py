@@ -138,6 +138,8 @@ def main() -> int:
     ]
     head = ["workload", "QD", "seconds", "ops", "IOPS", "MB/s", "replica CPU us/op"]
     print(tabulate(rows, headers=[*head, "client CPU us/op"]))
+    st = r["info"]["stats"]
+    print(f"replica: {st['reads_offloaded']} of {st['reads']} reads went to a worker thread")
     return 0
 
 

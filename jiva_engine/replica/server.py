@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import logging
 import os
 import socket
@@ -87,6 +88,7 @@ class Stats:
         "bytes_written",
         "rebuild_bytes_written",
         "errors",
+        "reads_offloaded",
     )
 
     def __init__(self) -> None:
@@ -205,6 +207,38 @@ class ReplicaServer:
         out["stats"] = self.stats.as_dict()
         out["connections"] = len(self.conns)
         return out
+
+
+def _probe_nowait() -> int:
+    """RWF_NOWAIT when this kernel/filesystem supports it for buffered reads, else 0."""
+    flag = getattr(os, "RWF_NOWAIT", 0)
+    if not flag or not hasattr(os, "preadv"):
+        return 0
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile() as f:
+            f.write(b"x" * 512)
+            f.flush()
+            os.preadv(f.fileno(), (bytearray(512),), 0, flag)
+        return flag
+    except OSError:
+        return 0
+
+
+def _preadv_plain(fd: int, bufs: Any, off: int, flags: int = 0) -> int:
+    return os.preadv(fd, bufs, off)
+
+
+_NOWAIT = _probe_nowait()
+_preadv = os.preadv if _NOWAIT else _preadv_plain
+
+
+def _disable_nowait() -> None:
+    global _NOWAIT, _preadv
+    log.info("RWF_NOWAIT unsupported for this data file: reading in the event loop")
+    _NOWAIT = 0
+    _preadv = _preadv_plain
 
 
 class _Malformed(Exception):
@@ -369,7 +403,7 @@ class ReplicaConnection(asyncio.Protocol):
         st = self.stats
         out = self.out
         pwrite = os.pwrite
-        pread = os.pread
+        preadv = _preadv
         n = len(src)
         pos = 0
         seq = store.wseq
@@ -407,11 +441,11 @@ class ReplicaConnection(asyncio.Protocol):
                 elif op == _READ:
                     if ln <= 0 or ln > _MAX_IO or (off | ln) & 511 or off + ln > size or plen:
                         break
-                    try:
-                        data = pread(fd, ln, off)
+                    data = bytearray(ln)
+                    try:  # only from the page cache here; a disk read goes to a thread
+                        if preadv(fd, (data,), off, _NOWAIT) != ln:
+                            break
                     except OSError:
-                        break
-                    if len(data) != ln:
                         break
                     st.reads += 1
                     st.bytes_read += ln
@@ -578,10 +612,30 @@ class ReplicaConnection(asyncio.Protocol):
         if n > wire.MAX_IO or n <= 0 or off % 512 or n % 512 or off + n > store.size:
             why = store.check_range(off, n) or f"length {n} exceeds {wire.MAX_IO}"
             return self._error(_READ, rid, wire.EINVAL, f"READ refused: {why}")
+        data = bytearray(n)
         try:
-            data = store.pread(off, n)
+            got = _preadv(store.fd, (data,), off, _NOWAIT)
+        except BlockingIOError:
+            got = -1
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL) or not _NOWAIT:
+                return self._error(_READ, rid, wire.EIO, f"read failed: {e}")
+            _disable_nowait()  # this filesystem has no RWF_NOWAIT: plain reads from now on
+            got = -1
+        if got != n:  # not (all) in the page cache: read in a thread, keep serving meanwhile
+            self.stats.reads_offloaded += 1
+            self.server.spawn(self._read_slow(rid, off, n))
+            return
+        self._read_done(rid, n, data)
+
+    async def _read_slow(self, rid: int, off: int, n: int) -> None:
+        try:
+            data = await asyncio.get_running_loop().run_in_executor(None, self.store.pread, off, n)
         except OSError as e:
             return self._error(_READ, rid, wire.EIO, f"read failed: {e}")
+        self._read_done(rid, n, data)
+
+    def _read_done(self, rid: int, n: int, data: bytes | bytearray) -> None:
         st = self.stats
         st.reads += 1
         st.bytes_read += n

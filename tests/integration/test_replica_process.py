@@ -645,3 +645,23 @@ async def test_full_disk_gives_eio_and_the_replica_keeps_serving(procs, small_fs
     await c.close()
     os.kill(r.proc.pid, signal.SIGTERM)
     assert r.proc.wait(10) == 0
+
+
+async def test_reads_not_in_page_cache_are_served_from_a_thread(replica):
+    c = await replica.connect()
+    data = random.Random(5).randbytes(4 * MiB)
+    await c.write(0, data, 0)
+    await c.flush(0)
+    fd = os.open(replica.dir / "volume.img", os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # drop the (clean) cached pages
+    finally:
+        os.close(fd)
+    got = await asyncio.gather(*(c.read(i * 65536, 65536, 0) for i in range(64)))
+    assert b"".join(got) == data
+    st = (await c.info())["stats"]
+    assert st["reads"] == 64
+    assert st["reads_offloaded"] >= 1  # the cold ones went to a worker thread
+    assert await c.read(0, 65536, 0) == data[:65536]  # now cached: answered inline
+    assert (await c.info())["stats"]["reads_offloaded"] == st["reads_offloaded"]
+    await c.close()
