@@ -1,8 +1,9 @@
 """The replica server: serves one ReplicaStore over the wire protocol (DESIGN.md §3).
 
 Frames of a connection are applied strictly in arrival order; a frame that needs disk metadata
-first (a dirty bit going 0->1, SET_META) holds back the ones after it. Reads and writes go straight
-to the page cache from the event loop; only fsyncs run in worker threads.
+first (a dirty bit going 0->1, SET_META) holds back the ones after it. Writes and cached reads go
+straight to the page cache from the event loop; fsyncs and reads that would wait for the disk run
+in worker threads.
 """
 
 from __future__ import annotations
