@@ -841,8 +841,23 @@ class Volume:
         if bad:
             await self._failures(bad)
             return
+        await self._clear_settled(m)
         if all(x.mode == RW for x in self.members.values()):
             await self._stop_tracking()
+
+    async def _clear_settled(self, m: Member) -> None:
+        """Clear a rebuilt member's dirty bits (e.g. kept after its old connection dropped).
+
+        Only regions with no write in flight are cleared: every write to them was acknowledged by
+        every member, and a write issued later reaches the replica after this CLEAR_DIRTY.
+        """
+        try:
+            dm = await m.client.dirty_map()
+            regions = [r for r in dm.get("dirty") or [] if not self._ranges.busy(*self._region(r))]
+            if regions:
+                await m.client.clear_dirty(regions)  # queued before any later write
+        except (ReplicaError, ReplicaUnavailable, AttributeError) as e:
+            log.info("clearing dirty bits of %s: %s", m.address, e)
 
     async def _stop_tracking(self) -> None:
         """Every known replica is current: nobody needs the missed-write maps any more."""

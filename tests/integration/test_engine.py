@@ -316,6 +316,7 @@ async def test_replica_killed_during_writes_catches_up_incrementally(procs, tmp_
         assert m.last_rebuild["copied"] <= 6 * MiB, m.last_rebuild
         info = await reps[2].info()
         assert 0 < info["stats"]["rebuild_bytes_written"] <= 6 * MiB
+        assert info["dirty_regions"] == 0, "its crash-time dirty bits are cleared once current"
         assert not vol.degraded()
         await w.verify()
         assert await vol.read(16 * MiB, 32 * MiB) == base
