@@ -271,7 +271,7 @@ class Initiator:
         return self._itt
 
     def _send(self, hdr: bytes, data: bytes | memoryview = b"") -> None:
-        if self._writer is None:
+        if self._writer is None or self._writer.transport.is_closing():
             raise ConnectionLost("not connected")
         pad = -len(data) % 4
         self._writer.write(hdr)

@@ -41,8 +41,17 @@ def wait_port(host: str, port: int, timeout: float = 20.0) -> None:
 class Proc:
     """One restartable process with a fixed command line and a log file per start."""
 
-    def __init__(self, name: str, args: list[str], logdir: Path, port: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        logdir: Path,
+        port: int,
+        host: str = "127.0.0.1",
+        prefix: tuple[str, ...] = (),
+    ) -> None:
         self.name, self.args, self.logdir, self.port = name, args, logdir, port
+        self.host, self.prefix = host, list(prefix)  # e.g. ip netns exec NS (same PID: exec)
         self.p: subprocess.Popen | None = None
         self.starts = 0
         self.stopped = False  # SIGSTOPped
@@ -52,7 +61,7 @@ class Proc:
         self.starts += 1
         log = open(self.logdir / f"{self.name}.log", "ab")  # noqa: SIM115 - owned by the process
         self.p = subprocess.Popen(
-            [*JIVA, *self.args],
+            [*self.prefix, *JIVA, *self.args],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -60,7 +69,7 @@ class Proc:
         )
         log.close()
         if wait:
-            wait_port("127.0.0.1", self.port)
+            wait_port(self.host, self.port)
 
     def alive(self) -> bool:
         """True while the process runs."""
@@ -70,6 +79,11 @@ class Proc:
         """kill -9 by PID and reap."""
         if self.alive():
             os.kill(self.p.pid, signal.SIGKILL)
+        self.reap()
+
+    def reap(self) -> None:
+        """Wait for a process that was killed (by us or with its whole host)."""
+        if self.p is not None:
             self.p.wait(timeout=10)
         self.stopped = False
 
@@ -99,7 +113,7 @@ class Proc:
 
 
 class Cluster:
-    """N replica processes and one controller with an iSCSI portal, all on 127.0.0.1."""
+    """N replica processes (local or on test hosts) and one local controller with an iSCSI portal."""
 
     def __init__(
         self,
@@ -109,7 +123,9 @@ class Cluster:
         size: str = "32M",
         replica_timeout: float = 1.0,
         secret: str | None = "torture-replica-secret",
+        placement: list[tuple[str, tuple[str, ...]]] | None = None,
     ) -> None:
+        """`placement[i]` = (address, command prefix) puts replica i on a test host (else local)."""
         self.root = root
         self.volume = volume
         self.logdir = root / "logs"
@@ -122,18 +138,19 @@ class Cluster:
             extra = ["--secret-file", str(sf)]
         self.replicas: list[Proc] = []
         for i in range(replicas):
-            port = free_port()
+            host, prefix = placement[i] if placement else ("127.0.0.1", ())
+            port = free_port() if host == "127.0.0.1" else 9700
             d = root / f"r{i}"
-            args = ["replica", "--volume", volume, "--listen", f"127.0.0.1:{port}", "--dir", str(d),
+            args = ["replica", "--volume", volume, "--listen", f"{host}:{port}", "--dir", str(d),
                     "--size", size, "--sync-interval", "0.5", *extra]  # fmt: skip
-            self.replicas.append(Proc(f"r{i}", args, self.logdir, port))
+            self.replicas.append(Proc(f"r{i}", args, self.logdir, port, host, prefix))
         self.api_port = free_port()
         self.portal_port = free_port()
         args = ["controller", "--volume", volume, "--api", f"127.0.0.1:{self.api_port}",
                 "--portal", f"127.0.0.1:{self.portal_port}", "--replica-timeout",
                 str(replica_timeout), *extra]  # fmt: skip
         for r in self.replicas:
-            args += ["--replica", f"127.0.0.1:{r.port}"]
+            args += ["--replica", f"{r.host}:{r.port}"]
         self.controller = Proc("controller", args, self.logdir, self.portal_port)
         self.iqn = f"iqn.2026-11.org.jiva-py:{volume}"
 

@@ -22,6 +22,7 @@ from tabulate import tabulate
 
 from jiva_engine.initiator import Initiator
 from jiva_engine.torture.cluster import Cluster
+from jiva_engine.torture.hosts import HOST_FAULTS, HostCluster, inject_host_fault
 from jiva_engine.torture.workload import Workload
 
 PROCESS_FAULTS = (
@@ -63,8 +64,8 @@ class Report:
             ["replica byte-compares (all equal)", self.replica_compares],
             ["initiator reconnects", self.reconnects],
             ["violations", len(self.violations)],
-            ["seconds", round(self.seconds, 1)],
-            ["seed", self.seed],
+            ["seconds", f"{self.seconds:.1f}"],
+            ["seed", str(self.seed)],
         ]
         return tabulate(rows, headers=["torture", "count"], tablefmt="github")
 
@@ -80,7 +81,9 @@ def _digest(path: Path) -> str:
 async def _inject(kind: str, cl: Cluster, rng: random.Random) -> None:
     """Apply one fault, keep it for a random time, then recover as the supervisor would."""
     down = rng.uniform(0.0, 2.0)
-    if kind == "replica-kill9":
+    if kind in HOST_FAULTS:
+        await inject_host_fault(kind, cl, rng)  # type: ignore[arg-type]
+    elif kind == "replica-kill9":
         r = rng.choice(cl.replicas)
         r.kill()
         await asyncio.sleep(down)
@@ -113,16 +116,27 @@ async def torture(
     root: Path,
     faults: int,
     seed: int,
-    kinds: tuple[str, ...] = PROCESS_FAULTS,
+    kinds: tuple[str, ...] | None = None,
     nblocks: int = 2048,
     progress: bool = False,
+    hosts: bool = False,
 ) -> Report:
-    """Run `faults` rounds against a fresh 3-replica volume under `root`; returns the report."""
+    """Run `faults` rounds against a fresh 3-replica volume under `root`; returns the report.
+
+    With `hosts` the replicas run on network-namespace test hosts and host faults (crash, link
+    down, blackhole) join the process faults.
+    """
+    if kinds is None:
+        kinds = PROCESS_FAULTS + HOST_FAULTS if hosts else PROCESS_FAULTS
     rng = random.Random(seed)
     rep = Report(seed=seed)
-    cl = Cluster(root)
     t0 = time.monotonic()
-    cl.start()
+    cl = HostCluster(root) if hosts else Cluster(root)
+    try:
+        cl.start()
+    except BaseException:
+        cl.close() if isinstance(cl, HostCluster) else cl.stop()
+        raise
     init = Initiator("127.0.0.1", cl.portal_port, cl.iqn, timeout=8.0)
     wl = Workload(init, nblocks, random.Random(seed + 1))
     try:
@@ -161,7 +175,7 @@ async def torture(
     finally:
         await wl.stop()
         await init.close()
-        cl.stop()
+        cl.close() if isinstance(cl, HostCluster) else cl.stop()
         s = wl.stats
         rep.writes_issued, rep.writes_acked, rep.writes_failed = (
             s.writes_issued,
@@ -181,12 +195,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--blocks", type=int, default=2048, help="4 KiB blocks the workload uses")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, data)")
+    p.add_argument(
+        "--hosts",
+        action="store_true",
+        help="replicas on network-namespace test hosts, adding host faults (needs root)",
+    )
     a = p.parse_args(argv)
     seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1 << 31)
     print(f"torture seed {seed} (replay with --seed {seed})", flush=True)
     root = Path(tempfile.mkdtemp(prefix="jiva-torture-"))
     try:
-        rep = asyncio.run(torture(root, a.faults, seed, nblocks=a.blocks, progress=True))
+        rep = asyncio.run(
+            torture(root, a.faults, seed, nblocks=a.blocks, progress=True, hosts=a.hosts)
+        )
     finally:
         if not a.keep:
             shutil.rmtree(root, ignore_errors=True)
