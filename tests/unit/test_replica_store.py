@@ -263,3 +263,25 @@ def test_fragmented_extents_are_coarsened_not_truncated(tmp_path):
     assert all(off in covered for off, _ in fine)  # never under-reports
     assert s.extents(MiB + 4096, MiB, max_runs=1) == [[MiB + 4096, MiB]]  # clipped to the range
     s.close()
+
+
+def test_dirty_map_is_fdatasynced_before_the_data_write(tmp_path, monkeypatch):
+    d = tmp_path / "r"
+    s = ReplicaStore(d, "v", 16 * MiB)
+    events = []
+    real_sync, real_pwrite = os.fdatasync, s.pwrite
+
+    def sync_spy(fd):
+        events.append(("sync", os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1]))
+        real_sync(fd)
+
+    def pwrite_spy(offset, data):
+        events.append(("data", offset))
+        real_pwrite(offset, data)
+
+    monkeypatch.setattr(os, "fdatasync", sync_spy)
+    monkeypatch.setattr(s, "pwrite", pwrite_spy)
+    s.write(3 * MiB, b"x" * 512)
+    s.write(3 * MiB + 512, b"y" * 512)
+    assert events == [("sync", "dirty.map"), ("data", 3 * MiB), ("data", 3 * MiB + 512)]
+    s.close(clean=False)
