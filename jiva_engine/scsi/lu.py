@@ -188,8 +188,9 @@ class LogicalUnit:
         """LUN or target reset: clear SPC-2 reservations and prevent state, raise UAs."""
         self.spc2 = None
         self.prevent.clear()
-        # every other I_T nexus learns about the reset; the one that asked already knows
-        self.add_ua(S.POWER_ON_RESET if cold else S.BUS_DEVICE_RESET, skip=by.key if by else None)
+        # SAM-5: every I_T nexus (the one that asked included) gets the reset unit attention
+        del by
+        self.add_ua(S.POWER_ON_RESET if cold else S.BUS_DEVICE_RESET)
 
     # ------------------------------------------------------------------ dispatch
     async def execute(
