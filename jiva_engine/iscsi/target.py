@@ -634,9 +634,13 @@ class Connection(asyncio.Protocol):
             want_sn = seq[2]
             seq[2] += 1
         if bhs.w36 != want_sn:
-            # ErrorRecoveryLevel 0: a sequence error is a connection failure
+            # a sequence error: Reject the PDU and drop the task (it never completes; at
+            # ErrorRecoveryLevel 0 the initiator's timeout/abort handles it, the session lives)
             self._reject(bhs.raw, P.REJ_PROTOCOL, f"DataSN {bhs.w36} where {want_sn} was due")
-            self.close("Data-Out sequence error")
+            t.aborted = True
+            self.tasks.pop(t.itt, None)
+            for k in t.r2t_out:
+                self.by_ttt.pop(k, None)
             return
         if off + n > t.edtl or not isinstance(t.buf, bytearray):
             self._reject(bhs.raw, P.REJ_PROTOCOL, "Data-Out beyond expected transfer length")
