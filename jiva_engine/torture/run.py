@@ -20,10 +20,10 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from jiva_engine.initiator import Initiator
+from jiva_engine.initiator import Initiator, IscsiError
 from jiva_engine.torture.cluster import Cluster
 from jiva_engine.torture.hosts import HOST_FAULTS, HostCluster, inject_host_fault
-from jiva_engine.torture.workload import Workload
+from jiva_engine.torture.workload import BLOCK, Workload, parse_block
 
 PROCESS_FAULTS = (
     "replica-kill9",
@@ -76,6 +76,41 @@ def _digest(path: Path) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+async def _settle(cl: Cluster, wl: Workload, init: Initiator) -> None:
+    """With the workload paused: wait until every replica is RW under one epoch across a
+    SYNCHRONIZE CACHE (a fault can still eject a replica after it first looked healthy, e.g. a
+    link that came back before the replica timeout fired), so the images can be compared."""
+    for _ in range(20):
+        before = await cl.wait_healthy()
+        await wl.ensure_connected()
+        try:
+            await init.sync_cache()
+        except (IscsiError, OSError):
+            continue
+        await asyncio.sleep(0.2)
+        after = await cl.wait_healthy()
+        if after["epoch"] == before["epoch"]:
+            return
+    raise TimeoutError("the volume never settled with every replica RW")
+
+
+def _describe_diff(images: list[Path], wl: Workload, limit: int = 4) -> str:
+    """Which 4 KiB blocks differ between replica images, and what each replica holds there."""
+    datas = [p.read_bytes() for p in images]
+    out = []
+    ndiff = 0
+    for off in range(0, len(datas[0]), BLOCK):
+        blocks = [d[off : off + BLOCK] for d in datas]
+        if all(b == blocks[0] for b in blocks):
+            continue
+        ndiff += 1
+        if len(out) < limit:
+            lba = off // BLOCK
+            seen = [parse_block(b) for b in blocks]
+            out.append(f"block {lba} (acked seq {wl.acked.get(lba, 0)}): {seen}")
+    return f"{ndiff} blocks differ; " + "; ".join(out)
 
 
 async def _inject(kind: str, cl: Cluster, rng: random.Random) -> None:
@@ -154,12 +189,14 @@ async def torture(
             await cl.wait_healthy()
             await wl.pause()
             await wl.verify_all()
-            await wl.ensure_connected()
-            await init.sync_cache()
+            await _settle(cl, wl, init)
             digests = {_digest(cl.image(j)) for j in range(len(cl.replicas))}
             rep.replica_compares += 1
             if len(digests) != 1:
-                wl.stats.violations.append(f"round {i} ({kind}): replicas differ after recovery")
+                wl.stats.violations.append(
+                    f"round {i} ({kind}): replicas differ after recovery: "
+                    + _describe_diff([cl.image(j) for j in range(len(cl.replicas))], wl)
+                )
             rep.rounds += 1
             if progress:
                 s = wl.stats
@@ -194,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--faults", type=int, default=200)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--blocks", type=int, default=2048, help="4 KiB blocks the workload uses")
+    p.add_argument("--kinds", help="comma-separated fault kinds (default: all available)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, data)")
     p.add_argument(
         "--hosts",
@@ -206,7 +244,15 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="jiva-torture-"))
     try:
         rep = asyncio.run(
-            torture(root, a.faults, seed, nblocks=a.blocks, progress=True, hosts=a.hosts)
+            torture(
+                root,
+                a.faults,
+                seed,
+                nblocks=a.blocks,
+                progress=True,
+                hosts=a.hosts,
+                kinds=tuple(a.kinds.split(",")) if a.kinds else None,
+            )  # fmt: skip
         )
     finally:
         if not a.keep:
