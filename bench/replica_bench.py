@@ -1,6 +1,7 @@
 """Micro-benchmark: one ReplicaClient against one local replica process, 4K random I/O at a queue depth.
 
-Usage: python bench/replica_bench.py [--seconds 10] [--qd 32] [--bs 4096] [--size 1G] [--rw write|read]
+Usage: python bench/replica_bench.py [--seconds 10] [--qd 32] [--bs 4096] [--size 1G]
+       [--rw write|read] [--client protocol|streams]
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 
 from tabulate import tabulate
 
+from jiva_engine.protocol import wire
 from jiva_engine.protocol.client import ReplicaClient
 from jiva_engine.util import parse_size
 
@@ -42,6 +44,59 @@ async def _wait_connect(port: int, volume: str) -> ReplicaClient:
             await asyncio.sleep(0.05)
 
 
+class StreamsClient:
+    """Just enough of the protocol over asyncio Streams (readexactly), to compare with Protocol."""
+
+    def __init__(self, port: int, volume: str) -> None:
+        self.port, self.volume = port, volume
+        self.pending: dict[int, asyncio.Future] = {}
+        self.next_id = 1
+
+    async def connect(self) -> None:
+        self.r, self.w = await asyncio.open_connection("127.0.0.1", self.port)
+        hdr = wire.HEADER.unpack(await self.r.readexactly(wire.HEADER_SIZE))
+        await self.r.readexactly(hdr[3])  # HELLO
+        self.reader = asyncio.ensure_future(self._read_loop())
+        body = wire.dumps({"volume": self.volume, "mac": "", "cnonce": ""})
+        await self._send(wire.AUTH, 0, 0, 0, body)
+
+    async def _read_loop(self) -> None:
+        rx = self.r.readexactly
+        unpack = wire.HEADER.unpack
+        while True:
+            _m, _op, status, plen, rid, _o, _l, _e = unpack(await rx(wire.HEADER_SIZE))
+            payload = await rx(plen) if plen else b""
+            fut = self.pending.pop(rid)
+            if status:
+                fut.set_exception(RuntimeError(f"status {status}: {payload!r}"))
+            else:
+                fut.set_result(payload)
+
+    def _send(self, op: int, off: int, ln: int, epoch: int, payload: bytes = b"") -> asyncio.Future:
+        rid = self.next_id
+        self.next_id += 1
+        fut = asyncio.get_running_loop().create_future()
+        self.pending[rid] = fut
+        self.w.write(wire.pack_header(op, rid, len(payload), 0, off, ln, epoch) + payload)
+        return fut
+
+    def write(self, off: int, data: bytes, epoch: int) -> asyncio.Future:
+        return self._send(wire.WRITE, off, 0, epoch, data)
+
+    def read(self, off: int, n: int, epoch: int) -> asyncio.Future:
+        return self._send(wire.READ, off, n, epoch)
+
+    async def set_meta(self, **fields) -> None:
+        await self._send(wire.SET_META, 0, 0, fields.get("epoch", 0), wire.dumps(fields))
+
+    async def info(self) -> dict:
+        return wire.loads(await self._send(wire.INFO, 0, 0, 1))
+
+    async def close(self) -> None:
+        self.reader.cancel()
+        self.w.close()
+
+
 def _cpu_seconds(pid: int) -> float:
     """utime + stime of a process, from /proc."""
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
@@ -51,6 +106,10 @@ def _cpu_seconds(pid: int) -> float:
 async def _run(args: argparse.Namespace, port: int, pid: int) -> dict:
     size = parse_size(args.size)
     c = await _wait_connect(port, "bench")
+    if args.client == "streams":
+        await c.close()
+        c = StreamsClient(port, "bench")
+        await c.connect()
     await c.set_meta(epoch=1)
     bs = args.bs
     nblocks = size // bs
@@ -100,6 +159,12 @@ def main() -> int:
     p.add_argument("--size", default="1G")
     p.add_argument("--rw", choices=["write", "read"], default="write")
     p.add_argument("--dir", help="data directory (default: a temp dir, removed afterwards)")
+    p.add_argument(
+        "--client",
+        choices=["protocol", "streams"],
+        default="protocol",
+        help="ReplicaClient (asyncio Protocol) or a minimal asyncio Streams client, to compare",
+    )
     args = p.parse_args()
     tmp = tempfile.mkdtemp(prefix="jiva-bench-")
     port = _free_port()
@@ -126,7 +191,7 @@ def main() -> int:
     iops = r["ops"] / r["elapsed"]
     rows = [
         [
-            f"{args.bs // 1024}K random {args.rw}",
+            f"{args.bs // 1024}K random {args.rw} ({args.client})",
             args.qd,
             f"{r['elapsed']:.1f}",
             r["ops"],
