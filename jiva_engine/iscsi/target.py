@@ -22,6 +22,8 @@ from jiva_engine.volume import BlockVolume
 log = logging.getLogger(__name__)
 
 HARD_MAX_PDU = 16 * 1024 * 1024 + 4096  # beyond this we do not even buffer: close
+MAX_WRITE_EDTL = 32 * 1024 * 1024  # larger writes are refused before any buffer is allocated
+WRITE_BUDGET = 256 * 1024 * 1024  # write data buffered per connection; beyond: TASK SET FULL
 CMD_WINDOW = 128
 IQN_PREFIX = "iqn.2026-11.org.jiva-py:"
 
@@ -138,6 +140,7 @@ class Connection(asyncio.Protocol):
         # data segments above the negotiated MaxRecvDataSegmentLength get a Reject, but only
         # up to this many bytes are ever buffered; beyond it the connection is closed
         self.rx_limit = 64 * 1024
+        self.buffered = 0  # bytes of write buffers held by tasks on this connection
 
     # ------------------------------------------------------------------ transport events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -517,8 +520,6 @@ class Connection(asyncio.Protocol):
     def _on_logout(self, bhs: P.Bhs, data: bytes) -> None:
         reason = bhs.flags & 0x7F
         resp = 0 if reason in (0, 1) else 2  # 2: connection recovery not supported
-        if resp == 0 and reason == 1 and (bhs.w20 >> 16) != getattr(self.login, "cid", 0):
-            pass  # single connection per session: any CID closes this one
         self.logout_pending = True
 
         async def finish() -> None:
@@ -571,6 +572,13 @@ class Connection(asyncio.Protocol):
             if len(data) > p.first_burst:
                 self._reject(bhs.raw, P.REJ_PROTOCOL, "immediate data exceeds FirstBurstLength")
                 return
+            if t.edtl > MAX_WRITE_EDTL or self.buffered + t.edtl > WRITE_BUDGET:
+                # refuse before allocating: bounded memory whatever EDTL the initiator sends
+                big = t.edtl > MAX_WRITE_EDTL
+                status = S.CHECK_CONDITION if big else S.TASK_SET_FULL
+                sense = S.fixed_sense(S.ILLEGAL_REQUEST, *S.INVALID_FIELD_IN_CDB) if big else None
+                self._respond(t, Result(status, sense=sense))
+                return
             self.tasks[t.itt] = t
             if len(data) == t.edtl:
                 t.buf = data
@@ -578,6 +586,7 @@ class Connection(asyncio.Protocol):
                 self._execute(t)
                 return
             t.buf = bytearray(t.edtl)
+            self.buffered += t.edtl
             t.buf[: len(data)] = data
             t.received = len(data)
             unsol_limit = min(p.first_burst, t.edtl)
@@ -641,6 +650,7 @@ class Connection(asyncio.Protocol):
             self.tasks.pop(t.itt, None)
             for k in t.r2t_out:
                 self.by_ttt.pop(k, None)
+            self._release(t)
             return
         if off + n > t.edtl or not isinstance(t.buf, bytearray):
             self._reject(bhs.raw, P.REJ_PROTOCOL, "Data-Out beyond expected transfer length")
@@ -662,6 +672,12 @@ class Connection(asyncio.Protocol):
             if not t.aborted:
                 self._execute(t)
 
+    def _release(self, t: _Task) -> None:
+        """Give back a task's write buffer to the connection's budget."""
+        if isinstance(t.buf, bytearray):
+            self.buffered -= len(t.buf)
+        t.buf = None
+
     def _execute(self, t: _Task) -> None:
         coro = self._run(t)
         t.running = asyncio.get_running_loop().create_task(coro)
@@ -674,6 +690,9 @@ class Connection(asyncio.Protocol):
             res = self.server.no_lun(t.cdb)
         else:
             res = await self.server.lu.execute(s.nexus, t.cdb, t.buf if t.write else None)
+        if isinstance(t.buf, bytearray):
+            self.buffered -= len(t.buf)
+            t.buf = None
         if t.aborted or self.closed:
             return
         self.tasks.pop(t.itt, None)
@@ -810,6 +829,8 @@ class Connection(asyncio.Protocol):
                 self.by_ttt.pop(ttt, None)
             if t.running is not None and not t.running.done():
                 running.append(t.running)
+            elif t.running is None:
+                self._release(t)  # still collecting Data-Out: free its buffer now
         if running:
             await asyncio.wait(running, timeout=10)
 

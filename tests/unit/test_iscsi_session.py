@@ -114,3 +114,20 @@ def test_abort_unknown_task_and_lun_reset(target_factory):
     st, _, sense, _ = c.scsi(bytes(6))  # the reset's unit attention
     assert st == 2 and sense[2] & 0x0F == 6 and sense[12] == 0x29
     c.close()
+
+
+def test_huge_write_refused_without_buffering(target_factory):
+    """A WRITE announcing 1 GiB of data is refused at once (no 1 GiB buffer, no R2T)."""
+    port, _ = target_factory()
+    c = Initiator("127.0.0.1", port)
+    c.login(IQN)
+    cdb = struct.pack(">BBIBHB", 0x2A, 0, 0, 0, 0xFFFF, 0).ljust(16, b"\0")
+    itt = c.next_itt()
+    c.send(pack(0x01, 0xA0, 0, bytes(8), itt, 1 << 30, c.cmdsn, c.exp_statsn,
+                *struct.unpack(">IIII", cdb)))  # fmt: skip
+    c.cmdsn += 1
+    r = c.recv()
+    assert r.op == 0x21 and r.itt == itt and r.b3 == 2  # CHECK CONDITION, not an R2T
+    st, _, _, _ = c.scsi(bytes(6))
+    assert st == 0
+    c.close()
