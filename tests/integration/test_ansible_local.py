@@ -182,3 +182,69 @@ def test_supervisor_restarts_a_crashed_child_and_stops_on_sigterm(tmp_path):
         if sup.poll() is None:
             sup.kill()
             sup.wait()
+
+
+def run_module(tmp_path: Path, module: str, args: dict, *extra: str) -> dict:
+    """Run one jiva.storage module on localhost through ansible-playbook; return its result."""
+    out = tmp_path / "result.json"
+    book = tmp_path / "module.yml"
+    task = {f"jiva.storage.{module}": args, "register": "r"}
+    save = {
+        "ansible.builtin.copy": {"content": "{{ r | to_json }}", "dest": str(out), "mode": "0600"},
+        "check_mode": False,
+    }
+    book.write_text(
+        yaml.safe_dump([{"hosts": "localhost", "gather_facts": False, "tasks": [task, save]}])
+    )
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+        "ANSIBLE_HOME": str(tmp_path / "ansible-home"),
+    }
+    cmd = [str(Path(os.sys.executable).parent / "ansible-playbook"), str(book), *extra]
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return json.loads(out.read_text())
+
+
+def test_replica_module_states_are_idempotent(tmp_path):
+    """present -> started -> stopped (check, then real) -> absent with data, each twice."""
+    port = 9690
+    base = {
+        "name": "m1",
+        "listen": f"127.0.0.39:{port}",
+        "data_dir": str(tmp_path / "data" / "m1"),
+        "size": "8M",
+        "config_dir": str(tmp_path / "etc"),
+        "run_dir": str(tmp_path / "run"),
+        "log_dir": str(tmp_path / "log"),
+        "venv": str(Path(os.sys.executable).parent.parent),
+        "service_manager": "daemon",
+    }
+    env_file = tmp_path / "etc" / "replica-m1.env"
+    pidfile = tmp_path / "run" / "replica-m1.pid"
+
+    r = run_module(tmp_path, "replica", {**base, "state": "present"})
+    assert r["changed"] and env_file.exists() and not pidfile.exists(), r
+    assert not run_module(tmp_path, "replica", {**base, "state": "present"})["changed"]
+
+    r = run_module(tmp_path, "replica", {**base, "state": "started"})
+    assert r["changed"] and r["actions"] == ["start"], r
+    pid = int(pidfile.read_text())
+    assert Path(f"/proc/{pid}").exists()
+    assert not run_module(tmp_path, "replica", {**base, "state": "started"})["changed"]
+
+    r = run_module(tmp_path, "replica", {**base, "state": "stopped"}, "--check")
+    assert r["changed"] and r["actions"] == ["stop"], r
+    assert int(pidfile.read_text()) == pid, "check mode stopped the replica"
+
+    r = run_module(tmp_path, "replica", {**base, "state": "stopped"})
+    assert r["changed"] and not pidfile.exists() and env_file.exists(), r
+    assert not run_module(tmp_path, "replica", {**base, "state": "stopped"})["changed"]
+
+    r = run_module(tmp_path, "replica", {**base, "state": "absent", "delete_data": True})
+    assert r["changed"] and r["data_removed"] and not env_file.exists(), r
+    assert not (tmp_path / "data" / "m1").exists()
+    assert not run_module(tmp_path, "replica", {**base, "state": "absent", "delete_data": True})[
+        "changed"
+    ]
