@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -261,3 +262,35 @@ def test_concurrent_sessions(procs, tmp_path):
         with open(t.img, "rb") as f:
             f.seek(i * quarter + 12345)
             assert f.read(1) == bytes([0x40 + i])
+
+
+def test_cli_errors_are_clear(tmp_path):
+    """Bad input to `jiva target` gives one clear line and exit status 2, never a traceback."""
+    short = tmp_path / "short.secret"
+    short.write_text("short")
+    cases = [
+        (["--file", str(tmp_path / "missing.img")], "give --size"),
+        (["--file", str(tmp_path / "a.img"), "--size", "1Q"], "invalid size"),
+        (
+            [
+                "--file",
+                str(tmp_path / "b.img"),
+                "--size",
+                "1M",
+                "--chap-user",
+                "u",
+                "--chap-secret-file",
+                str(short),
+            ],
+            "12 to 255",
+        ),  # fmt: skip
+        (["--file", str(tmp_path / "c.img"), "--size", "1M", "--chap-user", "u"], "go together"),
+        (
+            ["--file", str(tmp_path / "d.img"), "--size", "1M", "--portal", "127.0.0.1:99999"],
+            "invalid port",
+        ),  # fmt: skip
+    ]
+    for args, msg in cases:
+        p = run(sys.executable, "-m", "jiva_engine.cli", "target", *args, timeout=30)
+        assert p.returncode == 2, (args, p.stdout, p.stderr)
+        assert msg in p.stderr and "Traceback" not in p.stderr, p.stderr
