@@ -42,48 +42,96 @@ def _consume(fut: asyncio.Future) -> None:
         fut.exception()
 
 
-class _ClientProtocol(asyncio.Protocol):
+_RBUF = 256 * 1024  # receive buffer for small frames
+_BIG = 64 * 1024  # payloads at least this big are received straight into their own buffer
+
+
+class _ClientProtocol(asyncio.BufferedProtocol):
+    """Receives answers with recv_into: small frames through one reusable buffer, big payloads
+    (READ data) directly into the bytearray handed to the caller, so no extra copies."""
+
     def __init__(self, client: ReplicaClient) -> None:
         self.client = client
-        self.rbuf = bytearray()
+        self.buf = bytearray(_RBUF)
+        self.mv = memoryview(self.buf)
+        self.start = 0  # unparsed bytes are buf[start:end]
+        self.end = 0
+        self.big: bytearray | None = None  # payload being received directly
+        self.big_mv: memoryview | None = None
+        self.big_filled = 0
+        self.big_hdr: tuple[int, int, int] = (0, 0, 0)  # op, status, req_id
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.client._lost(f"connection lost: {exc}" if exc else "connection closed by the replica")
 
-    def data_received(self, data: bytes) -> None:
-        rbuf = self.rbuf
-        if rbuf:
-            rbuf += data
-            src = rbuf
-        else:
-            src = data
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.big is not None:
+            return self.big_mv[self.big_filled :]
+        if _RBUF - self.end < 4096:  # make room: move the partial frame to the front
+            n = self.end - self.start
+            part = self.mv[self.start : self.end]
+            self.buf[:n] = part if self.start >= n else bytes(part)  # no overlapping copy
+            self.start, self.end = 0, n
+        return self.mv[self.end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.big is not None:
+            self.big_filled += nbytes
+            if self.big_filled == len(self.big):
+                op, status, req_id = self.big_hdr
+                data = self.big
+                self.big = self.big_mv = None
+                self._deliver(op, status, req_id, data)
+            return
+        self.end += nbytes
+        self._parse()
+
+    def _deliver(self, op: int, status: int, req_id: int, payload: Any) -> None:
         client = self.client
-        pending = client._pending
-        n = len(src)
-        pos = 0
-        with memoryview(src) as mv:
-            while n - pos >= 40:
-                magic, op, status, plen, req_id, _o, _l, _e = _unpack_from(src, pos)
-                if magic != _MAGIC or plen > _MAX_PAYLOAD:
-                    client._abort(f"malformed frame from replica: bad magic or length {plen}")
+        fut = client._pending.pop(req_id, None)
+        if fut is None:
+            client._unsolicited(op, bytes(payload))
+        elif status:
+            if not fut.done():
+                fut.set_exception(ReplicaError(status, str(payload, "utf-8", "replace")))
+        elif not fut.done():
+            fut.set_result(payload)
+
+    def _parse(self) -> None:
+        src = self.buf
+        mv = self.mv
+        pending = self.client._pending
+        pos = self.start
+        n = self.end
+        while n - pos >= 40:
+            magic, op, status, plen, req_id, _o, _l, _e = _unpack_from(src, pos)
+            if magic != _MAGIC or plen > _MAX_PAYLOAD:
+                self.client._abort(f"malformed frame from replica: bad magic or length {plen}")
+                self.start = self.end = 0
+                return
+            end = pos + 40 + plen
+            if end > n:
+                if plen >= _BIG or end - self.start > _RBUF:
+                    # receive the rest of this payload straight into its final buffer
+                    have = n - pos - 40
+                    big = bytearray(plen)
+                    big[:have] = mv[pos + 40 : n]
+                    self.big, self.big_mv, self.big_filled = big, memoryview(big), have
+                    self.big_hdr = (op, status, req_id)
+                    self.start = self.end = 0
                     return
-                end = pos + 40 + plen
-                if end > n:
-                    break
-                fut = pending.pop(req_id, None)
-                if fut is None:
-                    client._unsolicited(op, bytes(mv[pos + 40 : end]))
-                elif status:
-                    if not fut.done():
-                        msg = str(mv[pos + 40 : end], "utf-8", "replace")
-                        fut.set_exception(ReplicaError(status, msg))
-                elif not fut.done():
+                break
+            if status or req_id not in pending:
+                self._deliver(op, status, req_id, bytes(mv[pos + 40 : end]))
+            else:
+                fut = pending.pop(req_id)
+                if not fut.done():
                     fut.set_result(bytes(mv[pos + 40 : end]) if plen else b"")
-                pos = end
-        if src is rbuf:
-            del rbuf[:pos]
-        elif pos < n:
-            rbuf += src[pos:]
+            pos = end
+        if pos == n:
+            self.start = self.end = 0
+        else:
+            self.start = pos
 
 
 class ReplicaClient:
