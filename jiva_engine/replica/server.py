@@ -28,6 +28,8 @@ _MAGIC = wire.MAGIC
 _READ, _WRITE = wire.READ, wire.WRITE
 _FLAG_REBUILD = wire.FLAG_REBUILD
 _MAX_IO = wire.MAX_IO
+_RBUF = 256 * 1024  # per-connection receive buffer for small frames
+_BIG = 64 * 1024  # payloads at least this big are received straight into their own bytearray
 _QUEUE_FRAMES_MAX = 4096  # frames buffered per connection before we stop reading
 _QUEUE_BYTES_MAX = 64 << 20
 
@@ -121,6 +123,9 @@ class ReplicaServer:
         self._server: asyncio.base_events.Server | None = None
         self._tick: asyncio.Task | None = None
         self.tasks: set[asyncio.Task] = set()
+        # a connection that has not authenticated after this many seconds is closed, so idle or
+        # trickling peers cannot pile up file descriptors
+        self.auth_timeout = 10.0
         self.stopping = False
 
     async def start(self, host: str, port: int) -> None:
@@ -265,14 +270,25 @@ def _keepalive(sock: socket.socket | None) -> None:
                 pass
 
 
-class ReplicaConnection(asyncio.Protocol):
-    """One controller connection: handshake, then frames applied in order."""
+class ReplicaConnection(asyncio.BufferedProtocol):
+    """One controller connection: handshake, then frames applied in order.
+
+    Bytes are received with recv_into: small frames into one reusable buffer (plain READs and
+    WRITEs are applied straight from it), big WRITE payloads into their own bytearray.
+    """
 
     def __init__(self, server: ReplicaServer) -> None:
         self.server = server
         self.store = server.store
         self.stats = server.stats
-        self.rbuf = bytearray()  # the incomplete frame at the end of what was received
+        self.buf = bytearray(_RBUF)
+        self.mv = memoryview(self.buf)
+        self.start = 0  # received, not yet consumed: buf[start:end]
+        self.end = 0
+        self.big: bytearray | None = None  # a big payload being received in place
+        self.big_mv: memoryview | None = None
+        self.big_filled = 0
+        self.big_hdr: tuple = ()
         self.queue: collections.deque[tuple] = collections.deque()
         self.queued_bytes = 0
         self.out: list[bytes] = []
@@ -303,6 +319,13 @@ class ReplicaConnection(asyncio.Protocol):
         }
         self._reply(wire.HELLO, 0, wire.dumps(hello))
         log.debug("connection from %s", self.peer)
+        asyncio.get_running_loop().call_later(self.server.auth_timeout, self._auth_deadline)
+
+    def _auth_deadline(self) -> None:
+        if not self.authed and not self.closing and not self.transport.is_closing():
+            log.warning("%s did not authenticate within %.0fs; closing", self.peer,
+                        self.server.auth_timeout)  # fmt: skip
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -342,52 +365,73 @@ class ReplicaConnection(asyncio.Protocol):
             else:
                 self.transport.resume_reading()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.big is not None:
+            return self.big_mv[self.big_filled :]
+        if _RBUF - self.end < 4096:  # make room: move the partial frame to the front
+            n = self.end - self.start
+            part = self.mv[self.start : self.end]
+            self.buf[:n] = part if self.start >= n else bytes(part)  # no overlapping copy
+            self.start, self.end = 0, n
+        return self.mv[self.end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
         if self.closing:
             return
         try:
-            self._received(data)
+            if self.big is not None:
+                self.big_filled += nbytes
+                if self.big_filled == len(self.big):
+                    frame = (*self.big_hdr, self.big)
+                    self.big = self.big_mv = None
+                    self._enqueue([frame])
+                return
+            self.end += nbytes
+            self._received()
         except Exception as e:  # a bug must cost one connection, not the process or a traceback
             log.error("internal error serving %s: %r; closing that connection", self.peer, e)
             self.closing = True
             self.queue.clear()
             self.transport.abort()
 
-    def _received(self, data: bytes) -> None:
-        rbuf = self.rbuf
-        if rbuf:
-            rbuf += data
-            src = rbuf
-        else:
-            src = data
-        try:
-            if self.blocked or self.queue or not self.authed:
-                pos = 0
-            else:
-                pos = self._fast(src)
-            if len(src) - pos >= wire.HEADER_SIZE:
-                with memoryview(src) as mv:
-                    frames, pos = wire.split_frames(mv, pos)
-            else:
-                frames = None
-        except wire.FrameError as e:
-            self._malformed(str(e))
-            return
-        if src is rbuf:
-            del rbuf[:pos]
-        elif pos < len(src):
-            rbuf += src[pos:]
+    def _received(self) -> None:
+        with self.mv[self.start : self.end] as src:
+            n = len(src)
+            try:
+                if self.blocked or self.queue or not self.authed:
+                    pos = 0
+                else:
+                    pos = self._fast(src)
+                frames, pos = wire.split_frames(src, pos)
+                if n - pos >= wire.HEADER_SIZE:  # a partial frame: receive a big payload in place
+                    magic, op, st, plen, rid, off, ln, ep = _unpack_from(src, pos)
+                    if plen >= _BIG:
+                        big = bytearray(plen)
+                        have = n - pos - wire.HEADER_SIZE
+                        big[:have] = src[pos + wire.HEADER_SIZE :]
+                        self.big, self.big_mv, self.big_filled = big, memoryview(big), have
+                        self.big_hdr = (op, st, rid, off, ln, ep)
+                        pos = n
+            except wire.FrameError as e:
+                self._malformed(str(e))
+                return
+        self.start += pos
+        if self.start == self.end:
+            self.start = self.end = 0
         if frames:
-            q = self.queue
-            q.extend(frames)
-            self.queued_bytes += sum(len(f[6]) for f in frames)
-            if self.blocked:
-                self._premark(frames)
-                self._update_reading()
-            else:
-                self._run()
+            self._enqueue(frames)
 
-    def _fast(self, src: bytes | bytearray) -> int:
+    def _enqueue(self, frames: list[tuple]) -> None:
+        q = self.queue
+        q.extend(frames)
+        self.queued_bytes += sum(len(f[6]) for f in frames)
+        if self.blocked:
+            self._premark(frames)
+            self._update_reading()
+        else:
+            self._run()
+
+    def _fast(self, src: memoryview) -> int:
         """Apply the plain READs/WRITEs at the head of `src` without queueing or copying.
 
         Returns where it stopped: at a partial frame, or at the first frame that needs the
