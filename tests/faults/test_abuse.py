@@ -256,3 +256,49 @@ async def test_flooding_replica_is_contained(procs, tmp_path):
     finally:
         await fake.stop()
         await init.close()
+
+
+async def test_replica_drops_connections_that_never_authenticate(tmp_path):
+    """200 idle (and one trickling) unauthenticated connections are closed after auth_timeout;
+    an authenticated controller connection stays and is served meanwhile."""
+    from jiva_engine.protocol.client import ReplicaClient
+    from jiva_engine.replica.server import ReplicaServer
+    from jiva_engine.replica.store import ReplicaStore
+
+    store = ReplicaStore(tmp_path / "r", VOL, 8 * MiB)
+    srv = ReplicaServer(store, b"idle-test-secret", 0.5)
+    srv.auth_timeout = 1.5
+    await srv.start("127.0.0.1", 0)
+    conns = []
+    try:
+        good = ReplicaClient("127.0.0.1", srv.port, VOL, secret=b"idle-test-secret", timeout=3)
+        await good.connect()
+        for _ in range(200):
+            conns.append(await asyncio.open_connection("127.0.0.1", srv.port))
+        assert len(srv.conns) == 201
+        slow_w = conns[0][1]
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 3.0:  # one of them trickles bytes: no excuse
+            if not slow_w.is_closing():
+                try:
+                    slow_w.write(b"J")
+                except (ConnectionResetError, BrokenPipeError):
+                    pass
+            await asyncio.sleep(0.1)
+            await good.write(0, b"\x01" * 4096, 0)
+        closed = 0
+        for r, _w in conns:
+            try:
+                data = await asyncio.wait_for(r.read(), 2)  # HELLO, then EOF
+                closed += r.at_eof()
+                assert data[:2] == b"JV"
+            except (ConnectionResetError, BrokenPipeError):
+                closed += 1
+        assert closed == 200
+        assert len(srv.conns) == 1
+        assert await good.read(0, 4096, 0) == b"\x01" * 4096
+        await good.close()
+    finally:
+        for _r, w in conns:
+            w.close()
+        await srv.stop()
