@@ -30,11 +30,14 @@ test: debs venv lint ansible-checks
 unit: venv
 	$(PY) -m pytest -q tests/unit
 
-# Crash torture, full run (opt-in): >= 200 process faults, summary table + seed (replay: SEED=N).
-# The default `make test` runs the short version (tests/faults/test_torture.py, ~20 faults).
+# Crash torture, full run (opt-in): >= 200 faults, summary table + seed (replay: SEED=N).
+# As root the replicas run on network-namespace test hosts and host faults (crash, link down,
+# blackhole) join the process faults (HOSTS=0 to skip them). The default `make test` runs the
+# short versions (tests/faults/test_torture.py).
 FAULTS ?= 200
+HOSTS ?= $(if $(filter 0,$(shell id -u)),1,0)
 torture: venv
-	$(PY) bench/torture.py --faults $(FAULTS) $(if $(SEED),--seed $(SEED))
+	$(PY) bench/torture.py --faults $(FAULTS) $(if $(SEED),--seed $(SEED)) $(if $(filter 1,$(HOSTS)),--hosts)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
