@@ -1,6 +1,7 @@
-"""Crash torture, full run: >= 200 process faults against a 3-replica volume; prints the summary.
+"""Crash torture, full run: >= 200 faults against a 3-replica volume; prints the summary table.
 
-Usage: .venv/bin/python bench/torture.py [--faults 200] [--seed N]   (also: make torture)
+Usage: .venv/bin/python bench/torture.py [--faults 200] [--seed N] [--hosts] [--kinds K,..]
+(also: make torture)
 """
 
 from __future__ import annotations
