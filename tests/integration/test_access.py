@@ -182,6 +182,10 @@ async def test_chap_allow_list_replica_secret_token(secured, procs, tmp_path):
     # ...and none in any process log (DEBUG level), including the failed logins
     logs = [procs.log(n) for n in ("replica", "controller", "impostor")]
     assert "authentication" in logs[0].lower() or "auth" in logs[0].lower()
+    # ...nor on any process's command line or environment (secrets travel in 0600 files)
+    for p in procs.procs:
+        for what in ("cmdline", "environ"):
+            logs.append(open(f"/proc/{p.pid}/{what}", "rb").read().decode(errors="replace"))
     for name, value in SECRETS.items():
         for text in outputs + logs:
             assert value not in text, f"the {name} secret leaked"
