@@ -39,6 +39,13 @@ HOSTS ?= $(if $(filter 0,$(shell id -u)),1,0)
 torture: venv
 	$(PY) bench/torture.py --faults $(FAULTS) $(if $(SEED),--seed $(SEED)) $(if $(filter 1,$(HOSTS)),--hosts)
 
+# Performance: tgtd vs jiva (file target, 1- and 3-replica volumes) + rebuild/resync/restart
+# times; table on stdout, JSON + PNG in results/. BENCH_QUICK=1: 3 s jobs, 1 repetition.
+bench: venv
+	bash scripts/install-debs.sh
+	$(PIP) install -q -e '.[bench,fast]'
+	$(PY) bench/run.py
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
 
