@@ -457,8 +457,17 @@ class Sandbox:
                     os.rmdir(target)
                 except OSError:
                     pass
-        if self.dir.exists():
-            shutil.rmtree(self.dir, ignore_errors=True)
+        # remove what up() made (the folder may hold other things, e.g. another sandbox's folder)
+        made = [h["dir"] for h in self.state.get("hosts", [])]
+        made += [str(self.dir / n) for n in ("inventory", "cp", "ansible-home")]
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
+        for n in ("id_ed25519", "id_ed25519.pub", "authorized_keys", "ansible.cfg", "state.json"):
+            (self.dir / n).unlink(missing_ok=True)
+        try:
+            self.dir.rmdir()
+        except OSError:
+            pass
         self.state = {}
 
 
