@@ -139,3 +139,46 @@ def frozen_wheelhouse(base: Path) -> list[str]:
         timeout=300,
     )
     return ["-e", "jiva_build_wheelhouse=false", "-e", f"jiva_control_wheelhouse={out}"]
+
+
+def stop_daemons(base: Path) -> None:
+    """Stop every supervised jiva daemon whose pidfile lies under `base` (a test's folders):
+    SIGTERM the supervisors, then SIGKILL supervisors and children that are still there."""
+    import signal
+
+    def alive(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state != "Z"
+
+    pids: list[int] = []
+    for f in list(base.rglob("*.pid")) + list(base.rglob("*.pid.child")):
+        try:
+            pid = int(f.read_text().strip())
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if b"jiva" in cmd or b"supervise" in cmd:
+            pids.append(pid)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(name="local_daemons")
+def local_daemons_fixture(tmp_path):
+    """Yield tmp_path; at teardown stop every supervised daemon started under it (also on failure)."""
+    try:
+        yield tmp_path
+    finally:
+        stop_daemons(tmp_path)

@@ -13,7 +13,12 @@ from pathlib import Path
 
 import yaml
 
-from tests.sandbox import ROOT, frozen_wheelhouse, run_playbook
+from tests.sandbox import (  # noqa: F401 - local_daemons_fixture provides the fixture
+    ROOT,
+    frozen_wheelhouse,
+    local_daemons_fixture,
+    run_playbook,
+)
 
 CHAP_SECRET = "s3cret-chap-pass"
 
@@ -63,7 +68,7 @@ def controller_files(base: Path) -> tuple[Path, Path]:
     return envs[0], node / "run" / "controller-lv1.pid"
 
 
-def test_check_diff_deploy_idempotence_teardown(tmp_path):
+def test_check_diff_deploy_idempotence_teardown(tmp_path, local_daemons):
     inv = write_inventory(tmp_path)
     home = tmp_path / "ansible-home"
     cfg = ROOT / "ansible.cfg"
@@ -207,7 +212,7 @@ def run_module(tmp_path: Path, module: str, args: dict, *extra: str) -> dict:
     return json.loads(out.read_text())
 
 
-def test_replica_module_states_are_idempotent(tmp_path):
+def test_replica_module_states_are_idempotent(tmp_path, local_daemons):
     """present -> started -> stopped (check, then real) -> absent with data, each twice."""
     port = 9690
     base = {
