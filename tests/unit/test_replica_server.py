@@ -45,6 +45,17 @@ class FakeTransport:
         self.paused = False
 
 
+def recv(c: ReplicaConnection, data: bytes) -> None:
+    """Deliver bytes the way the transport does: recv_into get_buffer(), then buffer_updated()."""
+    pos = 0
+    while pos < len(data) and not c.closing:
+        buf = c.get_buffer(-1)
+        n = min(len(buf), len(data) - pos)
+        buf[:n] = data[pos : pos + n]
+        c.buffer_updated(n)
+        pos += n
+
+
 @pytest.fixture
 async def conn(tmp_path):
     store = ReplicaStore(tmp_path / "r", "v", 64 * MiB)
@@ -53,7 +64,7 @@ async def conn(tmp_path):
     t = FakeTransport()
     c.connection_made(t)
     auth = {"volume": "v", "mac": "", "cnonce": "00"}
-    c.data_received(wire.encode(wire.AUTH, 1, wire.dumps(auth)))
+    recv(c, wire.encode(wire.AUTH, 1, wire.dumps(auth)))
     await asyncio.sleep(0)
     assert c.authed
     yield c, t, store
@@ -75,9 +86,9 @@ def w(rid: int, off: int, data: bytes, flags: int = 0) -> bytes:
 async def test_writes_arriving_while_blocked_do_not_overtake(conn):
     c, t, store = conn
     store.write(0, b"\0" * 512)  # region 0 already dirty: its writes take the fast path
-    c.data_received(w(10, 5 * MiB, b"a" * 512) + w(11, 0, b"1" * 512))
+    recv(c, w(10, 5 * MiB, b"a" * 512) + w(11, 0, b"1" * 512))
     assert c.blocked  # waiting for the dirty-map write of region 5
-    c.data_received(w(12, 0, b"2" * 512))  # fast-able, but must queue behind 11
+    recv(c, w(12, 0, b"2" * 512))  # fast-able, but must queue behind 11
     await settle(c)
     assert store.pread(0, 512) == b"2" * 512
     assert store.pread(5 * MiB, 512) == b"a" * 512
@@ -91,7 +102,7 @@ async def test_frames_split_at_every_byte_boundary(conn):
     stream = b"".join(w(100 + i, i * 4096, bytes([i]) * 4096) for i in range(20))
     stream += wire.encode(wire.READ, 200, offset=4096, length=4096)
     for i in range(0, len(stream), 7):
-        c.data_received(stream[i : i + 7])
+        recv(c, stream[i : i + 7])
     await settle(c)
     for i in range(20):
         assert store.pread(i * 4096, 4096) == bytes([i]) * 4096
@@ -105,7 +116,7 @@ async def test_one_dirty_map_write_covers_a_batch_of_fresh_regions(conn, monkeyp
     calls = []
     real = store.write_bitmaps
     monkeypatch.setattr(store, "write_bitmaps", lambda snap: (calls.append(1), real(snap)))
-    c.data_received(b"".join(w(i, i * MiB, b"x" * 512) for i in range(1, 40)))
+    recv(c, b"".join(w(i, i * MiB, b"x" * 512) for i in range(1, 40)))
     await settle(c)
     assert store.dirty == set(range(1, 40))
     assert len(calls) == 1
@@ -118,7 +129,7 @@ async def test_fua_writes_share_fdatasyncs(conn, monkeypatch):
     syncs = []
     real = store.datasync
     monkeypatch.setattr(store, "datasync", lambda: (syncs.append(1), real()))
-    c.data_received(b"".join(w(i, i * 512, b"f" * 512, wire.FLAG_FUA) for i in range(1, 65)))
+    recv(c, b"".join(w(i, i * 512, b"f" * 512, wire.FLAG_FUA) for i in range(1, 65)))
     await settle(c)
     acks = [f for f in t.frames if f[0] == wire.WRITE]
     assert len(acks) == 64 and all(f[1] == wire.OK for f in acks)
@@ -135,11 +146,11 @@ async def test_queue_is_bounded_by_pausing_reads(conn, monkeypatch):
         await real_job()
 
     monkeypatch.setattr(c.server.persist, "job", slow_persist)
-    c.data_received(w(1, 9 * MiB, b"x" * 512))  # blocks on the (held) dirty-map write
+    recv(c, w(1, 9 * MiB, b"x" * 512))  # blocks on the (held) dirty-map write
     assert c.blocked
     chunk = b"".join(w(i, 0, b"y" * 4096) for i in range(2, 600))
     for _ in range(40):
-        c.data_received(chunk)
+        recv(c, chunk)
     assert t.paused  # stopped reading instead of buffering without limit
     gate.set()
     await settle(c, 200)
@@ -150,7 +161,7 @@ async def test_queue_is_bounded_by_pausing_reads(conn, monkeypatch):
 async def test_bad_json_control_frame_closes_and_stops_processing(conn):
     c, t, store = conn
     store.write(0, b"\0" * 512)
-    c.data_received(wire.encode(wire.SET_META, 5, b"{bad") + w(6, 0, b"z" * 512))
+    recv(c, wire.encode(wire.SET_META, 5, b"{bad") + w(6, 0, b"z" * 512))
     await settle(c)
     assert t.closed
     assert store.pread(0, 512) == b"\0" * 512  # the write after the bad frame never ran
@@ -173,3 +184,36 @@ async def test_accepted_connections_use_tcp_keepalive(tmp_path):
         writer.close()
     finally:
         await server.stop()
+
+
+async def test_big_and_small_writes_with_random_receive_sizes(conn):
+    import random
+
+    c, t, store = conn
+    rnd = random.Random(9)
+    expect = {}
+    stream = b""
+    for i in range(40):
+        size = rnd.choice([512, 4096, 65536, 65536 + 512, 300 * 1024, MiB])
+        off = rnd.randrange(0, (60 * MiB - size) // 512) * 512
+        data = rnd.randbytes(size)
+        stream += w(1000 + i, off, data)
+        expect[i] = (off, data)
+    pos = 0
+    while pos < len(stream):
+        n = rnd.choice([1, 39, 40, 41, 4096, 70000, 262144, 1 << 20])
+        recv(c, stream[pos : pos + n])
+        pos += n
+    await settle(c, 300)
+    acks = [f for f in t.frames if f[0] == wire.WRITE]
+    assert [f[2] for f in acks] == [1000 + i for i in range(40)]
+    assert all(f[1] == wire.OK for f in acks)
+    final = bytearray(store.pread(0, 60 * MiB))
+    model = bytearray(60 * MiB)
+    for i in range(40):
+        off, data = expect[i]
+        model[off : off + len(data)] = data
+    for i in range(40):  # every written range holds what the last write to it put there
+        off, data = expect[i]
+        assert final[off : off + len(data)] == model[off : off + len(data)]
+    assert c.big is None and c.start == c.end == 0
