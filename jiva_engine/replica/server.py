@@ -406,6 +406,8 @@ class ReplicaConnection(asyncio.BufferedProtocol):
                 if n - pos >= wire.HEADER_SIZE:  # a partial frame: receive a big payload in place
                     magic, op, st, plen, rid, off, ln, ep = _unpack_from(src, pos)
                     if plen >= _BIG:
+                        if not self.authed:  # no big allocations for strangers
+                            raise wire.FrameError(f"{plen}-byte payload before authentication")
                         big = bytearray(plen)
                         have = n - pos - wire.HEADER_SIZE
                         big[:have] = src[pos + wire.HEADER_SIZE :]

@@ -217,3 +217,14 @@ async def test_big_and_small_writes_with_random_receive_sizes(conn):
         off, data = expect[i]
         assert final[off : off + len(data)] == model[off : off + len(data)]
     assert c.big is None and c.start == c.end == 0
+
+
+async def test_no_big_buffer_for_an_unauthenticated_peer(tmp_path):
+    store = ReplicaStore(tmp_path / "r", "v", 64 * MiB)
+    c = ReplicaConnection(ReplicaServer(store, None, 60))
+    t = FakeTransport()
+    c.connection_made(t)
+    hdr = wire.pack_header(wire.WRITE, 1, payload_len=wire.MAX_IO, offset=0)
+    recv(c, hdr + b"x" * 1000)
+    assert t.closed and c.big is None
+    store.close()
