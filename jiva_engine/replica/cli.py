@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
 from jiva_engine.protocol.auth import read_secret_file
 from jiva_engine.replica.server import ReplicaServer
 from jiva_engine.replica.store import ReplicaStore, StoreError
-from jiva_engine.util import parse_hostport, parse_size
+from jiva_engine.util import parse_hostport, parse_size, run_loop
 
 log = logging.getLogger("jiva.replica")
 
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(e))
     except OSError as e:
         return _fail(f"cannot open {args.dir}: {e}")
-    return asyncio.run(_serve(store, host, port, secret, args.sync_interval))
+    return run_loop(_serve(store, host, port, secret, args.sync_interval))
 
 
 async def _serve(
@@ -71,7 +72,7 @@ async def _serve(
         await server.start(host, port)
     except OSError as e:
         store.close(clean=True)
-        return _fail(f"cannot listen on {host}:{port}: {e.strerror or e}")
+        return _fail(f"cannot listen on {host}:{port}: {os.strerror(e.errno) if e.errno else e}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

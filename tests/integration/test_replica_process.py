@@ -665,3 +665,19 @@ async def test_reads_not_in_page_cache_are_served_from_a_thread(replica):
     assert await c.read(0, 65536, 0) == data[:65536]  # now cached: answered inline
     assert (await c.info())["stats"]["reads_offloaded"] == st["reads_offloaded"]
     await c.close()
+
+
+def test_port_in_use_is_a_one_line_error(replica, tmp_path):
+    out = subprocess.run(
+        REPLICA
+        + ["--volume", "vol1", "--size", "64M", "--dir", str(tmp_path / "other")]
+        + ["--listen", f"127.0.0.1:{replica.port}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].endswith(f"cannot listen on 127.0.0.1:{replica.port}: Address already in use")
+    assert "Traceback" not in out.stderr
