@@ -1,0 +1,290 @@
+# -*- coding: utf-8 -*-
+# Copyright: jiva-py contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+"""Health and failover logic for jiva volumes: host probes, the health view, the failover plan.
+
+Pure functions plus small standard-library probes (TCP connect, GET /v1/volume), shared by the
+volume_health and failover_plan modules and the unit tests. No Ansible imports.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import hashlib
+import socket
+import time
+
+from ansible_collections.jiva.storage.plugins.module_utils.jiva_api import ApiError, get_json
+
+UNREACHABLE = "unreachable"
+
+
+def tcp_probe(host, port, timeout):
+    """Return None when a TCP connection to HOST:PORT opens within `timeout` s, else the reason."""
+    try:
+        sock = socket.create_connection((host, int(port)), timeout=timeout)
+    except (socket.timeout, OSError) as exc:
+        return str(exc) or exc.__class__.__name__
+    sock.close()
+    return None
+
+
+def probe_hosts(nodes, timeout=1.0, attempts=2, pause=0.3):
+    """{name: None | reason}: a host is unreachable when its SSH port fails `attempts` times.
+
+    Each node is {name, address, ssh_host, ssh_port}; ssh_host defaults to address. Only hosts that
+    fail the first round are retried, so a healthy cluster costs one round of connects.
+    """
+    result = {}
+    pending = list(nodes)
+    for attempt in range(max(1, attempts)):
+        failed = []
+        for node in pending:
+            why = tcp_probe(node.get("ssh_host") or node["address"], node.get("ssh_port") or 22, timeout)
+            result[node["name"]] = why
+            if why is not None:
+                failed.append(node)
+        pending = failed
+        if not pending:
+            break
+        if attempt + 1 < attempts:
+            time.sleep(pause)
+    return result
+
+
+def read_volume(api, token=None, timeout=2.0):
+    """(status document, None) from GET /v1/volume, or (None, reason)."""
+    try:
+        return get_json(api, "/v1/volume", token=token, timeout=timeout), None
+    except ApiError as exc:
+        return None, str(exc)
+
+
+def _host_of(address, by_address):
+    host = address.rsplit(":", 1)[0].strip("[]")
+    return by_address.get(host, host)
+
+
+def volume_health(vol, doc, api_error, hosts_down, node_address, controller_host):
+    """One health row (a dict) for a volume from its status document and the host probes.
+
+    `vol` is a placed volume (name, portal, api, replica_nodes, replica_addresses), `doc` the
+    status JSON or None, `hosts_down` {host: reason} of unreachable hosts, `node_address`
+    {host: address}, `controller_host` where the controller is believed to run.
+    """
+    by_address = dict((a, n) for n, a in node_address.items())
+    replicas = []
+    seen = set()
+    if doc is not None:
+        for r in doc.get("replicas") or []:
+            host = _host_of(r.get("address", ""), by_address)
+            seen.add(r.get("address"))
+            mode = r.get("mode") or "?"
+            if host in hosts_down and mode != "RW":
+                mode = UNREACHABLE
+            rb = r.get("rebuild") or None
+            progress = None
+            if rb and rb.get("total"):
+                progress = int(100 * int(rb.get("done") or 0) // int(rb["total"]))
+            replicas.append({"host": host, "address": r.get("address"), "mode": mode,
+                             "rebuild_percent": progress, "epoch": r.get("epoch"),
+                             "last_error": r.get("last_error"), "last_rebuild": r.get("last_rebuild")})
+    for host, addr in zip(vol.get("replica_nodes") or [], vol.get("replica_addresses") or []):
+        if doc is not None or addr in seen:
+            continue  # the controller's own list is the truth when it answers
+        replicas.append({"host": host, "address": addr,
+                         "mode": UNREACHABLE if host in hosts_down else ("unknown" if doc is None else "missing"),
+                         "rebuild_percent": None, "epoch": None, "last_error": None, "last_rebuild": None})
+    if doc is None:
+        state = UNREACHABLE
+        degraded = True
+    else:
+        state = doc.get("state") or "?"
+        degraded = bool(doc.get("degraded")) or any(r["mode"] != "RW" for r in replicas)
+    return {
+        "volume": vol["name"],
+        "controller_host": controller_host,
+        "controller_host_reachable": controller_host not in hosts_down,
+        "portal": vol.get("portal"),
+        "api": vol.get("api"),
+        "state": state,
+        "reason": (doc or {}).get("reason") or api_error or "",
+        "epoch": (doc or {}).get("epoch"),
+        "replicas": replicas,
+        "degraded": degraded,
+    }
+
+
+def health_table_rows(rows):
+    """Table rows (lists) for tabulate: one line per volume, replicas as host:MODE[ pct%]."""
+    out = []
+    for h in rows:
+        cells = []
+        for r in h["replicas"]:
+            cell = "%s:%s" % (r["host"], r["mode"])
+            if r.get("rebuild_percent") is not None:
+                cell += " %d%%" % r["rebuild_percent"]
+            cells.append(cell)
+        ctl = h["controller_host"] or "?"
+        if not h.get("controller_host_reachable", True):
+            ctl += " (unreachable)"
+        out.append([h["volume"], ctl, h["portal"], h["state"], h["epoch"] if h["epoch"] is not None else "",
+                    ", ".join(cells), "yes" if h["degraded"] else "no"])
+    return out
+
+
+HEALTH_HEADERS = ["volume", "controller", "portal", "state", "epoch", "replicas", "degraded"]
+
+
+def _score(volume, node, salt):
+    return int(hashlib.sha256(("%s|%s|%s" % (salt, volume, node)).encode("utf-8")).hexdigest(), 16)
+
+
+def current_layout(vol, node_state, ha_state, hosts_down, doc, node_address):
+    """(controller host, replica hosts) where the volume really runs now.
+
+    Controller: a reachable host whose controller service for the volume runs (or is configured);
+    else the state file; else the placement. Replicas: the controller's replica list (addresses
+    mapped to hosts) when the API answered; else the state file; else the placement.
+    """
+    name = vol["name"]
+    saved = (ha_state or {}).get(name) or {}
+    by_address = dict((a, n) for n, a in node_address.items())
+    ctl = saved.get("controller")
+    running = [h for h, st in sorted(node_state.items())
+               if h not in hosts_down and name in (st.get("controllers_running") or [])]
+    configured = [h for h, st in sorted(node_state.items())
+                  if h not in hosts_down and name in (st.get("controllers") or [])]
+    if ctl is None or (ctl not in hosts_down and ctl not in configured):
+        if len(running) == 1:
+            ctl = running[0]
+        elif len(configured) == 1:
+            ctl = configured[0]
+        elif ctl is None:
+            ctl = vol.get("controller")
+    replicas = None
+    if doc is not None and doc.get("replicas"):
+        replicas = [_host_of(r["address"], by_address) for r in doc["replicas"]]
+        replicas = [h for h in replicas if h in node_address]
+    if not replicas:
+        replicas = saved.get("replicas") or list(vol.get("replica_nodes") or [])
+    return ctl, replicas
+
+
+def pick_host(volume, candidates, avoid, salt="controller"):
+    """The candidate (not in `avoid`) with the highest rendezvous weight, preferring hosts not in
+    `avoid`; None when there is none."""
+    pool = [h for h in candidates if h not in avoid]
+    if not pool:
+        return None
+    return max(pool, key=lambda h: _score(volume, h, salt))
+
+
+def plan(volumes, nodes, node_state, hosts_down, docs, ha_state, relocate=False):
+    """The failover plan: what was found and what to do, per volume, plus the new placement.
+
+    volumes   placed volumes (jiva.storage.placement output)
+    nodes     [{name, address, eligible}]
+    node_state {host: {controllers: [vol], controllers_running: [vol], replicas: [vol],
+               replicas_running: [vol], replica_data: [vol], portals: [address]}} of reachable hosts
+    hosts_down {host: reason} hosts whose SSH port did not answer
+    docs      {volume: status document or None}
+    ha_state  {volume: {controller, replicas}} from the previous run
+    relocate  move replicas whose host is unreachable to another eligible host (full rebuild)
+
+    Returns {"volumes": [...placement with controller/replica_nodes/replica_addresses updated],
+    "actions": [{host, action, volume, why}], "report": [{volume, found, did}], "state": {...}}.
+    """
+    node_address = dict((n["name"], n["address"]) for n in nodes)
+    eligible = [n["name"] for n in nodes if n.get("eligible", True)]
+    live = [h for h in eligible if h not in hosts_down and h in node_state]
+    actions = []
+    report = []
+    new_state = {}
+    out_vols = []
+    for vol in volumes:
+        name = vol["name"]
+        doc = docs.get(name)
+        found, did = [], []
+        ctl, replicas = current_layout(vol, node_state, ha_state, hosts_down, doc, node_address)
+        vol = dict(vol)
+        # ---- controller -------------------------------------------------------------------
+        if ctl in hosts_down:
+            if doc is not None and doc.get("state") == "serving":
+                found.append("controller host %s: SSH unreachable but the volume's API answers" % ctl)
+                did.append("nothing: the controller still serves (only the management path is down)")
+            else:
+                new = pick_host(name, live, set([ctl]) | set(replicas)) or pick_host(name, live, set([ctl]))
+                if new is None:
+                    found.append("controller host %s unreachable" % ctl)
+                    did.append("nothing: no other eligible live host to run the controller")
+                else:
+                    found.append("controller host %s unreachable (%s)" % (ctl, hosts_down[ctl]))
+                    did.append("started the controller on %s, moved portal %s there; %s is fenced "
+                               "(epoch bump, portal dropped when it returns)" % (new, vol.get("portal_host"), ctl))
+                    actions.append({"host": new, "action": "start_controller", "volume": name,
+                                    "why": "controller host %s unreachable" % ctl})
+                    ctl = new
+        elif ctl is not None:
+            st = node_state.get(ctl) or {}
+            if name not in (st.get("controllers_running") or []):
+                found.append("controller on %s not running (host up)" % ctl)
+                did.append("started the controller again on %s" % ctl)
+                actions.append({"host": ctl, "action": "start_controller", "volume": name,
+                                "why": "controller process dead, host up"})
+            elif doc is None:
+                found.append("controller on %s: supervisor up, API not answering" % ctl)
+                did.append("nothing: the supervisor restarts it")
+        for h, st in sorted(node_state.items()):
+            if h == ctl or h in hosts_down:
+                continue
+            stale = name in (st.get("controllers") or []) or name in (st.get("controllers_running") or [])
+            portal = vol.get("portal_host") in (st.get("portals") or [])
+            if stale or portal:
+                found.append("stale controller%s on %s" % (" and portal address" if portal else "", h))
+                did.append("stopped it and dropped the portal on %s" % h)
+                actions.append({"host": h, "action": "fence_controller", "volume": name,
+                                "why": "the controller of %s runs on %s" % (name, ctl)})
+        # ---- replicas ---------------------------------------------------------------------
+        new_replicas = []
+        for h in replicas:
+            if h in hosts_down:
+                if relocate:
+                    target = pick_host(name, live, set(replicas) | set(new_replicas), "replica")
+                    if target is not None:
+                        found.append("replica host %s unreachable" % h)
+                        did.append("relocated the replica to %s (full rebuild)" % target)
+                        actions.append({"host": target, "action": "start_replica", "volume": name,
+                                        "why": "relocated from unreachable %s" % h, "replaces": h})
+                        new_replicas.append(target)
+                        continue
+                found.append("replica host %s unreachable" % h)
+                did.append("nothing: the replica stays with its disk; it catches up when %s returns" % h)
+                new_replicas.append(h)
+                continue
+            st = node_state.get(h)
+            if st is None:
+                new_replicas.append(h)
+                continue
+            if name not in (st.get("replicas_running") or []):
+                gone = name not in (st.get("replica_data") or [])
+                found.append("replica on %s not running%s (host up)" % (h, ", its data is gone" if gone else ""))
+                did.append("started it again on %s (%s)" % (h, "full rebuild" if gone else "catches up on what it missed"))
+                actions.append({"host": h, "action": "start_replica", "volume": name,
+                                "why": "replica process dead, host up"})
+            new_replicas.append(h)
+        port = vol.get("replica_port")
+        vol["controller"] = ctl
+        vol["replica_nodes"] = new_replicas
+        if port is not None:
+            vol["replica_addresses"] = ["%s:%s" % (node_address[h], port) for h in new_replicas]
+        out_vols.append(vol)
+        if not found:
+            found.append("healthy" if doc is not None and not doc.get("degraded") else
+                         "degraded: %s" % ((doc or {}).get("reason") or "replicas rebuilding"))
+            did.append("nothing")
+        report.append({"volume": name, "controller": ctl, "found": found, "did": did})
+        new_state[name] = {"controller": ctl, "replicas": new_replicas, "api": vol.get("api")}
+    hosts = sorted(set(a["host"] for a in actions))
+    return {"volumes": out_vols, "actions": actions, "report": report, "state": new_state, "act_on": hosts}

@@ -1,0 +1,156 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: jiva-py contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+"""Ansible module: decide what the failover play must do for every jiva volume (and why)."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: failover_plan
+short_description: Plan the repair of jiva volumes after process or host failures
+version_added: "0.1.0"
+description:
+  - From the placed volumes, the probed hosts, each reachable host's services (M(jiva.storage.node_state))
+    and each volume's live status, decides per volume what was found and what to do - restart a
+    dead controller on its host, start the controller on another live eligible host when its host
+    is unreachable (the portal address moves with it), fence stale controllers and portal
+    addresses on hosts that came back, restart dead replicas (they catch up), and, only when
+    O(relocate_replicas=true), place a replica whose host is unreachable on another eligible host
+    (full rebuild).
+  - A replica whose host is unreachable is not moved by default - it is tied to its disk.
+  - Pure computation on the control node; it changes nothing.
+author:
+  - jiva-py contributors (@jiva-py)
+options:
+  volumes:
+    description: The placed volumes (M(jiva.storage.placement) output).
+    type: list
+    elements: dict
+    required: true
+  nodes:
+    description: The storage hosts - C(name), C(address), C(eligible).
+    type: list
+    elements: dict
+    required: true
+  node_state:
+    description: M(jiva.storage.node_state) results by host, for the reachable hosts.
+    type: dict
+    default: {}
+  hosts_down:
+    description: Unreachable hosts with the reason (M(jiva.storage.volume_health) RV(hosts_down)).
+    type: dict
+    default: {}
+  docs:
+    description: Status documents by volume (M(jiva.storage.volume_health) RV(docs)).
+    type: dict
+    default: {}
+  state_file:
+    description: Where the previous run recorded each volume's controller and replica hosts.
+    type: path
+  relocate_replicas:
+    description: Move replicas of unreachable hosts to other eligible hosts (full rebuild).
+    type: bool
+    default: false
+attributes:
+  check_mode:
+    support: full
+    description: Changes nothing in any mode.
+  diff_mode:
+    support: none
+    description: Nothing changes.
+"""
+
+EXAMPLES = r"""
+- name: Plan
+  jiva.storage.failover_plan:
+    volumes: "{{ jiva_validated.volumes }}"
+    nodes: "{{ jiva_node_list }}"
+    node_state: "{{ jiva_node_states }}"
+    hosts_down: "{{ jiva_health.hosts_down }}"
+    docs: "{{ jiva_health.docs }}"
+    state_file: /var/lib/jiva-ha/state.json
+  register: jiva_plan
+"""
+
+RETURN = r"""
+volumes:
+  description: The volumes with C(controller), C(replica_nodes) and C(replica_addresses) as they should be.
+  returned: always
+  type: list
+  elements: dict
+actions:
+  description: What to do, as C({host, action, volume, why}); action is start_controller,
+    fence_controller or start_replica (with C(replaces) for a relocation).
+  returned: always
+  type: list
+  elements: dict
+act_on:
+  description: Hosts that have something to do.
+  returned: always
+  type: list
+  elements: str
+report:
+  description: Per volume, what was found and what is done.
+  returned: always
+  type: list
+  elements: dict
+report_table:
+  description: The report as a text table (volume, controller, found, did).
+  returned: always
+  type: str
+state:
+  description: The new state to record (controller and replica hosts per volume).
+  returned: always
+  type: dict
+"""
+
+import json
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.jiva.storage.plugins.module_utils.jiva_ha import plan
+
+try:
+    from tabulate import tabulate
+except ImportError:  # pragma: no cover - plain fallback
+    tabulate = None
+
+
+def main():
+    """Run the module."""
+    module = AnsibleModule(
+        argument_spec=dict(
+            volumes=dict(type="list", elements="dict", required=True),
+            nodes=dict(type="list", elements="dict", required=True),
+            node_state=dict(type="dict", default={}),
+            hosts_down=dict(type="dict", default={}),
+            docs=dict(type="dict", default={}),
+            state_file=dict(type="path"),
+            relocate_replicas=dict(type="bool", default=False),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    saved = {}
+    if p["state_file"] and os.path.exists(p["state_file"]):
+        try:
+            with open(p["state_file"]) as f:
+                saved = json.load(f).get("volumes", {})
+        except (IOError, OSError, ValueError) as exc:
+            module.fail_json(msg="cannot read the failover state file %s: %s" % (p["state_file"], exc))
+    result = plan(p["volumes"], p["nodes"], p["node_state"], p["hosts_down"], p["docs"], saved,
+                  relocate=p["relocate_replicas"])
+    rows = [[r["volume"], r["controller"], "; ".join(r["found"]), "; ".join(r["did"])] for r in result["report"]]
+    if tabulate is not None:
+        result["report_table"] = tabulate(rows, headers=["volume", "controller", "found", "did"])
+    else:  # pragma: no cover
+        result["report_table"] = "\n".join(" | ".join(str(c) for c in r) for r in rows)
+    module.exit_json(changed=False, **result)
+
+
+if __name__ == "__main__":
+    main()

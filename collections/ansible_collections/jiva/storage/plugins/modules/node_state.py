@@ -1,0 +1,194 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: jiva-py contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+"""Ansible module: report which jiva services a host has configured and running (for failover)."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: node_state
+short_description: Report the jiva controllers, replicas and portal addresses of one host
+version_added: "0.1.0"
+description:
+  - Lists the controller and replica services configured on the host (C(CONFIG_DIR/KIND-VOL.env)),
+    which of them have a live supervisor (daemon manager) or an active unit (systemd), which
+    volumes have replica data (C(DATA_DIR/VOL/meta.json)) and which addresses the portal interface
+    holds. The failover play uses it to tell a dead process from a dead host.
+  - Read-only.
+author:
+  - jiva-py contributors (@jiva-py)
+options:
+  config_dir:
+    description: Directory of the service config files.
+    type: path
+    default: /etc/jiva
+  run_dir:
+    description: Directory of the supervisors' pidfiles.
+    type: path
+    default: /run/jiva
+  data_dir:
+    description: Directory holding one replica data folder per volume.
+    type: path
+    default: /var/lib/jiva
+  interface:
+    description: Interface that carries floating portal addresses (empty = do not look).
+    type: str
+    default: ""
+  service_manager:
+    description: C(systemd), C(daemon) or C(auto).
+    type: str
+    choices: [auto, systemd, daemon]
+    default: auto
+attributes:
+  check_mode:
+    support: full
+    description: Changes nothing.
+  diff_mode:
+    support: none
+    description: Nothing changes.
+"""
+
+EXAMPLES = r"""
+- name: What runs here
+  jiva.storage.node_state:
+    interface: eth0
+  register: jiva_node
+"""
+
+RETURN = r"""
+controllers:
+  description: Volumes with a controller config on this host.
+  returned: always
+  type: list
+  elements: str
+  sample: [db]
+controllers_running:
+  description: Volumes whose controller service is up (supervisor alive or unit active).
+  returned: always
+  type: list
+  elements: str
+  sample: [db]
+replicas:
+  description: Volumes with a replica config on this host.
+  returned: always
+  type: list
+  elements: str
+  sample: [db]
+replicas_running:
+  description: Volumes whose replica service is up.
+  returned: always
+  type: list
+  elements: str
+  sample: [db]
+replica_data:
+  description: Volumes with replica data (meta.json) on this host.
+  returned: always
+  type: list
+  elements: str
+  sample: [db]
+portals:
+  description: IPv4 addresses on the portal interface.
+  returned: always
+  type: list
+  elements: str
+  sample: [10.0.0.11, 10.0.0.100]
+service_manager:
+  description: The service manager in use (C(systemd) or C(daemon)).
+  returned: always
+  type: str
+  sample: daemon
+revision:
+  description: Engine revision recorded in the service configs (empty when none).
+  returned: always
+  type: str
+  sample: 3f2a...
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+
+def _alive(pidfile):
+    try:
+        with open(pidfile) as f:
+            pid = int(f.read().strip())
+        with open("/proc/%d/stat" % pid) as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            cmdline = f.read()
+    except (IOError, OSError, ValueError, IndexError):
+        return False
+    return state != "Z" and pidfile.encode() in cmdline
+
+
+def main():
+    """Run the module."""
+    module = AnsibleModule(
+        argument_spec=dict(
+            config_dir=dict(type="path", default="/etc/jiva"),
+            run_dir=dict(type="path", default="/run/jiva"),
+            data_dir=dict(type="path", default="/var/lib/jiva"),
+            interface=dict(type="str", default=""),
+            service_manager=dict(type="str", default="auto", choices=["auto", "systemd", "daemon"]),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    manager = p["service_manager"]
+    if manager == "auto":
+        manager = "systemd" if os.path.isdir("/run/systemd/system") else "daemon"
+    out = dict(controllers=[], controllers_running=[], replicas=[], replicas_running=[], replica_data=[],
+               portals=[], revision="", service_manager=manager)
+    try:
+        names = sorted(os.listdir(p["config_dir"]))
+    except OSError:
+        names = []
+    for fname in names:
+        if not fname.endswith(".env") or "-" not in fname:
+            continue
+        kind, _sep, vol = fname[:-4].partition("-")
+        if kind not in ("controller", "replica"):
+            continue
+        out[kind + "s"].append(vol)
+        if not out["revision"]:
+            try:
+                with open(os.path.join(p["config_dir"], fname)) as f:
+                    for line in f:
+                        if line.startswith("# engine revision: "):
+                            rev = line.split(":", 1)[1].strip()
+                            out["revision"] = "" if rev == "unknown" else rev
+            except (IOError, OSError):
+                pass
+    for kind in ("controller", "replica"):
+        for vol in out[kind + "s"]:
+            name = "%s-%s" % (kind, vol)
+            if manager == "systemd":
+                rc, _o, _e = module.run_command(["systemctl", "is-active", "--quiet", "jiva@%s.service" % name])
+                up = rc == 0
+            else:
+                up = _alive(os.path.join(p["run_dir"], name + ".pid"))
+            if up:
+                out[kind + "s_running"].append(vol)
+    try:
+        for vol in sorted(os.listdir(p["data_dir"])):
+            if os.path.exists(os.path.join(p["data_dir"], vol, "meta.json")):
+                out["replica_data"].append(vol)
+    except OSError:
+        pass
+    if p["interface"]:
+        rc, stdout, _err = module.run_command(["ip", "-o", "-4", "addr", "show", "dev", p["interface"]])
+        if rc == 0:
+            for line in stdout.splitlines():
+                words = line.split()
+                if "inet" in words:
+                    out["portals"].append(words[words.index("inet") + 1].split("/")[0])
+    module.exit_json(changed=False, **out)
+
+
+if __name__ == "__main__":
+    main()

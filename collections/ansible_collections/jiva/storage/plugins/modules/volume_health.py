@@ -1,0 +1,197 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: jiva-py contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+"""Ansible module: the live health of every jiva volume from its management API, as rows, a table and JSON."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: volume_health
+short_description: Live health of jiva volumes (controller, replicas, rebuild progress, degraded)
+version_added: "0.1.0"
+description:
+  - For every volume, reads C(GET /v1/volume) from its controller's management API and probes the
+    storage hosts (a TCP connect to their SSH port), then returns one row per volume - the
+    controller host and portal, state, epoch, each replica's host and mode (C(RW), C(WO),
+    C(ERR), C(unreachable)), rebuild progress and a degraded flag - as data, as a text table
+    (tabulate) and optionally as a JSON file.
+  - Runs on the control node with the Python standard library (plus tabulate for the table).
+  - Fails only when O(fail_on_degraded=true) and a volume is degraded or not serving.
+author:
+  - jiva-py contributors (@jiva-py)
+options:
+  volumes:
+    description: The placed volumes (the C(volumes) result of M(jiva.storage.placement)).
+    type: list
+    elements: dict
+    required: true
+  nodes:
+    description: The storage hosts - C(name), C(address), and C(ssh_host)/C(ssh_port) for the probe.
+    type: list
+    elements: dict
+    required: true
+  state_file:
+    description: The failover state file (where each controller runs now); optional.
+    type: path
+  token:
+    description: Bearer token of the management API.
+    type: str
+  timeout:
+    description: Seconds to wait for each API answer and each host probe.
+    type: float
+    default: 2.0
+  probe_hosts:
+    description: Probe the hosts' SSH ports to mark replicas on dead hosts C(unreachable).
+    type: bool
+    default: true
+  json_file:
+    description: Write the rows as JSON to this file on the control node.
+    type: path
+  fail_on_degraded:
+    description: Fail when any volume is degraded or not serving.
+    type: bool
+    default: false
+attributes:
+  check_mode:
+    support: full
+    description: Reads only (the JSON file is written in check mode too, it is a report).
+  diff_mode:
+    support: none
+    description: Nothing changes.
+"""
+
+EXAMPLES = r"""
+- name: Health of every volume
+  jiva.storage.volume_health:
+    volumes: "{{ jiva_validated.volumes }}"
+    nodes: "{{ jiva_node_list }}"
+    json_file: /tmp/jiva-health.json
+  register: jiva_health
+"""
+
+RETURN = r"""
+volumes:
+  description: One row per volume.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - volume: db
+      controller_host: node2
+      controller_host_reachable: true
+      portal: "10.0.0.100:3260"
+      api: "10.0.0.100:9800"
+      state: serving
+      reason: ""
+      epoch: 4
+      degraded: true
+      replicas:
+        - {host: node1, address: "10.0.0.1:9700", mode: RW, rebuild_percent: null}
+        - {host: node3, address: "10.0.0.3:9700", mode: WO, rebuild_percent: 42}
+table:
+  description: The rows as a text table.
+  returned: always
+  type: str
+degraded:
+  description: Names of the volumes that are degraded or not serving.
+  returned: always
+  type: list
+  elements: str
+hosts_down:
+  description: Hosts whose SSH port did not answer, with the reason.
+  returned: always
+  type: dict
+docs:
+  description: The raw status documents by volume (null when the API did not answer).
+  returned: always
+  type: dict
+"""
+
+import json
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.jiva.storage.plugins.module_utils.jiva_ha import (
+    HEALTH_HEADERS,
+    health_table_rows,
+    probe_hosts,
+    read_volume,
+    volume_health,
+)
+
+try:
+    from tabulate import tabulate
+except ImportError:  # pragma: no cover - plain fallback below
+    tabulate = None
+
+
+def load_state(path):
+    """The failover state file as a dict ({} when missing or unreadable)."""
+    if not path or not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            return json.load(f).get("volumes", {})
+    except (IOError, OSError, ValueError):
+        return {}
+
+
+def render(rows):
+    """Text table of the rows (tabulate when available)."""
+    table = health_table_rows(rows)
+    if tabulate is not None:
+        return tabulate(table, headers=HEALTH_HEADERS)
+    return "\n".join(" | ".join(str(c) for c in r) for r in [HEALTH_HEADERS] + table)
+
+
+def main():
+    """Run the module."""
+    module = AnsibleModule(
+        argument_spec=dict(
+            volumes=dict(type="list", elements="dict", required=True),
+            nodes=dict(type="list", elements="dict", required=True),
+            state_file=dict(type="path"),
+            token=dict(type="str", no_log=True),
+            timeout=dict(type="float", default=2.0),
+            probe_hosts=dict(type="bool", default=True),
+            json_file=dict(type="path"),
+            fail_on_degraded=dict(type="bool", default=False),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    saved = load_state(p["state_file"])
+    node_address = dict((n["name"], n["address"]) for n in p["nodes"])
+    down = {}
+    if p["probe_hosts"]:
+        down = dict((h, why) for h, why in probe_hosts(p["nodes"], timeout=min(p["timeout"], 1.0)).items()
+                    if why is not None)
+    rows, docs = [], {}
+    for vol in p["volumes"]:
+        doc, err = read_volume(vol["api"], p["token"], p["timeout"])
+        docs[vol["name"]] = doc
+        known = saved.get(vol["name"]) or {}
+        ctl = known.get("controller") or vol.get("controller")
+        if known.get("replicas") and vol.get("replica_port") is not None:
+            vol = dict(vol, replica_nodes=known["replicas"],
+                       replica_addresses=["%s:%s" % (node_address.get(h, h), vol["replica_port"])
+                                          for h in known["replicas"]])
+        rows.append(volume_health(vol, doc, err, down, node_address, ctl))
+    degraded = [r["volume"] for r in rows if r["degraded"] or r["state"] != "serving"]
+    if p["json_file"]:
+        with open(p["json_file"], "w") as f:
+            json.dump({"volumes": rows, "hosts_down": down, "degraded": degraded}, f, indent=2, sort_keys=True)
+            f.write("\n")
+    table = render(rows)
+    result = dict(changed=False, volumes=rows, table=table, degraded=degraded, hosts_down=down, docs=docs)
+    if p["fail_on_degraded"] and degraded:
+        module.fail_json(msg="degraded volumes: %s\n%s" % (", ".join(degraded), table), **result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""`jiva ha watch`: run the failover play periodically from the control node (host-loss recovery).
+
+Polls every volume's management API each `--poll` seconds and runs playbooks/failover.yml at once
+when one stops answering or changes state, and at least every `--interval` seconds anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `jiva ha`."""
+    parser.add_argument("action", choices=["watch", "once"], help="watch: loop; once: one run")
+    parser.add_argument("--playbook", default=str(ROOT / "playbooks" / "failover.yml"))
+    parser.add_argument("--inventory", "-i", help="ansible inventory (default: ansible.cfg's)")
+    parser.add_argument(
+        "--state-file",
+        default=str(ROOT / ".ansible" / "jiva-ha-state.json"),
+        help="failover state file (controller placement; the APIs to poll are read from it)",
+    )
+    parser.add_argument(
+        "--interval", type=float, default=30.0, help="run the play at least this often (s)"
+    )
+    parser.add_argument(
+        "--poll", type=float, default=1.0, help="poll the volume APIs this often (s)"
+    )
+    parser.add_argument("--ansible-playbook", default=None, help="ansible-playbook executable")
+    parser.add_argument("--log", help="append each run's output here")
+    parser.add_argument("extra", nargs="*", help="more ansible-playbook arguments (after --)")
+
+
+def poll(apis: dict[str, str], timeout: float = 1.0) -> dict[str, str]:
+    """{volume: 'serving'|'waiting'|...|'degraded'|'unreachable'} from GET /v1/volume."""
+    out = {}
+    for name, api in apis.items():
+        try:
+            with urllib.request.urlopen(f"http://{api}/v1/volume", timeout=timeout) as r:
+                doc = json.load(r)
+            st = doc.get("state", "?")
+            modes = ",".join(sorted(x.get("mode", "?") for x in doc.get("replicas", [])))
+            out[name] = f"{st}/{modes}"
+        except (OSError, ValueError):
+            out[name] = "unreachable"
+    return out
+
+
+def healthy(states: dict[str, str]) -> bool:
+    """True when every volume serves with every replica RW."""
+    return all(
+        s.startswith("serving/") and set(s[8:].split(",")) == {"RW"} for s in states.values()
+    )
+
+
+class Watcher:
+    """Runs the failover play when the polled state changes or every `interval` seconds."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.stop = False
+        exe = args.ansible_playbook or shutil.which("ansible-playbook")
+        if exe is None:
+            cand = Path(sys.executable).parent / "ansible-playbook"
+            exe = str(cand) if cand.exists() else "ansible-playbook"
+        self.exe = exe
+        self.runs = 0
+
+    def apis(self) -> dict[str, str]:
+        """Volume -> API address, from the state file the play writes."""
+        try:
+            vols = json.loads(Path(self.args.state_file).read_text()).get("volumes", {})
+        except (OSError, ValueError):
+            return {}
+        return {n: v["api"] for n, v in vols.items() if v.get("api")}
+
+    def run_play(self, why: str) -> int:
+        """One ansible-playbook run of the failover play; returns its exit code."""
+        cmd = [self.exe, self.args.playbook, "-e", f"jiva_ha_state_file={self.args.state_file}"]
+        if self.args.inventory:
+            cmd += ["-i", self.args.inventory]
+        cmd += list(self.args.extra)
+        start = time.monotonic()
+        p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        self.runs += 1
+        took = time.monotonic() - start
+        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} jiva ha: run {self.runs} ({why}) rc={p.returncode} {took:.1f}s\n"
+        if self.args.log:
+            with open(self.args.log, "a") as f:
+                f.write(line + p.stdout + p.stderr)
+        else:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        return p.returncode
+
+    def watch(self) -> int:
+        """Loop until SIGTERM/SIGINT."""
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stop", True))
+        self.run_play("start")
+        last_run = time.monotonic()
+        last = poll(self.apis())
+        while not self.stop:
+            time.sleep(self.args.poll)
+            now = poll(self.apis())
+            why = None
+            if now != last and not healthy(now):
+                why = "state changed: " + ", ".join(f"{k}={v}" for k, v in sorted(now.items()))
+            elif time.monotonic() - last_run >= self.args.interval:
+                why = "interval"
+            if why and not self.stop:
+                self.run_play(why)
+                last_run = time.monotonic()
+                now = poll(self.apis())
+            last = now
+        return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `jiva ha`."""
+    if not os.path.exists(args.playbook):
+        print(f"jiva ha: no playbook {args.playbook}", file=sys.stderr)
+        return 2
+    w = Watcher(args)
+    if args.action == "once":
+        return w.run_play("once")
+    return w.watch()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m jiva_engine.ha`."""
+    parser = argparse.ArgumentParser(prog="jiva ha", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""HA harness shared by tests/faults/test_ha.py and bench/ha_gap.py: 4 test hosts with one
+3-replica volume deployed by site.yml, a checking iSCSI workload through the portal in a thread
+(own initiator), the `jiva ha watch` loop, and helpers to inject the four scenarios."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from jiva_engine.initiator import Initiator
+from jiva_engine.torture.workload import Workload
+from tests.sandbox import ROOT, HostsFactory, ansible_env, frozen_wheelhouse, run_playbook
+
+VOLUME = "ha3"
+IQN = f"iqn.2026-11.org.jiva-py:{VOLUME}"
+SIZE_MB = 32
+NBLOCKS = 2048  # 8 MiB of 4 KiB blocks written by the workload
+
+
+class Cluster:
+    """4 test hosts, volume ha3 (replicas on h1-h3, controller on h4), portal .101:3260."""
+
+    def __init__(self, base: Path, replica_timeout: float = 1.5) -> None:
+        self.factory = HostsFactory()
+        self.base = base
+        self.sb = self.factory(4)
+        self.portal_host = self.sb.free_address(1)
+        self.portal = f"{self.portal_host}:3260"
+        self.api = f"{self.portal_host}:9800"
+        vols = [
+            {
+                "name": VOLUME,
+                "size": f"{SIZE_MB}M",
+                "replicas": 3,
+                "portal": self.portal,
+                "nodes": ["h1", "h2", "h3"],
+                "controller": "h4",
+            }
+        ]
+        gv = self.sb.dir / "inventory" / "group_vars" / "jiva_nodes" / "volumes.yml"
+        gv.write_text(
+            yaml.safe_dump({"jiva_volumes": vols, "jiva_replica_timeout": replica_timeout})
+        )
+        self.cfg, self.home = self.sb.dir / "ansible.cfg", base / "ansible-home"
+        prebuilt = os.environ.get("JIVA_HA_WHEELHOUSE")  # a wheelhouse dir (+ .tar) to ship as is
+        if prebuilt:
+            self.wheels = [
+                "-e",
+                "jiva_build_wheelhouse=false",
+                "-e",
+                f"jiva_control_wheelhouse={prebuilt}",
+            ]
+        else:
+            self.wheels = frozen_wheelhouse(base)
+        self.state_file = base / "ha-state.json"
+        self.watch_proc: subprocess.Popen | None = None
+        self.history: dict = {}  # acknowledged/issued writes of every workload run so far
+
+    def close(self) -> None:
+        """Stop the watch loop, tear the hosts down."""
+        self.stop_watch()
+        self.factory.teardown()
+
+    # ---- Ansible ---------------------------------------------------------------------------
+    def play(self, name: str, *args: str):  # noqa: ANN201 - tests.sandbox.PlaybookRun
+        """Run a playbook against the test hosts (frozen wheelhouse, our state file)."""
+        return run_playbook(
+            name,
+            self.cfg,
+            self.home,
+            *self.wheels,
+            "-e",
+            f"jiva_ha_state_file={self.state_file}",
+            *args,
+        )
+
+    def deploy(self) -> None:
+        """site.yml, then one failover run (records the state)."""
+        r = self.play("site.yml")
+        assert r.rc == 0, r.output[-4000:]
+        r = self.play("failover.yml")
+        assert r.rc == 0, r.output[-4000:]
+
+    def start_watch(self, interval: float = 20.0, poll: float = 0.5) -> None:
+        """Start `jiva ha watch` (the automatic host-loss recovery) in the background."""
+        log = self.base / "watch.log"
+        cmd = [
+            sys.executable, "-m", "jiva_engine.ha", "watch", "--state-file", str(self.state_file),
+            "--interval", str(interval), "--poll", str(poll), "--log", str(log), "--", *self.wheels,
+        ]  # fmt: skip
+        self.watch_proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=ansible_env(self.cfg, self.home), stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+
+    def stop_watch(self) -> None:
+        """Stop the watch loop (by its PID) and wait for it."""
+        p, self.watch_proc = self.watch_proc, None
+        if p is not None and p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+    def watch_log(self) -> str:
+        """The watch loop's log so far."""
+        f = self.base / "watch.log"
+        return f.read_text(errors="replace") if f.exists() else ""
+
+    # ---- state -----------------------------------------------------------------------------
+    def status(self) -> dict | None:
+        """GET /v1/volume through the portal address (None when it does not answer)."""
+        try:
+            with urllib.request.urlopen(f"http://{self.api}/v1/volume", timeout=2) as r:
+                return json.load(r)
+        except (OSError, ValueError):
+            return None
+
+    def wait_healthy(self, timeout: float = 90.0) -> dict:
+        """Wait until serving with 3 RW replicas; return the status."""
+        deadline = time.monotonic() + timeout
+        st = None
+        while time.monotonic() < deadline:
+            st = self.status()
+            if st and st["state"] == "serving" and all(r["mode"] == "RW" for r in st["replicas"]):
+                if len(st["replicas"]) == 3 and not st["degraded"]:
+                    return st
+            time.sleep(0.3)
+        raise AssertionError(
+            f"volume not healthy after {timeout}s: {st}\n{self.watch_log()[-3000:]}"
+        )
+
+    def child_pid(self, host: str, kind: str) -> int:
+        """In-namespace PID of the supervised jiva process KIND-ha3 on a host."""
+        return int(self.sb.ssh(host, f"cat /run/jiva/{kind}-{VOLUME}.pid.child").stdout)
+
+    def kill_child(self, host: str, kind: str) -> int:
+        """kill -9 the jiva process (not its supervisor); return the killed PID."""
+        pid = self.child_pid(host, kind)
+        self.sb.ssh(host, f"kill -9 {pid}")
+        return pid
+
+    def controller_host(self) -> str | None:
+        """The host holding the portal address (None when none does)."""
+        for h in self.sb.hosts():
+            out = self.sb.nsexec(h, "ip", "-o", "addr", "show", "dev", "eth0", check=False)
+            if f" {self.portal_host}/" in out:
+                return h
+        return None
+
+    def portal_holders(self) -> list[str]:
+        """Every host that has the portal address configured."""
+        return [
+            h
+            for h in self.sb.hosts()
+            if f" {self.portal_host}/"
+            in self.sb.nsexec(h, "ip", "-o", "addr", "show", "dev", "eth0", check=False)
+        ]
+
+    def replica_digests(self) -> dict[str, str]:
+        """sha256 of volume.img on each replica host (read from the host's bind-mounted folder)."""
+        out = {}
+        for h in ("h1", "h2", "h3"):
+            img = Path(self.sb.host(h)["dir"]) / "var-lib-jiva" / VOLUME / "volume.img"
+            out[h] = hashlib.sha256(img.read_bytes()).hexdigest()
+        return out
+
+
+class BackgroundWorkload:
+    """The torture workload (checked 4 KiB blocks) through the portal, in its own thread.
+
+    Records the time of every acknowledged write so `gap(t0, t1)` gives the longest stretch
+    without an acknowledged write.
+    """
+
+    def __init__(
+        self, host: str, port: int, writers: int = 4, seed: int = 5, history: dict | None = None
+    ) -> None:
+        self.host, self.port = host, port
+        self.history = history if history is not None else {}
+        self.loop = asyncio.new_event_loop()
+        self.acks: list[float] = []
+        self.errors: list[float] = []
+        self.init = Initiator(host, port, IQN, timeout=15.0)
+        self.wl: Workload | None = None
+        self.writers = writers
+        self.seed = seed
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def _call(self, coro, timeout: float = 300):  # noqa: ANN001, ANN202
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _start(self) -> None:
+        await self.init.reconnect(deadline=60)
+        self.wl = Workload(self.init, NBLOCKS, random.Random(self.seed), writers=self.writers)
+        if self.history:  # what earlier workloads wrote on the same volume is still there
+            self.wl.acked = self.history["acked"]
+            self.wl.issued = self.history["issued"]
+            self.wl.seq = self.history["seq"]
+        orig = self.init.write
+
+        async def write(lba: int, data: bytes, fua: bool = False) -> None:
+            try:
+                await orig(lba, data, fua)
+            except Exception:
+                self.errors.append(time.monotonic())
+                raise
+            self.acks.append(time.monotonic())
+
+        self.init.write = write  # type: ignore[method-assign]
+        self.wl.start()
+
+    def start(self) -> None:
+        """Log in and start writing."""
+        self._call(self._start())
+
+    def gap(self, t0: float, t1: float) -> float:
+        """Longest time without an acknowledged write within [t0, t1]."""
+        ts = [t0] + [t for t in list(self.acks) if t0 <= t <= t1] + [t1]
+        return max(b - a for a, b in zip(ts, ts[1:], strict=False))
+
+    def errors_between(self, t0: float, t1: float) -> int:
+        """Writes that failed (not acknowledged) within [t0, t1]."""
+        return sum(1 for t in list(self.errors) if t0 <= t <= t1)
+
+    def wait_acks(self, n: int, timeout: float = 60) -> None:
+        """Wait for n more acknowledged writes."""
+        want = len(self.acks) + n
+        deadline = time.monotonic() + timeout
+        while len(self.acks) < want:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"workload stalled: {len(self.acks)} acks, wanted {want}")
+            time.sleep(0.05)
+
+    def stop_and_verify(self) -> dict:
+        """Stop, flush, read every block back and check it; return the stats."""
+
+        async def fin() -> dict:
+            assert self.wl is not None
+            await self.wl.stop()
+            await self.wl.ensure_connected()
+            await self.init.sync_cache()
+            await self.wl.verify_all()
+            s = self.wl.stats
+            self.history.update(acked=self.wl.acked, issued=self.wl.issued, seq=self.wl.seq)
+            await self.init.logout()
+            return {
+                "acked": s.writes_acked,
+                "failed": s.writes_failed,
+                "verified": s.blocks_verified,
+                "reconnects": s.reconnects,
+                "violations": list(s.violations),
+            }
+
+        try:
+            return self._call(fin())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)

@@ -1,0 +1,172 @@
+"""The four HA scenarios on 4 test hosts with a 3-replica volume deployed by site.yml, while a
+checking iSCSI workload writes through the portal address: supervisor restarts for process
+crashes, the `jiva ha watch` loop + failover.yml for host loss, the stale controller host."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.faults.ha_harness import VOLUME, BackgroundWorkload, Cluster
+from tests.sandbox import needs_root
+
+pytestmark = [pytest.mark.hosts, needs_root]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """One deployed cluster for the whole module (torn down at the end, also on failure)."""
+    c = Cluster(tmp_path_factory.mktemp("ha"))
+    try:
+        c.deploy()
+        c.wait_healthy()
+        yield c
+    finally:
+        c.close()
+
+
+def run_scenario(
+    cluster: Cluster, inject, recovered, settle: float = 2.0
+) -> tuple[dict, float, int]:
+    """Workload on; inject; wait for `recovered()`; verify every block; return (stats, gap, errors)."""
+    wl = BackgroundWorkload(cluster.portal_host, 3260, history=cluster.history)
+    wl.start()
+    wl.wait_acks(50)
+    t0 = time.monotonic()
+    inject()
+    recovered()
+    wl.wait_acks(50, timeout=120)
+    time.sleep(settle)
+    t1 = time.monotonic()
+    gap, errors = wl.gap(t0, t1), wl.errors_between(t0, t1)
+    stats = wl.stop_and_verify()
+    assert stats["violations"] == [], stats["violations"][:10]
+    assert stats["verified"] > 0
+    return stats, gap, errors
+
+
+def assert_identical(cluster: Cluster) -> None:
+    digests = cluster.replica_digests()
+    assert len(set(digests.values())) == 1, digests
+
+
+def test_health_play_reports_healthy_table_and_json(cluster, tmp_path):
+    out = tmp_path / "health.json"
+    r = cluster.play(
+        "health.yml", "-e", f"jiva_health_file={out}", "-e", "jiva_fail_on_degraded=true"
+    )
+    assert r.rc == 0, r.output[-3000:]
+    doc = json.loads(out.read_text())
+    (row,) = doc["volumes"]
+    assert row["volume"] == VOLUME and row["state"] == "serving" and row["degraded"] is False
+    assert row["controller_host"] == "h4"
+    assert sorted(x["host"] for x in row["replicas"]) == ["h1", "h2", "h3"]
+    assert {x["mode"] for x in row["replicas"]} == {"RW"}
+    assert "volume" in r.output and "h1:RW" in r.output
+    # failover on a healthy cluster changes nothing
+    again = cluster.play("failover.yml")
+    assert again.rc == 0 and again.changed() == 0, again.output[-3000:]
+    assert "healthy" in again.output
+
+
+def test_scenario1_controller_process_crash(cluster):
+    old = cluster.child_pid("h4", "controller")
+    stats, gap, errors = run_scenario(
+        cluster,
+        lambda: cluster.kill_child("h4", "controller"),
+        lambda: cluster.wait_healthy(60),
+    )
+    assert cluster.child_pid("h4", "controller") != old  # the supervisor restarted it
+    assert cluster.controller_host() == "h4"
+    print(f"\nscenario 1 (controller kill -9): gap {gap:.2f}s, failed writes {errors}, {stats}")
+    assert gap < 3.0
+    assert_identical(cluster)
+
+
+def test_scenario3_replica_process_crash(cluster):
+    old = cluster.child_pid("h2", "replica")
+    stats, gap, errors = run_scenario(
+        cluster,
+        lambda: cluster.kill_child("h2", "replica"),
+        lambda: (time.sleep(3), cluster.wait_healthy(60)),
+    )
+    assert cluster.child_pid("h2", "replica") != old
+    st = cluster.status()
+    r2 = next(r for r in st["replicas"] if r["address"].startswith(cluster.sb.address("h2")))
+    assert r2["last_rebuild"]["kind"] == "incremental", r2
+    print(
+        f"\nscenario 3 (replica kill -9): gap {gap:.2f}s, failed writes {errors}, rebuild {r2['last_rebuild']}"
+    )
+    assert errors == 0
+    assert_identical(cluster)
+
+
+def test_scenario4_replica_host_offline_catches_up(cluster):
+    size = cluster.status()["size"]
+    down_for = 8.0
+
+    def inject():
+        cluster.sb.link("h3", False)
+        time.sleep(down_for)
+        cluster.sb.link("h3", True)
+
+    stats, gap, errors = run_scenario(cluster, inject, lambda: cluster.wait_healthy(90))
+    st = cluster.status()
+    r3 = next(r for r in st["replicas"] if r["address"].startswith(cluster.sb.address("h3")))
+    lr = r3["last_rebuild"]
+    print(
+        f"\nscenario 4 (replica host link down {down_for}s): gap {gap:.2f}s, failed writes {errors}, rebuild {lr}"
+    )
+    assert errors == 0
+    assert gap < 2.5
+    assert lr["kind"] == "incremental" and 0 < lr["copied"] < size // 2, lr
+    assert_identical(cluster)
+
+
+def test_scenario2_controller_host_offline_and_stale_host(cluster):
+    cluster.start_watch()
+    try:
+        time.sleep(8)  # the watch loop's first run
+
+        def inject():
+            cluster.sb.link("h4", False)
+
+        def recovered():
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                h = cluster.controller_host()
+                st = cluster.status()
+                if h not in (None, "h4") and st and st["state"] == "serving":
+                    return
+                time.sleep(0.2)
+            raise AssertionError("controller did not move:\n" + cluster.watch_log()[-4000:])
+
+        wl_stats, gap, errors = run_scenario(cluster, inject, recovered)
+        new = [h for h in cluster.portal_holders() if h != "h4"]
+        assert len(new) == 1, cluster.portal_holders()
+        print(
+            f"\nscenario 2 (controller host link down): gap {gap:.2f}s, failed writes {errors}, moved to {new[0]}"
+        )
+        assert gap < 10.0
+        # the stale host comes back: it must not serve, and it loses the portal on the next run
+        before = cluster.status()
+        wl = BackgroundWorkload(cluster.portal_host, 3260, seed=9, history=cluster.history)
+        wl.start()
+        cluster.sb.link("h4", True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "h4" in cluster.portal_holders():
+            time.sleep(0.5)
+        assert "h4" not in cluster.portal_holders(), cluster.watch_log()[-4000:]
+        wl.wait_acks(100)
+        stats = wl.stop_and_verify()
+        assert stats["violations"] == []
+        after = cluster.status()
+        assert after["epoch"] >= before["epoch"]
+        out = cluster.sb.ssh("h4", "ls /etc/jiva; ls /run/jiva", check=False).stdout
+        assert f"controller-{VOLUME}.env" not in out, out
+    finally:
+        cluster.stop_watch()
+    cluster.wait_healthy(60)
+    assert_identical(cluster)
