@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "target": ("jiva_engine.iscsi.cli", "serve one local file as an iSCSI target"),
     "status": ("jiva_engine.api.cli", "show a volume's state from its management API"),
     "supervise": ("jiva_engine.supervise", "keep one jiva process running (hosts without systemd)"),
+    "ha": ("jiva_engine.ha", "run the failover play periodically (control node)"),
 }
 
 
