@@ -67,7 +67,9 @@ class Report:
             ["seconds", f"{self.seconds:.1f}"],
             ["seed", str(self.seed)],
         ]
-        return tabulate(rows, headers=["torture", "count"], tablefmt="github")
+        return tabulate(
+            rows, headers=["torture", "count"], tablefmt="github", disable_numparse=True
+        )
 
 
 def _digest(path: Path) -> str:
