@@ -92,6 +92,19 @@ def test_check_diff_deploy_idempotence_teardown(tmp_path, local_daemons):
     chap = env.with_name("controller-lv1.chap")
     assert chap.read_text() == CHAP_SECRET and oct(chap.stat().st_mode & 0o777) == "0o600"
     assert "--chap-user lv1user" in env.read_text() and CHAP_SECRET not in env.read_text()
+    # the deployed target demands the CHAP credentials from the inventory (libiscsi's client)
+    target = "127.0.0.41:3260/iqn.2026-11.org.jiva-py:lv1/0"
+    ok = subprocess.run(
+        ["iscsi-readcapacity16", f"iscsi://lv1user%{CHAP_SECRET}@{target}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert ok.returncode == 0 and "LOGICAL BLOCK LENGTH IN BYTES:512" in ok.stdout, ok.stderr
+    denied = subprocess.run(
+        ["iscsi-readcapacity16", f"iscsi://{target}"], capture_output=True, text=True, timeout=30
+    )
+    assert denied.returncode != 0 and "Authentication failure" in denied.stdout + denied.stderr
 
     again = run_playbook("site.yml", cfg, home, *base_args)
     print("again", again.seconds)
