@@ -323,7 +323,7 @@ class ReplicaClient:
         if out and self._transport is not None:
             self._out = []
             self._deadlines.append((time.monotonic() + self.timeout, self._next_id - 1))
-            self._transport.write(b"".join(out) if len(out) > 1 else out[0])
+            wire.send_pieces(self._transport, out)
 
     def _unsolicited(self, op: int, payload: bytes) -> None:
         hello = self._hello_fut

@@ -191,6 +191,30 @@ class FrameReader:
         return frames
 
 
+_JOIN_MAX = 256 * 1024  # below this, one joined buffer (one send); above, big pieces go alone
+
+
+def send_pieces(transport: Any, out: list) -> None:
+    """Write queued frame pieces with as few sends as possible and no copy of big payloads."""
+    if len(out) == 1:
+        transport.write(out[0])
+        return
+    if sum(map(len, out)) < _JOIN_MAX:
+        transport.write(b"".join(out))
+        return
+    small: list = []
+    for piece in out:
+        if len(piece) >= 65536:
+            if small:
+                transport.write(b"".join(small))
+                small = []
+            transport.write(piece)
+        else:
+            small.append(piece)
+    if small:
+        transport.write(b"".join(small))
+
+
 def dumps(obj: Any) -> bytes:
     """Encode a JSON payload."""
     return json.dumps(obj, separators=(",", ":")).encode()

@@ -23,6 +23,7 @@ from jiva_engine.replica.store import ReplicaStore
 log = logging.getLogger(__name__)
 
 _pack = wire.HEADER.pack
+_send_pieces = wire.send_pieces
 _unpack_from = wire.HEADER.unpack_from
 _MAGIC = wire.MAGIC
 _READ, _WRITE = wire.READ, wire.WRITE
@@ -542,7 +543,7 @@ class ReplicaConnection(asyncio.BufferedProtocol):
         if out:
             self.out = []
             if self.transport is not None and not self.transport.is_closing():
-                self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+                _send_pieces(self.transport, out)
 
     # ------------------------------------------------------------------ frame loop
     def _run(self) -> None:
