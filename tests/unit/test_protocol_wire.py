@@ -132,3 +132,23 @@ def test_garbage_is_either_frames_or_a_frame_error(data):
     consumed = sum(wire.HEADER_SIZE + len(f[6]) for f in frames)
     assert consumed + r.pending() == len(data)
     assert all(data[:2] == b"JV" for _ in frames)
+
+
+def test_send_pieces_joins_small_frames_and_sends_big_payloads_alone():
+    class T:
+        def __init__(self):
+            self.writes = []
+
+        def write(self, data):
+            self.writes.append(bytes(data))
+
+    small = [wire.pack_header(wire.WRITE, i) for i in range(10)]
+    t = T()
+    wire.send_pieces(t, small)
+    assert t.writes == [b"".join(small)]  # one send
+    big = bytes(1 << 20)
+    pieces = [small[0], big, small[1], small[2], big]
+    t = T()
+    wire.send_pieces(t, pieces)
+    assert t.writes == [small[0], big, small[1] + small[2], big]
+    assert b"".join(t.writes) == b"".join(pieces)  # same bytes, same order
