@@ -170,12 +170,13 @@ class ReplicaClient:
         self._hello_fut: asyncio.Future | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._closed_reason: str | None = "not connected"
+        self._ready = False  # handshake done
 
     # ------------------------------------------------------------------ connection
     @property
     def connected(self) -> bool:
         """True while the connection is up and authenticated."""
-        return self._transport is not None and self._closed_reason is None
+        return self._ready and self._transport is not None and self._closed_reason is None
 
     async def connect(self) -> None:
         """Open the connection and run the HELLO/AUTH handshake (ReplicaError on refusal)."""
@@ -196,6 +197,7 @@ class ReplicaClient:
         except BaseException:
             await self.close()
             raise
+        self._ready = True
 
     async def _handshake(self) -> None:
         try:

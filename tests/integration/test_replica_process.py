@@ -114,7 +114,10 @@ def replica(procs, tmp_path):
 
 
 async def test_pipelined_writes_and_reads_match_the_data_file(replica):
-    c = await replica.connect()
+    c = replica.client()
+    assert not c.connected
+    await c.connect()
+    assert c.connected
     await c.set_meta(epoch=1, membership=[f"127.0.0.1:{replica.port}"])
     rnd = random.Random(7)
     expect: dict[int, bytes] = {}

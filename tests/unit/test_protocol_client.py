@@ -40,6 +40,7 @@ def connected_client(timeout: float = 3.0) -> tuple[ReplicaClient, _ClientProtoc
     t = FakeTransport()
     c._transport = t
     c._closed_reason = None
+    c._ready = True
     return c, _ClientProtocol(c), t
 
 
