@@ -14,7 +14,17 @@ try:
 except ImportError:  # pragma: no cover - reported when the filter is used
     tabulate = None
 
-HEADERS = ["volume", "size", "portal", "iqn", "controller", "replicas", "state", "epoch", "degraded"]
+HEADERS = [
+    "volume",
+    "size",
+    "portal",
+    "iqn",
+    "controller",
+    "replicas",
+    "state",
+    "epoch",
+    "degraded",
+]
 
 
 def _replica_cell(vol, state):
@@ -35,16 +45,26 @@ def _replica_cell(vol, state):
 def volume_table(volumes, states=None, tablefmt="simple"):
     """Return the volumes with their controller, replicas and live state as a tabulate table."""
     if tabulate is None:
-        raise AnsibleFilterError("jiva.storage.volume_table needs the Python package 'tabulate' on the control node")
+        raise AnsibleFilterError(
+            "jiva.storage.volume_table needs the Python package 'tabulate' on the control node"
+        )
     states = states or {}
     rows = []
     for vol in volumes:
         st = states.get(vol["name"]) or {}
-        rows.append([
-            vol["name"], vol.get("size"), vol.get("portal"), vol.get("iqn"), vol.get("controller"),
-            _replica_cell(vol, st), st.get("state", "unknown"), st.get("epoch", ""),
-            st.get("degraded", ""),
-        ])
+        rows.append(
+            [
+                vol["name"],
+                vol.get("size"),
+                vol.get("portal"),
+                vol.get("iqn"),
+                vol.get("controller"),
+                _replica_cell(vol, st),
+                st.get("state", "unknown"),
+                st.get("epoch", ""),
+                st.get("degraded", ""),
+            ]
+        )
     return tabulate(rows, headers=HEADERS, tablefmt=tablefmt)
 
 

@@ -51,7 +51,9 @@ def get_json(address, path, token=None, timeout=3.0):
     finally:
         conn.close()
     if resp.status != 200:
-        raise ApiError("%s answered HTTP %s: %s" % (url, resp.status, body[:200].decode("utf-8", "replace")))
+        raise ApiError(
+            "%s answered HTTP %s: %s" % (url, resp.status, body[:200].decode("utf-8", "replace"))
+        )
     try:
         return json.loads(body.decode("utf-8"))
     except ValueError as exc:

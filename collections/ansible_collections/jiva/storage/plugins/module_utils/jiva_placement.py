@@ -91,7 +91,9 @@ def _port(value, what):
 def validate_nodes(nodes):
     """Check the node list (name, address, eligible); return {name: node} in input order."""
     if not isinstance(nodes, list) or not nodes:
-        raise PlacementError("the inventory group 'jiva_nodes' is empty or missing: list the storage hosts in it")
+        raise PlacementError(
+            "the inventory group 'jiva_nodes' is empty or missing: list the storage hosts in it"
+        )
     out = {}
     addresses = {}
     for node in nodes:
@@ -102,46 +104,83 @@ def validate_nodes(nodes):
             raise PlacementError("node %r is listed twice in 'jiva_nodes'" % name)
         address = node.get("address")
         if not address or not isinstance(address, str):
-            raise PlacementError("host %r has no 'jiva_address' (the address its replicas listen on)" % name)
+            raise PlacementError(
+                "host %r has no 'jiva_address' (the address its replicas listen on)" % name
+            )
         if ":" in address and not address.count(":") > 1:
-            raise PlacementError("jiva_address of host %r must be an address without a port, got %r" % (name, address))
+            raise PlacementError(
+                "jiva_address of host %r must be an address without a port, got %r"
+                % (name, address)
+            )
         if address in addresses:
-            raise PlacementError("jiva_address %r of host %r is also used by host %r" % (address, name, addresses[address]))
+            raise PlacementError(
+                "jiva_address %r of host %r is also used by host %r"
+                % (address, name, addresses[address])
+            )
         addresses[address] = name
         eligible = node.get("eligible", True)
         if not isinstance(eligible, bool):
-            raise PlacementError("jiva_eligible of host %r must be true or false, got %r" % (name, eligible))
+            raise PlacementError(
+                "jiva_eligible of host %r must be true or false, got %r" % (name, eligible)
+            )
         out[name] = {"name": name, "address": address, "eligible": eligible}
     return out
 
 
-def validate_volumes(volumes, replica_port_base=DEFAULT_REPLICA_PORT_BASE, api_port_base=DEFAULT_API_PORT_BASE):
+def validate_volumes(
+    volumes, replica_port_base=DEFAULT_REPLICA_PORT_BASE, api_port_base=DEFAULT_API_PORT_BASE
+):
     """Normalise `jiva_volumes`: sizes in bytes, portal split, ports derived; PlacementError on bad input.
 
     Ports not given are derived from the volume's position in the list: replica_port =
     replica_port_base + index, api_port = api_port_base + index (append new volumes at the end).
     """
     if volumes is None:
-        raise PlacementError("'jiva_volumes' is not defined: give the volumes as a list in group vars")
+        raise PlacementError(
+            "'jiva_volumes' is not defined: give the volumes as a list in group vars"
+        )
     if not isinstance(volumes, list):
-        raise PlacementError("'jiva_volumes' must be a list of volumes, got %s" % type(volumes).__name__)
+        raise PlacementError(
+            "'jiva_volumes' must be a list of volumes, got %s" % type(volumes).__name__
+        )
     out = []
     seen = {}
     for index, vol in enumerate(volumes):
         where = "jiva_volumes[%d]" % index
         if not isinstance(vol, dict):
-            raise PlacementError("%s must be a mapping with name, size, replicas and portal" % where)
-        known = {"name", "size", "replicas", "portal", "chap", "allowed_initiators", "nodes", "controller",
-                 "replica_port", "api_port"}
+            raise PlacementError(
+                "%s must be a mapping with name, size, replicas and portal" % where
+            )
+        known = {
+            "name",
+            "size",
+            "replicas",
+            "portal",
+            "chap",
+            "allowed_initiators",
+            "nodes",
+            "controller",
+            "replica_port",
+            "api_port",
+        }
         unknown = sorted(set(vol) - known)
         if unknown:
-            raise PlacementError("%s has unknown keys %s (allowed: %s)" % (where, ", ".join(unknown), ", ".join(sorted(known))))
+            raise PlacementError(
+                "%s has unknown keys %s (allowed: %s)"
+                % (where, ", ".join(unknown), ", ".join(sorted(known)))
+            )
         name = vol.get("name")
         if not isinstance(name, str) or not _NAME_RE.match(name):
-            raise PlacementError("%s.name must be lower-case letters, digits, '.' or '-' (at most 63), got %r" % (where, name))
+            raise PlacementError(
+                "%s.name must be lower-case letters, digits, '.' or '-' (at most 63), got %r"
+                % (where, name)
+            )
         where = "jiva_volumes[%d] (volume %r)" % (index, name)
         if name in seen:
-            raise PlacementError("duplicate volume name %r in jiva_volumes[%d] and jiva_volumes[%d]" % (name, seen[name], index))
+            raise PlacementError(
+                "duplicate volume name %r in jiva_volumes[%d] and jiva_volumes[%d]"
+                % (name, seen[name], index)
+            )
         seen[name] = index
         if "size" not in vol:
             raise PlacementError("%s has no 'size'" % where)
@@ -151,47 +190,72 @@ def validate_volumes(volumes, replica_port_base=DEFAULT_REPLICA_PORT_BASE, api_p
             raise PlacementError("%s.size: %s" % (where, exc))
         replicas = vol.get("replicas", 3)
         if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
-            raise PlacementError("%s.replicas must be a positive integer, got %r" % (where, replicas))
+            raise PlacementError(
+                "%s.replicas must be a positive integer, got %r" % (where, replicas)
+            )
         portal = vol.get("portal")
         if not portal or not isinstance(portal, str):
-            raise PlacementError("%s has no 'portal' (the address initiators log in to, HOST:PORT or HOST)" % where)
+            raise PlacementError(
+                "%s has no 'portal' (the address initiators log in to, HOST:PORT or HOST)" % where
+            )
         try:
             portal_host, portal_port = split_hostport(portal, DEFAULT_PORTAL_PORT)
         except ValueError as exc:
             raise PlacementError("%s.portal: %s" % (where, exc))
-        replica_port = _port(vol.get("replica_port", replica_port_base + index), "%s.replica_port" % where)
+        replica_port = _port(
+            vol.get("replica_port", replica_port_base + index), "%s.replica_port" % where
+        )
         api_port = _port(vol.get("api_port", api_port_base + index), "%s.api_port" % where)
         chap = vol.get("chap")
         if chap is not None:
             if not isinstance(chap, dict) or not chap.get("user") or not chap.get("secret"):
                 raise PlacementError("%s.chap must be a mapping with 'user' and 'secret'" % where)
             if not 12 <= len(str(chap["secret"])) <= 255:
-                raise PlacementError("%s.chap.secret must be 12 to 255 characters (RFC 7143)" % where)
+                raise PlacementError(
+                    "%s.chap.secret must be 12 to 255 characters (RFC 7143)" % where
+                )
         initiators = vol.get("allowed_initiators", [])
         if not isinstance(initiators, list):
             raise PlacementError("%s.allowed_initiators must be a list of initiator IQNs" % where)
         for iqn in initiators:
             if not isinstance(iqn, str) or not _IQN_RE.match(iqn):
-                raise PlacementError("%s.allowed_initiators: %r is not an iSCSI name (iqn./eui./naa.)" % (where, iqn))
+                raise PlacementError(
+                    "%s.allowed_initiators: %r is not an iSCSI name (iqn./eui./naa.)" % (where, iqn)
+                )
         pinned = vol.get("nodes", [])
         if not isinstance(pinned, list) or not all(isinstance(n, str) for n in pinned):
             raise PlacementError("%s.nodes must be a list of host names from 'jiva_nodes'" % where)
         if len(set(pinned)) != len(pinned):
             raise PlacementError("%s.nodes names a host twice: %s" % (where, ", ".join(pinned)))
         if len(pinned) > replicas:
-            raise PlacementError("%s.nodes pins %d hosts but the volume has only %d replicas" % (where, len(pinned), replicas))
+            raise PlacementError(
+                "%s.nodes pins %d hosts but the volume has only %d replicas"
+                % (where, len(pinned), replicas)
+            )
         controller = vol.get("controller")
         if controller is not None and not isinstance(controller, str):
             raise PlacementError("%s.controller must be a host name from 'jiva_nodes'" % where)
-        out.append({
-            "name": name, "index": index, "size": str(vol["size"]), "size_bytes": size, "replicas": replicas,
-            "portal": join_hostport(portal_host, portal_port), "portal_host": portal_host,
-            "portal_port": portal_port, "replica_port": replica_port, "api_port": api_port,
-            "api": join_hostport(portal_host, api_port),
-            "chap_user": chap["user"] if chap else None, "chap_secret": chap["secret"] if chap else None,
-            "allowed_initiators": list(initiators), "pinned": list(pinned), "pinned_controller": controller,
-            "iqn": "iqn.2026-11.org.jiva-py:%s" % name,
-        })
+        out.append(
+            {
+                "name": name,
+                "index": index,
+                "size": str(vol["size"]),
+                "size_bytes": size,
+                "replicas": replicas,
+                "portal": join_hostport(portal_host, portal_port),
+                "portal_host": portal_host,
+                "portal_port": portal_port,
+                "replica_port": replica_port,
+                "api_port": api_port,
+                "api": join_hostport(portal_host, api_port),
+                "chap_user": chap["user"] if chap else None,
+                "chap_secret": chap["secret"] if chap else None,
+                "allowed_initiators": list(initiators),
+                "pinned": list(pinned),
+                "pinned_controller": controller,
+                "iqn": "iqn.2026-11.org.jiva-py:%s" % name,
+            }
+        )
     return out
 
 
@@ -203,14 +267,18 @@ def _check_ports(volumes, nodes):
         if other is not None:
             raise PlacementError(
                 "port clash: jiva_volumes[%d] (volume %r) replica_port %d is also the replica_port of volume %r"
-                % (vol["index"], vol["name"], vol["replica_port"], other))
+                % (vol["index"], vol["name"], vol["replica_port"], other)
+            )
         by_replica_port[vol["replica_port"]] = vol["name"]
     bindings = {}
 
     def bind(host, port, what):
         key = (host, port)
         if key in bindings:
-            raise PlacementError("port clash: %s and %s both use %s" % (bindings[key], what, join_hostport(host, port)))
+            raise PlacementError(
+                "port clash: %s and %s both use %s"
+                % (bindings[key], what, join_hostport(host, port))
+            )
         bindings[key] = what
 
     for vol in volumes:
@@ -222,12 +290,19 @@ def _check_ports(volumes, nodes):
         for node in nodes.values():
             key = (node["address"], vol["replica_port"])
             if key in bindings:
-                raise PlacementError("port clash: %s.replica_port and %s both use %s on host %r"
-                                     % (label, bindings[key], join_hostport(*key), node["name"]))
+                raise PlacementError(
+                    "port clash: %s.replica_port and %s both use %s on host %r"
+                    % (label, bindings[key], join_hostport(*key), node["name"])
+                )
 
 
-def place(nodes, volumes, existing=None, replica_port_base=DEFAULT_REPLICA_PORT_BASE,
-          api_port_base=DEFAULT_API_PORT_BASE):
+def place(
+    nodes,
+    volumes,
+    existing=None,
+    replica_port_base=DEFAULT_REPLICA_PORT_BASE,
+    api_port_base=DEFAULT_API_PORT_BASE,
+):
     """Validate everything, then place each volume's replicas and controller; return the volume list.
 
     Replicas: pinned nodes first, then replicas that already exist (from `existing`, a mapping
@@ -246,25 +321,42 @@ def place(nodes, volumes, existing=None, replica_port_base=DEFAULT_REPLICA_PORT_
         where = "jiva_volumes[%d] (volume %r)" % (vol["index"], vol["name"])
         for pin in vol["pinned"]:
             if pin not in nodes_by_name:
-                raise PlacementError("%s.nodes names unknown host %r (not in group 'jiva_nodes')" % (where, pin))
+                raise PlacementError(
+                    "%s.nodes names unknown host %r (not in group 'jiva_nodes')" % (where, pin)
+                )
             if not nodes_by_name[pin]["eligible"]:
-                raise PlacementError("%s.nodes pins host %r, which is marked jiva_eligible=false" % (where, pin))
+                raise PlacementError(
+                    "%s.nodes pins host %r, which is marked jiva_eligible=false" % (where, pin)
+                )
         if vol["replicas"] > len(eligible):
             raise PlacementError(
                 "%s asks for %d replicas but only %d eligible nodes exist (%s): one replica per node"
-                % (where, vol["replicas"], len(eligible), ", ".join(n["name"] for n in eligible) or "none"))
+                % (
+                    where,
+                    vol["replicas"],
+                    len(eligible),
+                    ", ".join(n["name"] for n in eligible) or "none",
+                )
+            )
         ctl = vol["pinned_controller"]
         if ctl is not None:
             if ctl not in nodes_by_name:
-                raise PlacementError("%s.controller names unknown host %r (not in group 'jiva_nodes')" % (where, ctl))
+                raise PlacementError(
+                    "%s.controller names unknown host %r (not in group 'jiva_nodes')" % (where, ctl)
+                )
             if not nodes_by_name[ctl]["eligible"]:
-                raise PlacementError("%s.controller pins host %r, which is marked jiva_eligible=false" % (where, ctl))
+                raise PlacementError(
+                    "%s.controller pins host %r, which is marked jiva_eligible=false" % (where, ctl)
+                )
     for vol in vols:
         name = vol["name"]
         chosen = list(vol["pinned"])
         before = existing.get(name) or {}
-        kept = [n for n in before.get("replicas", []) if n in nodes_by_name and nodes_by_name[n]["eligible"]
-                and n not in chosen]
+        kept = [
+            n
+            for n in before.get("replicas", [])
+            if n in nodes_by_name and nodes_by_name[n]["eligible"] and n not in chosen
+        ]
         kept.sort(key=lambda n: hrw_score(name, n), reverse=True)
         for n in kept:
             if len(chosen) < vol["replicas"]:
@@ -282,7 +374,9 @@ def place(nodes, volumes, existing=None, replica_port_base=DEFAULT_REPLICA_PORT_
         if controller is None:
             controller = max(chosen, key=lambda n: hrw_score(name, n, "controller"))
         vol["replica_nodes"] = chosen
-        vol["replica_addresses"] = [join_hostport(nodes_by_name[n]["address"], vol["replica_port"]) for n in chosen]
+        vol["replica_addresses"] = [
+            join_hostport(nodes_by_name[n]["address"], vol["replica_port"]) for n in chosen
+        ]
         vol["controller"] = controller
         vol["moved"] = sorted(set(before.get("replicas", [])) - set(chosen))
     return vols

@@ -165,10 +165,41 @@ class Service(object):
             return None
         return pid
 
+    def _orphan_pid(self):
+        """PID of a jiva child left running by a supervisor that died (kill -9), or None."""
+        text = read_file(self.pidfile + ".child")
+        if not text or not text.strip().isdigit():
+            return None
+        pid = int(text.strip())
+        try:
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                cmdline = f.read().split(b"\0")
+            with open("/proc/%d/stat" % pid) as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (IOError, OSError, IndexError):
+            return None
+        if state == "Z" or self.kind.encode() not in cmdline or self.volume.encode() not in cmdline:
+            return None
+        return pid
+
+    def _stop_orphan(self):
+        """Stop a child whose supervisor is gone, so a new one can bind its ports."""
+        pid = self._orphan_pid()
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.time() + 10
+        while time.time() < deadline and self._orphan_pid() is not None:
+            time.sleep(0.05)
+        if self._orphan_pid() is not None:
+            os.kill(pid, signal.SIGKILL)
+
     def running(self):
         """True when the service (its supervisor or systemd unit) is up."""
         if self.manager == "systemd":
-            rc, _out, _err = self.module.run_command(["systemctl", "is-active", "--quiet", self.unit])
+            rc, _out, _err = self.module.run_command(
+                ["systemctl", "is-active", "--quiet", self.unit]
+            )
             return rc == 0
         return self._pid() is not None
 
@@ -180,15 +211,33 @@ class Service(object):
         for d in (self.run_dir, self.log_dir):
             if not os.path.isdir(d):
                 os.makedirs(d, 0o755)
+        self._stop_orphan()
         cmd = [
-            os.path.join(self.venv, "bin", "python"), "-m", "jiva_engine.supervise",
-            "--name", self.name, "--env-file", self.env_path, "--pidfile", self.pidfile,
-            "--log", self.logfile, "--", os.path.join(self.venv, "bin", "jiva"),
+            os.path.join(self.venv, "bin", "python"),
+            "-m",
+            "jiva_engine.supervise",
+            "--name",
+            self.name,
+            "--env-file",
+            self.env_path,
+            "--pidfile",
+            self.pidfile,
+            "--log",
+            self.logfile,
+            "--",
+            os.path.join(self.venv, "bin", "jiva"),
         ]
         devnull = open(os.devnull, "r+b")
         try:
-            subprocess.Popen(cmd, stdin=devnull, stdout=devnull, stderr=devnull, close_fds=True,
-                             start_new_session=True, cwd="/")
+            subprocess.Popen(
+                cmd,
+                stdin=devnull,
+                stdout=devnull,
+                stderr=devnull,
+                close_fds=True,
+                start_new_session=True,
+                cwd="/",
+            )
         finally:
             devnull.close()
         deadline = time.time() + self.module.params["start_timeout"]
@@ -196,7 +245,9 @@ class Service(object):
             if self._pid() is not None:
                 return
             time.sleep(0.05)
-        self.module.fail_json(msg="%s: the supervisor did not start (see %s)" % (self.name, self.logfile))
+        self.module.fail_json(
+            msg="%s: the supervisor did not start (see %s)" % (self.name, self.logfile)
+        )
 
     def stop(self):
         """Stop the service: SIGTERM the supervisor (it stops its child), SIGKILL after a wait."""
@@ -205,6 +256,7 @@ class Service(object):
             return
         pid = self._pid()
         if pid is None:
+            self._stop_orphan()
             return
         os.kill(pid, signal.SIGTERM)
         deadline = time.time() + 15
@@ -214,6 +266,7 @@ class Service(object):
             os.kill(pid, signal.SIGKILL)
         if os.path.exists(self.pidfile):
             os.unlink(self.pidfile)
+        self._stop_orphan()
 
     def restart(self):
         """Stop then start (the process re-reads its config)."""
@@ -223,7 +276,9 @@ class Service(object):
     def _systemctl(self, *args):
         rc, out, err = self.module.run_command(["systemctl"] + list(args) + [self.unit])
         if rc != 0:
-            self.module.fail_json(msg="systemctl %s %s failed: %s" % (" ".join(args), self.unit, (err or out).strip()))
+            self.module.fail_json(
+                msg="systemctl %s %s failed: %s" % (" ".join(args), self.unit, (err or out).strip())
+            )
 
     def check_alive(self, seconds):
         """After a start, make sure the process stays up for `seconds` (it did not crash on its config)."""
@@ -234,7 +289,9 @@ class Service(object):
             time.sleep(0.1)
         if self._pid() is None or read_file(self.pidfile + ".crashes") is not None:
             tail = (read_file(self.logfile) or "")[-2000:]
-            self.module.fail_json(msg="%s is not running after start; log tail:\n%s" % (self.name, tail))
+            self.module.fail_json(
+                msg="%s is not running after start; log tail:\n%s" % (self.name, tail)
+            )
 
 
 def ensure(module, kind, volume, args, files_extra, data_cleanup=None, dirs=None):
@@ -257,8 +314,9 @@ def ensure(module, kind, volume, args, files_extra, data_cleanup=None, dirs=None
     changed_files, diff = svc.plan_files(files)
     new_dirs = [d for d in (dirs or []) if state != "absent" and not os.path.isdir(d)]
     running = svc.running()
+    orphan = svc.manager == "daemon" and svc._orphan_pid() is not None
     actions = []
-    if state in ("absent", "stopped") and running:
+    if state in ("absent", "stopped") and (running or orphan):
         actions.append("stop")
     if state == "started":
         if not running:

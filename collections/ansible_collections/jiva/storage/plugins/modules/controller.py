@@ -203,7 +203,9 @@ def main():
     """Run the module."""
     argument_spec = dict(
         name=dict(type="str", required=True),
-        state=dict(type="str", default="started", choices=["present", "started", "stopped", "absent"]),
+        state=dict(
+            type="str", default="started", choices=["present", "started", "stopped", "absent"]
+        ),
         portal=dict(type="str"),
         api=dict(type="str"),
         replicas=dict(type="list", elements="str"),
@@ -232,7 +234,9 @@ def main():
     if p["state"] != "absent" and not p["replicas"]:
         module.fail_json(msg="controller %s: replicas must list at least one HOST:PORT" % name)
     if p["chap_secret"] is not None and not 12 <= len(p["chap_secret"]) <= 255:
-        module.fail_json(msg="controller %s: chap_secret must be 12 to 255 characters (RFC 7143)" % name)
+        module.fail_json(
+            msg="controller %s: chap_secret must be 12 to 255 characters (RFC 7143)" % name
+        )
     svc = Service(module, "controller", name)
     args = []
     files = {}
@@ -250,8 +254,11 @@ def main():
             args += ["--chap-user", p["chap_user"]]
         for iqn in p["allowed_initiators"]:
             args += ["--allow-initiator", iqn]
-    for what, flag, value in (("secret", "--secret-file", p["secret"]), ("token", "--token-file", p["token"]),
-                              ("chap", "--chap-secret-file", p["chap_secret"])):
+    for what, flag, value in (
+        ("secret", "--secret-file", p["secret"]),
+        ("token", "--token-file", p["token"]),
+        ("chap", "--chap-secret-file", p["chap_secret"]),
+    ):
         path = svc.secret_path(what)
         if value and p["state"] != "absent":
             args += [flag, path]

@@ -145,11 +145,16 @@ def main():
     """Run the module: validate, place, return the placement (never changes anything)."""
     module = AnsibleModule(
         argument_spec=dict(
-            nodes=dict(type="list", elements="dict", required=True, options=dict(
-                name=dict(type="str", required=True),
-                address=dict(type="str", required=True),
-                eligible=dict(type="bool", default=True),
-            )),
+            nodes=dict(
+                type="list",
+                elements="dict",
+                required=True,
+                options=dict(
+                    name=dict(type="str", required=True),
+                    address=dict(type="str", required=True),
+                    eligible=dict(type="bool", default=True),
+                ),
+            ),
             volumes=dict(type="list", elements="raw"),
             existing=dict(type="dict", default={}),
             existing_services=dict(type="dict", default={}),
@@ -170,7 +175,9 @@ def main():
             elif kind == "controller":
                 entry["controller"] = host
     try:
-        volumes = place(p["nodes"], p["volumes"], existing, p["replica_port_base"], p["api_port_base"])
+        volumes = place(
+            p["nodes"], p["volumes"], existing, p["replica_port_base"], p["api_port_base"]
+        )
     except PlacementError as exc:
         module.fail_json(msg="invalid jiva inventory: %s" % exc)
     by_node = dict((n["name"], {"replicas": [], "controllers": []}) for n in p["nodes"])

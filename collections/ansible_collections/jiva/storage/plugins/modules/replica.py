@@ -183,7 +183,9 @@ def main():
     """Run the module."""
     argument_spec = dict(
         name=dict(type="str", required=True),
-        state=dict(type="str", default="started", choices=["present", "started", "stopped", "absent"]),
+        state=dict(
+            type="str", default="started", choices=["present", "started", "stopped", "absent"]
+        ),
         listen=dict(type="str"),
         data_dir=dict(type="path"),
         size=dict(type="str"),
@@ -207,7 +209,16 @@ def main():
     files = {}
     args = []
     if p["state"] != "absent":
-        args = ["--volume", name, "--listen", p["listen"], "--dir", p["data_dir"], "--size", p["size"]]
+        args = [
+            "--volume",
+            name,
+            "--listen",
+            p["listen"],
+            "--dir",
+            p["data_dir"],
+            "--size",
+            p["size"],
+        ]
     secret_path = svc.secret_path("secret")
     if p["secret"]:
         args += ["--secret-file", secret_path]
@@ -224,7 +235,15 @@ def main():
             shutil.rmtree(p["data_dir"])
         return True
 
-    ensure(module, "replica", name, args, files, data_cleanup=cleanup, dirs=[p["data_dir"]] if p["data_dir"] else [])
+    ensure(
+        module,
+        "replica",
+        name,
+        args,
+        files,
+        data_cleanup=cleanup,
+        dirs=[p["data_dir"]] if p["data_dir"] else [],
+    )
 
 
 if __name__ == "__main__":

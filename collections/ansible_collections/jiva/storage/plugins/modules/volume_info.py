@@ -119,7 +119,11 @@ def main():
     result = dict(changed=False, reachable=True, volume=doc, serving=doc.get("state") == "serving")
     if p["name"] and doc.get("name") != p["name"]:
         result["serving"] = False
-        result["error"] = "API %s serves volume %r, expected %r" % (p["api"], doc.get("name"), p["name"])
+        result["error"] = "API %s serves volume %r, expected %r" % (
+            p["api"],
+            doc.get("name"),
+            p["name"],
+        )
     module.exit_json(**result)
 
 
