@@ -50,6 +50,7 @@ class Report:
     reconnects: int = 0
     seconds: float = 0.0
     violations: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
     def table(self) -> str:
         """The summary table (faults by kind, then totals)."""
@@ -64,6 +65,7 @@ class Report:
             ["replica byte-compares (all equal)", self.replica_compares],
             ["initiator reconnects", self.reconnects],
             ["violations", len(self.violations)],
+            ["recovery failures", len(self.errors)],
             ["seconds", f"{self.seconds:.1f}"],
             ["seed", str(self.seed)],
         ]
@@ -188,10 +190,16 @@ async def torture(
             await asyncio.sleep(rng.uniform(0.2, 1.0))
             await _inject(kind, cl, rng)
             rep.faults[kind] += 1
-            await cl.wait_healthy()
-            await wl.pause()
-            await wl.verify_all()
-            await _settle(cl, wl, init)
+            try:
+                await cl.wait_healthy()
+                await wl.pause()
+                await wl.verify_all()
+                await _settle(cl, wl, init)
+            except (TimeoutError, IscsiError, OSError) as e:
+                # the volume did not recover (or stopped answering): a failure of the run,
+                # reported like a violation so the summary and the seed still get printed
+                rep.errors.append(f"round {i} ({kind}): no recovery: {type(e).__name__}: {e}")
+                break
             digests = {_digest(cl.image(j)) for j in range(len(cl.replicas))}
             rep.replica_compares += 1
             if len(digests) != 1:
@@ -244,27 +252,26 @@ def main(argv: list[str] | None = None) -> int:
     seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1 << 31)
     print(f"torture seed {seed} (replay with --seed {seed})", flush=True)
     root = Path(tempfile.mkdtemp(prefix="jiva-torture-"))
+    kinds = tuple(a.kinds.split(",")) if a.kinds else None
+    ok = False
     try:
         rep = asyncio.run(
             torture(
-                root,
-                a.faults,
-                seed,
-                nblocks=a.blocks,
-                progress=True,
-                hosts=a.hosts,
-                kinds=tuple(a.kinds.split(",")) if a.kinds else None,
+                root, a.faults, seed, nblocks=a.blocks, progress=True, hosts=a.hosts, kinds=kinds
             )  # fmt: skip
         )
+        ok = not (rep.violations or rep.errors)
     finally:
-        if not a.keep:
+        if a.keep or not ok:
+            print(f"work directory kept (logs, replica data): {root}")
+        else:
             shutil.rmtree(root, ignore_errors=True)
     print(rep.table())
     for v in rep.violations[:20]:
         print("VIOLATION:", v)
-    if a.keep:
-        print(f"work directory kept: {root}")
-    return 1 if rep.violations else 0
+    for e in rep.errors:
+        print("RECOVERY FAILURE:", e)
+    return 1 if rep.violations or rep.errors else 0
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ async def test_torture_short_process_faults(tmp_path):
     rep = await torture(tmp_path, faults, seed, nblocks=1024)
     print(rep.table())
     assert rep.violations == [], f"seed {seed}: {rep.violations[:5]}"
+    assert rep.errors == [], f"seed {seed}: {rep.errors}"
     assert rep.rounds == faults, f"seed {seed}: only {rep.rounds} rounds completed"
     assert set(rep.faults) == set(PROCESS_FAULTS) and sum(rep.faults.values()) == faults
     # the faults really hit the workload: writes were acknowledged and some were lost in flight
@@ -34,5 +35,6 @@ async def test_torture_short_host_faults(tmp_path):
     rep = await torture(tmp_path, 6, seed, kinds=HOST_FAULTS, nblocks=512, hosts=True)
     print(rep.table())
     assert rep.violations == [], f"seed {seed}: {rep.violations[:5]}"
+    assert rep.errors == [], f"seed {seed}: {rep.errors}"
     assert rep.rounds == 6 and dict(rep.faults) == {k: 2 for k in HOST_FAULTS}
     assert rep.writes_acked > 100 and rep.replica_compares == 6
