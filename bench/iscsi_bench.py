@@ -124,6 +124,9 @@ def main() -> int:
     ap.add_argument("--count-4k", type=int, default=100000, help="4K requests per job")
     ap.add_argument("--count-1m", type=int, default=2000, help="1M requests per job")
     ap.add_argument("--no-uvloop", action="store_true", help="run jiva on the stdlib loop")
+    ap.add_argument(
+        "--repeat", type=int, default=3, help="runs per job and target, best kept [%(default)s]"
+    )
     args = ap.parse_args()
     for tool in ("tgtd", "tgtadm", "qemu-img"):
         if not shutil.which(tool):
@@ -152,11 +155,15 @@ def main() -> int:
             jp, jurl = start_jiva(tmp / "jiva.img", free_port(), args.size, log, not args.no_uvloop)
             procs.append(jp)
             for name, size, count, write, unit in jobs:
-                for who, url in (("tgtd", turl), ("jiva", jurl)):
-                    secs = bench(url, size, count, write)
-                    per = count / secs if unit == "IOPS" else count * (1 << 20) / secs / 1e6
-                    results.setdefault(name, {})[who] = per
-                    results[name]["unit"] = unit  # type: ignore[assignment]
+                # interleave the two targets and keep each one's best run: on a shared
+                # machine the noise is one-sided (other load only ever slows a run down)
+                for _ in range(max(1, args.repeat)):
+                    for who, url in (("tgtd", turl), ("jiva", jurl)):
+                        secs = bench(url, size, count, write)
+                        per = count / secs if unit == "IOPS" else count * (1 << 20) / secs / 1e6
+                        r = results.setdefault(name, {})
+                        r[who] = max(r.get(who, 0.0), per)
+                        r["unit"] = unit  # type: ignore[assignment]
         finally:
             for p in procs:
                 stop(p)
@@ -166,7 +173,10 @@ def main() -> int:
         rows.append([name, r["unit"], f"{r['tgtd']:.0f}", f"{r['jiva']:.0f}",
                      f"{r['jiva'] / r['tgtd']:.2f}"])  # fmt: skip
     print(tabulate(rows, headers=["job", "unit", "tgtd", "jiva", "jiva/tgtd"]))
-    print("(qemu-img bench walks offsets sequentially with step = request size; -t none, QD32)")
+    print(
+        f"(best of {args.repeat}; qemu-img bench walks offsets sequentially with step = request"
+        " size; -t none, QD32)"
+    )
     return 0
 
 

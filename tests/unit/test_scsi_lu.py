@@ -221,15 +221,20 @@ def test_fenced_volume_reports_not_ready_and_drops_sessions():
     run(go())
 
 
-def test_lun_reset_unit_attention_for_other_nexus_only():
-    """After a LUN reset the other nexus sees BUS DEVICE RESET once; the issuer does not."""
+def test_lun_reset_unit_attention_for_every_nexus():
+    """After a LUN reset every nexus (the issuer too, SAM-5) sees BUS DEVICE RESET once."""
     lu, _ = lu_pair()
 
     async def go():
         lu.reset(cold=False, by=A)
-        assert (await lu.execute(A, bytes(6), None)).status == S.GOOD
-        r = await lu.execute(B, bytes(6), None)
-        assert sense_of(r) == (6, 0x29, 0x03)
-        assert (await lu.execute(B, bytes(6), None)).status == S.GOOD
+        for nx in (A, B):
+            r = await lu.execute(nx, bytes(6), None)
+            assert sense_of(r) == (6, 0x29, 0x03)
+            assert (await lu.execute(nx, bytes(6), None)).status == S.GOOD
+        # INQUIRY does not consume or report a unit attention
+        lu.reset(cold=True)
+        r = await lu.execute(A, bytes([0x12, 0, 0, 0, 36, 0]), None)
+        assert r.status == S.GOOD
+        assert sense_of(await lu.execute(A, bytes(6), None)) == (6, 0x29, 0x00)
 
     run(go())
