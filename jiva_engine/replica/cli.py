@@ -72,7 +72,8 @@ async def _serve(
         await server.start(host, port)
     except OSError as e:
         store.close(clean=True)
-        return _fail(f"cannot listen on {host}:{port}: {os.strerror(e.errno) if e.errno else e}")
+        why = os.strerror(e.errno).lower() if e.errno else str(e)
+        return _fail(f"cannot listen on {host}:{port}: {why}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -682,5 +682,5 @@ def test_port_in_use_is_a_one_line_error(replica, tmp_path):
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
-    assert lines[0].endswith(f"cannot listen on 127.0.0.1:{replica.port}: Address already in use")
+    assert lines[0].endswith(f"cannot listen on 127.0.0.1:{replica.port}: address already in use")
     assert "Traceback" not in out.stderr
