@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import time
 import urllib.request
@@ -21,12 +22,15 @@ from tests.sandbox import (  # noqa: F401 - local_daemons_fixture provides the f
 )
 
 CHAP_SECRET = "s3cret-chap-pass"
+# a loopback /24 of its own per run, so concurrent runs of this file on one machine do not clash
+NET = f"127.{random.randint(64, 250)}.{random.randint(1, 250)}"
+PORTAL = f"{NET}.41"
 
 
 def write_inventory(base: Path) -> Path:
     inv = base / "inventory"
     (inv / "group_vars").mkdir(parents=True)
-    hosts = {f"n{i}": {"jiva_address": f"127.0.0.{30 + i}"} for i in range(1, 4)}
+    hosts = {f"n{i}": {"jiva_address": f"{NET}.{30 + i}"} for i in range(1, 4)}
     (inv / "hosts.yml").write_text(yaml.safe_dump({"jiva_nodes": {"hosts": hosts}}))
     node = f"{base}/nodes/{{{{ inventory_hostname }}}}"
     group = {
@@ -46,7 +50,7 @@ def write_inventory(base: Path) -> Path:
                 "name": "lv1",
                 "size": "16M",
                 "replicas": 3,
-                "portal": "127.0.0.41:3260",
+                "portal": f"{PORTAL}:3260",
                 "chap": {"user": "lv1user", "secret": CHAP_SECRET},
             },
         ],
@@ -56,7 +60,7 @@ def write_inventory(base: Path) -> Path:
 
 
 def api_state() -> dict:
-    with urllib.request.urlopen("http://127.0.0.41:9850/v1/volume", timeout=3) as r:
+    with urllib.request.urlopen(f"http://{PORTAL}:9850/v1/volume", timeout=3) as r:
         return json.load(r)
 
 
@@ -93,7 +97,7 @@ def test_check_diff_deploy_idempotence_teardown(tmp_path, local_daemons):
     assert chap.read_text() == CHAP_SECRET and oct(chap.stat().st_mode & 0o777) == "0o600"
     assert "--chap-user lv1user" in env.read_text() and CHAP_SECRET not in env.read_text()
     # the deployed target demands the CHAP credentials from the inventory (libiscsi's client)
-    target = "127.0.0.41:3260/iqn.2026-11.org.jiva-py:lv1/0"
+    target = f"{PORTAL}:3260/iqn.2026-11.org.jiva-py:lv1/0"
     ok = subprocess.run(
         ["iscsi-readcapacity16", f"iscsi://lv1user%{CHAP_SECRET}@{target}"],
         capture_output=True,
@@ -230,7 +234,7 @@ def test_replica_module_states_are_idempotent(tmp_path, local_daemons):
     port = 9690
     base = {
         "name": "m1",
-        "listen": f"127.0.0.39:{port}",
+        "listen": f"{NET}.39:{port}",
         "data_dir": str(tmp_path / "data" / "m1"),
         "size": "8M",
         "config_dir": str(tmp_path / "etc"),
