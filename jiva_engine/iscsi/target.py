@@ -152,6 +152,7 @@ class Connection(asyncio.Protocol):
         # up to this many bytes are ever buffered; beyond it the connection is closed
         self.rx_limit = 64 * 1024
         self.buffered = 0  # bytes of write buffers held by tasks on this connection
+        self._batch: list | None = None  # responses collected while a receive burst runs
 
     # ------------------------------------------------------------------ transport events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -221,8 +222,23 @@ class Connection(asyncio.Protocol):
         if why:
             log.warning("closing %s: %s", self.peer, why)
         if not self.closed and self.transport:
+            self._flush()
             self.closed = True
             self.transport.close()
+
+    def _emit(self, parts: list) -> None:
+        """Queue PDU pieces: batched while a receive burst is processed, else sent now."""
+        if self._batch is not None:
+            self._batch.extend(parts)
+        elif not self.closed and self.transport is not None:
+            self.transport.writelines(parts)
+
+    def _flush(self) -> None:
+        """Send everything batched during this receive burst in one writelines (one syscall)."""
+        batch = self._batch
+        self._batch = None
+        if batch and self.transport is not None and not self.closed:
+            self.transport.writelines(batch)
 
     def abort_now(self) -> None:
         """Drop the connection without flushing."""
@@ -275,7 +291,14 @@ class Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ receive path
     def data_received(self, data: bytes) -> None:
-        """Append to the buffer and handle every complete PDU in it."""
+        """Handle every complete PDU in the buffer; responses leave in one batch at the end."""
+        self._batch = []
+        try:
+            self._receive(data)
+        finally:
+            self._flush()
+
+    def _receive(self, data: bytes) -> None:
         self.last_rx = time.monotonic()
         buf = self.buf
         buf += data
@@ -416,7 +439,7 @@ class Connection(asyncio.Protocol):
             if self.dd and self.session is not None:
                 c = crc32c(bytes(data) + bytes(pad)) if pad else crc32c(data)
                 parts.append(c.to_bytes(4, "little"))
-        self.transport.writelines(parts)
+        self._emit(parts)
 
     def _next_stat(self) -> int:
         sn = self.stat_sn
@@ -825,8 +848,7 @@ class Connection(asyncio.Protocol):
             off += n
             datasn += 1
         t.datasn_out = datasn
-        if not self.closed and self.transport is not None:
-            self.transport.writelines(parts)
+        self._emit(parts)
 
     # ------------------------------------------------------------------ task management
     def _on_tmf(self, bhs: P.Bhs, data: bytes) -> None:
