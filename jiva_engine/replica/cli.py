@@ -28,8 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sync-interval",
         type=float,
-        default=2.0,
-        help="seconds between background fdatasync + dirty-map clearing (default 2)",
+        default=5.0,
+        help="seconds between background fdatasync + dirty-map clearing (default 5); keep it"
+        " above the controller's --replica-timeout so a write still waiting on a stuck peer"
+        " keeps its region dirty if the controller dies meanwhile",
     )
     p.add_argument("--region-size", default="1M", help="dirty-map region size for a new DIR")
 

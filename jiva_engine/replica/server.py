@@ -111,7 +111,7 @@ class ReplicaServer:
         self,
         store: ReplicaStore,
         secret: bytes | None = None,
-        sync_interval: float = 2.0,
+        sync_interval: float = 5.0,
     ) -> None:
         self.store = store
         self.secret = secret
