@@ -87,3 +87,16 @@ molecule: venv debs
 	$(ANSIBLE_ENV) $(VENV)/bin/molecule test -s default
 
 ansible-checks: ansible-lint ansible-sanity molecule
+
+# ---- HA (owner: the health/failover part) ------------------------------------------------------
+# make watch             run playbooks/failover.yml whenever a volume's API changes state, and
+#                        every WATCH_INTERVAL s anyway (host-loss recovery from the control node)
+# make health            the health table (add HEALTH_JSON=file to also write JSON)
+.PHONY: watch health
+WATCH_INTERVAL ?= 30
+WATCH_POLL ?= 1
+watch: venv
+	$(ANSIBLE_ENV) $(VENV)/bin/jiva ha watch --interval $(WATCH_INTERVAL) --poll $(WATCH_POLL)
+
+health: venv
+	$(ANSIBLE_ENV) $(VENV)/bin/ansible-playbook playbooks/health.yml $(if $(HEALTH_JSON),-e jiva_health_file=$(HEALTH_JSON))

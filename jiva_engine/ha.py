@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -38,7 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--ansible-playbook", default=None, help="ansible-playbook executable")
     parser.add_argument("--log", help="append each run's output here")
-    parser.add_argument("extra", nargs="*", help="more ansible-playbook arguments (after --)")
+    parser.add_argument(
+        "--ansible-args",
+        default="",
+        help="more ansible-playbook arguments, one shell-quoted string (e.g. '-e k=v')",
+    )
 
 
 def poll(apis: dict[str, str], timeout: float = 1.0) -> dict[str, str]:
@@ -89,7 +94,7 @@ class Watcher:
         cmd = [self.exe, self.args.playbook, "-e", f"jiva_ha_state_file={self.args.state_file}"]
         if self.args.inventory:
             cmd += ["-i", self.args.inventory]
-        cmd += list(self.args.extra)
+        cmd += shlex.split(self.args.ansible_args)
         start = time.monotonic()
         p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         self.runs += 1

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -98,11 +99,11 @@ class Cluster:
         log = self.base / "watch.log"
         cmd = [
             sys.executable, "-m", "jiva_engine.ha", "watch", "--state-file", str(self.state_file),
-            "--interval", str(interval), "--poll", str(poll), "--log", str(log), "--", *self.wheels,
+            "--interval", str(interval), "--poll", str(poll), "--log", str(log), "--ansible-args", shlex.join(self.wheels),
         ]  # fmt: skip
         self.watch_proc = subprocess.Popen(
             cmd, cwd=ROOT, env=ansible_env(self.cfg, self.home), stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True,
+            stderr=open(self.base / "watch.err", "ab"), start_new_session=True,  # noqa: SIM115
         )  # fmt: skip
 
     def stop_watch(self) -> None:
@@ -118,8 +119,11 @@ class Cluster:
 
     def watch_log(self) -> str:
         """The watch loop's log so far."""
-        f = self.base / "watch.log"
-        return f.read_text(errors="replace") if f.exists() else ""
+        out = ""
+        for name in ("watch.err", "watch.log"):
+            f = self.base / name
+            out += f.read_text(errors="replace") if f.exists() else ""
+        return out
 
     # ---- state -----------------------------------------------------------------------------
     def status(self) -> dict | None:

@@ -105,7 +105,7 @@ def test_scenario3_replica_process_crash(cluster):
 
 def test_scenario4_replica_host_offline_catches_up(cluster):
     size = cluster.status()["size"]
-    down_for = 8.0
+    down_for = 30.0  # "a replica host that returns after 30 s of writes"
 
     def inject():
         cluster.sb.link("h3", False)

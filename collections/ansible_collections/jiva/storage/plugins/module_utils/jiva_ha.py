@@ -13,6 +13,7 @@ __metaclass__ = type
 
 import hashlib
 import socket
+import threading
 import time
 
 from ansible_collections.jiva.storage.plugins.module_utils.jiva_api import ApiError, get_json
@@ -30,18 +31,36 @@ def tcp_probe(host, port, timeout):
     return None
 
 
-def probe_hosts(nodes, timeout=1.0, attempts=2, pause=0.3):
+def parallel(calls):
+    """Run the zero-argument callables at once in threads; return their results in order."""
+    results = [None] * len(calls)
+
+    def run(i, fn):
+        results[i] = fn()
+
+    threads = [threading.Thread(target=run, args=(i, fn)) for i, fn in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def probe_hosts(nodes, timeout=1.0, attempts=2, pause=0.2):
     """{name: None | reason}: a host is unreachable when its SSH port fails `attempts` times.
 
-    Each node is {name, address, ssh_host, ssh_port}; ssh_host defaults to address. Only hosts that
-    fail the first round are retried, so a healthy cluster costs one round of connects.
+    Each node is {name, address, ssh_host, ssh_port}; ssh_host defaults to address. Hosts are
+    probed in parallel; only those that fail are retried, so a healthy cluster costs one round.
     """
     result = {}
     pending = list(nodes)
     for attempt in range(max(1, attempts)):
+        whys = parallel([
+            (lambda n=node: tcp_probe(n.get("ssh_host") or n["address"], n.get("ssh_port") or 22, timeout))
+            for node in pending
+        ])
         failed = []
-        for node in pending:
-            why = tcp_probe(node.get("ssh_host") or node["address"], node.get("ssh_port") or 22, timeout)
+        for node, why in zip(pending, whys):
             result[node["name"]] = why
             if why is not None:
                 failed.append(node)

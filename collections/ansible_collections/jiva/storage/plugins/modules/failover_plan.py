@@ -51,6 +51,10 @@ options:
   state_file:
     description: Where the previous run recorded each volume's controller and replica hosts.
     type: path
+  write_state:
+    description: Write the new state (RV(state)) to O(state_file) (not in check mode).
+    type: bool
+    default: false
   relocate_replicas:
     description: Move replicas of unreachable hosts to other eligible hosts (full rebuild).
     type: bool
@@ -131,6 +135,7 @@ def main():
             docs=dict(type="dict", default={}),
             state_file=dict(type="path"),
             relocate_replicas=dict(type="bool", default=False),
+            write_state=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
@@ -144,6 +149,15 @@ def main():
             module.fail_json(msg="cannot read the failover state file %s: %s" % (p["state_file"], exc))
     result = plan(p["volumes"], p["nodes"], p["node_state"], p["hosts_down"], p["docs"], saved,
                   relocate=p["relocate_replicas"])
+    if p["write_state"] and p["state_file"] and not module.check_mode:
+        directory = os.path.dirname(p["state_file"])
+        if directory and not os.path.isdir(directory):
+            os.makedirs(directory)
+        tmp = p["state_file"] + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"volumes": result["state"]}, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.rename(tmp, p["state_file"])
     rows = [[r["volume"], r["controller"], "; ".join(r["found"]), "; ".join(r["did"])] for r in result["report"]]
     if tabulate is not None:
         result["report_table"] = tabulate(rows, headers=["volume", "controller", "found", "did"])

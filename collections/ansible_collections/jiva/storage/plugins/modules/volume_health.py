@@ -25,10 +25,26 @@ author:
   - jiva-py contributors (@jiva-py)
 options:
   volumes:
-    description: The placed volumes (the C(volumes) result of M(jiva.storage.placement)).
+    description:
+      - The placed volumes (the C(volumes) result of M(jiva.storage.placement)), or the raw
+        C(jiva_volumes) list when O(place=true).
     type: list
-    elements: dict
+    elements: raw
     required: true
+  place:
+    description:
+      - Validate and place the raw C(jiva_volumes) here (same rules as M(jiva.storage.placement)),
+        saving a separate task. The placed volumes are returned as RV(placed).
+    type: bool
+    default: false
+  replica_port_base:
+    description: With O(place=true), the replica port base.
+    type: int
+    default: 9700
+  api_port_base:
+    description: With O(place=true), the API port base.
+    type: int
+    default: 9800
   nodes:
     description: The storage hosts - C(name), C(address), and C(ssh_host)/C(ssh_port) for the probe.
     type: list
@@ -105,6 +121,16 @@ hosts_down:
   description: Hosts whose SSH port did not answer, with the reason.
   returned: always
   type: dict
+nodes:
+  description: The O(nodes) given (for the next module).
+  returned: always
+  type: list
+  elements: dict
+placed:
+  description: The placed volumes (with O(place=true); else the input).
+  returned: always
+  type: list
+  elements: dict
 docs:
   description: The raw status documents by volume (null when the API did not answer).
   returned: always
@@ -118,10 +144,12 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.jiva.storage.plugins.module_utils.jiva_ha import (
     HEALTH_HEADERS,
     health_table_rows,
+    parallel,
     probe_hosts,
     read_volume,
     volume_health,
 )
+from ansible_collections.jiva.storage.plugins.module_utils.jiva_placement import PlacementError, place
 
 try:
     from tabulate import tabulate
@@ -152,7 +180,10 @@ def main():
     """Run the module."""
     module = AnsibleModule(
         argument_spec=dict(
-            volumes=dict(type="list", elements="dict", required=True),
+            volumes=dict(type="list", elements="raw", required=True),
+            place=dict(type="bool", default=False),
+            replica_port_base=dict(type="int", default=9700),
+            api_port_base=dict(type="int", default=9800),
             nodes=dict(type="list", elements="dict", required=True),
             state_file=dict(type="path"),
             token=dict(type="str", no_log=True),
@@ -164,15 +195,24 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
+    volumes = p["volumes"]
+    if p["place"]:
+        nodes = [dict(name=n["name"], address=n["address"], eligible=n.get("eligible", True)) for n in p["nodes"]]
+        try:
+            volumes = place(nodes, volumes, None, p["replica_port_base"], p["api_port_base"])
+        except PlacementError as exc:
+            module.fail_json(msg="invalid jiva inventory: %s" % exc)
+        for vol in volumes:
+            vol.pop("chap_secret", None)
     saved = load_state(p["state_file"])
     node_address = dict((n["name"], n["address"]) for n in p["nodes"])
     down = {}
     if p["probe_hosts"]:
-        down = dict((h, why) for h, why in probe_hosts(p["nodes"], timeout=min(p["timeout"], 1.0)).items()
+        down = dict((h, why) for h, why in probe_hosts(p["nodes"], timeout=min(p["timeout"], 0.8)).items()
                     if why is not None)
     rows, docs = [], {}
-    for vol in p["volumes"]:
-        doc, err = read_volume(vol["api"], p["token"], p["timeout"])
+    reads = parallel([(lambda v=vol: read_volume(v["api"], p["token"], p["timeout"])) for vol in volumes])
+    for vol, (doc, err) in zip(volumes, reads):
         docs[vol["name"]] = doc
         known = saved.get(vol["name"]) or {}
         ctl = known.get("controller") or vol.get("controller")
@@ -187,7 +227,7 @@ def main():
             json.dump({"volumes": rows, "hosts_down": down, "degraded": degraded}, f, indent=2, sort_keys=True)
             f.write("\n")
     table = render(rows)
-    result = dict(changed=False, volumes=rows, table=table, degraded=degraded, hosts_down=down, docs=docs)
+    result = dict(changed=False, placed=volumes, nodes=p["nodes"], volumes=rows, table=table, degraded=degraded, hosts_down=down, docs=docs)
     if p["fail_on_degraded"] and degraded:
         module.fail_json(msg="degraded volumes: %s\n%s" % (", ".join(degraded), table), **result)
     module.exit_json(**result)

@@ -1,0 +1,126 @@
+"""I/O gap of the four HA scenarios on 4 test hosts (needs root): prints a table.
+
+A checking iSCSI workload writes through the portal while each fault is injected; the gap is the
+longest time without an acknowledged write. Targets: scenario 1 < 3 s, 2 < 10 s, 4 < 2 s with
+zero I/O errors. Usage: sudo .venv/bin/python bench/ha_gap.py [--down 30]
+(JIVA_HA_WHEELHOUSE=DIR ships a prebuilt engine wheelhouse instead of building the tree's.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tabulate import tabulate
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.faults.ha_harness import BackgroundWorkload, Cluster  # noqa: E402
+
+
+def measure(c: Cluster, inject, recovered) -> dict:  # noqa: ANN001
+    """Run one scenario under the workload; return gap, failed writes, recovery time, checks."""
+    wl = BackgroundWorkload(c.portal_host, 3260, history=c.history)
+    wl.start()
+    wl.wait_acks(50)
+    t0 = time.monotonic()
+    inject()
+    recovered()
+    t_rec = time.monotonic() - t0
+    wl.wait_acks(50, timeout=120)
+    time.sleep(2)
+    t1 = time.monotonic()
+    out = {"gap": wl.gap(t0, t1), "failed": wl.errors_between(t0, t1), "recovery": t_rec}
+    stats = wl.stop_and_verify()
+    out["violations"] = len(stats["violations"])
+    digests = c.replica_digests()
+    out["identical"] = len(set(digests.values())) == 1
+    return out
+
+
+def rebuild_of(c: Cluster, host: str) -> dict:
+    """last_rebuild of the replica on `host`."""
+    st = c.status() or {}
+    for r in st.get("replicas", []):
+        if r["address"].startswith(c.sb.address(host) + ":"):
+            return r.get("last_rebuild") or {}
+    return {}
+
+
+def main() -> int:
+    """Bring the cluster up, run the scenarios, print the table, tear down."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--down", type=float, default=30.0, help="seconds a replica host stays offline")
+    args = ap.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="jvhagap"))
+    c = Cluster(base)
+    rows = []
+    try:
+        c.deploy()
+        c.wait_healthy()
+        r = measure(c, lambda: c.kill_child("h4", "controller"), lambda: c.wait_healthy(60))
+        rows.append(["1 controller kill -9 (supervisor)", "< 3", r, {}])
+        r = measure(
+            c, lambda: c.kill_child("h2", "replica"), lambda: (time.sleep(2), c.wait_healthy(60))
+        )
+        rows.append(["3 replica kill -9 (supervisor)", "-", r, rebuild_of(c, "h2")])
+
+        def link_cycle() -> None:
+            c.sb.link("h3", False)
+            time.sleep(args.down)
+            c.sb.link("h3", True)
+
+        r = measure(c, link_cycle, lambda: c.wait_healthy(90))
+        rows.append(
+            [f"4 replica host link down {args.down:g}s", "< 2, 0 errors", r, rebuild_of(c, "h3")]
+        )
+        c.start_watch()
+        time.sleep(8)
+
+        def moved() -> None:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                st = c.status()
+                if c.controller_host() not in (None, "h4") and st and st["state"] == "serving":
+                    return
+                time.sleep(0.2)
+            raise RuntimeError("controller did not move:\n" + c.watch_log()[-3000:])
+
+        r = measure(c, lambda: c.sb.link("h4", False), moved)
+        rows.append(["2 controller host link down (watch + failover.yml)", "< 10", r, {}])
+        c.stop_watch()
+    finally:
+        c.close()
+        shutil.rmtree(base, ignore_errors=True)
+    table = []
+    for name, target, r, rb in rows:
+        table.append([
+            name, target, f"{r['gap']:.2f}", r["failed"], f"{r['recovery']:.1f}", r["violations"],
+            r["identical"], rb.get("kind", ""), rb.get("copied", ""), rb.get("seconds", ""),
+        ])  # fmt: skip
+    print(
+        tabulate(
+            table,
+            headers=[
+                "scenario",
+                "target gap s",
+                "gap s",
+                "failed writes",
+                "recovered after s",
+                "data errors",
+                "replicas identical",
+                "catch-up",
+                "bytes copied",
+                "catch-up s",
+            ],  # fmt: skip
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
