@@ -131,6 +131,9 @@ class Volume:
         self.state = WAITING
         self.reason = "starting: connecting to the replicas"
         self.epoch = 0
+        # highest epoch a replica confirmed for us: an epoch above it that we find later was
+        # written by another controller (ours may have been bumped locally without landing)
+        self.claimed = 0
         self.region_size = DEFAULT_REGION
         self.members: dict[str, Member] = {}
         for addr in replicas:
@@ -491,6 +494,7 @@ class Volume:
                     errors[m.address] = f"SET_META failed: {r}"
                 else:
                     m.epoch = self.epoch
+                    self.claimed = max(self.claimed, self.epoch)
             if resend and not failed:
                 targets = [m for m in self.members.values() if m.mode in (RW, WO) and m.client]
                 futs = [self._issue(m, op, self.epoch) for op in resend for m in targets]
@@ -567,9 +571,11 @@ class Volume:
             return
         newest = max(reach.values(), key=lambda meta: int(meta.get("epoch") or 0))
         top = int(newest.get("epoch") or 0)
-        if self.epoch and top > self.epoch:
+        if self.claimed and top > self.claimed:
             # we served before and someone raised the epoch since: a newer controller owns it
-            await self._fence(f"replicas are at epoch {top}, above ours ({self.epoch})")
+            # (compared with the last epoch a replica confirmed for us: a bump of ours that never
+            # landed must not let us re-claim a volume another controller took at that number)
+            await self._fence(f"replicas are at epoch {top}, above ours ({self.claimed})")
             return
         if top == 0:
             missing = [a for a in self.members if a not in reach]
@@ -611,6 +617,7 @@ class Volume:
                 await m.client.set_mode("RW")
             await m.client.set_meta(epoch=self.epoch, membership=membership)
             m.epoch = self.epoch
+            self.claimed = max(self.claimed, self.epoch)
         maps = await asyncio.gather(*(m.client.dirty_map() for m in members))
         self.region_size = int(maps[0].get("region_size") or DEFAULT_REGION)
         dirty = sorted(set().union(*(set(d.get("dirty") or []) for d in maps)))
@@ -830,6 +837,7 @@ class Volume:
             for x, r in zip(members, res, strict=True):
                 if not isinstance(r, Exception):
                     x.epoch = self.epoch
+                    self.claimed = max(self.claimed, self.epoch)
             # some members may have recorded it as a member even if others failed: treat it as
             # one, so a failure below is removed under a new epoch like any member's (rule 3)
             m.mode = RW
