@@ -108,9 +108,12 @@ class Procs:
                 p.wait(timeout=10)
 
     def stop_all(self) -> None:
-        """Stop every process still running, newest first."""
+        """Stop every process still running, newest first (one failure does not stop the rest)."""
         for p in reversed(self.procs):
-            self.stop(p)
+            try:
+                self.stop(p, signal.SIGKILL if p.args[0] == "tgtd" else signal.SIGTERM)
+            except (OSError, subprocess.SubprocessError) as e:
+                print(f"bench: could not stop pid {p.pid}: {e}", file=sys.stderr)
         self.log.close()
 
 
@@ -405,6 +408,9 @@ def main() -> int:
     only = args.jobs.split(",") if args.jobs else None
     env_loop = {"JIVA_NO_UVLOOP": "1" if args.no_uvloop else "0"}
     os.environ.update(env_loop)
+    # SIGTERM/SIGHUP (timeout, a closed terminal) unwind like Ctrl-C: every process is stopped
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda s, _f: sys.exit(128 + s))
     started = time.strftime("%Y%m%d-%H%M%S")
     meta = {"started": started, "quick": quick, "seconds": args.seconds, "reps": args.reps,
             "size": size, "uvloop": not args.no_uvloop, "load_start": os.getloadavg(),
@@ -412,7 +418,7 @@ def main() -> int:
     print(f"bench: {len(wanted)} targets, {args.seconds:g} s jobs, {args.reps} repetition(s), "
           f"load {meta['load_start'][0]:.2f}", flush=True)  # fmt: skip
     recovery: dict = {}
-    with tempfile.TemporaryDirectory(prefix="jiva-bench-") as d:
+    with tempfile.TemporaryDirectory(prefix="jiva-perf-") as d:
         tmp = Path(d)
         procs = Procs(tmp / "servers.log")
         try:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
@@ -42,3 +48,19 @@ def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int
     if not host:
         raise ValueError(f"address {text!r} has no host")
     return host, int(port_s)
+
+
+def run_loop(main: Coroutine[Any, Any, _T]) -> _T:
+    """Run `main` on uvloop when it is installed (the `fast` extra), else on the stdlib loop.
+
+    uvloop measured faster on the small-I/O paths (bench/run.py); JIVA_NO_UVLOOP=1 forces the
+    stdlib loop (to compare, or to rule uvloop out when debugging).
+    """
+    if os.environ.get("JIVA_NO_UVLOOP") != "1":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.run(main)
+    return asyncio.run(main)

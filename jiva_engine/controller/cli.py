@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from jiva_engine.protocol.auth import read_secret_file
-from jiva_engine.util import parse_hostport, parse_size
+from jiva_engine.util import parse_hostport, parse_size, run_loop
 
 log = logging.getLogger("jiva.controller")
 
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"jiva controller: {e}", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(_serve(cfg))
+        return run_loop(_serve(cfg))
     except (OSError, RuntimeError) as e:
         print(f"jiva controller: {e}", file=sys.stderr)
         return 1
