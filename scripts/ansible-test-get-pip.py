@@ -13,11 +13,19 @@ import sys
 
 def main(argv: list[str]) -> int:
     """Bootstrap pip in the running interpreter; argv are get-pip style options and packages."""
-    subprocess.run([sys.executable, "-m", "ensurepip", "--default-pip"], check=True, capture_output=True)
-    wanted = [a for a in argv if not a.startswith("--no-setuptools") and not a.startswith("--no-wheel")]
-    p = subprocess.run([sys.executable, "-m", "pip", "install", "-q", *wanted], capture_output=True, text=True)
+    subprocess.run(
+        [sys.executable, "-m", "ensurepip", "--default-pip"], check=True, capture_output=True
+    )
+    wanted = [
+        a for a in argv if not a.startswith("--no-setuptools") and not a.startswith("--no-wheel")
+    ]
+    p = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", *wanted], capture_output=True, text=True
+    )
     if p.returncode != 0:
-        sys.stderr.write(f"bundled pip kept; could not install {wanted}: {p.stderr.strip()[-300:]}\n")
+        sys.stderr.write(
+            f"bundled pip kept; could not install {wanted}: {p.stderr.strip()[-300:]}\n"
+        )
     return 0
 
 
