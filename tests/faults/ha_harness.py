@@ -25,6 +25,7 @@ from jiva_engine.torture.workload import Workload
 from tests.sandbox import ROOT, HostsFactory, ansible_env, frozen_wheelhouse, run_playbook
 
 VOLUME = "ha3"
+VOLUME2 = "ha2"
 IQN = f"iqn.2026-11.org.jiva-py:{VOLUME}"
 SIZE_MB = 32
 NBLOCKS = 2048  # 8 MiB of 4 KiB blocks written by the workload
@@ -40,6 +41,8 @@ class Cluster:
         self.portal_host = self.sb.free_address(1)
         self.portal = f"{self.portal_host}:3260"
         self.api = f"{self.portal_host}:9800"
+        self.api2 = f"{self.sb.free_address(2)}:9801"
+        self.portal2 = f"{self.sb.free_address(2)}:3260"
         vols = [
             {
                 "name": VOLUME,
@@ -48,7 +51,15 @@ class Cluster:
                 "portal": self.portal,
                 "nodes": ["h1", "h2", "h3"],
                 "controller": "h4",
-            }
+            },
+            {  # the 2-replica policy (ENGINE.md): survives one replica host, restarts on the survivor
+                "name": VOLUME2,
+                "size": "8M",
+                "replicas": 2,
+                "portal": f"{self.sb.free_address(2)}:3260",
+                "nodes": ["h1", "h2"],
+                "controller": "h4",
+            },
         ]
         gv = self.sb.dir / "inventory" / "group_vars" / "jiva_nodes" / "volumes.yml"
         gv.write_text(
@@ -126,10 +137,10 @@ class Cluster:
         return out
 
     # ---- state -----------------------------------------------------------------------------
-    def status(self) -> dict | None:
+    def status(self, api: str | None = None) -> dict | None:
         """GET /v1/volume through the portal address (None when it does not answer)."""
         try:
-            with urllib.request.urlopen(f"http://{self.api}/v1/volume", timeout=2) as r:
+            with urllib.request.urlopen(f"http://{api or self.api}/v1/volume", timeout=2) as r:
                 return json.load(r)
         except (OSError, ValueError):
             return None
@@ -199,7 +210,7 @@ class BackgroundWorkload:
         self.loop = asyncio.new_event_loop()
         self.acks: list[float] = []
         self.errors: list[float] = []
-        self.init = Initiator(host, port, IQN, timeout=15.0)
+        self.init = Initiator(host, port, IQN, timeout=5.0)  # like noop timeouts of a few s
         self.wl: Workload | None = None
         self.writers = writers
         self.seed = seed
