@@ -1,7 +1,8 @@
 """`jiva ha watch`: run the failover play periodically from the control node (host-loss recovery).
 
 Polls every volume's management API each `--poll` seconds and runs playbooks/failover.yml at once
-when one stops answering or changes state, and at least every `--interval` seconds anyway.
+when one stops answering or turns unhealthy (again every `--retry` s while it stays so), and at
+least every `--interval` seconds anyway.
 """
 
 from __future__ import annotations
@@ -109,24 +110,29 @@ class Watcher:
         return p.returncode
 
     def watch(self) -> int:
-        """Loop until SIGTERM/SIGINT."""
+        """Loop until SIGTERM/SIGINT.
+
+        A run starts when a volume is unhealthy and its polled state differs from the state seen
+        just before the previous run (something new broke), or stayed unhealthy for `--retry` s
+        (the previous run could not fix it yet), and every `--interval` s anyway.
+        """
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stop", True))
+        seen = poll(self.apis())
         self.run_play("start")
         last_run = time.monotonic()
-        last = poll(self.apis())
         while not self.stop:
             time.sleep(self.args.poll)
             now = poll(self.apis())
+            since = time.monotonic() - last_run
             why = None
-            if now != last and not healthy(now):
-                why = "state changed: " + ", ".join(f"{k}={v}" for k, v in sorted(now.items()))
-            elif time.monotonic() - last_run >= self.args.interval:
+            if not healthy(now) and (now != seen or since >= self.args.retry):
+                why = "unhealthy: " + ", ".join(f"{k}={v}" for k, v in sorted(now.items()))
+            elif since >= self.args.interval:
                 why = "interval"
             if why and not self.stop:
+                seen = now
                 self.run_play(why)
                 last_run = time.monotonic()
-                now = poll(self.apis())
-            last = now
         return 0
 
 

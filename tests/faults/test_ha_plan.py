@@ -86,13 +86,16 @@ def test_unreachable_controller_host_moves_controller_and_fences_when_back():
     f2["h4"]["portals"].append("10.0.0.100")
     p2 = H.plan([VOL], NODES, f2, {}, {"db": doc()}, p["state"])
     assert p2["actions"] == [
-        {
-            "host": "h4",
-            "action": "fence_controller",
-            "volume": "db",
-            "why": f"the controller of db runs on {new}",
-        }
-    ]
+        {"host": "h4", "action": "fence_controller", "volume": "db", "why": f"the controller of db runs on {new}"},
+        {"host": new, "action": "announce_portal", "volume": "db", "why": "portal address also seen on h4"},
+    ]  # fmt: skip
+    # if the stale one fenced the new controller meanwhile, the new one is restarted (re-claims)
+    p3 = H.plan(
+        [VOL], NODES, facts(ctl=new, portal_on=(new,)), {}, {"db": doc(state="fenced")}, p["state"]
+    )
+    assert [a["action"] for a in p3["actions"]] == ["restart_controller"] and p3["actions"][0][
+        "host"
+    ] == new
 
 
 def test_controller_host_ssh_down_but_api_serving_is_left_alone():

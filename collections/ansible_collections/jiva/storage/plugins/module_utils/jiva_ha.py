@@ -255,6 +255,13 @@ def plan(volumes, nodes, node_state, hosts_down, docs, ha_state, relocate=False)
             elif doc is None:
                 found.append("controller on %s: supervisor up, API not answering" % ctl)
                 did.append("nothing: the supervisor restarts it")
+            elif doc.get("state") == "fenced":
+                # another controller claimed the volume (a stale one that came back): that one is
+                # fenced below; this one must claim it again with a new epoch
+                found.append("controller on %s is fenced: %s" % (ctl, doc.get("reason") or ""))
+                did.append("restarted it on %s (it claims the volume with a new epoch)" % ctl)
+                actions.append({"host": ctl, "action": "restart_controller", "volume": name,
+                                "why": "fenced by a stale controller"})
         for h, st in sorted(node_state.items()):
             if h == ctl or h in hosts_down:
                 continue
@@ -265,6 +272,10 @@ def plan(volumes, nodes, node_state, hosts_down, docs, ha_state, relocate=False)
                 did.append("stopped it and dropped the portal on %s" % h)
                 actions.append({"host": h, "action": "fence_controller", "volume": name,
                                 "why": "the controller of %s runs on %s" % (name, ctl)})
+                if portal and ctl in node_state and ctl not in hosts_down:
+                    # neighbours may have learnt the stale host's MAC for the portal: re-announce
+                    actions.append({"host": ctl, "action": "announce_portal", "volume": name,
+                                    "why": "portal address also seen on %s" % h})
         # ---- replicas ---------------------------------------------------------------------
         new_replicas = []
         for h in replicas:

@@ -41,11 +41,11 @@ options:
     type: dict
     default: {}
   hosts_down:
-    description: Unreachable hosts with the reason (M(jiva.storage.volume_health) RV(hosts_down)).
+    description: Unreachable hosts with the reason (the C(hosts_down) result of M(jiva.storage.volume_health)).
     type: dict
     default: {}
   docs:
-    description: Status documents by volume (M(jiva.storage.volume_health) RV(docs)).
+    description: Status documents by volume (the C(docs) result of M(jiva.storage.volume_health)).
     type: dict
     default: {}
   state_file:
