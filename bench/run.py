@@ -241,7 +241,7 @@ def calibrate(url: str, job: Job, seconds: float) -> int:
         if t >= 0.5 or count > 10_000_000:
             break
         count *= 4
-    return max(job.qd, int(count / t * seconds * 1.1))
+    return max(job.qd, int(count / t * seconds * 1.2))
 
 
 T0 = time.monotonic()
@@ -272,9 +272,9 @@ def run_jobs(targets: dict[str, str], seconds: float, reps: int, only: list[str]
                 n = counts[key]
                 t = qemu_bench(url, job, n)
                 for _ in range(3):  # shorter than asked (load changed): again, longer
-                    if t >= seconds * 0.9:
+                    if t >= seconds:
                         break
-                    n = counts[key] = int(n / t * seconds * 1.15)
+                    n = counts[key] = int(n / t * seconds * 1.2)
                     t = qemu_bench(url, job, n)
                 iops = n / t
                 raw.setdefault(job.name, {}).setdefault(tname, []).append(
