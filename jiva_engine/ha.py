@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--poll", type=float, default=1.0, help="poll the volume APIs this often (s)"
     )
+    parser.add_argument(
+        "--retry",
+        type=float,
+        default=10.0,
+        help="run the play again this often (s) while a volume stays unhealthy",
+    )
     parser.add_argument("--ansible-playbook", default=None, help="ansible-playbook executable")
     parser.add_argument("--log", help="append each run's output here")
     parser.add_argument(
@@ -47,19 +54,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _poll_one(api: str, timeout: float) -> str:
+    """'state/mode,mode,...' of one volume from GET /v1/volume, or 'unreachable'."""
+    try:
+        with urllib.request.urlopen(f"http://{api}/v1/volume", timeout=timeout) as r:
+            doc = json.load(r)
+        st = doc.get("state", "?")
+        modes = ",".join(sorted(x.get("mode", "?") for x in doc.get("replicas", [])))
+        return f"{st}/{modes}"
+    except (OSError, ValueError):
+        return "unreachable"
+
+
 def poll(apis: dict[str, str], timeout: float = 1.0) -> dict[str, str]:
-    """{volume: 'serving'|'waiting'|...|'degraded'|'unreachable'} from GET /v1/volume."""
-    out = {}
-    for name, api in apis.items():
-        try:
-            with urllib.request.urlopen(f"http://{api}/v1/volume", timeout=timeout) as r:
-                doc = json.load(r)
-            st = doc.get("state", "?")
-            modes = ",".join(sorted(x.get("mode", "?") for x in doc.get("replicas", [])))
-            out[name] = f"{st}/{modes}"
-        except (OSError, ValueError):
-            out[name] = "unreachable"
-    return out
+    """{volume: 'serving'|'waiting'|...|'degraded'|'unreachable'} from GET /v1/volume.
+
+    The volumes are polled in parallel, so a dead host that holds several controllers is seen
+    after one `timeout`, not one per volume.
+    """
+    if len(apis) <= 1:
+        return {name: _poll_one(api, timeout) for name, api in apis.items()}
+    with ThreadPoolExecutor(max_workers=min(16, len(apis))) as ex:
+        futs = {name: ex.submit(_poll_one, api, timeout) for name, api in apis.items()}
+        return {name: f.result() for name, f in futs.items()}
 
 
 def healthy(states: dict[str, str]) -> bool:
