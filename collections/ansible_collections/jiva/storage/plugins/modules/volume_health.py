@@ -176,42 +176,67 @@ def render(rows):
     return "\n".join(" | ".join(str(c) for c in r) for r in [HEALTH_HEADERS] + table)
 
 
+ARGUMENT_SPEC = dict(
+    volumes=dict(type="list", elements="raw", required=True),
+    place=dict(type="bool", default=False),
+    replica_port_base=dict(type="int", default=9700),
+    api_port_base=dict(type="int", default=9800),
+    nodes=dict(type="list", elements="dict", required=True),
+    state_file=dict(type="path"),
+    token=dict(type="str", no_log=True),
+    timeout=dict(type="float", default=2.0),
+    probe_hosts=dict(type="bool", default=True),
+    json_file=dict(type="path"),
+    fail_on_degraded=dict(type="bool", default=False),
+)
+
+
+class HealthError(Exception):
+    """The module fails: message, and the result to return with it."""
+
+    def __init__(self, msg, result=None):
+        Exception.__init__(self, msg)
+        self.result = result or {}
+
+
 def main():
     """Run the module."""
-    module = AnsibleModule(
-        argument_spec=dict(
-            volumes=dict(type="list", elements="raw", required=True),
-            place=dict(type="bool", default=False),
-            replica_port_base=dict(type="int", default=9700),
-            api_port_base=dict(type="int", default=9800),
-            nodes=dict(type="list", elements="dict", required=True),
-            state_file=dict(type="path"),
-            token=dict(type="str", no_log=True),
-            timeout=dict(type="float", default=2.0),
-            probe_hosts=dict(type="bool", default=True),
-            json_file=dict(type="path"),
-            fail_on_degraded=dict(type="bool", default=False),
-        ),
-        supports_check_mode=True,
-    )
-    p = module.params
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    try:
+        result = health(module.params)
+    except HealthError as exc:
+        module.fail_json(msg=str(exc), **exc.result)
+    module.exit_json(**result)
+
+
+def health(p):
+    """The module's result for validated params `p` (raises HealthError to fail).
+
+    Shared by the module and the action plugin of the same name, which runs it inside
+    ansible-playbook on the control node (no module start-up on the failover's critical path).
+    """
     volumes = p["volumes"]
     if p["place"]:
         nodes = [dict(name=n["name"], address=n["address"], eligible=n.get("eligible", True)) for n in p["nodes"]]
         try:
             volumes = place(nodes, volumes, None, p["replica_port_base"], p["api_port_base"])
         except PlacementError as exc:
-            module.fail_json(msg="invalid jiva inventory: %s" % exc)
+            raise HealthError("invalid jiva inventory: %s" % exc)
         for vol in volumes:
             vol.pop("chap_secret", None)
     saved = load_state(p["state_file"])
     node_address = dict((n["name"], n["address"]) for n in p["nodes"])
+    # The host probes and the API reads run side by side: a dead host costs one probe round
+    # (with its retry) instead of that plus an API timeout after it.
+    calls = [(lambda v=vol: read_volume(v["api"], p["token"], p["timeout"])) for vol in volumes]
+    if p["probe_hosts"]:
+        calls.append(lambda: probe_hosts(p["nodes"], timeout=min(p["timeout"], 0.8)))
+    results = parallel(calls)
+    reads = results[: len(volumes)]
     down = {}
     if p["probe_hosts"]:
-        down = dict((h, why) for h, why in probe_hosts(p["nodes"], timeout=min(p["timeout"], 0.8)).items()
-                    if why is not None)
+        down = dict((h, why) for h, why in results[-1].items() if why is not None)
     rows, docs = [], {}
-    reads = parallel([(lambda v=vol: read_volume(v["api"], p["token"], p["timeout"])) for vol in volumes])
     for vol, (doc, err) in zip(volumes, reads):
         docs[vol["name"]] = doc
         known = saved.get(vol["name"]) or {}
@@ -229,8 +254,8 @@ def main():
     table = render(rows)
     result = dict(changed=False, placed=volumes, nodes=p["nodes"], volumes=rows, table=table, degraded=degraded, hosts_down=down, docs=docs)
     if p["fail_on_degraded"] and degraded:
-        module.fail_json(msg="degraded volumes: %s\n%s" % (", ".join(degraded), table), **result)
-    module.exit_json(**result)
+        raise HealthError("degraded volumes: %s\n%s" % (", ".join(degraded), table), result)
+    return result
 
 
 if __name__ == "__main__":
