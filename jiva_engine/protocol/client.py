@@ -42,11 +42,11 @@ def _consume(fut: asyncio.Future) -> None:
         fut.exception()
 
 
-_RBUF = 256 * 1024  # receive buffer for small frames
+_RBUF = wire.RECV_BUF  # receive buffer for small frames
 _BIG = 64 * 1024  # payloads at least this big are received straight into their own buffer
 
 
-class _ClientProtocol(asyncio.BufferedProtocol):
+class _ClientProtocol(wire.RecvBuffer, asyncio.BufferedProtocol):
     """Receives answers with recv_into: small frames through one reusable buffer, big payloads
     (READ data) directly into the bytearray handed to the caller, so no extra copies."""
 
@@ -63,16 +63,6 @@ class _ClientProtocol(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.client._lost(f"connection lost: {exc}" if exc else "connection closed by the replica")
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        if self.big is not None:
-            return self.big_mv[self.big_filled :]
-        if _RBUF - self.end < 4096:  # make room: move the partial frame to the front
-            n = self.end - self.start
-            part = self.mv[self.start : self.end]
-            self.buf[:n] = part if self.start >= n else bytes(part)  # no overlapping copy
-            self.start, self.end = 0, n
-        return self.mv[self.end :]
 
     def buffer_updated(self, nbytes: int) -> None:
         if self.big is not None:

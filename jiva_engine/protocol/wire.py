@@ -226,3 +226,32 @@ def loads(payload: bytes) -> Any:
         return json.loads(payload) if payload else None
     except (ValueError, UnicodeDecodeError) as e:
         raise FrameError(f"bad JSON payload: {e}") from None
+
+
+RECV_BUF = 256 * 1024  # per-connection receive buffer for small frames
+
+
+class RecvBuffer:
+    """The receive-buffer half of a BufferedProtocol shared by the client and the replica server.
+
+    Small frames accumulate in `buf[start:end]`; a big payload (`big`, a bytearray the caller
+    set up) is received straight into `big_mv` at `big_filled`, so it is never copied.
+    """
+
+    big: bytearray | None
+    big_mv: memoryview | None
+    big_filled: int
+    buf: bytearray
+    mv: memoryview
+    start: int
+    end: int
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.big is not None:
+            return self.big_mv[self.big_filled :]
+        if RECV_BUF - self.end < 4096:  # make room: move the partial frame to the front
+            n = self.end - self.start
+            part = self.mv[self.start : self.end]
+            self.buf[:n] = part if self.start >= n else bytes(part)  # no overlapping copy
+            self.start, self.end = 0, n
+        return self.mv[self.end :]

@@ -29,7 +29,7 @@ _MAGIC = wire.MAGIC
 _READ, _WRITE = wire.READ, wire.WRITE
 _FLAG_REBUILD = wire.FLAG_REBUILD
 _MAX_IO = wire.MAX_IO
-_RBUF = 256 * 1024  # per-connection receive buffer for small frames
+_RBUF = wire.RECV_BUF  # per-connection receive buffer for small frames
 _BIG = 64 * 1024  # payloads at least this big are received straight into their own bytearray
 _QUEUE_FRAMES_MAX = 4096  # frames buffered per connection before we stop reading
 _QUEUE_BYTES_MAX = 64 << 20
@@ -271,7 +271,7 @@ def _keepalive(sock: socket.socket | None) -> None:
                 pass
 
 
-class ReplicaConnection(asyncio.BufferedProtocol):
+class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
     """One controller connection: handshake, then frames applied in order.
 
     Bytes are received with recv_into: small frames into one reusable buffer (plain READs and
@@ -365,16 +365,6 @@ class ReplicaConnection(asyncio.BufferedProtocol):
                 self.transport.pause_reading()
             else:
                 self.transport.resume_reading()
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        if self.big is not None:
-            return self.big_mv[self.big_filled :]
-        if _RBUF - self.end < 4096:  # make room: move the partial frame to the front
-            n = self.end - self.start
-            part = self.mv[self.start : self.end]
-            self.buf[:n] = part if self.start >= n else bytes(part)  # no overlapping copy
-            self.start, self.end = 0, n
-        return self.mv[self.end :]
 
     def buffer_updated(self, nbytes: int) -> None:
         if self.closing:
