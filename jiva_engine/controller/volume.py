@@ -34,6 +34,8 @@ MAX_IO = wire.MAX_IO  # largest READ/WRITE in one frame; bigger requests are spl
 SECTOR = 512
 REBUILD_PARALLEL = 4  # spans copied at once by one rebuild
 REBUILD_SPAN = 8  # adjacent regions copied as one span (one write-intent update on the target)
+SMALL_COPY = 256 << 10  # spans below this are copied without an EXTENTS round trip
+REBUILD_SMALL_PARALLEL = 64  # small spans in flight at once (fine change maps)
 
 
 class _Fenced(Exception):
@@ -473,9 +475,12 @@ class Volume:
                 )
                 self._wake.set()
                 return
-            # ops sent to a failed member may have landed on the others before tracking
-            # starts: re-send them after SET_META so the missed map records them
-            resend = [op for op in self._inflight.values() if any(t in failed for t in op.targets)]
+            # every unacknowledged write/unmap may have landed on the others before tracking
+            # starts (including ones issued after the failure, which skipped the failed member):
+            # re-send them after SET_META so the change map records them, then drop the
+            # region-granular seed the replicas took at SET_META (it covers a controller crash
+            # before the re-send is done)
+            resend = [op for op in self._inflight.values() if op.kind != "flush"]
             self.epoch += 1
             self.stats["epoch_changes"] += 1
             membership = [m.address for m in rw]
@@ -505,6 +510,19 @@ class Volume:
                     if isinstance(r, Exception) and m not in failed:
                         failed.append(m)
                         errors[m.address] = f"re-sending in-flight writes failed: {r}"
+            if not failed:
+                since = self.epoch
+                res = await asyncio.gather(
+                    *(m.client.set_meta(epoch=self.epoch, drop_seed=[since]) for m in rw),
+                    return_exceptions=True,
+                )
+                for m, r in zip(rw, res, strict=True):
+                    if isinstance(r, ReplicaError) and r.status == wire.STALE_EPOCH:
+                        await self._fence(f"replica {m.address} reports a newer epoch: {r}")
+                        return
+                    if isinstance(r, Exception) and m not in failed:
+                        failed.append(m)
+                        errors[m.address] = f"SET_META drop_seed failed: {r}"
 
     # ------------------------------------------------------------------ background manager
     async def _manage(self) -> None:
@@ -678,6 +696,10 @@ class Volume:
         """Copy [off, off+ln) from src to dsts under the range lock; holes become holes."""
         copied = 0
         async with self._ranges.hold(off, ln):
+            if ln < SMALL_COPY:  # a changed chunk: read + write (a hole is copied as zeroes)
+                data = await src.client.read(off, ln, self.epoch)
+                await _all([d.client.write(off, data, self.epoch, rebuild=rebuild) for d in dsts])
+                return ln
             ext = await src.client.extents(off, ln)
             pos, end = off, off + ln
             for eo, el in [*_clip(ext, off, end), (end, 0)]:
@@ -693,7 +715,11 @@ class Volume:
         return copied
 
     def _plan(self, rmeta: dict[str, Any], rdirty: dict[str, Any], sdm: dict[str, Any]) -> tuple:
-        """Which regions a returning replica needs: (kind, regions or None for full)."""
+        """What a returning replica needs: (kind, sorted merged byte extents, or None for full).
+
+        Change maps come as byte runs ([offset, length], DIRTY_MAP `missed_granularity` fine);
+        a replica of the older format answers region numbers, which are widened to regions.
+        """
         r_epoch = int(rmeta.get("epoch") or 0)
         if (
             r_epoch <= 0
@@ -708,8 +734,14 @@ class Volume:
         if not usable:
             return "full", None
         since = max(usable)
-        regions = set(missed[since]) | set(rdirty.get("dirty") or [])
-        return f"incremental since epoch {since}", sorted(regions)
+        ext: list[tuple[int, int]] = []
+        for x in missed[since]:
+            if isinstance(x, int):  # region number (older replica)
+                ext.append(self._region(x))
+            else:
+                ext.append((int(x[0]), int(x[1])))
+        ext.extend(self._region(r) for r in rdirty.get("dirty") or [])
+        return f"incremental since epoch {since}", _merge(ext, self.size)
 
     async def _rebuild(self, m: Member, rmeta: dict[str, Any]) -> None:
         """Bring a non-member up to date as WO, then add it to the membership (rule 6)."""
@@ -739,40 +771,43 @@ class Volume:
                 raise ReplicaUnavailable("no current member to rebuild from")
             src = rw[next(self._rr) % len(rw)]
             sdm = await src.client.dirty_map()
-            kind, regions = self._plan(rmeta, rdirty, sdm)
-            if regions is None:
+            kind, extents = self._plan(rmeta, rdirty, sdm)
+            if extents is None:
                 used = set()
-                for eo, el in await src.client.extents(0, self.size):
+                for eo, el in [
+                    *await src.client.extents(0, self.size),
+                    *await c.extents(0, self.size),
+                ]:
                     used.update(
                         range(eo // self.region_size, (eo + el - 1) // self.region_size + 1)
                     )
-                for eo, el in await c.extents(0, self.size):
-                    used.update(
-                        range(eo // self.region_size, (eo + el - 1) // self.region_size + 1)
-                    )
-                regions = sorted(used)
-            total = sum(self._region(r)[1] for r in regions)
+                extents = _merge([self._region(r) for r in used], self.size)
+            total = sum(ln for _, ln in extents)
             m.rebuild = {"done": 0, "total": total}
             log.info(
-                "rebuilding %s from %s: %s, %d regions", m.address, src.address, kind, len(regions)
-            )
+                "rebuilding %s from %s: %s, %d extents, %d bytes",
+                m.address, src.address, kind, len(extents), total,
+            )  # fmt: skip
             copied = 0
-            span = REBUILD_SPAN
+            span = REBUILD_SPAN * self.region_size
             if self._throttle.rate:  # keep the pacing smooth: at most ~1/4 s of budget per span
-                span = max(1, min(span, int(self._throttle.rate / 4) // self.region_size))
-            todo = iter(_spans(regions, span))
+                span = max(self.region_size, min(span, int(self._throttle.rate / 4)))
+            spans = _split(extents, span)
+            todo = iter(spans)
             failure: list[BaseException] = []
+            # small extents (a fine change map) are latency-bound: keep more of them in flight
+            parallel = (
+                REBUILD_PARALLEL if total >= len(spans) * SMALL_COPY else REBUILD_SMALL_PARALLEL
+            )
 
-            async def copier() -> None:  # a few regions in flight at once, each range-locked
+            async def copier() -> None:  # a few spans in flight at once, each range-locked
                 nonlocal copied
-                for first, count in todo:
+                for off, ln in todo:
                     if failure:
                         return
                     if m.mode != WO or src.mode != RW or self.state != SERVING:
                         failure.append(ReplicaUnavailable("rebuild interrupted"))
                         return
-                    off = self._region(first)[0]
-                    ln = sum(self._region(r)[1] for r in range(first, first + count))
                     await self._throttle.take(ln)  # --rebuild-rate, shared by every rebuild
                     try:
                         n = await self._copy_checked(src, m, off, ln)
@@ -783,7 +818,7 @@ class Volume:
                     self.stats["rebuild_bytes_copied"] += n
                     m.rebuild["done"] += ln
 
-            await asyncio.gather(*(copier() for _ in range(REBUILD_PARALLEL)))
+            await asyncio.gather(*(copier() for _ in range(parallel)))
             if failure:
                 raise failure[0]
             await c.flush(self.epoch)
@@ -791,7 +826,7 @@ class Volume:
                 "kind": kind.split()[0],
                 "detail": kind,
                 "source": src.address,
-                "regions": len(regions),
+                "regions": len(extents),
                 "copied": copied,
                 "scanned": total,
                 "seconds": round(time.monotonic() - t0, 3),
@@ -912,14 +947,28 @@ class Volume:
             await self._stop_tracking()
 
 
-def _spans(regions: list[int], limit: int) -> list[tuple[int, int]]:
-    """Group sorted region numbers into (first, count) runs of adjacent regions, count <= limit."""
-    out: list[tuple[int, int]] = []
-    for r in regions:
-        if out and out[-1][0] + out[-1][1] == r and out[-1][1] < limit:
-            out[-1] = (out[-1][0], out[-1][1] + 1)
+def _merge(ext: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    """Sort byte extents, clip them to the volume and merge overlapping or adjacent ones."""
+    out: list[list[int]] = []
+    for off, ln in sorted(ext):
+        end = min(off + ln, size)
+        if end <= off:
+            continue
+        if out and off <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], end)
         else:
-            out.append((r, 1))
+            out.append([off, end])
+    return [(a, b - a) for a, b in out]
+
+
+def _split(ext: list[tuple[int, int]], limit: int) -> list[tuple[int, int]]:
+    """Cut extents into copy spans of at most `limit` bytes."""
+    out: list[tuple[int, int]] = []
+    for off, ln in ext:
+        while ln > limit:
+            out.append((off, limit))
+            off, ln = off + limit, ln - limit
+        out.append((off, ln))
     return out
 
 

@@ -383,7 +383,7 @@ class ReplicaClient:
         return await self._json(wire.SET_MODE, {"mode": mode}, epoch)
 
     async def dirty_map(self) -> dict[str, Any]:
-        """{"region_size", "dirty": [regions], "missed": {"E": [regions]}}."""
+        """{"region_size", "dirty": [regions], "missed_granularity", "missed": {"E": [[off, len]..]}}."""
         return await self._json(wire.DIRTY_MAP)
 
     async def clear_dirty(self, regions: list[int] | None = None, epoch: int | None = None) -> None:

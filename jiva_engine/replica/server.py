@@ -437,6 +437,7 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
         dirty = store.dirty
         und = store.undurable
         lastw = store.last_write
+        missed = store.missed
         fd = store.fd
         st = self.stats
         out = self.out
@@ -469,6 +470,8 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
                             break  # short write: let the general path finish it
                     except OSError:
                         break
+                    if missed:
+                        store.note_missed(off, plen)
                     seq += 1
                     lastw[r0] = seq
                     st.writes += 1
@@ -701,7 +704,8 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
             body = {
                 "region_size": store.region_size,
                 "dirty": sorted(store.dirty),
-                "missed": {str(e): sorted(m) for e, m in store.missed.items()},
+                "missed_granularity": store.mgran,
+                "missed": {str(e): store.missed_runs(e) for e in store.missed},
             }
             return self._reply(op, rid, wire.dumps(body))
         if op == wire.EXTENTS:
@@ -825,7 +829,7 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
     async def _set_meta(self, rid: int, hdr_epoch: int, body: Any) -> None:
         op = wire.SET_META
         store = self.store
-        allowed = {"epoch", "membership", "start_tracking", "stop_tracking", "clean"}
+        allowed = {"epoch", "membership", "start_tracking", "stop_tracking", "drop_seed", "clean"}
         if not isinstance(body, dict) or set(body) - allowed:
             extra = sorted(set(body) - allowed) if isinstance(body, dict) else "not an object"
             return self._error(op, rid, wire.EINVAL, f"SET_META: unexpected fields {extra}")
@@ -833,6 +837,7 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
         members = body.get("membership")
         start = body.get("start_tracking")
         stop = body.get("stop_tracking")
+        drop_seed = body.get("drop_seed")
         clean = body.get("clean")
         if epoch is not None and (
             not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0
@@ -850,6 +855,11 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
             not isinstance(stop, list) or not all(isinstance(e, int) for e in stop)
         ):
             return self._error(op, rid, wire.EINVAL, "SET_META: stop_tracking must list epochs")
+        if drop_seed is not None and (
+            not isinstance(drop_seed, list)
+            or not all(isinstance(e, int) and not isinstance(e, bool) for e in drop_seed)
+        ):
+            return self._error(op, rid, wire.EINVAL, "SET_META: drop_seed must list epochs")
         if clean is not None and not isinstance(clean, bool):
             return self._error(op, rid, wire.EINVAL, "SET_META: clean must be a boolean")
         if epoch is not None and epoch < store.meta["epoch"]:
@@ -866,6 +876,8 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
                 await self.server.persist.request()  # the change map exists before meta names it
             if stop:
                 store.stop_tracking(stop)
+            if drop_seed:
+                store.drop_seed(drop_seed)
             await self.server.write_meta()
             if stop:
                 await self.server.persist.request()  # meta no longer names them: delete files

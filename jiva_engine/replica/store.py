@@ -23,6 +23,8 @@ DEFAULT_REGION = 1 << 20
 META = "meta.json"
 DATA = "volume.img"
 DIRTY = "dirty.map"
+MISSED_MIN = 4096  # finest change-map granularity
+MISSED_MAX_BITS = 32 << 20  # one change map stays <= 4 MiB of bits
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
@@ -63,6 +65,61 @@ def bytes_to_bits(data: bytes, nregions: int) -> set[int]:
                     if r < nregions:
                         out.add(r)
     return out
+
+
+def missed_granularity(size: int) -> int:
+    """Smallest power of two >= 4 KiB whose change map for `size` bytes fits in 4 MiB of bits."""
+    g = MISSED_MIN
+    while (size + g - 1) // g > MISSED_MAX_BITS:
+        g <<= 1
+    return g
+
+
+def set_bits(buf: bytearray, a: int, b: int) -> None:
+    """Set bits [a, b) of a little-endian-bit bitmap (whole bytes in one slice assignment)."""
+    while a < b and a & 7:
+        buf[a >> 3] |= 1 << (a & 7)
+        a += 1
+    full = (b - a) >> 3
+    if full:
+        i = a >> 3
+        buf[i : i + full] = b"\xff" * full
+        a += full << 3
+    while a < b:
+        buf[a >> 3] |= 1 << (a & 7)
+        a += 1
+
+
+def bit_runs(buf: bytes | bytearray, nbits: int) -> list[list[int]]:
+    """[first, count] runs of set bits (bits past nbits ignored)."""
+    runs: list[list[int]] = []
+    nbytes = len(buf)
+    i = 0
+    while i < nbytes:
+        if not buf[i]:
+            i += 1
+            continue
+        b = buf[i]
+        if b == 0xFF:
+            first = i << 3
+            if runs and runs[-1][0] + runs[-1][1] == first:
+                runs[-1][1] += 8
+            else:
+                runs.append([first, 8])
+        else:
+            for j in range(8):
+                if b & (1 << j):
+                    r = (i << 3) | j
+                    if runs and runs[-1][0] + runs[-1][1] == r:
+                        runs[-1][1] += 1
+                    else:
+                        runs.append([r, 1])
+        i += 1
+    if runs and runs[-1][0] + runs[-1][1] > nbits:
+        runs[-1][1] = nbits - runs[-1][0]
+        if runs[-1][1] <= 0:
+            runs.pop()
+    return runs
 
 
 def _fsync_dir(path: Path) -> None:
@@ -133,20 +190,41 @@ class ReplicaStore:
         # region bitmaps held as sets; files mirror them (written on 0->1, lazily on clear)
         self.dirty: set[int] = self._load_map(DIRTY)
         self.sticky: set[int] = set(self.dirty)  # left by a crash: only CLEAR_DIRTY clears them
-        self.missed: dict[int, set[int]] = {}
+        # change maps: one bit per `mgran` bytes (finer than regions), held as bytearrays.
+        # Their bits are set after the data write and reach the disk with the next bitmap
+        # write; that is safe because the region's write-intent bit is durable first, every
+        # region dirty at load is treated as wholly changed, and change maps are written
+        # before dirty.map whenever bits are cleared.
+        old_gran = "missed_granularity" not in self.meta  # maps of an older format
+        self.mgran = int(self.meta.get("missed_granularity") or missed_granularity(size))
+        self.mshift = self.mgran.bit_length() - 1
+        self.nchunks = (size + self.mgran - 1) >> self.mshift
+        self.missed: dict[int, bytearray] = {}
+        # per change map, the regions dirty when it started (writes possibly in flight then);
+        # dropped by SET_META drop_seed once the controller has re-sent its in-flight writes
+        self.seeds: dict[int, set[int]] = {}
         for t in self.meta.get("tracking", []):
             since = int(t["since"])
+            self.seeds[since] = {int(r) for r in t.get("seed") or []}
             if (self.dir / missed_name(since)).exists():
-                self.missed[since] = self._load_map(missed_name(since))
+                self.missed[since] = self._load_missed(missed_name(since), old_gran)
             else:  # lost change map: the only safe answer is "everything changed"
                 log.warning("%s missing: treating every region as changed", missed_name(since))
-                self.missed[since] = set(range(self.nregions))
+                self.missed[since] = self._all_changed()
+        for m in self.missed.values():  # bits of dirty regions may not have reached the disk
+            for r in self.dirty:
+                self._mark_region(m, r)
         self.undurable: set[int] = set()  # set in memory, not yet on disk
         self._dropped: set[int] = set()  # change maps to delete at the next bitmap write
         self.last_write: dict[int, int] = {}  # region -> write sequence number of its last write
         self.wseq = 0
         self.prev_clear_seq = 0
         self.closed = False
+        if old_gran:
+            self.meta["missed_granularity"] = self.mgran
+            if self.missed:  # rewrite the maps at the new granularity before meta names it
+                self.persist_bitmaps()
+            self.write_meta(self.meta_snapshot())
         if self.meta.get("clean", True):
             self.meta["clean"] = False
             self.write_meta(self.meta_snapshot())
@@ -195,6 +273,7 @@ class ReplicaStore:
             "membership": [],
             "clean": True,
             "region_size": region_size,
+            "missed_granularity": missed_granularity(self.size),
             "tracking": [],
             "rebuilding": False,
         }
@@ -223,6 +302,63 @@ class ReplicaStore:
                         path, len(data), (self.nregions + 7) // 8)  # fmt: skip
             return set(range(self.nregions))
         return bytes_to_bits(data, self.nregions)
+
+    def _all_changed(self) -> bytearray:
+        buf = bytearray((self.nchunks + 7) // 8)
+        set_bits(buf, 0, self.nchunks)
+        return buf
+
+    def _mark_region(self, m: bytearray, r: int) -> None:
+        a = (r << self.shift) >> self.mshift
+        b = min(self.nchunks, ((r + 1) << self.shift) >> self.mshift)
+        set_bits(m, a, max(a + 1, b))
+
+    def _load_missed(self, name: str, old_gran: bool) -> bytearray:
+        """A change map file; region-granular (older format) maps are widened to chunks."""
+        path = self.dir / name
+        data = path.read_bytes()
+        if old_gran:
+            if len(data) != (self.nregions + 7) // 8:
+                log.warning("%s is torn: treating every region as changed", path)
+                return self._all_changed()
+            buf = bytearray((self.nchunks + 7) // 8)
+            for r in bytes_to_bits(data, self.nregions):
+                self._mark_region(buf, r)
+            return buf
+        if len(data) != (self.nchunks + 7) // 8:
+            log.warning("%s has %d bytes, not %d: treating every region as changed",
+                        path, len(data), (self.nchunks + 7) // 8)  # fmt: skip
+            return self._all_changed()
+        return bytearray(data)
+
+    def note_missed(self, offset: int, length: int) -> None:
+        """Record a write/unmap in every change map (call only when self.missed is non-empty)."""
+        a = offset >> self.mshift
+        b = (offset + length - 1 >> self.mshift) + 1
+        for m in self.missed.values():
+            if b == a + 1:
+                m[a >> 3] |= 1 << (a & 7)
+            else:
+                set_bits(m, a, b)
+
+    def missed_runs(self, since: int, max_runs: int = MAX_RUNS) -> list[list[int]]:
+        """Byte [offset, length] runs changed since epoch `since` (seed regions included).
+
+        Coarsened (runs widened to aligned chunks) when there are more than `max_runs`.
+        """
+        m = self.missed[since]
+        seed = self.seeds.get(since)
+        if seed:
+            m = bytearray(m)
+            for r in seed:
+                self._mark_region(m, r)
+        g = self.mgran
+        runs = [[a * g, min(self.size, (a + n) * g) - a * g] for a, n in bit_runs(m, self.nchunks)]
+        gran = self.mgran * 2
+        while len(runs) > max_runs:
+            runs = coarsen(runs, gran, 0, self.size)
+            gran *= 2
+        return runs
 
     @property
     def epoch(self) -> int:
@@ -264,7 +400,7 @@ class ReplicaStore:
         return False
 
     def mark(self, offset: int, length: int) -> None:
-        """Mark the range's regions dirty (and changed in every change map) in memory.
+        """Mark the range's regions dirty in memory (change maps: see note_write/note_missed).
 
         The new bits are `undurable` until a bitmap write covers them; the data write must wait.
         """
@@ -273,11 +409,11 @@ class ReplicaStore:
             if r not in self.dirty:
                 self.dirty.add(r)
                 self.undurable.add(r)
-                for m in self.missed.values():
-                    m.add(r)
 
     def note_write(self, offset: int, length: int) -> None:
-        """Record the write sequence of the regions touched (for lazy clearing)."""
+        """Record the write sequence of the regions touched (lazy clearing), and change maps."""
+        if self.missed:
+            self.note_missed(offset, length)
         self.wseq = seq = self.wseq + 1
         shift = self.shift
         r0 = offset >> shift
@@ -360,15 +496,17 @@ class ReplicaStore:
         """Capture the bitmaps for write_bitmaps (loop thread)."""
         return {
             "dirty": bits_to_bytes(self.dirty, self.nregions),
-            "missed": {e: bits_to_bytes(m, self.nregions) for e, m in self.missed.items()},
+            "missed": {e: bytes(m) for e, m in self.missed.items()},
             "drop": set(self._dropped),
             "regions": set(self.undurable),
         }
 
     def write_bitmaps(self, snap: dict[str, Any]) -> None:
         """Write and fsync the bitmap files of a snapshot (worker thread)."""
-        for name, data in [(DIRTY, snap["dirty"])] + [
-            (missed_name(e), d) for e, d in snap["missed"].items()
+        # change maps first: a dirty bit may be cleared only once the chunk bits it covers
+        # are on disk (a crash in between leaves the region dirty = wholly changed)
+        for name, data in [(missed_name(e), d) for e, d in snap["missed"].items()] + [
+            (DIRTY, snap["dirty"])
         ]:
             path = self.dir / name
             created = not path.exists()
@@ -431,16 +569,31 @@ class ReplicaStore:
         """Start a change map "written since epoch `since`", seeded with the dirty regions."""
         if since in self.missed:
             return
-        self.missed[since] = set(self.dirty)
+        self.missed[since] = bytearray((self.nchunks + 7) // 8)
+        self.seeds[since] = set(self.dirty)
         self._dropped.discard(since)
-        self.meta["tracking"] = [{"since": e} for e in sorted(self.missed)]
+        self._tracking_meta()
+
+    def _tracking_meta(self) -> None:
+        self.meta["tracking"] = [
+            {"since": e, "seed": sorted(self.seeds.get(e) or ())} for e in sorted(self.missed)
+        ]
+
+    def drop_seed(self, since_list: list[int]) -> None:
+        """Forget the start-up seed of change maps (the controller re-sent its in-flight writes,
+        so the chunk bits now record them); persisted with the next meta write."""
+        for e in since_list:
+            if e in self.seeds:
+                self.seeds[e] = set()
+        self._tracking_meta()
 
     def stop_tracking(self, since_list: list[int]) -> None:
         """Drop change maps (their files go at the next bitmap write)."""
         for e in since_list:
             if self.missed.pop(e, None) is not None:
                 self._dropped.add(e)
-        self.meta["tracking"] = [{"since": e} for e in sorted(self.missed)]
+            self.seeds.pop(e, None)
+        self._tracking_meta()
 
     # ------------------------------------------------------------------ shutdown / writes for tests
     def write(self, offset: int, data: bytes) -> None:

@@ -379,8 +379,10 @@ async def test_tracking_mode_and_rebuild_stats(replica):
     await c.write(9 * MiB, b"m" * 512, 3)
     await c.write(20 * MiB, b"r" * 4096, 3, rebuild=True)
     dm = await c.dirty_map()
-    assert dm["region_size"] == MiB
-    assert dm["missed"] == {"3": [3, 9, 20]}
+    assert dm["region_size"] == MiB and dm["missed_granularity"] == 4096
+    # region 3 (dirty when tracking started) whole, the later writes as 4 KiB chunks
+    want = [[3 * MiB, MiB], [9 * MiB, 4096], [20 * MiB, 4096]]
+    assert dm["missed"] == {"3": want}
     assert set(dm["dirty"]) == {3, 9, 20}
     info = await c.info()
     assert info["tracking"] == [3] and info["stats"]["rebuild_bytes_written"] == 4096
@@ -392,11 +394,16 @@ async def test_tracking_mode_and_rebuild_stats(replica):
     c = await replica.connect()
     info = await c.info()
     assert info["mode"] == "WO" and info["epoch"] == 3 and info["tracking"] == [3]
-    assert (await c.dirty_map())["missed"] == {"3": [3, 9, 20]}
+    assert (await c.dirty_map())["missed"] == {"3": want}
     with pytest.raises(ReplicaError) as ei:
         await c.set_mode("RW")  # this client has not shown epoch 3 yet: fenced
     assert ei.value.status == wire.STALE_EPOCH
     assert (await c.set_mode("RW", epoch=3))["mode"] == "RW"
+    await c.set_meta(epoch=3, drop_seed=[3])  # the controller re-sent its in-flight writes
+    assert (await c.dirty_map())["missed"] == {"3": want[1:]}  # written before tracking
+    with pytest.raises(ReplicaError) as ei:
+        await c.set_meta(epoch=3, drop_seed="all")
+    assert ei.value.status == wire.EINVAL and "drop_seed" in ei.value.message
     await c.set_meta(epoch=3, stop_tracking=[3])
     assert not (replica.dir / "missed-3.map").exists()
     assert (await c.dirty_map())["missed"] == {}

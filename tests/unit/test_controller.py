@@ -77,7 +77,21 @@ def test_plan_incremental_uses_the_smallest_covering_change_map():
     sdm = {"region_size": 1 << 20, "missed": {"3": [1, 2, 3, 9], "5": [2, 9], "8": [4]}}
     kind, regions = v._plan({"epoch": 4}, {"region_size": 1 << 20, "dirty": [7]}, sdm)
     # epoch 4 missed everything from epoch 5 on: map 5 covers it, map 8 started too late
-    assert kind.startswith("incremental") and regions == [2, 7, 9]
+    # (region numbers = an older replica's answer, widened to whole regions)
+    mb = 1 << 20
+    assert kind.startswith("incremental") and regions == [(2 * mb, mb), (7 * mb, mb), (9 * mb, mb)]
+
+
+def test_plan_incremental_with_fine_byte_runs_merges_adjacent_extents():
+    v = _vol()
+    sdm = {
+        "region_size": 1 << 20,
+        "missed_granularity": 4096,
+        "missed": {"5": [[8192, 4096], [12288, 8192], [1 << 20, 4096]]},
+    }
+    kind, ext = v._plan({"epoch": 4}, {"region_size": 1 << 20, "dirty": []}, sdm)
+    assert kind.startswith("incremental")
+    assert ext == [(8192, 12288), (1 << 20, 4096)]  # 4K chunks, not 1 MiB regions
 
 
 @pytest.mark.parametrize(
@@ -140,9 +154,13 @@ def test_status_table_shows_rebuild_progress_and_reason():
     assert "yes" in lines["degraded"] and "1.0 GiB" in lines["size"]
 
 
-def test_spans_group_adjacent_regions():
-    from jiva_engine.controller.volume import _spans
+def test_merge_and_split_extents_into_copy_spans():
+    from jiva_engine.controller.volume import _merge, _split
 
-    assert _spans([], 8) == []
-    assert _spans([0, 1, 2, 5, 6, 9], 8) == [(0, 3), (5, 2), (9, 1)]
-    assert _spans(list(range(10)), 4) == [(0, 4), (4, 4), (8, 2)]
+    assert _merge([], 100) == []
+    assert _merge([(50, 10), (0, 10), (10, 5), (58, 10), (95, 20)], 100) == [
+        (0, 15),
+        (50, 18),
+        (95, 5),  # clipped to the volume
+    ]
+    assert _split([(0, 10), (20, 3)], 4) == [(0, 4), (4, 4), (8, 2), (20, 3)]

@@ -195,20 +195,33 @@ def test_extents_follow_written_data(tmp_path):
     s.close()
 
 
-def test_change_tracking_seeded_persisted_and_dropped(tmp_path):
+def _chunks(s: ReplicaStore, since: int) -> set[int]:
+    return bytes_to_bits(bytes(s.missed[since]), s.nchunks)
+
+
+def test_change_tracking_is_4k_fine_seeded_persisted_and_dropped(tmp_path):
     d = tmp_path / "r"
     s = ReplicaStore(d, "v", 16 * MiB)
+    assert (
+        s.mgran == 4096 and json.loads((d / "meta.json").read_text())["missed_granularity"] == 4096
+    )
     s.meta["epoch"] = 4
-    s.write(0, b"x" * 512)  # dirty region 0 when tracking starts
+    s.write(0, b"x" * 512)  # dirty region 0 when tracking starts: the seed
     s.start_tracking(4)
-    s.write(7 * MiB, b"x" * 512)
+    s.write(7 * MiB + 8192, b"x" * 8192)  # chunks 2-3 of region 7
     s.write(0, b"x" * 512)
     s.write_meta(s.meta_snapshot())
-    assert s.missed == {4: {0, 7}}
-    assert _map_on_disk(d, "missed-4.map", 16) == {0, 7}
-    os.close(s.fd)  # crash
+    assert _chunks(s, 4) == {0, 7 * 256 + 2, 7 * 256 + 3}
+    # the seed (region 0, dirty at the start) is reported as a whole region until dropped
+    assert s.missed_runs(4) == [[0, MiB], [7 * MiB + 8192, 8192]]
+    s.drop_seed([4])
+    assert s.missed_runs(4) == [[0, 4096], [7 * MiB + 8192, 8192]]
+    s.write_meta(s.meta_snapshot())
+    s.persist_bitmaps()
+    os.close(s.fd)  # crash: regions 0 and 7 are still dirty on disk
     s2 = ReplicaStore(d, "v", 16 * MiB)
-    assert s2.missed == {4: {0, 7}}
+    # chunk bits may not have reached the disk for dirty regions: they count as wholly changed
+    assert s2.missed_runs(4) == [[0, MiB], [7 * MiB, MiB]]
     s2.stop_tracking([4])
     s2.write_meta(s2.meta_snapshot())
     s2.persist_bitmaps()
@@ -217,17 +230,63 @@ def test_change_tracking_seeded_persisted_and_dropped(tmp_path):
     s2.close()
 
 
-def test_lost_change_map_means_everything_changed(tmp_path):
+def test_cleared_region_keeps_its_fine_change_bits_across_a_crash(tmp_path):
+    d = tmp_path / "r"
+    s = ReplicaStore(d, "v", 16 * MiB)
+    s.meta["epoch"] = 2
+    s.start_tracking(2)
+    s.drop_seed([2])
+    s.write_meta(s.meta_snapshot())
+    s.write(3 * MiB + 4096, b"y" * 4096)
+    cand, seq = s.begin_clear()
+    cand, seq = s.begin_clear()  # second pass: region 3 idle since the previous one
+    os.fdatasync(s.fd)
+    assert s.finish_clear(cand, seq) and 3 not in s.dirty
+    s.persist_bitmaps()  # change maps are written before dirty.map
+    os.close(s.fd)  # crash
+    s2 = ReplicaStore(d, "v", 16 * MiB)
+    assert s2.dirty == set()
+    assert s2.missed_runs(2) == [[3 * MiB + 4096, 4096]]
+    s2.close()
+
+
+def test_old_region_granular_change_map_is_widened(tmp_path):
+    d = tmp_path / "r"
+    s = ReplicaStore(d, "v", 4 * MiB)
+    s.close()
+    meta = json.loads((d / "meta.json").read_text())
+    del meta["missed_granularity"]  # written by an older version
+    meta["tracking"] = [{"since": 3}]
+    (d / "meta.json").write_text(json.dumps(meta))
+    (d / "missed-3.map").write_bytes(bytes([0b0100]))  # region 2 of 4
+    s2 = ReplicaStore(d, "v", 4 * MiB)
+    assert s2.missed_runs(3) == [[2 * MiB, MiB]]
+    s2.close()
+    s3 = ReplicaStore(d, "v", 4 * MiB)  # converted on disk, granularity recorded
+    assert s3.mgran == 4096 and s3.missed_runs(3) == [[2 * MiB, MiB]]
+    s3.close()
+
+
+def test_truncated_fine_change_map_means_everything_changed(tmp_path):
     d = tmp_path / "r"
     s = ReplicaStore(d, "v", 4 * MiB)
     s.start_tracking(0)
     s.persist_bitmaps()
     s.write_meta(s.meta_snapshot())
     s.close()
-    (d / "missed-0.map").unlink()
+    (d / "missed-0.map").write_bytes(b"\0" * 7)  # torn
     s2 = ReplicaStore(d, "v", 4 * MiB)
-    assert s2.missed == {0: {0, 1, 2, 3}}
+    assert s2.missed_runs(0) == [[0, 4 * MiB]]
     s2.close()
+
+
+def test_missed_granularity_keeps_big_maps_under_4_mib():
+    from jiva_engine.replica.store import missed_granularity
+
+    assert missed_granularity(1 << 30) == 4096
+    assert missed_granularity(128 << 30) == 4096
+    assert missed_granularity(1 << 40) == 32768
+    assert (1 << 40) // missed_granularity(1 << 40) // 8 <= 4 * MiB
 
 
 @pytest.mark.parametrize(
