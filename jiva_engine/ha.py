@@ -45,6 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=10.0,
         help="run the play again this often (s) while a volume stays unhealthy",
     )
+    parser.add_argument(
+        "--run-timeout",
+        type=float,
+        default=300.0,
+        help="stop a play run that takes longer than this (s; e.g. SSH stuck on a host that "
+        "vanished mid-run) so the next run can start; 0 = no limit",
+    )
     parser.add_argument("--ansible-playbook", default=None, help="ansible-playbook executable")
     parser.add_argument("--log", help="append each run's output here")
     parser.add_argument(
@@ -107,24 +114,44 @@ class Watcher:
             return {}
         return {n: v["api"] for n, v in vols.items() if v.get("api")}
 
+    def _log(self, text: str) -> None:
+        if self.args.log:
+            with open(self.args.log, "a") as f:
+                f.write(text)
+        else:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
     def run_play(self, why: str) -> int:
-        """One ansible-playbook run of the failover play; returns its exit code."""
+        """One ansible-playbook run of the failover play; returns its exit code (124 when it was
+        stopped after --run-timeout seconds)."""
         cmd = [self.exe, self.args.playbook, "-e", f"jiva_ha_state_file={self.args.state_file}"]
         if self.args.inventory:
             cmd += ["-i", self.args.inventory]
         cmd += shlex.split(self.args.ansible_args)
-        start = time.monotonic()
-        p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         self.runs += 1
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        if self.args.log:  # a run that hangs is visible in the log while it hangs
+            self._log(f"{stamp} jiva ha: run {self.runs} ({why}) started\n")
+        start = time.monotonic()
+        p = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,  # its own process group: a timeout stops ssh children too
+        )  # fmt: skip
+        timeout = self.args.run_timeout or None
+        try:
+            out, err = p.communicate(timeout=timeout)
+            rc = p.returncode
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            out, err = p.communicate()
+            err += f"\njiva ha: run stopped after --run-timeout {timeout:g} s\n"
+            rc = 124
         took = time.monotonic() - start
-        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} jiva ha: run {self.runs} ({why}) rc={p.returncode} {took:.1f}s\n"
-        if self.args.log:
-            with open(self.args.log, "a") as f:
-                f.write(line + p.stdout + p.stderr)
-        else:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-        return p.returncode
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        line = f"{stamp} jiva ha: run {self.runs} ({why}) rc={rc} {took:.1f}s\n"
+        self._log(line + (out + err if self.args.log else ""))
+        return rc
 
     def watch(self) -> int:
         """Loop until SIGTERM/SIGINT.

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SUPERNET = "10.213.0.0/16"
 HOST_DIRS = {"/var/lib/jiva": "var-lib-jiva", "/etc/jiva": "etc-jiva", "/opt/jiva": "opt-jiva"}
 LOCK = Path("/run/lock/jiva-sandbox.lock")
+LAST = Path("/run/lock/jiva-sandbox.last")  # the subnet handed out last
 
 
 def sh(*args: str, check: bool = True, capture: bool = True) -> str:
@@ -107,7 +108,16 @@ class Sandbox:
             fcntl.flock(lock, fcntl.LOCK_EX)
             used = self._used_prefixes()
             if subnet is None:
-                subnet = next(i for i in range(20, 250) if f"10.213.{i}" not in used)
+                # round robin from the last one handed out: a subnet just freed is not reused at
+                # once, so a straggler of a finished suite (a client still retrying its portal)
+                # cannot reach the next suite's hosts
+                try:
+                    last = int(LAST.read_text())
+                except (OSError, ValueError):
+                    last = 19
+                order = [20 + (last - 20 + k) % 230 for k in range(1, 231)]
+                subnet = next(i for i in order if f"10.213.{i}" not in used)
+                LAST.write_text(f"{subnet}\n")
             prefix = f"10.213.{subnet}"
             if prefix in used:
                 raise RuntimeError(f"subnet {prefix}.0/24 is already in use")
@@ -346,7 +356,8 @@ class Sandbox:
             "forks = 16\ntimeout = 10\nretry_files_enabled = False\n\n"
             "[ssh_connection]\npipelining = True\n"
             f"control_path_dir = {self.dir / 'cp'}\n"
-            "ssh_args = -o ControlMaster=auto -o ControlPersist=30s\n"
+            "ssh_args = -o ControlMaster=auto -o ControlPersist=30s"
+            " -o ServerAliveInterval=2 -o ServerAliveCountMax=3\n"
         )
 
     # ---- faults --------------------------------------------------------------------------

@@ -107,10 +107,15 @@ class HostsFactory:
 
     def teardown(self) -> None:
         """Tear down every sandbox made (also after a failed test)."""
+        keep = os.environ.get("JIVA_SANDBOX_LOGS")  # a folder: keep each host's jiva logs there
         for sb in self.made:
             try:
                 sb.down()
             finally:
+                if keep:
+                    for h in sb.dir.glob("h*/var-lib-jiva/log"):
+                        dest = Path(keep) / sb.dir.name / h.parts[-3]
+                        shutil.copytree(h, dest, dirs_exist_ok=True)
                 shutil.rmtree(sb.dir, ignore_errors=True)
 
 

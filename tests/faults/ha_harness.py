@@ -81,7 +81,8 @@ class Cluster:
         self.history: dict = {}  # acknowledged/issued writes of every workload run so far
 
     def close(self) -> None:
-        """Stop the watch loop, tear the hosts down."""
+        """Stop any workload still running, the watch loop, tear the hosts down."""
+        abandon_workloads()
         self.stop_watch()
         self.factory.teardown()
 
@@ -195,6 +196,23 @@ class Cluster:
         return out
 
 
+_LIVE: list[BackgroundWorkload] = []
+
+
+def abandon_workloads() -> int:
+    """Stop every workload a failed test left running (no verification); returns how many.
+
+    A workload that outlives its test keeps writing through whatever answers on its portal
+    address later (another cluster of the same suite may reuse the subnet), so every test stops
+    its workloads on the way out, pass or fail.
+    """
+    n = 0
+    while _LIVE:
+        _LIVE.pop().abandon()
+        n += 1
+    return n
+
+
 class BackgroundWorkload:
     """The torture workload (checked 4 KiB blocks) through the portal, in its own thread.
 
@@ -216,6 +234,28 @@ class BackgroundWorkload:
         self.seed = seed
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
+        _LIVE.append(self)
+
+    def abandon(self) -> None:
+        """Stop writing and log out without verifying (a test failed); keep the history usable:
+        the issued/acked maps are shared with it, only the sequence counter needs carrying over."""
+        if self in _LIVE:
+            _LIVE.remove(self)
+
+        async def fin() -> None:
+            if self.wl is not None:
+                await self.wl.stop()
+                seq = max(self.history.get("seq", 0), self.wl.seq)
+                self.history.update(acked=self.wl.acked, issued=self.wl.issued, seq=seq)
+            await self.init.logout()
+
+        try:
+            self._call(fin(), timeout=30)
+        except Exception:  # noqa: BLE001, S110 - best effort on a failed test's way out
+            pass
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
 
     def _call(self, coro, timeout: float = 300):  # noqa: ANN001, ANN202
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -282,6 +322,8 @@ class BackgroundWorkload:
                 "violations": list(s.violations),
             }
 
+        if self in _LIVE:
+            _LIVE.remove(self)
         try:
             return self._call(fin())
         finally:

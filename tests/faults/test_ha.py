@@ -11,10 +11,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.ha_harness import VOLUME, VOLUME2, BackgroundWorkload, Cluster
+from tests.faults.ha_harness import (
+    VOLUME,
+    VOLUME2,
+    BackgroundWorkload,
+    Cluster,
+    abandon_workloads,
+)
 from tests.sandbox import needs_root
 
 pytestmark = [pytest.mark.hosts, needs_root]
+
+
+@pytest.fixture(autouse=True)
+def _no_workload_outlives_its_test():
+    """A failed test must not leave its workload writing (see ha_harness.abandon_workloads)."""
+    yield
+    abandon_workloads()
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +170,8 @@ def test_scenario2_controller_host_offline_and_stale_host(cluster):
         wl = BackgroundWorkload(cluster.portal_host, 3260, seed=9, history=cluster.history)
         wl.start()
         cluster.sb.link("h4", True)
-        deadline = time.monotonic() + 60
+        # a run still busy with the move (waiting for both volumes to serve) finishes first
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline and "h4" in cluster.portal_holders():
             time.sleep(0.5)
         assert "h4" not in cluster.portal_holders(), cluster.watch_log()[-4000:]

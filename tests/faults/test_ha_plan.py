@@ -150,3 +150,43 @@ def test_health_row_marks_replicas_of_dead_hosts_unreachable():
     assert [r["mode"] for r in row["replicas"]] == ["RW", "RW", "unreachable"] and row["degraded"]
     row = H.volume_health(VOL, None, "refused", {}, {n["name"]: n["address"] for n in NODES}, "h4")
     assert row["state"] == "unreachable" and {r["mode"] for r in row["replicas"]} == {"unknown"}
+
+
+def test_two_live_controllers_the_higher_epoch_wins_over_a_stale_state_file():
+    # the run that moved the controller to h3 died before recording it: the state file still says
+    # h4; h4 comes back with its old controller (epoch 3) while h3 serves with epoch 4
+    f = facts(ctl="h3", portal_on=("h3", "h4"))
+    f["h4"]["controllers"] = f["h4"]["controllers_running"] = ["db"]
+    f["h3"]["controller_status"] = {"db": {"state": "serving", "epoch": 4}}
+    f["h4"]["controller_status"] = {"db": {"state": "serving", "epoch": 3}}
+    stale_state = {"db": {"controller": "h4", "replicas": ["h1", "h2", "h3"]}}
+    p = H.plan([VOL], NODES, f, {}, {"db": doc()}, stale_state)
+    assert p["state"]["db"]["controller"] == "h3"
+    assert {(a["host"], a["action"]) for a in p["actions"]} == {
+        ("h4", "fence_controller"),
+        ("h3", "announce_portal"),
+    }
+    # a fenced or silent controller never wins, whatever its epoch
+    f["h4"]["controller_status"] = {"db": {"state": "fenced", "epoch": 9}}
+    p = H.plan([VOL], NODES, f, {}, {"db": doc()}, stale_state)
+    assert p["state"]["db"]["controller"] == "h3"
+    # no status from either host (older node_state): the state file decides, as before
+    for h in ("h3", "h4"):
+        del f[h]["controller_status"]
+    p = H.plan([VOL], NODES, f, {}, {"db": doc()}, stale_state)
+    assert p["state"]["db"]["controller"] == "h4"
+
+
+def test_fenced_answer_through_a_shared_portal_does_not_restart_a_serving_controller():
+    # h4 came back holding the portal too; the portal API answered from h4 (fenced); h3's own
+    # controller serves: h3 is left alone, h4 is fenced
+    f = facts(ctl="h3", portal_on=("h3", "h4"))
+    f["h4"]["controllers"] = f["h4"]["controllers_running"] = ["db"]
+    f["h3"]["controller_status"] = {"db": {"state": "serving", "epoch": 4}}
+    f["h4"]["controller_status"] = {"db": {"state": "fenced", "epoch": 3}}
+    state = {"db": {"controller": "h3", "replicas": ["h1", "h2", "h3"]}}
+    p = H.plan([VOL], NODES, f, {}, {"db": doc(state="fenced")}, state)
+    assert {(a["host"], a["action"]) for a in p["actions"]} == {
+        ("h4", "fence_controller"),
+        ("h3", "announce_portal"),
+    }

@@ -160,11 +160,28 @@ def _score(volume, node, salt):
     return int(hashlib.sha256(("%s|%s|%s" % (salt, volume, node)).encode("utf-8")).hexdigest(), 16)
 
 
+def _claims(name, node_state, running):
+    """{host: epoch} of the running controllers of `name` that answer as serving (not fenced),
+    from each host's own view (node_state controller_status)."""
+    out = {}
+    for h in running:
+        st = ((node_state.get(h) or {}).get("controller_status") or {}).get(name) or {}
+        if st.get("state") == "serving" and isinstance(st.get("epoch"), int):
+            out[h] = st["epoch"]
+    return out
+
+
+def _own_state(name, host_state):
+    """The state the controller of `name` on a host reports to that host (None when unknown)."""
+    return ((host_state.get("controller_status") or {}).get(name) or {}).get("state")
+
+
 def current_layout(vol, node_state, ha_state, hosts_down, doc, node_address):
     """(controller host, replica hosts) where the volume really runs now.
 
-    Controller: a reachable host whose controller service for the volume runs (or is configured);
-    else the state file; else the placement. Replicas: the controller's replica list (addresses
+    Controller: when reachable hosts run serving controllers of the volume, the one with the highest
+    epoch (a stale controller that came back has a lower one); else the state file; else the one
+    reachable host whose controller runs (or is configured); else the placement. Replicas: the controller's replica list (addresses
     mapped to hosts) when the API answered; else the state file; else the placement.
     """
     name = vol["name"]
@@ -175,7 +192,13 @@ def current_layout(vol, node_state, ha_state, hosts_down, doc, node_address):
                if h not in hosts_down and name in (st.get("controllers_running") or [])]
     configured = [h for h, st in sorted(node_state.items())
                   if h not in hosts_down and name in (st.get("controllers") or [])]
-    if ctl is None or (ctl not in hosts_down and ctl not in configured):
+    claims = _claims(name, node_state, running)
+    if claims and (len(claims) > 1 or ctl not in claims):
+        # several live controllers (a stale one came back), or the recorded one is not serving:
+        # the one that claimed the volume last (highest epoch) is the controller, whatever the
+        # state file says (the run that moved it may have died before recording the move)
+        ctl = max(claims, key=lambda h: (claims[h], h == ctl))
+    elif ctl is None or (ctl not in hosts_down and ctl not in configured):
         if len(running) == 1:
             ctl = running[0]
         elif len(configured) == 1:
@@ -255,7 +278,8 @@ def plan(volumes, nodes, node_state, hosts_down, docs, ha_state, relocate=False)
             elif doc is None:
                 found.append("controller on %s: supervisor up, API not answering" % ctl)
                 did.append("nothing: the supervisor restarts it")
-            elif doc.get("state") == "fenced":
+            elif doc.get("state") == "fenced" and _own_state(name, st) != "serving":
+                # (the portal may answer from a stale host too: the host's own view comes first)
                 # another controller claimed the volume (a stale one that came back): that one is
                 # fenced below; this one must claim it again with a new epoch
                 found.append("controller on %s is fenced: %s" % (ctl, doc.get("reason") or ""))

@@ -96,6 +96,15 @@ portals:
   type: list
   elements: str
   sample: [10.0.0.11, 10.0.0.100]
+controller_status:
+  description:
+    - For every running controller, its own answer to C(GET /v1/volume) asked on this host (its API
+      address is local here, so a floating portal address held by two hosts still reaches this one);
+      C(state) and C(epoch), or C(state=unreachable). The plan uses it to tell the controller that
+      claimed the volume last (highest epoch) from a stale one that came back.
+  returned: always
+  type: dict
+  sample: {db: {state: serving, epoch: 7}}
 service_manager:
   description: The service manager in use (C(systemd) or C(daemon)).
   returned: always
@@ -108,9 +117,12 @@ revision:
   sample: 3f2a...
 """
 
+import json
 import os
+import shlex
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.urls import open_url
 
 
 def _alive(pidfile):
@@ -124,6 +136,32 @@ def _alive(pidfile):
     except (IOError, OSError, ValueError, IndexError):
         return False
     return state != "Z" and pidfile.encode() in cmdline
+
+
+def _api_of(env_path):
+    """The --api address in a controller's env file (JIVA_ARGS=...), or None."""
+    try:
+        with open(env_path) as f:
+            for line in f:
+                if line.startswith("JIVA_ARGS="):
+                    words = shlex.split(shlex.split(line[len("JIVA_ARGS="):].strip())[0])
+                    if "--api" in words:
+                        return words[words.index("--api") + 1]
+    except (IOError, OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _controller_status(api):
+    """{state, epoch} of the controller answering on `api` (asked from this host)."""
+    if not api:
+        return {"state": "unknown", "epoch": None}
+    try:
+        resp = open_url("http://%s/v1/volume" % api, timeout=2, validate_certs=False, use_proxy=False)
+        doc = json.loads(resp.read())
+    except Exception as e:  # any failure means: this controller does not answer
+        return {"state": "unreachable", "epoch": None, "error": str(e)[:200]}
+    return {"state": doc.get("state"), "epoch": doc.get("epoch")}
 
 
 def main():
@@ -143,7 +181,7 @@ def main():
     if manager == "auto":
         manager = "systemd" if os.path.isdir("/run/systemd/system") else "daemon"
     out = dict(controllers=[], controllers_running=[], replicas=[], replicas_running=[], replica_data=[],
-               portals=[], revision="", service_manager=manager)
+               portals=[], revision="", service_manager=manager, controller_status={})
     try:
         names = sorted(os.listdir(p["config_dir"]))
     except OSError:
@@ -174,6 +212,9 @@ def main():
                 up = _alive(os.path.join(p["run_dir"], name + ".pid"))
             if up:
                 out[kind + "s_running"].append(vol)
+    for vol in out["controllers_running"]:
+        env = os.path.join(p["config_dir"], "controller-%s.env" % vol)
+        out["controller_status"][vol] = _controller_status(_api_of(env))
     try:
         for vol in sorted(os.listdir(p["data_dir"])):
             if os.path.exists(os.path.join(p["data_dir"], vol, "meta.json")):
