@@ -14,35 +14,16 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from tabulate import tabulate
 
+from jiva_engine.util import free_port, wait_port
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 15.0) -> None:
-    """Wait until 127.0.0.1:port accepts connections."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on port {port}")
 
 
 def stop(p: subprocess.Popen) -> None:
@@ -65,7 +46,7 @@ def start_tgtd(img: Path, port: int, log) -> tuple[subprocess.Popen, str]:  # no
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    wait_port(port)
+    wait_port("127.0.0.1", port)
     iqn = "iqn.2026-11.org.jiva-py.bench:tgtd"
     adm = ["tgtadm", "-C", ctl, "--lld", "iscsi"]
     for args in (
@@ -101,7 +82,7 @@ def start_jiva(img: Path, port: int, size: str, log, uvloop: bool) -> tuple[subp
         env=env,
         cwd=ROOT,
     )
-    wait_port(port)
+    wait_port("127.0.0.1", port)
     return p, f"iscsi://127.0.0.1:{port}/iqn.2026-11.org.jiva-py:{img.stem}/0"
 
 

@@ -13,7 +13,6 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,24 +22,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from jiva_engine.controller.volume import Volume
-from jiva_engine.util import parse_size
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"replica on port {port} did not start")
+from jiva_engine.util import free_port, parse_size, wait_port
 
 
 def start_replicas(n: int, root: Path, size: int) -> tuple[list[subprocess.Popen], list[str]]:
@@ -48,7 +30,7 @@ def start_replicas(n: int, root: Path, size: int) -> tuple[list[subprocess.Popen
     procs, addrs = [], []
     root.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        port = _free_port()
+        port = free_port()
         log = open(root / f"replica{n}-{i}.log", "wb")  # noqa: SIM115 - closed with the process
         p = subprocess.Popen(
             [sys.executable, "-m", "jiva_engine.cli", "replica", "--volume", "bench",
@@ -57,7 +39,7 @@ def start_replicas(n: int, root: Path, size: int) -> tuple[list[subprocess.Popen
         )  # fmt: skip
         procs.append(p)
         addrs.append(f"127.0.0.1:{port}")
-        _wait_port(port)
+        wait_port("127.0.0.1", port)
     return procs, addrs
 
 

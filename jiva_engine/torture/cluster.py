@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,26 +15,9 @@ from pathlib import Path
 
 import aiohttp
 
+from jiva_engine.util import free_port, wait_port
+
 JIVA = [sys.executable, "-m", "jiva_engine.cli"]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on `host` right now."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def wait_port(host: str, port: int, timeout: float = 20.0) -> None:
-    """Wait until host:port accepts connections (TimeoutError otherwise)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
 class Proc:
@@ -69,7 +51,7 @@ class Proc:
         )
         log.close()
         if wait:
-            wait_port(self.host, self.port)
+            wait_port(self.host, self.port, timeout=20.0)
 
     def alive(self) -> bool:
         """True while the process runs."""
