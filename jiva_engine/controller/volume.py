@@ -34,8 +34,12 @@ MAX_IO = wire.MAX_IO  # largest READ/WRITE in one frame; bigger requests are spl
 SECTOR = 512
 REBUILD_PARALLEL = 4  # spans copied at once by one rebuild
 REBUILD_SPAN = 8  # adjacent regions copied as one span (one write-intent update on the target)
-SMALL_COPY = 256 << 10  # spans below this are copied without an EXTENTS round trip
-REBUILD_SMALL_PARALLEL = 64  # small spans in flight at once (fine change maps)
+SPLIT_READ = 128 << 10  # reads from this size on are served by several members in parallel
+SPLIT_PART = 64 << 10  # smallest part of a split read
+SMALL_COPY = 256 << 10  # spans below this are batched into one READV/WRITEV (no EXTENTS)
+VEC_BYTES = 4 << 20  # data of one READV/WRITEV batch
+VEC_RANGES = 1024  # ranges in one batch
+REBUILD_SYNC_EVERY = 64 << 20  # copied bytes between background flushes of the target
 
 
 class _Fenced(Exception):
@@ -258,6 +262,12 @@ class Volume:
         if length == 0:
             return b""
         t0 = time.perf_counter()
+        if length >= SPLIT_READ or length > MAX_IO:
+            data = await self._read_split(offset, length)
+            self.stats["reads"] += 1
+            self.stats["read_bytes"] += length
+            self.stats["read_seconds"] += time.perf_counter() - t0
+            return data
         tried: set[str] = set()
         while True:
             self._check_io()
@@ -268,16 +278,7 @@ class Volume:
             m = rw[next(self._rr) % len(rw)]
             tried.add(m.address)
             try:
-                if length <= MAX_IO:
-                    data = await m.client.read(offset, length, self.epoch)
-                else:
-                    parts = await asyncio.gather(
-                        *(
-                            m.client.read(offset + i, min(MAX_IO, length - i), self.epoch)
-                            for i in range(0, length, MAX_IO)
-                        )
-                    )
-                    data = b"".join(parts)
+                data = await m.client.read(offset, length, self.epoch)
             except (ReplicaError, ReplicaUnavailable) as e:
                 self.stats["read_retries"] += 1
                 await self._failures([(m, e)])
@@ -290,6 +291,46 @@ class Volume:
             self.stats["read_bytes"] += length
             self.stats["read_seconds"] += time.perf_counter() - t0
             return data
+
+    async def _read_split(self, offset: int, length: int) -> bytearray:
+        """A large read cut into ranges served by the RW members in parallel, each received
+        straight into its slice of one buffer; a failing member is ejected and its ranges are
+        read again from the others."""
+        buf = bytearray(length)
+        mv = memoryview(buf)
+        rw = self.rw_members()
+        k = max(1, min(len(rw), length // SPLIT_PART), -(-length // MAX_IO))
+        step = -(-length // k)
+        step += -step % 4096  # 4 KiB-aligned cuts
+        todo = [(i, min(step, length - i)) for i in range(0, length, step)]
+        tried: set[str] = set()
+        while todo:
+            self._check_io()
+            rw = [m for m in self.rw_members() if m.address not in tried]
+            if not rw:
+                self.stats["read_errors"] += 1
+                raise VolumeIOError(f"read {offset}+{length}: no replica could serve it")
+            start = next(self._rr)
+            plan = [(rw[(start + j) % len(rw)], i, n) for j, (i, n) in enumerate(todo)]
+            res = await asyncio.gather(
+                *(m.client.read_into(offset + i, mv[i : i + n], self.epoch) for m, i, n in plan),
+                return_exceptions=True,
+            )
+            failed: dict[str, tuple[Member, BaseException]] = {}
+            todo = []
+            for (m, i, n), r in zip(plan, res, strict=True):
+                if isinstance(r, BaseException):
+                    if not isinstance(r, (ReplicaError, ReplicaUnavailable)):
+                        raise r
+                    failed.setdefault(m.address, (m, r))
+                    todo.append((i, n))
+                else:
+                    m.reads += 1
+            if failed:
+                self.stats["read_retries"] += 1
+                tried.update(failed)
+                await self._failures(list(failed.values()))
+        return buf
 
     async def write(self, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
         """Write to every member (ordered with overlapping writes); returns once all have it."""
@@ -696,10 +737,6 @@ class Volume:
         """Copy [off, off+ln) from src to dsts under the range lock; holes become holes."""
         copied = 0
         async with self._ranges.hold(off, ln):
-            if ln < SMALL_COPY:  # a changed chunk: read + write (a hole is copied as zeroes)
-                data = await src.client.read(off, ln, self.epoch)
-                await _all([d.client.write(off, data, self.epoch, rebuild=rebuild) for d in dsts])
-                return ln
             ext = await src.client.extents(off, ln)
             pos, end = off, off + ln
             for eo, el in [*_clip(ext, off, end), (end, 0)]:
@@ -792,36 +829,46 @@ class Volume:
             span = REBUILD_SPAN * self.region_size
             if self._throttle.rate:  # keep the pacing smooth: at most ~1/4 s of budget per span
                 span = max(self.region_size, min(span, int(self._throttle.rate / 4)))
-            spans = _split(extents, span)
-            todo = iter(spans)
+            todo = iter(_batches(_split(extents, span), min(span, VEC_BYTES)))
             failure: list[BaseException] = []
-            # small extents (a fine change map) are latency-bound: keep more of them in flight
-            parallel = (
-                REBUILD_PARALLEL if total >= len(spans) * SMALL_COPY else REBUILD_SMALL_PARALLEL
-            )
+            unsynced = 0
+            syncing: asyncio.Future | None = None
+            syncs: list[asyncio.Future] = []
 
             async def copier() -> None:  # a few spans in flight at once, each range-locked
-                nonlocal copied
-                for off, ln in todo:
+                nonlocal copied, unsynced, syncing
+                for off, ln, ranges in todo:
                     if failure:
                         return
                     if m.mode != WO or src.mode != RW or self.state != SERVING:
                         failure.append(ReplicaUnavailable("rebuild interrupted"))
                         return
-                    await self._throttle.take(ln)  # --rebuild-rate, shared by every rebuild
+                    size = ln if ranges is None else sum(n for _, n in ranges)
+                    await self._throttle.take(size)  # --rebuild-rate, shared by every rebuild
                     try:
-                        n = await self._copy_checked(src, m, off, ln)
+                        n = await self._copy_checked(src, m, off, ln, ranges)
                     except Exception as e:
                         failure.append(e)
                         return
                     copied += n
                     self.stats["rebuild_bytes_copied"] += n
-                    m.rebuild["done"] += ln
+                    m.rebuild["done"] += size
+                    # start the write-back of what is copied so far while copying goes on, so
+                    # the final flush (before it becomes a member) only has the tail left
+                    unsynced += n
+                    if unsynced >= REBUILD_SYNC_EVERY and (syncing is None or syncing.done()):
+                        unsynced = 0
+                        syncing = c.flush(self.epoch)
+                        syncs.append(syncing)
 
-            await asyncio.gather(*(copier() for _ in range(parallel)))
+            await asyncio.gather(*(copier() for _ in range(REBUILD_PARALLEL)))
+            sync_res = await asyncio.gather(*syncs, return_exceptions=True)
             if failure:
                 raise failure[0]
-            await c.flush(self.epoch)
+            for r in sync_res:
+                if isinstance(r, BaseException):
+                    raise r
+            await c.flush(self.epoch)  # everything copied is durable before it is a member
             m.last_rebuild = {
                 "kind": kind.split()[0],
                 "detail": kind,
@@ -844,9 +891,17 @@ class Volume:
                 m.last_error = f"rebuild failed: {e}"
                 await self._drop_client(m)
 
-    async def _copy_checked(self, src: Member, dst: Member, off: int, ln: int) -> int:
-        """One rebuild copy; a failing source is ejected (rule 3), a failing target drops out."""
+    async def _copy_checked(
+        self, src: Member, dst: Member, off: int, ln: int, ranges: list | None = None
+    ) -> int:
+        """One rebuild copy (a span, or a batch of small `ranges` inside [off, off+ln)); a
+        failing source is ejected (rule 3), a failing target drops out."""
         try:
+            if ranges is not None:
+                async with self._ranges.hold(off, ln):
+                    data = await src.client.readv(ranges, self.epoch)
+                    await dst.client.writev(ranges, data, self.epoch, rebuild=True)
+                return len(data)
             return await self._copy(src, [dst], off, ln, rebuild=True)
         except (ReplicaError, ReplicaUnavailable) as e:
             # find out which side failed: the source's failure is a membership change
@@ -959,6 +1014,33 @@ def _merge(ext: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
         else:
             out.append([off, end])
     return [(a, b - a) for a, b in out]
+
+
+def _batches(spans: list[tuple[int, int]], limit: int) -> list[tuple[int, int, list | None]]:
+    """Copy work items (off, len, ranges): big spans alone (ranges None), runs of small ones
+    grouped into one READV/WRITEV batch of <= `limit` bytes (off, len = the range they cover)."""
+    out: list[tuple[int, int, list | None]] = []
+    batch: list[tuple[int, int]] = []
+    size = 0
+
+    def close() -> None:
+        nonlocal batch, size
+        if batch:
+            a = batch[0][0]
+            out.append((a, batch[-1][0] + batch[-1][1] - a, batch))
+            batch, size = [], 0
+
+    for off, ln in spans:
+        if ln >= SMALL_COPY:
+            close()
+            out.append((off, ln, None))
+            continue
+        if size + ln > limit or len(batch) >= VEC_RANGES:
+            close()
+        batch.append((off, ln))
+        size += ln
+    close()
+    return out
 
 
 def _split(ext: list[tuple[int, int]], limit: int) -> list[tuple[int, int]]:

@@ -91,6 +91,7 @@ class _ClientProtocol(wire.RecvBuffer, asyncio.BufferedProtocol):
         src = self.buf
         mv = self.mv
         pending = self.client._pending
+        into = self.client._into
         pos = self.start
         n = self.end
         while n - pos >= 40:
@@ -102,16 +103,28 @@ class _ClientProtocol(wire.RecvBuffer, asyncio.BufferedProtocol):
             end = pos + 40 + plen
             if end > n:
                 if plen >= _BIG or end - self.start > _RBUF:
-                    # receive the rest of this payload straight into its final buffer
+                    # receive the rest of this payload straight into its final buffer: the
+                    # caller's (read_into) when it has one of the right size, else a new one
                     have = n - pos - 40
-                    big = bytearray(plen)
+                    dest = into.pop(req_id, None) if into else None
+                    if dest is not None and (status or len(dest) != plen):
+                        dest = None
+                    big = bytearray(plen) if dest is None else dest
                     big[:have] = mv[pos + 40 : n]
-                    self.big, self.big_mv, self.big_filled = big, memoryview(big), have
+                    self.big, self.big_filled = big, have
+                    self.big_mv = big if dest is not None else memoryview(big)
                     self.big_hdr = (op, status, req_id)
                     self.start = self.end = 0
                     return
                 break
-            if status or req_id not in pending:
+            if into and req_id in into:
+                dest = into.pop(req_id)
+                if not status and len(dest) == plen:
+                    dest[:] = mv[pos + 40 : end]
+                    self._deliver(op, status, req_id, dest)
+                else:
+                    self._deliver(op, status, req_id, bytes(mv[pos + 40 : end]))
+            elif status or req_id not in pending:
                 self._deliver(op, status, req_id, bytes(mv[pos + 40 : end]))
             else:
                 fut = pending.pop(req_id)
@@ -152,6 +165,7 @@ class ReplicaClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._transport: asyncio.Transport | None = None
         self._pending: dict[int, asyncio.Future] = {}
+        self._into: dict[int, memoryview] = {}  # read_into destinations by request id
         # (deadline, last req_id) per flushed batch: one entry per send, not per request
         self._deadlines: collections.deque[tuple[float, int]] = collections.deque()
         self._out: list[bytes] = []
@@ -249,6 +263,7 @@ class ReplicaClient:
             self._watchdog = None
         self._out.clear()
         pending, self._pending = self._pending, {}
+        self._into.clear()
         self._deadlines.clear()
         err_text = f"replica {self.address}: {self._closed_reason}"
         for fut in pending.values():
@@ -355,6 +370,48 @@ class ReplicaClient:
         """
         flags = (wire.FLAG_FUA if fua else 0) | (wire.FLAG_REBUILD if rebuild else 0)
         return self._send(wire.WRITE, offset, flags, epoch, data)
+
+    def read_into(self, offset: int, dest: memoryview, epoch: int) -> asyncio.Future:
+        """Read len(dest) bytes at `offset` straight into `dest` (no copy for big payloads).
+
+        Resolves to `dest` once filled; an answer of another size fails with ReplicaError EIO.
+        `dest` must stay untouched until the future is done.
+        """
+        fut = _Future(loop=asyncio.get_running_loop())
+        if self._transport is not None:
+            self._into[self._next_id] = dest  # the id _send gives this request
+        inner = self._send(wire.READ, offset, len(dest), epoch)
+
+        def done(f: asyncio.Future) -> None:
+            if fut.done():
+                return
+            if f.cancelled():
+                fut.cancel()
+            elif f.exception() is not None:
+                fut.set_exception(f.exception())
+            elif f.result() is not dest:
+                fut.set_exception(ReplicaError(wire.EIO, f"short read: {len(f.result())} bytes"))
+            else:
+                fut.set_result(dest)
+
+        inner.add_done_callback(done)
+        return fut
+
+    def readv(self, ranges: list[tuple[int, int]], epoch: int) -> asyncio.Future:
+        """Read several ranges in one round trip; resolves to their data, concatenated."""
+        return self._send(wire.READV, 0, 0, epoch, wire.dumps([list(r) for r in ranges]))
+
+    def writev(
+        self,
+        ranges: list[tuple[int, int]],
+        data: bytes | bytearray | memoryview,
+        epoch: int,
+        rebuild: bool = False,
+    ) -> asyncio.Future:
+        """Write `data` (the ranges' contents, concatenated) to several ranges in one frame."""
+        head = wire.dumps([list(r) for r in ranges])
+        payload = b"".join((len(head).to_bytes(4, "big"), head, data))
+        return self._send(wire.WRITEV, 0, wire.FLAG_REBUILD if rebuild else 0, epoch, payload)
 
     def flush(self, epoch: int) -> asyncio.Future:
         """Make every write answered so far stable on the replica's disk."""

@@ -31,6 +31,9 @@ CLEAR_DIRTY = 11
 EXTENTS = 12
 SET_MODE = 13
 BYE = 14  # orderly close: nothing of this client is in flight; the replica answers and closes
+READV = 15  # payload JSON [[offset, length], ..] -> the ranges' data, concatenated
+WRITEV = 16  # payload: u32 JSON length, JSON [[offset, length], ..], the data concatenated
+MAX_VEC = 4096  # most ranges in one READV/WRITEV
 
 OP_NAMES = {
     HELLO: "HELLO",
@@ -47,6 +50,8 @@ OP_NAMES = {
     EXTENTS: "EXTENTS",
     SET_MODE: "SET_MODE",
     BYE: "BYE",
+    READV: "READV",
+    WRITEV: "WRITEV",
 }
 
 # WRITE flags (carried in the `length` field)

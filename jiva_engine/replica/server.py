@@ -729,6 +729,10 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
             self.server.spawn(self._flush_op(rid))
         elif op == wire.UNMAP:
             self._unmap(rid, off, length)
+        elif op == wire.READV:
+            self._readv(rid, payload)
+        elif op == wire.WRITEV:
+            self._writev(rid, length, payload)
         elif op == wire.SET_META:
             body = self._json(payload)
             self._block(self._set_meta(rid, ep, body))
@@ -780,6 +784,108 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
         self.queue.clear()
         self._flush()
         self.transport.close()
+
+    def _ranges(self, op: int, rid: int, body: Any) -> list[tuple[int, int]] | None:
+        """Validate a READV/WRITEV range list; answers EINVAL and returns None when bad."""
+        store = self.store
+        name = wire.OP_NAMES[op]
+        if not isinstance(body, list) or not 0 < len(body) <= wire.MAX_VEC:
+            self._error(op, rid, wire.EINVAL, f"{name}: need 1..{wire.MAX_VEC} [offset, length]")
+            return None
+        out: list[tuple[int, int]] = []
+        total = 0
+        for r in body:
+            if (
+                not isinstance(r, list)
+                or len(r) != 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in r)
+            ):
+                self._error(op, rid, wire.EINVAL, f"{name}: bad range {r!r}")
+                return None
+            why = store.check_range(r[0], r[1])
+            if why:
+                self._error(op, rid, wire.EINVAL, f"{name} refused: {why}")
+                return None
+            total += r[1]
+            out.append((r[0], r[1]))
+        if total > wire.MAX_IO:
+            self._error(op, rid, wire.EINVAL, f"{name}: {total} bytes exceed {wire.MAX_IO}")
+            return None
+        return out
+
+    def _readv(self, rid: int, payload: Any) -> None:
+        ranges = self._ranges(wire.READV, rid, self._json(payload))
+        if ranges is None:
+            return
+        store = self.store
+        data = bytearray(sum(n for _, n in ranges))
+        mv = memoryview(data)
+        pos = 0
+        try:
+            for off, n in ranges:
+                got = os.preadv(store.fd, (mv[pos : pos + n],), off)
+                if got < n:  # past EOF (truncated behind our back): zeroes
+                    mv[pos + got : pos + n] = bytes(n - got)
+                pos += n
+        except OSError as e:
+            return self._error(wire.READV, rid, wire.EIO, f"read failed: {e}")
+        finally:
+            mv.release()
+        self.stats.reads += 1
+        self.stats.bytes_read += len(data)
+        self._reply(wire.READV, rid, data)
+
+    def _writev(self, rid: int, flags: int, payload: Any) -> None:
+        op = wire.WRITEV
+        mv = memoryview(payload)
+        hl = int.from_bytes(mv[:4], "big") if len(mv) >= 4 else -1
+        if hl < 0 or 4 + hl > len(mv):
+            return self._error(op, rid, wire.EINVAL, "WRITEV: payload too short for its header")
+        ranges = self._ranges(op, rid, self._json(bytes(mv[4 : 4 + hl])))
+        if ranges is None:
+            return
+        data = mv[4 + hl :]
+        if len(data) != sum(n for _, n in ranges):
+            return self._error(op, rid, wire.EINVAL, "WRITEV: data length != sum of the ranges")
+        store = self.store
+        if any(store.needs_intent(off, n) for off, n in ranges):
+            for off, n in ranges:
+                store.mark(off, n)
+            self._premark(self.queue)
+            return self._block(self._writev_slow(rid, flags, ranges, data))
+        self._apply_writev(rid, flags, ranges, data)
+
+    async def _writev_slow(
+        self, rid: int, flags: int, ranges: list[tuple[int, int]], data: memoryview
+    ) -> None:
+        store = self.store
+        try:
+            while any(store.needs_intent(off, n) for off, n in ranges):
+                await self.server.persist.request()
+        except Exception as e:
+            return self._error(wire.WRITEV, rid, wire.EIO, f"cannot record write intent: {e}")
+        self._apply_writev(rid, flags, ranges, data)
+
+    def _apply_writev(
+        self, rid: int, flags: int, ranges: list[tuple[int, int]], data: memoryview
+    ) -> None:
+        store = self.store
+        pos = 0
+        try:
+            for off, n in ranges:
+                store.pwrite(off, data[pos : pos + n])
+                store.note_write(off, n)
+                pos += n
+        except OSError as e:
+            return self._error(wire.WRITEV, rid, wire.EIO, f"write failed: {e}")
+        finally:
+            self.wrote = True
+        st = self.stats
+        st.writes += 1
+        st.bytes_written += pos
+        if flags & wire.FLAG_REBUILD:
+            st.rebuild_bytes_written += pos
+        self._reply(wire.WRITEV, rid)
 
     def _unmap(self, rid: int, off: int, length: int) -> None:
         store = self.store

@@ -53,3 +53,42 @@ async def test_returning_replica_copies_only_the_4k_chunks_it_missed(procs, tmp_
     for r in reps:
         r.stop()
     identical(reps)
+
+
+async def test_large_reads_are_split_across_replicas_and_survive_one_dying(procs, tmp_path):
+    reps = replicas(procs, tmp_path, 3)
+    vol = await open_volume(reps)
+    try:
+        data = await fill(vol, 0, 32 * MiB, seed=11)
+        before = {a: m.reads for a, m in vol.members.items()}
+        got = await vol.read(3 * MiB + 4096, MiB)
+        assert isinstance(got, bytearray) and got == data[3 * MiB + 4096 : 4 * MiB + 4096]
+        # one 1 MiB read was served by all three members, one part each
+        assert all(m.reads == before[a] + 1 for a, m in vol.members.items()), vol.status()
+        assert await vol.read(0, 17 * MiB) == data[: 17 * MiB]  # > one frame, split too
+        assert await vol.read(5 * MiB, 128 << 10) == data[5 * MiB : 5 * MiB + (128 << 10)]
+        stop = False
+        count = 0
+
+        async def reader(seed: int) -> None:
+            nonlocal count
+            rnd = random.Random(seed)
+            while not stop:
+                off = rnd.randrange(31 * 16) * (64 << 10)
+                n = rnd.choice([128 << 10, 512 << 10, MiB])
+                assert await vol.read(off, n) == data[off : off + n]
+                count += 1
+
+        tasks = [asyncio.create_task(reader(s)) for s in range(4)]
+        await asyncio.sleep(0.3)
+        reps[1].kill()  # dies while split reads are in flight on it
+        await wait_for(lambda: vol.members[reps[1].addr].mode == ERR, 10, "ejection")
+        await asyncio.sleep(0.3)
+        stop = True
+        await asyncio.gather(*tasks)  # raises if a read failed or returned wrong bytes
+        assert count > 20
+        assert vol.stats["read_errors"] == 0
+        assert vol.stats["read_retries"] >= 1, "some split reads hit the dying replica"
+        assert await vol.read(0, 32 * MiB) == data  # the two survivors serve it
+    finally:
+        await vol.close()
