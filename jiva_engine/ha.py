@@ -131,26 +131,32 @@ class Watcher:
         cmd += shlex.split(self.args.ansible_args)
         self.runs += 1
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-        if self.args.log:  # a run that hangs is visible in the log while it hangs
+        if self.args.log:  # the output streams into the log, so a run that hangs shows where
             self._log(f"{stamp} jiva ha: run {self.runs} ({why}) started\n")
+            sink = open(self.args.log, "a")  # noqa: SIM115 - closed below, after the run
+        else:
+            sink = subprocess.PIPE
         start = time.monotonic()
-        p = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            start_new_session=True,  # its own process group: a timeout stops ssh children too
-        )  # fmt: skip
-        timeout = self.args.run_timeout or None
         try:
-            out, err = p.communicate(timeout=timeout)
-            rc = p.returncode
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            out, err = p.communicate()
-            err += f"\njiva ha: run stopped after --run-timeout {timeout:g} s\n"
-            rc = 124
+            p = subprocess.Popen(
+                cmd, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, text=True,
+                start_new_session=True,  # its own process group: a timeout stops ssh children too
+            )  # fmt: skip
+            timeout = self.args.run_timeout or None
+            try:
+                out, _ = p.communicate(timeout=timeout)
+                rc = p.returncode
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                out, _ = p.communicate()
+                out = (out or "") + f"jiva ha: run stopped after --run-timeout {timeout:g} s\n"
+                rc = 124
+        finally:
+            if sink is not subprocess.PIPE:
+                sink.close()
         took = time.monotonic() - start
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-        line = f"{stamp} jiva ha: run {self.runs} ({why}) rc={rc} {took:.1f}s\n"
-        self._log(line + (out + err if self.args.log else ""))
+        self._log((out or "") + f"{stamp} jiva ha: run {self.runs} ({why}) rc={rc} {took:.1f}s\n")
         return rc
 
     def watch(self) -> int:

@@ -243,11 +243,15 @@ class BackgroundWorkload:
             _LIVE.remove(self)
 
         async def fin() -> None:
+            me = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not me]
+            for t in tasks:  # writers may sit in a long reconnect: cancel, do not wait for them
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             if self.wl is not None:
-                await self.wl.stop()
                 seq = max(self.history.get("seq", 0), self.wl.seq)
                 self.history.update(acked=self.wl.acked, issued=self.wl.issued, seq=seq)
-            await self.init.logout()
+            await asyncio.wait_for(self.init.logout(), 5)
 
         try:
             self._call(fin(), timeout=30)
