@@ -2,7 +2,7 @@
 
 `start_target(volume, host, port, config)` serves `volume` as LUN 0 and returns a TargetServer.
 One asyncio Protocol per connection parses PDUs straight out of its receive buffer; responses
-go out with `writelines` (header + data views, no copies of read data).
+are queued and leave once per event-loop iteration in one `writelines` (header + data views).
 """
 
 from __future__ import annotations
@@ -152,12 +152,20 @@ class Connection(asyncio.Protocol):
         # up to this many bytes are ever buffered; beyond it the connection is closed
         self.rx_limit = 64 * 1024
         self.buffered = 0  # bytes of write buffers held by tasks on this connection
-        self._batch: list | None = None  # responses collected while a receive burst runs
+        # outgoing PDU pieces (headers, digests, data views) waiting for the next flush: one
+        # transport write per receive burst / loop iteration instead of one per response
+        self._out: list = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._in_burst = False  # data_received is running: it flushes itself at its end
+        self.tx_writes = 0  # transport writes issued (to see batching at work)
+        self.tx_pdus = 0  # PDUs queued for sending
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ transport events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Start the login phase and its timeout."""
         self.transport = transport  # type: ignore[assignment]
+        self.loop = asyncio.get_running_loop()
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.local = transport.get_extra_info("sockname") or ("", 0)
@@ -193,6 +201,7 @@ class Connection(asyncio.Protocol):
         self.closed = True
         if self.timer:
             self.timer.cancel()
+        self._drop_queue()
         self.server.conns.discard(self)
         for t in self.tasks.values():
             t.aborted = True
@@ -226,24 +235,59 @@ class Connection(asyncio.Protocol):
             self.closed = True
             self.transport.close()
 
-    def _emit(self, parts: list) -> None:
-        """Queue PDU pieces: batched while a receive burst is processed, else sent now."""
-        if self._batch is not None:
-            self._batch.extend(parts)
-        elif not self.closed and self.transport is not None:
-            self.transport.writelines(parts)
+    def _emit(self, parts: list, pdus: int = 1) -> None:
+        """Queue the pieces of `pdus` PDUs; they leave with the next flush, in queue order.
+
+        Inside a receive burst data_received flushes at its end; otherwise (a command that
+        completed after waiting on the volume, a TMF, a keepalive) the first queued PDU
+        schedules one flush for the next loop iteration, so all responses completed in the
+        same iteration (e.g. by one replica reply batch) share one send.
+        """
+        if self.closed or self.transport is None:
+            return
+        self._out += parts
+        self.tx_pdus += pdus
+        if not self._in_burst and self._flush_handle is None:
+            assert self.loop is not None
+            self._flush_handle = self.loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_handle = None
+        self._flush()
 
     def _flush(self) -> None:
-        """Send everything batched during this receive burst in one writelines (one syscall)."""
-        batch = self._batch
-        self._batch = None
-        if batch and self.transport is not None and not self.closed:
-            self.transport.writelines(batch)
+        """Send everything queued in one writelines (one syscall, data views not copied)."""
+        h = self._flush_handle
+        if h is not None:  # flushed early (end of a receive burst, close): no second call
+            self._flush_handle = None
+            h.cancel()
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        if self.transport is not None and not self.closed:
+            self.transport.writelines(out)
+            self.tx_writes += 1
+
+    def _drop_queue(self) -> None:
+        """Forget queued PDUs (the connection is gone or aborted: nothing may be sent)."""
+        self._out = []
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
 
     def abort_now(self) -> None:
-        """Drop the connection without flushing."""
+        """Drop the connection now, without waiting for the peer or the socket to drain.
+
+        What is already queued is handed to the transport first (as an unbatched target would
+        have sent it already: e.g. the TMF response before a cold reset drops every
+        connection); whatever the socket has not taken is discarded with the abort.
+        """
         if self.transport:
+            if not self.closed:
+                self._flush()
             self.closed = True
+            self._drop_queue()
             self.transport.abort()
 
     # ------------------------------------------------------------------ timers
@@ -292,10 +336,11 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ receive path
     def data_received(self, data: bytes) -> None:
         """Handle every complete PDU in the buffer; responses leave in one batch at the end."""
-        self._batch = []
+        self._in_burst = True
         try:
             self._receive(data)
         finally:
+            self._in_burst = False
             self._flush()
 
     def _receive(self, data: bytes) -> None:
@@ -848,7 +893,7 @@ class Connection(asyncio.Protocol):
             off += n
             datasn += 1
         t.datasn_out = datasn
-        self._emit(parts)
+        self._emit(parts, datasn)
 
     # ------------------------------------------------------------------ task management
     def _on_tmf(self, bhs: P.Bhs, data: bytes) -> None:
