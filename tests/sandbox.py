@@ -110,12 +110,12 @@ class HostsFactory:
         keep = os.environ.get("JIVA_SANDBOX_LOGS")  # a folder: keep each host's jiva logs there
         for sb in self.made:
             try:
-                sb.down()
-            finally:
-                if keep:
+                if keep:  # before down(), which removes the host folders
                     for h in sb.dir.glob("h*/var-lib-jiva/log"):
                         dest = Path(keep) / sb.dir.name / h.parts[-3]
                         shutil.copytree(h, dest, dirs_exist_ok=True)
+                sb.down()
+            finally:
                 shutil.rmtree(sb.dir, ignore_errors=True)
 
 
