@@ -691,3 +691,28 @@ def test_port_in_use_is_a_one_line_error(replica, tmp_path):
     assert len(lines) == 1, out.stderr
     assert lines[0].endswith(f"cannot listen on 127.0.0.1:{replica.port}: address already in use")
     assert "Traceback" not in out.stderr
+
+
+async def test_readv_writev_round_trip_and_bad_input(replica):
+    c = await replica.connect()
+    await c.set_meta(epoch=1)
+    ranges = [(0, 4096), (3 * MiB + 512, 1024), (9 * MiB, 8192)]
+    data = bytes(range(256)) * 52  # 13312 bytes = sum of the ranges
+    await c.writev(ranges, data, 1, rebuild=True)
+    assert await c.read(3 * MiB + 512, 1024, 1) == data[4096:5120]
+    assert await c.readv(ranges, 1) == data
+    info = await c.info()
+    assert info["stats"]["rebuild_bytes_written"] == len(data)
+    bad = [
+        (lambda: c.readv([(1, 512)], 1), "multiples of 512"),
+        (lambda: c.readv([(0, 512)] * 5000, 1), "1..4096"),
+        (lambda: c.readv([(64 * MiB - 512, 1024)], 1), "past the end"),
+        (lambda: c.writev([(0, 1024)], b"x" * 512, 1), "data length"),
+        (lambda: c.writev([(0, 512)], b"x" * 512, 0), "older than"),
+    ]
+    for call, why in bad:
+        with pytest.raises(ReplicaError) as ei:
+            await call()
+        assert why in ei.value.message, ei.value.message
+    assert await c.readv([(0, 4096)], 1) == data[:4096]  # nothing was written by the refusals
+    await c.close()
