@@ -100,7 +100,7 @@ def main() -> int:
         if "2" not in want:
             return print_table(rows)
         c.start_watch()
-        time.sleep(8)
+        c.wait_watch_run(1)  # the watch loop's first run (nothing to do) is over
 
         def moved() -> None:
             deadline = time.monotonic() + 90

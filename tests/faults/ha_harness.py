@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shlex
 import signal
 import subprocess
@@ -78,6 +79,7 @@ class Cluster:
             self.wheels = frozen_wheelhouse(base)
         self.state_file = base / "ha-state.json"
         self.watch_proc: subprocess.Popen | None = None
+        self._watch_from = 0
         self.history: dict = {}  # acknowledged/issued writes of every workload run so far
 
     def close(self) -> None:
@@ -109,6 +111,7 @@ class Cluster:
     def start_watch(self, interval: float = 20.0, poll: float = 0.5) -> None:
         """Start `jiva ha watch` (the automatic host-loss recovery) in the background."""
         log = self.base / "watch.log"
+        self._watch_from = log.stat().st_size if log.exists() else 0  # this loop's runs start here
         cmd = [
             sys.executable, "-m", "jiva_engine.ha", "watch", "--state-file", str(self.state_file),
             "--interval", str(interval), "--poll", str(poll), "--log", str(log), "--ansible-args", shlex.join(self.wheels),
@@ -117,6 +120,24 @@ class Cluster:
             cmd, cwd=ROOT, env=ansible_env(self.cfg, self.home), stdout=subprocess.DEVNULL,
             stderr=open(self.base / "watch.err", "ab"), start_new_session=True,  # noqa: SIM115
         )  # fmt: skip
+
+    def wait_watch_run(self, n: int = 1, timeout: float = 120.0) -> None:
+        """Wait until the watch loop's run `n` has finished (its `rc=` line is in the log)."""
+        deadline = time.monotonic() + timeout
+        pat = re.compile(rf"jiva ha: run {n} \(.*\) rc=")
+        while time.monotonic() < deadline:
+            log = self.base / "watch.log"
+            text = (
+                log.read_bytes()[self._watch_from :].decode(errors="replace")
+                if log.exists()
+                else ""
+            )
+            if pat.search(text):
+                return
+            time.sleep(0.2)
+        raise AssertionError(
+            f"watch run {n} not done after {timeout}s:\n{self.watch_log()[-3000:]}"
+        )
 
     def stop_watch(self) -> None:
         """Stop the watch loop (by its PID) and wait for it."""

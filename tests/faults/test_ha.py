@@ -144,7 +144,7 @@ def test_scenario4_replica_host_offline_catches_up(cluster):
 def test_scenario2_controller_host_offline_and_stale_host(cluster):
     cluster.start_watch()
     try:
-        time.sleep(8)  # the watch loop's first run
+        cluster.wait_watch_run(1)  # the watch loop's first run (nothing to do) is over
 
         def inject():
             cluster.sb.link("h4", False)

@@ -190,3 +190,14 @@ def test_fenced_answer_through_a_shared_portal_does_not_restart_a_serving_contro
         ("h4", "fence_controller"),
         ("h3", "announce_portal"),
     }
+
+
+def test_host_lost_between_probe_and_host_check_counts_as_down():
+    # h4 answered the probe, then its link went down: Ansible registered an unreachable result
+    # instead of the facts; no repair may be planned on it, the controller moves instead
+    f = facts()
+    f["h4"] = {"unreachable": True, "changed": False, "msg": "Data could not be sent"}
+    p = H.plan([VOL], NODES, f, {}, {"db": None}, {})
+    (a,) = p["actions"]
+    assert a["action"] == "start_controller" and a["host"] != "h4"
+    assert "lost during this run" in p["report"][0]["found"][0]

@@ -223,6 +223,20 @@ def pick_host(volume, candidates, avoid, salt="controller"):
     return max(pool, key=lambda h: _score(volume, h, salt))
 
 
+def _split_lost(node_state, hosts_down):
+    """A host that passed the probe but did not answer the host check (it went away during the run:
+    Ansible registers an unreachable/failed result without the facts) counts as down, not as a
+    live host where nothing runs: no repair is planned on it."""
+    ok, down = {}, dict(hosts_down)
+    for h, st in node_state.items():
+        if not isinstance(st, dict) or st.get("unreachable") or st.get("failed") or "portals" not in st:
+            msg = st.get("msg") if isinstance(st, dict) else None
+            down[h] = "lost during this run: %s" % (msg or "no host facts")
+        else:
+            ok[h] = st
+    return ok, down
+
+
 def plan(volumes, nodes, node_state, hosts_down, docs, ha_state, relocate=False):
     """The failover plan: what was found and what to do, per volume, plus the new placement.
 
@@ -238,6 +252,7 @@ def plan(volumes, nodes, node_state, hosts_down, docs, ha_state, relocate=False)
     Returns {"volumes": [...placement with controller/replica_nodes/replica_addresses updated],
     "actions": [{host, action, volume, why}], "report": [{volume, found, did}], "state": {...}}.
     """
+    node_state, hosts_down = _split_lost(node_state, hosts_down)
     node_address = dict((n["name"], n["address"]) for n in nodes)
     eligible = [n["name"] for n in nodes if n.get("eligible", True)]
     live = [h for h in eligible if h not in hosts_down and h in node_state]
