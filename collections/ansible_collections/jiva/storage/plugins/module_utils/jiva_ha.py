@@ -268,7 +268,9 @@ def plan(volumes, nodes, node_state, hosts_down, docs, ha_state, relocate=False)
         vol = dict(vol)
         # ---- controller -------------------------------------------------------------------
         if ctl in hosts_down:
-            if doc is not None and doc.get("state") == "serving":
+            lost_now = hosts_down[ctl].startswith("lost during this run")
+            if doc is not None and doc.get("state") == "serving" and not lost_now:
+                # (the API was read before a host lost during this run went away: not evidence)
                 found.append("controller host %s: SSH unreachable but the volume's API answers" % ctl)
                 did.append("nothing: the controller still serves (only the management path is down)")
             else:
