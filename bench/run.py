@@ -179,7 +179,7 @@ class JivaVolume:
                  "--size", str(self.size))
         )  # fmt: skip
         self.replicas[i] = (addr, p)
-        wait_port(int(addr.rsplit(":", 1)[1]))
+        wait_port("127.0.0.1", int(addr.rsplit(":", 1)[1]))
 
     def add_replica_slot(self) -> int:
         """A new (empty) replica, not yet known to the controller; returns its index."""
@@ -200,7 +200,7 @@ class JivaVolume:
     def wait_serving(self, timeout: float = 60) -> float:
         """Wait for state serving with the portal listening; seconds waited."""
         t = wait_until(lambda: api_get(self.api)["state"] == "serving", timeout, "serving")
-        wait_port(self.portal_port, timeout)
+        wait_port("127.0.0.1", self.portal_port, timeout)
         return t
 
     def start(self) -> None:
@@ -432,7 +432,7 @@ def main() -> int:
                 port = free_port()
                 procs.start(jiva("target", "--file", str(tmp / "file.img"), "--size", str(size),
                                  "--portal", f"127.0.0.1:{port}", "--log-level", "WARNING"))  # fmt: skip
-                wait_port(port)
+                wait_port("127.0.0.1", port)
                 targets["file"] = f"iscsi://127.0.0.1:{port}/iqn.2026-11.org.jiva-py:file/0"
             for n in (1, 3):
                 if f"vol-{n}r" in wanted:

@@ -683,9 +683,19 @@ class Volume:
         if dirty and len(members) > 1:
             src = max(members, key=lambda m: int(reach[m.address].get("epoch") or 0))
             others = [m for m in members if m is not src]
-            for r in dirty:
-                off, ln = self._region(r)
-                await self._copy(src, others, off, ln, rebuild=False)
+            # adjacent dirty regions as one span, a few spans at once (nothing is served yet):
+            # a restart right after a burst of random writes finds most regions dirty
+            spans = _split(
+                _merge([self._region(r) for r in dirty], self.size),
+                REBUILD_SPAN * self.region_size,
+            )
+            gate = asyncio.Semaphore(REBUILD_PARALLEL)
+
+            async def resync(off: int, ln: int) -> None:
+                async with gate:
+                    await self._copy(src, others, off, ln, rebuild=False)
+
+            await _all([asyncio.ensure_future(resync(o, n)) for o, n in spans])
         for m in members:
             await m.client.flush(self.epoch)
             await m.client.clear_dirty(dirty if dirty else None)
