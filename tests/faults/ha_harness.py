@@ -104,9 +104,17 @@ class Cluster:
     def deploy(self) -> None:
         """site.yml, then one failover run (records the state)."""
         r = self.play("site.yml")
-        assert r.rc == 0, r.output[-4000:]
+        assert r.rc == 0, r.output[-4000:] + self.host_logs()
         r = self.play("failover.yml")
-        assert r.rc == 0, r.output[-4000:]
+        assert r.rc == 0, r.output[-4000:] + self.host_logs()
+
+    def host_logs(self, tail: int = 1500) -> str:
+        """The end of every jiva log on every test host (for failure messages)."""
+        out = []
+        for h in self.sb.hosts():
+            for f in sorted((Path(self.sb.host(h)["dir"]) / "var-lib-jiva" / "log").glob("*.log")):
+                out.append(f"\n--- {h}:{f.name}\n{f.read_text(errors='replace')[-tail:]}")
+        return "".join(out)
 
     def start_watch(self, interval: float = 20.0, poll: float = 0.5) -> None:
         """Start `jiva ha watch` (the automatic host-loss recovery) in the background."""
