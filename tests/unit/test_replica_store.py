@@ -280,6 +280,22 @@ def test_truncated_fine_change_map_means_everything_changed(tmp_path):
     s2.close()
 
 
+def test_lost_change_map_means_everything_changed(tmp_path):
+    d = tmp_path / "r"
+    s = ReplicaStore(d, "v", 4 * MiB)
+    s.start_tracking(0)
+    s.drop_seed([0])
+    s.write(4096, b"z" * 4096)
+    s.persist_bitmaps()
+    s.write_meta(s.meta_snapshot())
+    s.close()
+    assert (d / "missed-0.map").exists()
+    (d / "missed-0.map").unlink()  # lost
+    s2 = ReplicaStore(d, "v", 4 * MiB)
+    assert s2.missed_runs(0) == [[0, 4 * MiB]]
+    s2.close()
+
+
 def test_missed_granularity_keeps_big_maps_under_4_mib():
     from jiva_engine.replica.store import missed_granularity
 
