@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+from jiva_engine.iscsi.cli import access_options, add_access_arguments
 from jiva_engine.protocol.auth import read_secret_file
 from jiva_engine.util import parse_hostport, parse_size, run_loop
 
@@ -33,17 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--replica-timeout", type=float, default=3.0, help="seconds (default 3)")
     p.add_argument("--secret-file", help="file holding the controller<->replica shared secret")
     p.add_argument("--token-file", help="file holding the API bearer token for mutating calls")
-    p.add_argument("--chap-user", help="CHAP user initiators must log in with")
-    p.add_argument("--chap-secret-file", help="file holding the CHAP secret")
-    p.add_argument("--mutual-user", help="mutual CHAP user the target answers with")
-    p.add_argument("--mutual-secret-file", help="file holding the mutual CHAP secret")
-    p.add_argument(
-        "--allow-initiator",
-        action="append",
-        default=[],
-        metavar="IQN",
-        help="initiator IQN allowed to log in (repeat; default: any)",
-    )
+    add_access_arguments(p)
     p.add_argument("--rebuild-rate", type=float, help="rebuild throttle in MiB/s (default none)")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
 
@@ -92,12 +83,7 @@ def _config(args: argparse.Namespace) -> dict:
         raise ValueError("--replica-timeout must be positive")
     if args.rebuild_rate is not None and args.rebuild_rate <= 0:
         raise ValueError("--rebuild-rate must be positive (MiB/s)")
-    if bool(args.chap_user) != bool(args.chap_secret_file):
-        raise ValueError("--chap-user and --chap-secret-file go together")
-    if bool(args.mutual_user) != bool(args.mutual_secret_file):
-        raise ValueError("--mutual-user and --mutual-secret-file go together")
-    if args.mutual_user and not args.chap_user:
-        raise ValueError("mutual CHAP needs --chap-user as well")
+    access = access_options(args)
     return {
         "volume": args.volume,
         "api": parse_hostport(args.api),
@@ -107,11 +93,7 @@ def _config(args: argparse.Namespace) -> dict:
         "timeout": args.replica_timeout,
         "secret": read_secret_file(args.secret_file) if args.secret_file else None,
         "token": _read_secret(args.token_file, "API token"),
-        "chap_user": args.chap_user,
-        "chap_secret": _read_secret(args.chap_secret_file, "CHAP secret"),
-        "mutual_user": args.mutual_user,
-        "mutual_secret": _read_secret(args.mutual_secret_file, "mutual CHAP secret"),
-        "allowed": tuple(args.allow_initiator),
+        "access": access,
         "rebuild_rate": args.rebuild_rate * (1 << 20) if args.rebuild_rate else None,
     }
 
@@ -119,6 +101,7 @@ def _config(args: argparse.Namespace) -> dict:
 async def _serve(cfg: dict) -> int:
     from jiva_engine.api.server import start_api
     from jiva_engine.controller.volume import Volume
+    from jiva_engine.iscsi.target import TargetConfig, start_target
 
     volume = Volume(
         cfg["volume"],
@@ -139,23 +122,7 @@ async def _serve(cfg: dict) -> int:
     api = await start_api(volume, *cfg["api"], token=cfg["token"], portal=portal, iqn=iqn)
     try:
         if cfg["portal"]:
-            try:
-                from jiva_engine.iscsi.target import TargetConfig, start_target
-            except ImportError as e:
-                print(
-                    f"jiva controller: --portal needs the iSCSI target (jiva_engine.iscsi.target),"
-                    f" which is not available: {e}",
-                    file=sys.stderr,
-                )
-                return 1
-            tcfg = TargetConfig(
-                iqn,
-                chap_user=cfg["chap_user"],
-                chap_secret=cfg["chap_secret"],
-                mutual_user=cfg["mutual_user"],
-                mutual_secret=cfg["mutual_secret"],
-                allowed_initiators=cfg["allowed"],
-            )
+            tcfg = TargetConfig(iqn, **cfg["access"])
             target = await start_target(volume, *cfg["portal"], tcfg)
         log.info("controller for %s: api %s:%d, portal %s", cfg["volume"], *cfg["api"], portal)
         await stop.wait()

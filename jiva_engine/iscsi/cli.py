@@ -21,6 +21,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--portal", default="0.0.0.0:3260", help="HOST:PORT to listen on [%(default)s]")
     p.add_argument("--size", help="size when creating (or growing) the file: 512M, 10G, ...")
     p.add_argument("--iqn", help=f"target name [{IQN_PREFIX}<file stem>]")
+    add_access_arguments(p)
+    p.add_argument("--nop-interval", type=float, default=10.0, help="keepalive NOP-In after N s")
+    p.add_argument("--log-level", default="INFO", help="logging level [%(default)s]")
+
+
+def add_access_arguments(p: argparse.ArgumentParser) -> None:
+    """Who may log in: CHAP (one-way, mutual) and the initiator allow-list (`jiva target` and
+    `jiva controller` take the same options)."""
     p.add_argument("--chap-user", help="require CHAP from initiators with this user name")
     p.add_argument("--chap-secret-file", help="file holding the CHAP secret")
     p.add_argument("--mutual-user", help="user name the target answers mutual CHAP with")
@@ -30,45 +38,51 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="IQN",
-        help="only these initiator names may log in (repeatable)",
+        help="only these initiator names may log in (repeatable; default: any)",
     )
-    p.add_argument("--nop-interval", type=float, default=10.0, help="keepalive NOP-In after N s")
-    p.add_argument("--log-level", default="INFO", help="logging level [%(default)s]")
 
 
-def _secret(path: str | None, what: str) -> str | None:
+def _chap_secret(path: str | None, what: str) -> str | None:
     if path is None:
         return None
-    text = Path(path).read_text().strip()
+    try:
+        text = Path(path).read_text().strip()
+    except OSError as e:
+        raise ValueError(f"cannot read {what} file {path}: {e.strerror}") from None
     if not 12 <= len(text) <= 255:
         raise ValueError(f"{what} in {path} must be 12 to 255 characters (RFC 7143 §12.1.3)")
     return text
 
 
-def build_config(args: argparse.Namespace, stem: str) -> TargetConfig:
-    """Turn CLI options into a TargetConfig (ValueError with a clear message on bad input)."""
+def access_options(args: argparse.Namespace) -> dict:
+    """The checked access options as TargetConfig keyword arguments (ValueError with a clear
+    message when they do not fit together or a secret file is unusable)."""
     if bool(args.chap_user) != bool(args.chap_secret_file):
         raise ValueError("--chap-user and --chap-secret-file go together")
     if bool(args.mutual_user) != bool(args.mutual_secret_file):
         raise ValueError("--mutual-user and --mutual-secret-file go together")
     if args.mutual_user and not args.chap_user:
         raise ValueError("mutual CHAP needs --chap-user as well")
-    chap = _secret(args.chap_secret_file, "CHAP secret")
-    mutual = _secret(args.mutual_secret_file, "mutual CHAP secret")
+    chap = _chap_secret(args.chap_secret_file, "CHAP secret")
+    mutual = _chap_secret(args.mutual_secret_file, "mutual CHAP secret")
     if chap and mutual and chap == mutual:
         raise ValueError("the mutual CHAP secret must differ from the CHAP secret")
+    return {
+        "chap_user": args.chap_user,
+        "chap_secret": chap,
+        "mutual_user": args.mutual_user,
+        "mutual_secret": mutual,
+        "allowed_initiators": tuple(args.allow_initiator),
+    }
+
+
+def build_config(args: argparse.Namespace, stem: str) -> TargetConfig:
+    """Turn CLI options into a TargetConfig (ValueError with a clear message on bad input)."""
+    access = access_options(args)
     iqn = args.iqn or f"{IQN_PREFIX}{stem}"
     if not (iqn.startswith("iqn.") or iqn.startswith("eui.") or iqn.startswith("naa.")):
         raise ValueError(f"invalid target name {iqn!r}: must start with iqn., eui. or naa.")
-    return TargetConfig(
-        iqn=iqn,
-        chap_user=args.chap_user,
-        chap_secret=chap,
-        mutual_user=args.mutual_user,
-        mutual_secret=mutual,
-        allowed_initiators=tuple(args.allow_initiator),
-        nop_interval=args.nop_interval,
-    )
+    return TargetConfig(iqn=iqn, nop_interval=args.nop_interval, **access)
 
 
 async def _serve(args: argparse.Namespace) -> int:
