@@ -181,8 +181,9 @@ def current_layout(vol, node_state, ha_state, hosts_down, doc, node_address):
 
     Controller: when reachable hosts run serving controllers of the volume, the one with the highest
     epoch (a stale controller that came back has a lower one); else the state file; else the one
-    reachable host whose controller runs (or is configured); else the placement. Replicas: the controller's replica list (addresses
-    mapped to hosts) when the API answered; else the state file; else the placement.
+    reachable host whose controller runs (or is configured); else the placement. Replicas: the
+    controller's replica list (addresses mapped to hosts) when the API answered; else the state
+    file; else the placement.
     """
     name = vol["name"]
     saved = (ha_state or {}).get(name) or {}
@@ -226,15 +227,17 @@ def pick_host(volume, candidates, avoid, salt="controller"):
 def _split_lost(node_state, hosts_down):
     """A host that passed the probe but did not answer the host check (it went away during the run:
     Ansible registers an unreachable/failed result without the facts) counts as down, not as a
-    live host where nothing runs: no repair is planned on it."""
-    ok, down = {}, dict(hosts_down)
+    live host where nothing runs: no repair is planned on it. Returns (live facts, hosts down,
+    the hosts lost during this run)."""
+    ok, down, lost = {}, dict(hosts_down), set()
     for h, st in node_state.items():
         if not isinstance(st, dict) or st.get("unreachable") or st.get("failed") or "portals" not in st:
             msg = st.get("msg") if isinstance(st, dict) else None
             down[h] = "lost during this run: %s" % (msg or "no host facts")
+            lost.add(h)
         else:
             ok[h] = st
-    return ok, down
+    return ok, down, lost
 
 
 def plan(volumes, nodes, node_state, hosts_down, docs, ha_state, relocate=False):
@@ -252,7 +255,7 @@ def plan(volumes, nodes, node_state, hosts_down, docs, ha_state, relocate=False)
     Returns {"volumes": [...placement with controller/replica_nodes/replica_addresses updated],
     "actions": [{host, action, volume, why}], "report": [{volume, found, did}], "state": {...}}.
     """
-    node_state, hosts_down = _split_lost(node_state, hosts_down)
+    node_state, hosts_down, lost = _split_lost(node_state, hosts_down)
     node_address = dict((n["name"], n["address"]) for n in nodes)
     eligible = [n["name"] for n in nodes if n.get("eligible", True)]
     live = [h for h in eligible if h not in hosts_down and h in node_state]
@@ -268,8 +271,7 @@ def plan(volumes, nodes, node_state, hosts_down, docs, ha_state, relocate=False)
         vol = dict(vol)
         # ---- controller -------------------------------------------------------------------
         if ctl in hosts_down:
-            lost_now = hosts_down[ctl].startswith("lost during this run")
-            if doc is not None and doc.get("state") == "serving" and not lost_now:
+            if doc is not None and doc.get("state") == "serving" and ctl not in lost:
                 # (the API was read before a host lost during this run went away: not evidence)
                 found.append("controller host %s: SSH unreachable but the volume's API answers" % ctl)
                 did.append("nothing: the controller still serves (only the management path is down)")
