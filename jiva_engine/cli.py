@@ -9,6 +9,7 @@ import sys
 # subcommand -> module exposing add_arguments(parser) and run(args) -> int
 SUBCOMMANDS = {
     "replica": ("jiva_engine.replica.cli", "run a replica: store a volume's blocks on this node"),
+    "witness": ("jiva_engine.witness.cli", "run a witness: a volume's metadata-only voter"),
     "controller": ("jiva_engine.controller.cli", "run a volume's controller and iSCSI target"),
     "target": ("jiva_engine.iscsi.cli", "serve one local file as an iSCSI target"),
     "status": ("jiva_engine.api.cli", "show a volume's state from its management API"),

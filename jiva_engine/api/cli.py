@@ -11,6 +11,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from jiva_engine.protocol.voting import epoch_text
 from jiva_engine.util import parse_hostport
 
 
@@ -57,10 +58,15 @@ def render(status: dict[str, Any]) -> str:
         ["state", status.get("state")],
         ["degraded", "yes" if status.get("degraded") else "no"],
         ["size", _human(int(status.get("size") or 0))],
-        ["epoch", status.get("epoch")],
+        ["epoch", epoch_text(status.get("epoch"))],
         ["portal", status.get("portal") or "-"],
         ["iqn", status.get("iqn") or "-"],
     ]
+    q = status.get("quorum")
+    if isinstance(q, dict):
+        need = f", {q['needed']} needed" if q.get("needed") else ""
+        missing = f", missing {', '.join(q['missing'])}" if q.get("missing") else ""
+        summary.append(["quorum", f"{q.get('policy')}: {q.get('voters')} voters{need}{missing}"])
     if status.get("reason"):
         summary.append(["reason", status["reason"]])
     rows = []
@@ -78,11 +84,16 @@ def render(status: dict[str, Any]) -> str:
                 r.get("address"),
                 r.get("mode"),
                 state,
-                r.get("epoch"),
+                epoch_text(r.get("epoch")),
                 progress,
                 r.get("last_error") or "",
             ]
         )
+    for w in status.get("witnesses") or []:
+        rows.append(
+            [w.get("address"), "witness", w.get("state"), epoch_text(w.get("epoch")), "-",
+             w.get("last_error") or ""]
+        )  # fmt: skip
     headers = ["replica", "mode", "state", "epoch", "rebuild", "last error"]
     return tabulate(summary, tablefmt="plain") + "\n\n" + tabulate(rows, headers=headers)
 

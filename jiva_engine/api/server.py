@@ -113,12 +113,28 @@ def render_metrics(app: web.Application) -> str:
         "jiva_volume_state",
         "gauge",
         "1 for the current state",
-        [(f'{vl},state="{st}"', vol.state == st) for st in ("serving", "waiting", "fenced")],
+        [
+            (f'{vl},state="{st}"', vol.state == st)
+            for st in ("serving", "waiting", "no quorum", "fenced")
+        ],
     )
     metric(
-        "jiva_volume_degraded", "gauge", "1 unless every replica is current", [(vl, vol.degraded())]
+        "jiva_volume_degraded",
+        "gauge",
+        "1 unless every replica is current and every witness answers",
+        [(vl, vol.degraded())],
     )
-    metric("jiva_volume_epoch", "gauge", "current membership epoch", [(vl, vol.epoch)])
+    metric(
+        "jiva_volume_epoch", "gauge", "current view epoch (term << 32 | view)", [(vl, vol.epoch)]
+    )
+    quorum = vol.coord.quorum()
+    metric("jiva_volume_voters", "gauge", "voters (replicas + witnesses)", [(vl, quorum["voters"])])
+    metric(
+        "jiva_volume_voters_missing",
+        "gauge",
+        "voters that do not answer",
+        [(vl, len(quorum["missing"]))],
+    )
     metric("jiva_volume_size_bytes", "gauge", "volume size", [(vl, vol.size)])
     for key, mname, help_text in [
         ("reads", "jiva_volume_reads_total", "read requests completed"),
@@ -130,6 +146,8 @@ def render_metrics(app: web.Application) -> str:
         ("read_errors", "jiva_volume_read_errors_total", "reads failed on every replica"),
         ("write_errors", "jiva_volume_write_errors_total", "writes failed on every replica"),
         ("ejections", "jiva_volume_replica_ejections_total", "replicas removed after a failure"),
+        ("quorum_losses", "jiva_volume_quorum_losses_total", "view changes short of a quorum"),
+        ("held_seconds", "jiva_volume_io_held_seconds_total", "time I/O waited for a quorum"),
         ("rebuilds_done", "jiva_volume_rebuilds_total", "rebuilds completed"),
         ("rebuild_bytes_copied", "jiva_volume_rebuild_bytes_total", "bytes copied by rebuilds"),
         ("read_seconds", "jiva_volume_read_seconds_total", "time spent in reads"),
@@ -164,6 +182,12 @@ def render_metrics(app: web.Application) -> str:
         "counter",
         "times the replica was ejected",
         [(f'{vl},replica="{_label(m.address)}"', m.errors) for m in reps],
+    )
+    metric(
+        "jiva_witness_up",
+        "gauge",
+        "1 while the witness answers",
+        [(f'{vl},witness="{_label(w.address)}"', w.connected) for w in vol.coord.witnesses()],
     )
     return "\n".join(lines) + "\n"
 

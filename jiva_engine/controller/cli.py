@@ -29,6 +29,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="a replica of the volume (repeat for each)",
     )
+    p.add_argument(
+        "--witness",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a witness of the volume: a metadata-only voter (repeat for each)",
+    )
+    p.add_argument(
+        "--quorum",
+        choices=["majority", "off"],
+        default="majority",
+        help="majority (default): membership changes need a majority of the voters (replicas +"
+        " witnesses) and a restart serves as soon as it reaches one; off: serve down to the"
+        " last member, and a restart waits for every member of the newest membership",
+    )
+    p.add_argument(
+        "--quorum-hold",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="how long I/O waits for a lost quorum before it fails with NOT READY (default 15)",
+    )
     p.add_argument("--portal", metavar="HOST:PORT", help="iSCSI portal to serve the volume on")
     p.add_argument("--size", help="expected volume size (512M, 10G, ...); checked on replicas")
     p.add_argument("--replica-timeout", type=float, default=3.0, help="seconds (default 3)")
@@ -79,6 +101,15 @@ def _config(args: argparse.Namespace) -> dict:
         if addr in replicas:
             raise ValueError(f"replica {addr} given twice")
         replicas.append(addr)
+    witnesses = []
+    for w in args.witness:
+        host, port = parse_hostport(w)
+        addr = f"{host}:{port}"
+        if addr in replicas or addr in witnesses:
+            raise ValueError(f"witness {addr} given twice or also as a replica")
+        witnesses.append(addr)
+    if args.quorum_hold <= 0:
+        raise ValueError("--quorum-hold must be positive")
     if args.replica_timeout <= 0:
         raise ValueError("--replica-timeout must be positive")
     if args.rebuild_rate is not None and args.rebuild_rate <= 0:
@@ -89,6 +120,9 @@ def _config(args: argparse.Namespace) -> dict:
         "api": parse_hostport(args.api),
         "portal": parse_hostport(args.portal, 3260) if args.portal else None,
         "replicas": replicas,
+        "witnesses": witnesses,
+        "quorum": args.quorum,
+        "hold": args.quorum_hold,
         "size": parse_size(args.size) if args.size else None,
         "timeout": args.replica_timeout,
         "secret": read_secret_file(args.secret_file) if args.secret_file else None,
@@ -106,6 +140,9 @@ async def _serve(cfg: dict) -> int:
     volume = Volume(
         cfg["volume"],
         cfg["replicas"],
+        witnesses=cfg["witnesses"],
+        quorum=cfg["quorum"],
+        hold=cfg["hold"],
         size=cfg["size"],
         replica_timeout=cfg["timeout"],
         secret=cfg["secret"],

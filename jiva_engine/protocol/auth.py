@@ -53,3 +53,42 @@ def read_secret_file(path: str | Path) -> bytes:
     if not data:
         raise ValueError(f"secret file {path} is empty")
     return data
+
+
+class Refused(Exception):
+    """A client the server must turn away; `wrong_volume` tells WRONG_VOLUME from AUTH_FAILED."""
+
+    def __init__(self, message: str, wrong_volume: bool = False) -> None:
+        super().__init__(message)
+        self.wrong_volume = wrong_volume
+
+
+def hello_body(volume: str, nonce: str, secret: bytes | None, kind: str, voter_id: str) -> dict:
+    """The HELLO a replica or witness sends first (DESIGN.md §3)."""
+    return {"volume": volume, "nonce": nonce, "auth": secret is not None, "kind": kind,
+            "id": voter_id}  # fmt: skip
+
+
+def answer_auth(secret: bytes | None, volume: str, nonce: str, body: object) -> str:
+    """Check a client's AUTH body; return the server's proof ("" without a secret).
+
+    Raises Refused for another volume's controller or a wrong/missing MAC, ValueError when the
+    body is not a JSON object (a malformed frame).
+    """
+    if not isinstance(body, dict):
+        raise ValueError("AUTH payload must be a JSON object")
+    if body.get("volume") != volume:
+        raise Refused(
+            f"this voter serves volume {volume!r}, not {body.get('volume')!r}", wrong_volume=True
+        )
+    if secret is None:
+        return ""
+    cnonce = body.get("cnonce")
+    try:
+        ok = verify(client_mac(secret, volume, nonce, cnonce), body.get("mac"))
+        answer = server_mac(secret, volume, nonce, cnonce)
+    except (TypeError, ValueError, AttributeError):
+        ok = False
+    if not ok:
+        raise Refused("authentication failed")
+    return answer

@@ -430,6 +430,23 @@ class ReplicaClient:
         """Replica metadata, mode, stats and dirty state (see DESIGN.md §3 INFO)."""
         return await self._json(wire.INFO)
 
+    @property
+    def kind(self) -> str:
+        """ "replica" or "witness", from the HELLO (older replicas send none: "replica")."""
+        return str((self.hello or {}).get("kind") or "replica")
+
+    @property
+    def voter_id(self) -> str | None:
+        """The voter id the HELLO announced (None from an older replica)."""
+        vid = (self.hello or {}).get("id")
+        return vid if isinstance(vid, str) else None
+
+    async def claim(self, epoch: int) -> dict[str, Any]:
+        """Promise `epoch` (a new controller term): refused with STALE_EPOCH unless it is above
+        everything this voter promised. Answers INFO plus `quiet` (seconds since another
+        controller last talked to it, or None)."""
+        return await self._json(wire.CLAIM, None, epoch)
+
     async def set_meta(self, **fields: Any) -> dict[str, Any]:
         """Update epoch/membership/tracking/clean; persisted before the answer. Returns the meta."""
         ep = fields.get("epoch")

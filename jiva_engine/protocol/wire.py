@@ -33,6 +33,7 @@ SET_MODE = 13
 BYE = 14  # orderly close: nothing of this client is in flight; the replica answers and closes
 READV = 15  # payload JSON [[offset, length], ..] -> the ranges' data, concatenated
 WRITEV = 16  # payload: u32 JSON length, JSON [[offset, length], ..], the data concatenated
+CLAIM = 17  # promise the header's epoch (a new controller term): strictly above the stored one
 MAX_VEC = 4096  # most ranges in one READV/WRITEV
 
 OP_NAMES = {
@@ -52,6 +53,7 @@ OP_NAMES = {
     BYE: "BYE",
     READV: "READV",
     WRITEV: "WRITEV",
+    CLAIM: "CLAIM",
 }
 
 # WRITE flags (carried in the `length` field)

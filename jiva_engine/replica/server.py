@@ -17,7 +17,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from jiva_engine.protocol import auth, wire
+from jiva_engine.protocol import auth, voting, wire
 from jiva_engine.replica.store import ReplicaStore
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,7 @@ class ReplicaServer:
         # trickling peers cannot pile up file descriptors
         self.auth_timeout = 10.0
         self.stopping = False
+        self.last_closed_active: float | None = None  # when a closed controller last spoke
 
     async def start(self, host: str, port: int) -> None:
         """Listen on host:port and start the periodic sync-and-clear."""
@@ -203,11 +204,15 @@ class ReplicaServer:
             snap = self.store.meta_snapshot()
             await asyncio.get_running_loop().run_in_executor(None, self.store.write_meta, snap)
 
-    def info(self) -> dict[str, Any]:
-        """INFO answer: meta, mode, dirty state and stats."""
+    def info(self, claimer: ReplicaConnection | None = None) -> dict[str, Any]:
+        """INFO answer: meta, mode, dirty state and stats (+ `quiet` for a CLAIM answer)."""
         store = self.store
         out = dict(store.meta)
         out["tracking"] = sorted(store.missed)
+        if claimer is not None:
+            others = [c.active for c in self.conns if c is not claimer]
+            now = asyncio.get_running_loop().time()
+            out["quiet"] = voting.quiet_seconds(now, others, self.last_closed_active)
         out["mode"] = store.mode
         out["dirty"] = bool(store.dirty)
         out["dirty_regions"] = len(store.dirty)
@@ -297,6 +302,7 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
         self.blocked = False
         self.closing = False
         self.authed = False
+        self.active: float | None = None  # loop time this (authenticated) peer last sent bytes
         self.wrote = False  # this connection changed data (its loss pins the dirty regions)
         self.read_paused = False
         self.write_paused = False
@@ -313,11 +319,8 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
         transport.set_write_buffer_limits(high=8 << 20)  # type: ignore[attr-defined]
         _keepalive(transport.get_extra_info("socket"))
         self.server.conns.add(self)
-        hello = {
-            "volume": self.store.volume,
-            "nonce": self.nonce,
-            "auth": self.server.secret is not None,
-        }
+        store = self.store
+        hello = auth.hello_body(store.volume, self.nonce, self.server.secret, "replica", store.id)
         self._reply(wire.HELLO, 0, wire.dumps(hello))
         log.debug("connection from %s", self.peer)
         asyncio.get_running_loop().call_later(self.server.auth_timeout, self._auth_deadline)
@@ -332,6 +335,8 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
         self.closing = True
         self.queue.clear()
         self.server.conns.discard(self)
+        if self.active is not None:
+            self.server.last_closed_active = max(self.server.last_closed_active or 0, self.active)
         log.debug("connection from %s closed", self.peer)
         if self.wrote and not self.server.stopping:
             # A controller that goes away may leave writes that reached this replica but not
@@ -369,6 +374,8 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         if self.closing:
             return
+        if self.authed:
+            self.active = self.loop.time()
         try:
             if self.big is not None:
                 self.big_filled += nbytes
@@ -706,6 +713,7 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
                 "dirty": sorted(store.dirty),
                 "missed_granularity": store.mgran,
                 "missed": {str(e): store.missed_runs(e) for e in store.missed},
+                "excluded": {str(e): store.excluded.get(e) for e in store.missed},
             }
             return self._reply(op, rid, wire.dumps(body))
         if op == wire.EXTENTS:
@@ -736,6 +744,8 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
         elif op == wire.SET_META:
             body = self._json(payload)
             self._block(self._set_meta(rid, ep, body))
+        elif op == wire.CLAIM:
+            self._block(self._claim(rid, ep))
         elif op == wire.SET_MODE:
             body = self._json(payload)
             self._block(self._set_mode(rid, body))
@@ -745,37 +755,20 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
 
     def _auth(self, rid: int, body: Any) -> None:
         store = self.store
-        secret = self.server.secret
-        if not isinstance(body, dict):
-            raise _Malformed("AUTH payload must be a JSON object")
-        if body.get("volume") != store.volume:
-            log.warning(
-                "refused %s: it asked for volume %r, this replica serves %r",
-                self.peer,
-                body.get("volume"),
-                store.volume,
-            )
-            self._error(
-                wire.AUTH,
-                rid,
-                wire.WRONG_VOLUME,
-                f"this replica serves volume {store.volume!r}, not {body.get('volume')!r}",
-            )
-            return self._close_after_reply()
-        answer = ""
-        if secret is not None:
-            cnonce = body.get("cnonce")
-            try:
-                want = auth.client_mac(secret, store.volume, self.nonce, cnonce)
-                ok = auth.verify(want, body.get("mac"))
-                answer = auth.server_mac(secret, store.volume, self.nonce, cnonce)
-            except (TypeError, ValueError, AttributeError):
-                ok = False
-            if not ok:
+        try:
+            answer = auth.answer_auth(self.server.secret, store.volume, self.nonce, body)
+        except ValueError as e:
+            raise _Malformed(str(e)) from None
+        except auth.Refused as e:
+            if e.wrong_volume:
+                log.warning("refused %s: %s", self.peer, e)
+            else:
                 log.warning("authentication of %s failed (wrong secret)", self.peer)
-                self._error(wire.AUTH, rid, wire.AUTH_FAILED, "authentication failed")
-                return self._close_after_reply()
+            status = wire.WRONG_VOLUME if e.wrong_volume else wire.AUTH_FAILED
+            self._error(wire.AUTH, rid, status, str(e))
+            return self._close_after_reply()
         self.authed = True
+        self.active = self.loop.time()
         log.info("controller %s authenticated", self.peer)
         self._reply(wire.AUTH, rid, wire.dumps({"mac": answer}))
 
@@ -932,31 +925,56 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
             return self._error(wire.FLUSH, rid, wire.EIO, f"fdatasync failed: {e}")
         self._reply(wire.FLUSH, rid)
 
+    async def _claim(self, rid: int, epoch: int) -> None:
+        """CLAIM: promise a new controller term (strictly above ours), answer INFO + quiet."""
+        store = self.store
+        try:
+            voting.check_claim(store.meta, epoch)
+        except voting.VoteError as e:
+            status = wire.STALE_EPOCH if e.stale else wire.EINVAL
+            return self._error(wire.CLAIM, rid, status, str(e))
+        voting.apply_claim(store.meta, epoch)
+        try:
+            await self.server.write_meta()
+        except Exception as e:
+            return self._error(wire.CLAIM, rid, wire.EIO, f"CLAIM could not be persisted: {e}")
+        log.info("epoch %s promised to %s", voting.epoch_text(epoch), self.peer)
+        self._reply(wire.CLAIM, rid, wire.dumps(self.server.info(claimer=self)))
+
     async def _set_meta(self, rid: int, hdr_epoch: int, body: Any) -> None:
         op = wire.SET_META
         store = self.store
-        allowed = {"epoch", "membership", "start_tracking", "stop_tracking", "drop_seed", "clean"}
+        allowed = {
+            "epoch",
+            "membership",
+            "voters",
+            "start_tracking",
+            "excluded",
+            "stop_tracking",
+            "drop_seed",
+            "clean",
+            "pin_dirty",
+        }
         if not isinstance(body, dict) or set(body) - allowed:
             extra = sorted(set(body) - allowed) if isinstance(body, dict) else "not an object"
             return self._error(op, rid, wire.EINVAL, f"SET_META: unexpected fields {extra}")
-        epoch = body.get("epoch")
-        members = body.get("membership")
         start = body.get("start_tracking")
+        excluded = body.get("excluded")
         stop = body.get("stop_tracking")
         drop_seed = body.get("drop_seed")
         clean = body.get("clean")
-        if epoch is not None and (
-            not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0
-        ):
-            return self._error(op, rid, wire.EINVAL, f"SET_META: bad epoch {epoch!r}")
-        if members is not None and (
-            not isinstance(members, list) or not all(isinstance(m, str) for m in members)
-        ):
-            return self._error(
-                op, rid, wire.EINVAL, "SET_META: membership must be a list of addresses"
-            )
+        pin = body.get("pin_dirty")
+        try:
+            voting.check_accept(store.meta, body)
+        except voting.VoteError as e:
+            status = wire.STALE_EPOCH if e.stale else wire.EINVAL
+            return self._error(op, rid, status, str(e))
         if start is not None and not isinstance(start, bool):
             return self._error(op, rid, wire.EINVAL, "SET_META: start_tracking must be a boolean")
+        if excluded is not None and (
+            not isinstance(excluded, list) or not all(isinstance(x, str) for x in excluded)
+        ):
+            return self._error(op, rid, wire.EINVAL, "SET_META: excluded must list replica ids")
         if stop is not None and (
             not isinstance(stop, list) or not all(isinstance(e, int) for e in stop)
         ):
@@ -968,17 +986,18 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
             return self._error(op, rid, wire.EINVAL, "SET_META: drop_seed must list epochs")
         if clean is not None and not isinstance(clean, bool):
             return self._error(op, rid, wire.EINVAL, "SET_META: clean must be a boolean")
-        if epoch is not None and epoch < store.meta["epoch"]:
-            return self._stale(op, rid, epoch)
-        if epoch is not None:
-            store.meta["epoch"] = epoch
-        if members is not None:
-            store.meta["membership"] = members
+        if pin is not None and not isinstance(pin, bool):
+            return self._error(op, rid, wire.EINVAL, "SET_META: pin_dirty must be a boolean")
+        voting.apply_accept(store.meta, body)
         if clean is not None:
             store.meta["clean"] = clean
+        if pin:
+            # the controller lost its quorum with writes in flight: keep every region dirty now
+            # until a controller's CLEAR_DIRTY, so a newer controller resynchronises them
+            store.sticky |= store.dirty
         try:
             if start:
-                store.start_tracking(store.meta["epoch"])
+                store.start_tracking(store.meta["epoch"], excluded)
                 await self.server.persist.request()  # the change map exists before meta names it
             if stop:
                 store.stop_tracking(stop)
@@ -990,9 +1009,10 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
         except Exception as e:
             return self._error(op, rid, wire.EIO, f"SET_META could not be persisted: {e}")
         log.info(
-            "meta updated by %s: epoch %s membership %s tracking %s",
+            "meta updated by %s: epoch %s view %s membership %s tracking %s",
             self.peer,
-            store.meta["epoch"],
+            voting.epoch_text(store.meta["epoch"]),
+            voting.epoch_text(store.meta.get("view_epoch")),
             store.meta["membership"],
             sorted(store.missed),
         )

@@ -11,13 +11,14 @@ import errno
 import json
 import logging
 import os
-import uuid as uuidlib
 from pathlib import Path
 from typing import Any
 
+from jiva_engine.protocol import voting
+
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # 1: membership by address, "uuid"; 2: voter id, view_epoch, voters (migrated at open)
 SECTOR = 512
 DEFAULT_REGION = 1 << 20
 META = "meta.json"
@@ -161,6 +162,20 @@ def coarsen(runs: list[list[int]], gran: int, start: int, end: int) -> list[list
     return out
 
 
+def migrate_v1(meta: dict[str, Any]) -> dict[str, Any]:
+    """Format 1 -> 2: the folder's uuid becomes its voter id; the stored membership becomes the
+    accepted view (its entries stay addresses, which controllers match by address); change maps
+    keep no list of excluded members (controllers then use the older epoch rule for them)."""
+    out = dict(meta)
+    out["format"] = FORMAT
+    out["kind"] = "replica"
+    out["id"] = str(out.pop("uuid", None) or voting.new_id())
+    out["view_epoch"] = int(out.get("epoch") or 0)
+    out.setdefault("membership", [])
+    out["voters"] = {}
+    return out
+
+
 class ReplicaStore:
     """One volume's blocks and metadata in DIR; single-threaded use from the event loop.
 
@@ -203,9 +218,12 @@ class ReplicaStore:
         # per change map, the regions dirty when it started (writes possibly in flight then);
         # dropped by SET_META drop_seed once the controller has re-sent its in-flight writes
         self.seeds: dict[int, set[int]] = {}
+        # per change map, the ids of the members removed when it started (None: older format)
+        self.excluded: dict[int, list[str] | None] = {}
         for t in self.meta.get("tracking", []):
             since = int(t["since"])
             self.seeds[since] = {int(r) for r in t.get("seed") or []}
+            self.excluded[since] = t.get("excluded")
             if (self.dir / missed_name(since)).exists():
                 self.missed[since] = self._load_missed(missed_name(since), old_gran)
             else:  # lost change map: the only safe answer is "everything changed"
@@ -236,6 +254,11 @@ class ReplicaStore:
         if meta_path.exists():
             try:
                 meta = json.loads(meta_path.read_text())
+                if isinstance(meta, dict) and meta.get("kind", "replica") != "replica":
+                    raise StoreError(
+                        f"{self.dir} holds a {meta.get('kind')}'s metadata, not a replica's; "
+                        "refusing to use it"
+                    )
                 vol, size = meta["volume"], int(meta["size"])
                 int(meta["region_size"])
             except (OSError, ValueError, KeyError, TypeError) as e:
@@ -247,6 +270,11 @@ class ReplicaStore:
                     f"{self.dir} belongs to volume {vol!r} of size {size} bytes; refusing to "
                     f"use it for volume {self.volume!r} of size {self.size} bytes"
                 )
+            if meta.get("format") == 1:
+                meta = migrate_v1(meta)
+                atomic_write(meta_path, json.dumps(meta, indent=1).encode())
+                log.info("%s migrated from format 1 to %d (replica id %s)", meta_path, FORMAT,
+                         meta["id"])  # fmt: skip
             if meta.get("format") != FORMAT:
                 raise StoreError(f"{meta_path} has unsupported format {meta.get('format')!r}")
             if data_path.exists() and data_path.stat().st_size != size:
@@ -265,12 +293,11 @@ class ReplicaStore:
             )
         meta = {
             "format": FORMAT,
+            "kind": "replica",
             "volume": self.volume,
             "size": self.size,
             "sector_size": SECTOR,
-            "uuid": str(uuidlib.uuid4()),
-            "epoch": 0,
-            "membership": [],
+            **voting.fresh_fields(),
             "clean": True,
             "region_size": region_size,
             "missed_granularity": missed_granularity(self.size),
@@ -366,9 +393,14 @@ class ReplicaStore:
         return int(self.meta["epoch"])
 
     @property
+    def id(self) -> str:
+        """This replica's voter id (made when the folder was created)."""
+        return str(self.meta["id"])
+
+    @property
     def mode(self) -> str:
-        """ "WO" while the replica has no valid data (epoch 0, or told it is being rebuilt)."""
-        return "WO" if self.meta["epoch"] == 0 or self.meta.get("rebuilding") else "RW"
+        """ "WO" while the replica has no valid data (never in a view, or being rebuilt)."""
+        return "WO" if not self.meta.get("view_epoch") or self.meta.get("rebuilding") else "RW"
 
     def meta_snapshot(self) -> bytes:
         """meta.json contents for write_meta (taken in the loop thread)."""
@@ -565,19 +597,25 @@ class ReplicaStore:
         self.dirty -= gone
         self.sticky -= gone
 
-    def start_tracking(self, since: int) -> None:
-        """Start a change map "written since epoch `since`", seeded with the dirty regions."""
+    def start_tracking(self, since: int, excluded: list[str] | None = None) -> None:
+        """Start a change map "written since epoch `since`", seeded with the dirty regions, for
+        the members `excluded` (ids) removed at that epoch."""
         if since in self.missed:
             return
         self.missed[since] = bytearray((self.nchunks + 7) // 8)
         self.seeds[since] = set(self.dirty)
+        self.excluded[since] = list(excluded or [])
         self._dropped.discard(since)
         self._tracking_meta()
 
     def _tracking_meta(self) -> None:
-        self.meta["tracking"] = [
-            {"since": e, "seed": sorted(self.seeds.get(e) or ())} for e in sorted(self.missed)
-        ]
+        out = []
+        for e in sorted(self.missed):
+            t: dict[str, Any] = {"since": e, "seed": sorted(self.seeds.get(e) or ())}
+            if self.excluded.get(e) is not None:
+                t["excluded"] = self.excluded[e]
+            out.append(t)
+        self.meta["tracking"] = out
 
     def drop_seed(self, since_list: list[int]) -> None:
         """Forget the start-up seed of change maps (the controller re-sent its in-flight writes,
@@ -593,6 +631,7 @@ class ReplicaStore:
             if self.missed.pop(e, None) is not None:
                 self._dropped.add(e)
             self.seeds.pop(e, None)
+            self.excluded.pop(e, None)
         self._tracking_meta()
 
     # ------------------------------------------------------------------ shutdown / writes for tests

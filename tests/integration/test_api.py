@@ -93,8 +93,10 @@ async def test_status_stats_metrics_and_jiva_status(procs, tmp_path):
     reps[1].kill()
     await wait_state(base, lambda s: s["degraded"])
     out = status_cli("--api", api)
-    line = next(ln for ln in out.stdout.splitlines() if reps[1].addr in ln)
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith(reps[1].addr))
     assert "ERR" in line and "failed" in line
+    quorum = next(ln for ln in out.stdout.splitlines() if ln.startswith("quorum"))
+    assert "majority: 3 voters, 2 needed" in quorum and f"missing {reps[1].addr}" in quorum
 
 
 async def test_jiva_status_unreachable_api():
@@ -161,7 +163,7 @@ async def test_api_token_refusal_bad_input_and_replica_add_remove(procs, tmp_pat
         st = await get_json(base + "/v1/volume")
         assert [x["address"] for x in st["replicas"]] == [reps[1].addr, new.addr]
         assert st["epoch"] > epoch and st["degraded"] is False
-    assert reps[1].meta()["membership"] == [reps[1].addr, new.addr]
+    assert reps[1].meta()["membership"] == sorted([reps[1].id, new.id])
 
 
 async def test_api_refuses_to_remove_the_last_current_copy(procs, tmp_path):

@@ -91,6 +91,11 @@ class Rep:
     def meta(self) -> dict:
         return json.loads((self.dir / "meta.json").read_text())
 
+    @property
+    def id(self) -> str:
+        """The replica's voter id (made when its folder was created)."""
+        return self.meta()["id"]
+
     async def info(self) -> dict:
         c = ReplicaClient("127.0.0.1", self.port, self.volume, timeout=3)
         await c.connect()
@@ -305,7 +310,7 @@ async def test_replica_killed_during_writes_catches_up_incrementally(procs, tmp_
         for r in reps[:2]:
             meta = r.meta()
             assert meta["epoch"] == vol.epoch
-            assert meta["membership"] == [reps[0].addr, reps[1].addr]
+            assert meta["membership"] == sorted([reps[0].id, reps[1].id])
             assert meta["tracking"], "remaining members track what the lost one misses"
         assert vol.degraded()
         # it comes back by itself and copies only what it missed (the 4 MiB hot area)
@@ -374,7 +379,7 @@ async def test_full_rebuild_of_an_empty_replica(procs, tmp_path):
         assert m.last_rebuild["kind"] == "full", m.last_rebuild
         # holes are skipped: only allocated data is copied, not the 64 MiB volume
         assert 8 * MiB <= m.last_rebuild["copied"] <= 12 * MiB, m.last_rebuild
-        assert new.meta()["membership"] == [reps[0].addr, reps[1].addr, new.addr]
+        assert new.meta()["membership"] == sorted([reps[0].id, reps[1].id, new.id])
         # reads now also come from the new member
         for _ in range(6):
             await vol.read(0, 4096)
@@ -387,9 +392,11 @@ async def test_full_rebuild_of_an_empty_replica(procs, tmp_path):
     identical([*reps, new])
 
 
-async def test_stale_replicas_refuse_until_the_newest_returns(procs, tmp_path):
+async def test_quorum_off_stale_replicas_refuse_until_the_newest_returns(procs, tmp_path):
+    """--quorum off (the older policy): serving goes down to the last member, and a restart
+    waits for every member of the newest membership (here A alone), never the stale ones."""
     a, b, c = reps = replicas(procs, tmp_path, 3)
-    vol = await open_volume(reps)
+    vol = await open_volume(reps, quorum="off")
     try:
         await fill(vol, 0, 2 * MiB, seed=5)
         b.kill()
@@ -405,12 +412,12 @@ async def test_stale_replicas_refuse_until_the_newest_returns(procs, tmp_path):
     a.stop()
     b.start()
     c.start()
-    vol = Volume(VOL, [a.addr, b.addr, c.addr], retry_interval=0.2)
+    vol = Volume(VOL, [a.addr, b.addr, c.addr], retry_interval=0.2, quorum="off")
     await vol.start()
     try:
         await asyncio.sleep(1.5)
         assert vol.state == WAITING and not vol.ready()
-        assert a.addr in vol.reason and "behind" in vol.reason, vol.reason
+        assert a.addr in vol.reason and "only current copies" in vol.reason, vol.reason
         assert b.meta()["epoch"] < a.meta()["epoch"]
         a.start()
         await vol.wait_serving(20)
@@ -425,9 +432,11 @@ async def test_stale_replicas_refuse_until_the_newest_returns(procs, tmp_path):
     identical(reps)
 
 
-async def test_two_replica_policy(procs, tmp_path):
+async def test_quorum_off_two_replica_policy(procs, tmp_path):
+    """--quorum off with 2 replicas and no witness: the survivor goes on alone and is recorded
+    as the only current copy; a restart refuses the stale one and waits for the survivor."""
     a, b = reps = replicas(procs, tmp_path, 2)
-    vol = await open_volume(reps)
+    vol = await open_volume(reps, quorum="off")
     try:
         w = Writer(vol, 0, 2 * MiB, workers=4).start()
         await asyncio.sleep(0.2)
@@ -437,18 +446,18 @@ async def test_two_replica_policy(procs, tmp_path):
         await w.stop()
         assert not w.errors, "a 2-replica volume keeps serving on one member"
         # the survivor records that it is the only current copy
-        assert a.meta()["membership"] == [a.addr]
+        assert a.meta()["membership"] == [a.id]
         await vol.flush()
     finally:
         await vol.close()
     a.stop()
     b.start()
-    vol = Volume(VOL, [a.addr, b.addr], retry_interval=0.2)
+    vol = Volume(VOL, [a.addr, b.addr], retry_interval=0.2, quorum="off")
     await vol.start()
     try:
         await asyncio.sleep(1.0)
         assert vol.state == WAITING, "must not serve from the stale replica alone"
-        assert a.addr in vol.reason
+        assert a.id in vol.reason or a.addr in vol.reason, vol.reason
         a.start()
         await vol.wait_serving(20)
         await w.verify(vol)
@@ -698,7 +707,7 @@ async def test_replica_dying_mid_rebuild_is_rebuilt_again(procs, tmp_path):
         new.kill()
         await wait_for(lambda: m.mode == ERR, 10, "rebuild failure noticed")
         assert new.meta()["rebuilding"] is True, "an interrupted rebuild is recorded on disk"
-        assert new.addr not in reps[0].meta()["membership"]
+        assert new.id not in reps[0].meta()["membership"]
         new.start()
         await all_current(vol, 3, timeout=40)
         assert m.last_rebuild["kind"] == "full"

@@ -372,7 +372,7 @@ async def test_tracking_mode_and_rebuild_stats(replica):
     c = await replica.connect()
     info = await c.info()
     assert info["mode"] == "WO" and info["epoch"] == 0  # new replica: no data yet
-    await c.set_meta(epoch=2)
+    await c.set_meta(epoch=2, membership=[info["id"]])  # a view names it: it holds data
     await c.write(3 * MiB, b"d" * 512, 2)  # dirty before tracking starts
     await c.set_meta(epoch=3, start_tracking=True)
     assert (replica.dir / "missed-3.map").exists()

@@ -7,7 +7,10 @@ import asyncio
 import pytest
 
 from jiva_engine.controller.rangelock import RangeLock
-from jiva_engine.controller.volume import Volume, _clip
+from jiva_engine.controller.rebuild import clip, merge, plan_copy, split
+from jiva_engine.controller.volume import Volume
+
+MB = 1 << 20
 
 
 async def test_overlapping_holders_run_in_arrival_order():
@@ -63,49 +66,74 @@ async def test_waiter_cancelled_does_not_block_later_ones():
 
 
 def test_clip_extents():
-    assert _clip([[0, 100], [200, 50]], 50, 220) == [(50, 50), (200, 20)]
-    assert _clip([[300, 10]], 0, 100) == []
-    assert _clip(None, 0, 10) == []
+    assert clip([[0, 100], [200, 50]], 50, 220) == [(50, 50), (200, 20)]
+    assert clip([[300, 10]], 0, 100) == []
+    assert clip(None, 0, 10) == []
 
 
 def _vol() -> Volume:
     return Volume("v", ["127.0.0.1:1"], size=64 << 20)
 
 
-def test_plan_incremental_uses_the_smallest_covering_change_map():
-    v = _vol()
-    sdm = {"region_size": 1 << 20, "missed": {"3": [1, 2, 3, 9], "5": [2, 9], "8": [4]}}
-    kind, regions = v._plan({"epoch": 4}, {"region_size": 1 << 20, "dirty": [7]}, sdm)
-    # epoch 4 missed everything from epoch 5 on: map 5 covers it, map 8 started too late
-    # (region numbers = an older replica's answer, widened to whole regions)
-    mb = 1 << 20
-    assert kind.startswith("incremental") and regions == [(2 * mb, mb), (7 * mb, mb), (9 * mb, mb)]
+def _plan(rmeta, rdirty, sdm, rid="r"):
+    return plan_copy(rid, rmeta, {"region_size": MB, **rdirty}, sdm, MB, 64 * MB)
+
+
+def test_plan_older_maps_use_the_smallest_covering_change_map():
+    sdm = {"region_size": MB, "missed": {"3": [1, 2, 3, 9], "5": [2, 9], "8": [4]}}
+    kind, regions = _plan({"epoch": 4}, {"dirty": [7]}, sdm)
+    # maps without an `excluded` list (format 1): epoch 4 missed everything from epoch 5 on, map
+    # 5 covers it, map 8 started too late (region numbers = an older replica's answer)
+    assert kind.startswith("incremental") and regions == [(2 * MB, MB), (7 * MB, MB), (9 * MB, MB)]
 
 
 def test_plan_incremental_with_fine_byte_runs_merges_adjacent_extents():
-    v = _vol()
     sdm = {
-        "region_size": 1 << 20,
+        "region_size": MB,
         "missed_granularity": 4096,
-        "missed": {"5": [[8192, 4096], [12288, 8192], [1 << 20, 4096]]},
+        "missed": {"5": [[8192, 4096], [12288, 8192], [MB, 4096]]},
     }
-    kind, ext = v._plan({"epoch": 4}, {"region_size": 1 << 20, "dirty": []}, sdm)
+    kind, ext = _plan({"epoch": 4}, {"dirty": []}, sdm)
     assert kind.startswith("incremental")
-    assert ext == [(8192, 12288), (1 << 20, 4096)]  # 4K chunks, not 1 MiB regions
+    assert ext == [(8192, 12288), (MB, 4096)]  # 4K chunks, not 1 MiB regions
+
+
+def test_plan_uses_the_newest_map_that_excluded_this_replica():
+    """Maps name the ids they were started for: a returning replica copies from the newest map
+    that left it out after the last view it accepted, whatever the epochs' numbers."""
+    e = lambda t, v: t << 32 | v  # noqa: E731
+    sdm = {
+        "region_size": MB,
+        "missed": {
+            str(e(1, 3)): [[0, 4096]],  # r left at 1.3, came back later
+            str(e(2, 1)): [[MB, 4096]],  # r left out again by the claim of term 2
+            str(e(2, 4)): [[2 * MB, 4096]],  # another replica left at 2.4
+        },
+        "excluded": {str(e(1, 3)): ["r"], str(e(2, 1)): ["r", "s"], str(e(2, 4)): ["s"]},
+    }
+    kind, ext = _plan({"epoch": e(1, 7), "view_epoch": e(1, 7)}, {"dirty": [9]}, sdm)
+    assert kind == f"incremental since epoch {e(2, 1)}"
+    assert ext == [(MB, 4096), (9 * MB, MB)]  # that map, plus its own dirty regions
+    # a map started before the last view it accepted is no use: full
+    kind, ext = _plan({"epoch": e(2, 5), "view_epoch": e(2, 5)}, {"dirty": []}, sdm)
+    assert kind == "full" and ext is None
+    # another replica's map is no use either
+    kind, _ = _plan({"epoch": e(1, 7), "view_epoch": e(1, 7)}, {"dirty": []}, sdm, rid="t")
+    assert kind == "full"
 
 
 @pytest.mark.parametrize(
     "rmeta,sdm",
     [
-        ({"epoch": 0}, {"region_size": 1 << 20, "missed": {"1": [1]}}),  # empty replica
-        ({"epoch": 4, "rebuilding": True}, {"region_size": 1 << 20, "missed": {"1": [1]}}),
-        ({"epoch": 4}, {"region_size": 1 << 20, "missed": {"6": [1]}}),  # tracking too late
-        ({"epoch": 4}, {"region_size": 1 << 20, "missed": {}}),  # no tracking at all
+        ({"epoch": 0}, {"region_size": MB, "missed": {"1": [1]}}),  # empty replica
+        ({"epoch": 4, "rebuilding": True}, {"region_size": MB, "missed": {"1": [1]}}),
+        ({"epoch": 4}, {"region_size": MB, "missed": {"6": [1]}}),  # tracking too late
+        ({"epoch": 4}, {"region_size": MB, "missed": {}}),  # no tracking at all
         ({"epoch": 4}, {"region_size": 1 << 16, "missed": {"5": [1]}}),  # other region size
     ],
 )
 def test_plan_falls_back_to_full(rmeta, sdm):
-    kind, regions = _vol()._plan(rmeta, {"region_size": 1 << 20, "dirty": []}, sdm)
+    kind, regions = _plan(rmeta, {"dirty": []}, sdm)
     assert kind == "full" and regions is None
 
 
@@ -155,12 +183,10 @@ def test_status_table_shows_rebuild_progress_and_reason():
 
 
 def test_merge_and_split_extents_into_copy_spans():
-    from jiva_engine.controller.volume import _merge, _split
-
-    assert _merge([], 100) == []
-    assert _merge([(50, 10), (0, 10), (10, 5), (58, 10), (95, 20)], 100) == [
+    assert merge([], 100) == []
+    assert merge([(50, 10), (0, 10), (10, 5), (58, 10), (95, 20)], 100) == [
         (0, 15),
         (50, 18),
         (95, 5),  # clipped to the volume
     ]
-    assert _split([(0, 10), (20, 3)], 4) == [(0, 4), (4, 4), (8, 2), (20, 3)]
+    assert split([(0, 10), (20, 3)], 4) == [(0, 4), (4, 4), (8, 2), (20, 3)]

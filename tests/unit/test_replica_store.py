@@ -23,7 +23,9 @@ def test_new_dir_is_epoch_0_sparse_and_meta_complete(tmp_path):
     s = ReplicaStore(d, "vol1", 64 * MiB)
     meta = json.loads((d / "meta.json").read_text())
     assert meta["volume"] == "vol1" and meta["size"] == 64 * MiB and meta["epoch"] == 0
-    assert meta["format"] == 1 and meta["sector_size"] == 512 and meta["region_size"] == MiB
+    assert meta["format"] == 2 and meta["sector_size"] == 512 and meta["region_size"] == MiB
+    assert meta["kind"] == "replica" and len(meta["id"]) == 36 and "uuid" not in meta
+    assert meta["view_epoch"] == 0 and meta["membership"] == [] and meta["voters"] == {}
     assert meta["clean"] is False  # open = running = not clean
     assert s.mode == "WO"
     st = os.stat(d / "volume.img")
@@ -360,3 +362,45 @@ def test_dirty_map_is_fdatasynced_before_the_data_write(tmp_path, monkeypatch):
     s.write(3 * MiB + 512, b"y" * 512)
     assert events == [("sync", "dirty.map"), ("data", 3 * MiB), ("data", 3 * MiB + 512)]
     s.close(clean=False)
+
+
+def test_format_1_folder_is_migrated_keeping_its_identity_data_and_maps(tmp_path):
+    """A folder written by the format-1 engine (membership by address, "uuid") opens as format 2:
+    the uuid becomes the replica id, the stored membership the accepted view, change maps stay."""
+    d = tmp_path / "r"
+    s = ReplicaStore(d, "vol1", 64 * MiB)
+    s.write(3 * MiB, b"\x5a" * 4096)
+    s.start_tracking(7)
+    s.write(5 * MiB, b"\x6b" * 4096)
+    s.close()
+    meta = json.loads((d / "meta.json").read_text())
+    v1 = {k: v for k, v in meta.items() if k not in ("kind", "id", "view_epoch", "voters")}
+    v1.update(format=1, uuid="0b7c3cde-3f8f-4c43-9d0a-7e4dd3a1a001", epoch=7,
+              membership=["10.0.0.1:9700", "10.0.0.2:9700"])  # fmt: skip
+    v1["tracking"] = [{"since": 7, "seed": []}]
+    (d / "meta.json").write_text(json.dumps(v1))
+    s = ReplicaStore(d, "vol1", 64 * MiB)
+    try:
+        assert s.id == "0b7c3cde-3f8f-4c43-9d0a-7e4dd3a1a001"
+        assert s.meta["format"] == 2 and "uuid" not in s.meta
+        assert s.meta["view_epoch"] == 7 and s.epoch == 7 and s.mode == "RW"
+        assert s.meta["membership"] == ["10.0.0.1:9700", "10.0.0.2:9700"]
+        assert s.excluded[7] is None  # older map: no list of excluded members
+        assert [5 * MiB, 4096] in s.missed_runs(7)
+        assert s.pread(3 * MiB, 4096) == b"\x5a" * 4096
+    finally:
+        s.close()
+    on_disk = json.loads((d / "meta.json").read_text())
+    assert on_disk["format"] == 2 and on_disk["id"] == "0b7c3cde-3f8f-4c43-9d0a-7e4dd3a1a001"
+
+
+def test_unknown_format_and_a_witness_folder_are_refused(tmp_path):
+    d = tmp_path / "r"
+    ReplicaStore(d, "vol1", 64 * MiB).close()
+    meta = json.loads((d / "meta.json").read_text())
+    (d / "meta.json").write_text(json.dumps({**meta, "format": 3}))
+    with pytest.raises(StoreError, match="unsupported format 3"):
+        ReplicaStore(d, "vol1", 64 * MiB)
+    (d / "meta.json").write_text(json.dumps({**meta, "kind": "witness"}))
+    with pytest.raises(StoreError, match="witness's metadata"):
+        ReplicaStore(d, "vol1", 64 * MiB)

@@ -1,0 +1,58 @@
+"""What the controller knows about each voter address: a replica or a witness."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from jiva_engine.controller.backend import Backend
+
+RW, WO, ERR = "RW", "WO", "ERR"  # replica modes: member, being rebuilt, failed/unreachable
+REPLICA, WITNESS = "replica", "witness"
+
+
+@dataclass(eq=False)
+class Peer:
+    """One voter address. Replicas have a mode (RW/WO/ERR); a witness is reachable or not."""
+
+    address: str
+    kind: str = REPLICA
+    id: str | None = None  # voter id, learned when connected (kept across reconnections)
+    configured: bool = False  # given on the command line (else learned from a view or the API)
+    mode: str = ERR
+    client: Backend | None = None
+    epoch: int = 0
+    rebuild: dict[str, int] | None = None
+    last_error: str | None = "not connected yet"
+    last_rebuild: dict[str, Any] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    connecting: bool = False
+    rebuild_task: asyncio.Task | None = None
+    reads: int = 0
+    writes: int = 0
+    errors: int = 0
+
+    @property
+    def witness(self) -> bool:
+        return self.kind == WITNESS
+
+    @property
+    def connected(self) -> bool:
+        return self.client is not None and self.client.connected
+
+    def view(self) -> dict[str, Any]:
+        """The replica/witness entry of the status JSON (DESIGN.md §5)."""
+        out: dict[str, Any] = {
+            "address": self.address,
+            "id": self.id,
+            "epoch": self.epoch,
+            "last_error": self.last_error,
+        }
+        if self.witness:
+            out["state"] = "ok" if self.connected else "unreachable"
+            return out
+        out["mode"] = self.mode
+        out["rebuild"] = dict(self.rebuild) if self.rebuild is not None else None
+        out["last_rebuild"] = dict(self.last_rebuild) if self.last_rebuild else None
+        return out

@@ -1,0 +1,366 @@
+"""Rebuild (docs/ENGINE.md rule 6): what a returning replica must copy, and copying it.
+
+Planning is pure (`plan_copy`); the copy runs a few range-locked spans at once, batches small
+change-map runs into READV/WRITEV, paces itself with `--rebuild-rate`, and hands the finished
+replica to the coordinator, which adds it to the membership under a new view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from jiva_engine.controller.peers import ERR, RW, WO, Peer
+from jiva_engine.controller.rangelock import RangeLock
+from jiva_engine.protocol import wire
+from jiva_engine.protocol.client import ReplicaError, ReplicaUnavailable
+from jiva_engine.volume import VolumeFenced
+
+if TYPE_CHECKING:
+    from jiva_engine.controller.coordinator import Coordinator
+
+log = logging.getLogger(__name__)
+
+REBUILD_PARALLEL = 4  # spans copied at once by one rebuild
+REBUILD_SPAN = 8  # adjacent regions copied as one span (one write-intent update on the target)
+SMALL_COPY = 256 << 10  # spans below this are batched into one READV/WRITEV (no EXTENTS)
+VEC_BYTES = 4 << 20  # data of one READV/WRITEV batch
+VEC_RANGES = 1024  # ranges in one batch
+REBUILD_SYNC_EVERY = 64 << 20  # copied bytes between background flushes of the target
+
+
+class Throttle:
+    """Shared rebuild rate limit (bytes per second across every rebuild at once)."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.rate = rate
+        self._next = 0.0
+
+    async def take(self, nbytes: int) -> None:
+        if not self.rate or nbytes <= 0:
+            return
+        now = time.monotonic()
+        start = max(now, self._next)
+        self._next = start + nbytes / self.rate
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
+def region_extent(r: int, region_size: int, size: int) -> tuple[int, int]:
+    """Byte extent of region `r` (the last one may be short)."""
+    off = r * region_size
+    return off, max(0, min(region_size, size - off))
+
+
+def plan_copy(
+    replica_id: str | None,
+    rmeta: dict[str, Any],
+    rdirty: dict[str, Any],
+    sdm: dict[str, Any],
+    region_size: int,
+    size: int,
+) -> tuple[str, list[tuple[int, int]] | None]:
+    """What a returning replica needs: (kind, sorted merged byte extents, or None for full).
+
+    Incremental when the replica has data (not new, not interrupted mid-rebuild) and the source
+    has a change map started when this replica was removed: a map that lists its id among the
+    `excluded` and began after the last view the replica accepted (maps of the older format,
+    with no list, are usable when they began no later than the replica's epoch + 1). The newest
+    such map, plus the replica's own dirty regions. Change maps come as byte runs; a replica of
+    the older format answers region numbers, which are widened to regions.
+    """
+    r_view = int(rmeta.get("view_epoch", rmeta.get("epoch")) or 0)
+    r_epoch = int(rmeta.get("epoch") or 0)
+    if (
+        r_view <= 0
+        or rmeta.get("rebuilding")
+        or int(sdm.get("region_size") or 0) != region_size
+        or int(rdirty.get("region_size") or region_size) != region_size
+    ):
+        return "full", None
+    missed = {int(e): runs for e, runs in (sdm.get("missed") or {}).items()}
+    excluded = {int(e): ids for e, ids in (sdm.get("excluded") or {}).items()}
+    usable = []
+    for e in missed:
+        ids = excluded.get(e)
+        if ids is None:
+            if e <= r_epoch + 1:
+                usable.append(e)
+        elif replica_id in ids and e > r_view:
+            usable.append(e)
+    if not usable:
+        return "full", None
+    since = max(usable)
+    ext: list[tuple[int, int]] = []
+    for x in missed[since]:
+        if isinstance(x, int):  # region number (older replica)
+            ext.append(region_extent(x, region_size, size))
+        else:
+            ext.append((int(x[0]), int(x[1])))
+    ext.extend(region_extent(r, region_size, size) for r in rdirty.get("dirty") or [])
+    return f"incremental since epoch {since}", merge(ext, size)
+
+
+async def copy_range(
+    ranges: RangeLock, src: Peer, dsts: list[Peer], off: int, ln: int, epoch: int, rebuild: bool
+) -> int:
+    """Copy [off, off+ln) from src to dsts under the range lock; holes become holes."""
+    copied = 0
+    async with ranges.hold(off, ln):
+        ext = await src.client.extents(off, ln)
+        pos, end = off, off + ln
+        for eo, el in [*clip(ext, off, end), (end, 0)]:
+            if eo > pos:
+                await wait_all([d.client.unmap(pos, eo - pos, epoch) for d in dsts])
+            if el:
+                data = await src.client.read(eo, el, epoch)
+                await wait_all([d.client.write(eo, data, epoch, rebuild=rebuild) for d in dsts])
+                copied += el
+            pos = eo + el
+    return copied
+
+
+class Rebuilder:
+    """Brings non-members up to date as WO, then asks the coordinator to add them (rule 6)."""
+
+    def __init__(
+        self,
+        coord: Coordinator,
+        ranges: RangeLock,
+        inflight: Callable[[], list[Any]],
+        stats: dict[str, float],
+        rate: float | None,
+    ) -> None:
+        self.coord = coord
+        self.ranges = ranges
+        self.inflight = inflight  # writes in flight: each has `done`, a future
+        self.stats = stats
+        self.throttle = Throttle(rate)
+
+    async def run(self, m: Peer, rmeta: dict[str, Any]) -> None:
+        """Rebuild replica `m` (connected, not a member) and promote it; failures drop it."""
+        coord = self.coord
+        t0 = time.monotonic()
+        try:
+            c = m.client
+            epoch = coord.mem.epoch
+            if m.epoch > epoch:
+                # only a newer controller could have raised it: leave this replica alone
+                raise ReplicaError(
+                    wire.STALE_EPOCH,
+                    f"replica has epoch {m.epoch}, newer than ours ({epoch}); another "
+                    "controller may own the volume",
+                )
+            c.epoch = max(c.epoch, m.epoch)  # control ops carry the client's epoch
+            rdirty = await c.dirty_map() if int(rmeta.get("view_epoch") or 0) > 0 else {}
+            await c.set_mode("WO")  # persisted first: a crash from here on means a full rebuild
+            # then raise its epoch so frames still queued from an old connection are refused
+            await c.set_meta(**coord.view_fields(coord.mem.view, m))
+            m.mode = WO  # every write issued from now on also goes to this replica
+            m.rebuild = {"done": 0, "total": 0}
+            m.last_error = None
+            for op in self.inflight():  # writes issued before the switch land on the source
+                await op.done
+            rw = coord.rw_peers()
+            if not rw:
+                raise ReplicaUnavailable("no current member to rebuild from")
+            src = coord.pick(rw)
+            sdm = await src.client.dirty_map()
+            region, size = coord.region_size, coord.size
+            kind, extents = plan_copy(m.id, rmeta, rdirty, sdm, region, size)
+            if extents is None:
+                used = set()
+                for eo, el in [*await src.client.extents(0, size), *await c.extents(0, size)]:
+                    used.update(range(eo // region, (eo + el - 1) // region + 1))
+                extents = merge([region_extent(r, region, size) for r in used], size)
+            total = sum(ln for _, ln in extents)
+            m.rebuild = {"done": 0, "total": total}
+            log.info(
+                "rebuilding %s from %s: %s, %d extents, %d bytes",
+                m.address, src.address, kind, len(extents), total,
+            )  # fmt: skip
+            copied = await self._copy_all(src, m, extents)
+            await c.flush(coord.mem.epoch)  # everything copied is durable before it is a member
+            m.last_rebuild = {
+                "kind": kind.split()[0],
+                "detail": kind,
+                "source": src.address,
+                "regions": len(extents),
+                "copied": copied,
+                "scanned": total,
+                "seconds": round(time.monotonic() - t0, 3),
+            }
+            await coord.promote(m)
+            self.stats["rebuilds_done"] += 1
+        except asyncio.CancelledError:
+            raise
+        except VolumeFenced:
+            return
+        except Exception as e:
+            if m.mode in (WO, ERR):  # not yet (or no longer) a member: retried next round
+                log.warning("rebuild of %s failed: %s", m.address, e)
+                m.mode = ERR
+                m.rebuild = None
+                m.last_error = f"rebuild failed: {e}"
+                await coord.drop_client(m)
+
+    async def _copy_all(self, src: Peer, m: Peer, extents: list[tuple[int, int]]) -> int:
+        """Copy the extents, REBUILD_PARALLEL spans at once; flush the target every
+        REBUILD_SYNC_EVERY bytes in the background. Returns the bytes copied."""
+        coord = self.coord
+        c = m.client
+        region = coord.region_size
+        span = REBUILD_SPAN * region
+        if self.throttle.rate:  # keep the pacing smooth: at most ~1/4 s of budget per span
+            span = max(region, min(span, int(self.throttle.rate / 4)))
+        todo = iter(batches(split(extents, span), min(span, VEC_BYTES)))
+        failure: list[BaseException] = []
+        copied = 0
+        unsynced = 0
+        syncing: asyncio.Future | None = None
+        syncs: list[asyncio.Future] = []
+
+        async def copier() -> None:  # a few spans in flight at once, each range-locked
+            nonlocal copied, unsynced, syncing
+            for off, ln, ranges in todo:
+                if failure:
+                    return
+                if m.mode != WO or src.mode != RW or not coord.serving():
+                    failure.append(ReplicaUnavailable("rebuild interrupted"))
+                    return
+                size = ln if ranges is None else sum(n for _, n in ranges)
+                await self.throttle.take(size)  # --rebuild-rate, shared by every rebuild
+                try:
+                    n = await self._copy_checked(src, m, off, ln, ranges)
+                except Exception as e:
+                    failure.append(e)
+                    return
+                copied += n
+                self.stats["rebuild_bytes_copied"] += n
+                m.rebuild["done"] += size
+                # start the write-back of what is copied so far while copying goes on, so the
+                # final flush (before it becomes a member) only has the tail left
+                unsynced += n
+                if unsynced >= REBUILD_SYNC_EVERY and (syncing is None or syncing.done()):
+                    unsynced = 0
+                    syncing = c.flush(coord.mem.epoch)
+                    syncs.append(syncing)
+
+        await asyncio.gather(*(copier() for _ in range(REBUILD_PARALLEL)))
+        sync_res = await asyncio.gather(*syncs, return_exceptions=True)
+        if failure:
+            raise failure[0]
+        for r in sync_res:
+            if isinstance(r, BaseException):
+                raise r
+        return copied
+
+    async def _copy_checked(
+        self, src: Peer, dst: Peer, off: int, ln: int, ranges: list | None = None
+    ) -> int:
+        """One rebuild copy (a span, or a batch of small `ranges` inside [off, off+ln)); a
+        failing source is ejected (rule 3), a failing target drops out."""
+        epoch = self.coord.mem.epoch
+        try:
+            if ranges is not None:
+                async with self.ranges.hold(off, ln):
+                    data = await src.client.readv(ranges, epoch)
+                    await dst.client.writev(ranges, data, epoch, rebuild=True)
+                return len(data)
+            return await copy_range(self.ranges, src, [dst], off, ln, epoch, rebuild=True)
+        except (ReplicaError, ReplicaUnavailable) as e:
+            # find out which side failed: the source's failure is a membership change
+            if src.client is None or not src.client.connected:
+                await self.coord.failures([(src, e)])
+            raise
+
+    async def clear_settled(self, m: Peer) -> None:
+        """Clear a rebuilt member's dirty bits (e.g. kept after its old connection dropped).
+
+        Only regions with no write in flight are cleared: every write to them was acknowledged by
+        every member, and a write issued later reaches the replica after this CLEAR_DIRTY.
+        """
+        region, size = self.coord.region_size, self.coord.size
+        try:
+            dm = await m.client.dirty_map()
+            regions = [
+                r
+                for r in dm.get("dirty") or []
+                if not self.ranges.busy(*region_extent(r, region, size))
+            ]
+            if regions:
+                await m.client.clear_dirty(regions)  # queued before any later write
+        except (ReplicaError, ReplicaUnavailable, AttributeError) as e:
+            log.info("clearing dirty bits of %s: %s", m.address, e)
+
+
+def merge(ext: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    """Sort byte extents, clip them to the volume and merge overlapping or adjacent ones."""
+    out: list[list[int]] = []
+    for off, ln in sorted(ext):
+        end = min(off + ln, size)
+        if end <= off:
+            continue
+        if out and off <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            out.append([off, end])
+    return [(a, b - a) for a, b in out]
+
+
+def batches(spans: list[tuple[int, int]], limit: int) -> list[tuple[int, int, list | None]]:
+    """Copy work items (off, len, ranges): big spans alone (ranges None), runs of small ones
+    grouped into one READV/WRITEV batch of <= `limit` bytes (off, len = the range they cover)."""
+    out: list[tuple[int, int, list | None]] = []
+    batch: list[tuple[int, int]] = []
+    size = 0
+
+    def close() -> None:
+        nonlocal batch, size
+        if batch:
+            a = batch[0][0]
+            out.append((a, batch[-1][0] + batch[-1][1] - a, batch))
+            batch, size = [], 0
+
+    for off, ln in spans:
+        if ln >= SMALL_COPY:
+            close()
+            out.append((off, ln, None))
+            continue
+        if size + ln > limit or len(batch) >= VEC_RANGES:
+            close()
+        batch.append((off, ln))
+        size += ln
+    close()
+    return out
+
+
+def split(ext: list[tuple[int, int]], limit: int) -> list[tuple[int, int]]:
+    """Cut extents into copy spans of at most `limit` bytes."""
+    out: list[tuple[int, int]] = []
+    for off, ln in ext:
+        while ln > limit:
+            out.append((off, limit))
+            off, ln = off + limit, ln - limit
+        out.append((off, ln))
+    return out
+
+
+async def wait_all(futs: list[Awaitable[Any]]) -> None:
+    """Wait for every future; raise the first failure (after all are done, none left unread)."""
+    for r in await asyncio.gather(*futs, return_exceptions=True):
+        if isinstance(r, BaseException):
+            raise r
+
+
+def clip(ext: list, start: int, end: int) -> list[tuple[int, int]]:
+    """Sorted extents clipped to [start, end)."""
+    out = []
+    for eo, el in sorted((int(a), int(b)) for a, b in ext or []):
+        a, b = max(eo, start), min(eo + el, end)
+        if b > a:
+            out.append((a, b - a))
+    return out

@@ -1,0 +1,162 @@
+"""What every voter of a volume (a replica or a witness) stores and how it answers CLAIM/SET_META.
+
+A voter keeps, durably (docs/ENGINE.md, "Quorum"):
+- `epoch`: the highest epoch it has promised or accepted. It refuses every request (data or
+  control) that carries a lower one; that is how an old controller is fenced.
+- the last **view** it accepted: `view_epoch`, `membership` (ids of the current copies) and
+  `voters` ({id: last known address} of the volume's voters).
+
+An epoch is `term << 32 | version`: a controller claims the volume with a new term (version 0,
+CLAIM, accepted only if strictly greater than what the voter promised: two controllers can never
+both hold one term), then changes views inside its term by raising the version (SET_META,
+accepted if not lower). Ordering views by epoch is therefore ordering them by (term, version).
+
+This module holds the rules only; the replica store and the witness store own the dict.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+TERM_SHIFT = 32
+VERSION_MASK = (1 << TERM_SHIFT) - 1
+
+
+def make_epoch(term: int, version: int = 0) -> int:
+    """The epoch of view `version` of controller term `term`."""
+    return term << TERM_SHIFT | version
+
+
+def term_of(epoch: int) -> int:
+    """The controller term an epoch belongs to."""
+    return epoch >> TERM_SHIFT
+
+
+def version_of(epoch: int) -> int:
+    """The view number inside its term (0 = the claim itself)."""
+    return epoch & VERSION_MASK
+
+
+def epoch_text(epoch: int | None) -> str:
+    """`term.version` for people (tables, logs)."""
+    if epoch is None:
+        return "-"
+    return f"{term_of(epoch)}.{version_of(epoch)}"
+
+
+def new_id() -> str:
+    """A fresh voter id (made once, when a replica's or witness's folder is created)."""
+    return str(uuid.uuid4())
+
+
+def fresh_fields() -> dict[str, Any]:
+    """The voter part of a new folder's metadata."""
+    return {"id": new_id(), "epoch": 0, "view_epoch": 0, "membership": [], "voters": {}}
+
+
+class VoteError(Exception):
+    """A CLAIM/SET_META this voter must refuse; `stale` is True for an epoch below its own."""
+
+    def __init__(self, message: str, stale: bool = False) -> None:
+        super().__init__(message)
+        self.stale = stale
+
+
+def check_claim(meta: dict[str, Any], epoch: Any) -> None:
+    """Raise VoteError unless `epoch` may be promised (strictly above the stored epoch)."""
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch <= 0:
+        raise VoteError(f"CLAIM: bad epoch {epoch!r}")
+    if epoch <= int(meta["epoch"]):
+        raise VoteError(
+            f"CLAIM of epoch {epoch_text(epoch)} refused: epoch {epoch_text(meta['epoch'])} "
+            "is already promised here",
+            stale=True,
+        )
+
+
+def apply_claim(meta: dict[str, Any], epoch: int) -> None:
+    """Promise `epoch` (after check_claim); the caller persists meta before answering."""
+    meta["epoch"] = epoch
+
+
+def check_accept(meta: dict[str, Any], body: dict[str, Any]) -> None:
+    """Validate the voter fields of a SET_META body (epoch, membership, voters)."""
+    epoch = body.get("epoch")
+    members = body.get("membership")
+    voters = body.get("voters")
+    if epoch is not None and (not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0):
+        raise VoteError(f"SET_META: bad epoch {epoch!r}")
+    if members is not None and (
+        not isinstance(members, list) or not all(isinstance(m, str) for m in members)
+    ):
+        raise VoteError("SET_META: membership must be a list of replica ids")
+    if voters is not None and (
+        not isinstance(voters, dict)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in voters.items())
+    ):
+        raise VoteError("SET_META: voters must map voter ids to addresses")
+    if (members is not None or voters is not None) and epoch is None:
+        raise VoteError("SET_META: a membership or voter list needs its epoch")
+    if epoch is not None and epoch < int(meta["epoch"]):
+        raise VoteError(
+            f"request epoch {epoch_text(epoch)} is older than this voter's epoch "
+            f"{epoch_text(meta['epoch'])}",
+            stale=True,
+        )
+
+
+def apply_accept(meta: dict[str, Any], body: dict[str, Any]) -> None:
+    """Take the epoch and, when given, the view of a checked SET_META body."""
+    epoch = body.get("epoch")
+    if epoch is None:
+        return
+    meta["epoch"] = epoch
+    if body.get("membership") is not None:
+        meta["view_epoch"] = epoch
+        meta["membership"] = list(body["membership"])
+        if body.get("voters") is not None:
+            meta["voters"] = dict(body["voters"])
+
+
+def record(meta: dict[str, Any]) -> dict[str, Any]:
+    """The voter fields of an INFO/CLAIM/SET_META answer."""
+    return {
+        "id": meta["id"],
+        "epoch": meta["epoch"],
+        "view_epoch": meta.get("view_epoch", 0),
+        "membership": list(meta.get("membership") or []),
+        "voters": dict(meta.get("voters") or {}),
+    }
+
+
+def quiet_seconds(now: float, others: list[float | None], closed: float | None) -> float | None:
+    """Seconds since any other controller connection last sent something (None: never).
+
+    A CLAIM answer carries it: the new controller waits until the old one's read lease
+    (`LEASE` s from its last answered majority round) must have run out (ENGINE.md rule Q8).
+    """
+    times = [t for t in [*others, closed] if t is not None]
+    return max(0.0, now - max(times)) if times else None
+
+
+LEASE = 2.0  # seconds a controller may serve reads after a majority last answered it
+
+
+__all__ = [
+    "LEASE",
+    "TERM_SHIFT",
+    "VoteError",
+    "apply_accept",
+    "apply_claim",
+    "check_accept",
+    "check_claim",
+    "epoch_text",
+    "fresh_fields",
+    "make_epoch",
+    "new_id",
+    "quiet_seconds",
+    "record",
+    "term_of",
+    "version_of",
+]

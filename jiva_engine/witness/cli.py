@@ -1,0 +1,68 @@
+"""`jiva witness`: run one volume's witness (a metadata-only voter) on this node."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from jiva_engine.protocol import voting
+from jiva_engine.protocol.auth import read_secret_file
+from jiva_engine.replica.store import StoreError
+from jiva_engine.util import parse_hostport, run_loop
+from jiva_engine.witness.server import WitnessServer
+from jiva_engine.witness.store import WitnessStore
+
+log = logging.getLogger("jiva.witness")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of `jiva witness` (DESIGN.md §4)."""
+    p.add_argument("--volume", required=True, help="volume name this witness votes for")
+    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to serve on")
+    p.add_argument("--dir", required=True, help="folder for its metadata (a few KiB; created)")
+    p.add_argument("--secret-file", help="shared secret the controller must prove (as replicas)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def _fail(msg: str) -> int:
+    print(f"jiva witness: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM/SIGINT; 2 on bad configuration."""
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format=f"%(asctime)s witness[{args.volume}@{args.listen}] %(levelname)s %(message)s",
+    )
+    try:
+        host, port = parse_hostport(args.listen)
+        secret = read_secret_file(args.secret_file) if args.secret_file else None
+        store = WitnessStore(args.dir, args.volume)
+    except (ValueError, StoreError) as e:
+        return _fail(str(e))
+    return run_loop(_serve(store, host, port, secret))
+
+
+async def _serve(store: WitnessStore, host: str, port: int, secret: bytes | None) -> int:
+    server = WitnessServer(store, secret)
+    try:
+        await server.start(host, port)
+    except OSError as e:
+        why = os.strerror(e.errno).lower() if e.errno else str(e)
+        return _fail(f"cannot listen on {host}:{port}: {why}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("witness of volume %s (id %s, epoch %s) in %s", store.volume, store.id,
+             voting.epoch_text(store.meta["epoch"]), store.dir)  # fmt: skip
+    await stop.wait()
+    await server.stop()
+    log.info("stopped")
+    return 0
