@@ -419,7 +419,7 @@ class Volume:
                 else:
                     m.writes += 1
                     op.on.add(m.id)
-            while True:
+            while failed or not coord.open:  # else every target, so every member, has it
                 if failed:
                     await coord.failures(failed)
                 await self._admit(False)

@@ -504,12 +504,15 @@ async def test_newer_controller_fences_the_old_one(procs, tmp_path):
             await new.close()
 
 
+# A controller in its own process (so it can be killed -9 with writes in flight): replicas and
+# witnesses as comma-separated lists; every acknowledged write is logged ("n offset" per line).
 _CRASHING_CONTROLLER = r"""
 import asyncio, os, random, sys
 from jiva_engine.controller.volume import Volume
 
-async def main(logpath, *addrs):
-    vol = Volume("vol1", list(addrs), retry_interval=0.2)
+async def main(logpath, reps, wits, timeout):
+    vol = Volume("vol1", reps.split(","), witnesses=[w for w in wits.split(",") if w],
+                 replica_timeout=float(timeout), retry_interval=0.2)
     await vol.start()
     await vol.wait_serving(20)
     fd = os.open(logpath, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -529,18 +532,27 @@ asyncio.run(main(*sys.argv[1:]))
 """
 
 
+def crashing_controller(procs, tmp_path: Path, reps, witnesses=(), timeout: float = 3.0):
+    """Start the controller process above; returns (process, path of its acknowledgement log)."""
+    log = tmp_path / "acked.log"
+    args = [str(log), ",".join(r.addr for r in reps), ",".join(w.addr for w in witnesses)]
+    return procs.start([sys.executable, "-c", _CRASHING_CONTROLLER, *args, str(timeout)],
+                       "controller"), log  # fmt: skip
+
+
+def acked_writes(log: Path) -> list[tuple[int, int]]:
+    """(n, offset) of every write the crashing controller acknowledged."""
+    return [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
+
+
 async def test_controller_killed_during_writes_every_ack_survives(procs, tmp_path):
     reps = replicas(procs, tmp_path, 3)
-    acklog = tmp_path / "acked.log"
-    ctl = procs.start(
-        [sys.executable, "-c", _CRASHING_CONTROLLER, str(acklog), *(r.addr for r in reps)],
-        "controller",
-    )
+    ctl, acklog = crashing_controller(procs, tmp_path, reps)
     await wait_for(
         lambda: acklog.exists() and acklog.stat().st_size > 20_000, 30, "acknowledged writes"
     )
     procs.kill(ctl)  # kill -9 with writes in flight
-    acked = [tuple(map(int, line.split())) for line in acklog.read_text().splitlines()]
+    acked = acked_writes(acklog)
     assert len(acked) > 1000 and len(acked) < 8192
     vol = Volume(VOL, [r.addr for r in reps], retry_interval=0.2)
     await vol.start()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -22,8 +21,10 @@ from tests.integration.test_engine import (
     MiB,
     Rep,
     Writer,
+    acked_writes,
     all_current,
     block,
+    crashing_controller,
     identical,
     replicas,
     wait_for,
@@ -64,48 +65,6 @@ async def serving(reps, witnesses=(), timeout: float = 1.5, **kw) -> Volume:
     await vol.start()
     await vol.wait_serving(20)
     return vol
-
-
-# A controller in its own process (so it can be killed -9 with writes in flight), with the
-# replicas and witnesses given as comma-separated lists; every acknowledged write is logged.
-_CONTROLLER = r"""
-import asyncio, os, random, sys
-from jiva_engine.controller.volume import Volume
-
-async def main(logpath, reps, wits):
-    vol = Volume("vol1", reps.split(","), witnesses=[w for w in wits.split(",") if w],
-                 replica_timeout=1.5, retry_interval=0.2)
-    await vol.start()
-    await vol.wait_serving(20)
-    fd = os.open(logpath, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    nxt = iter(range(10**9))
-
-    async def worker(i):
-        while True:
-            n = next(nxt)
-            off = n * 4096  # each 4 KiB block is written once
-            data = random.Random(n).randbytes(4096)
-            await vol.write(off, data)
-            os.write(fd, f"{n} {off}\n".encode())  # acknowledged
-
-    await asyncio.gather(*(worker(i) for i in range(16)))
-
-asyncio.run(main(*sys.argv[1:]))
-"""
-
-
-def crashing_controller(procs, tmp_path: Path, reps, witnesses=()):
-    log = tmp_path / "acked.log"
-    proc = procs.start(
-        [sys.executable, "-c", _CONTROLLER, str(log), ",".join(r.addr for r in reps),
-         ",".join(w.addr for w in witnesses)],
-        "controller",
-    )  # fmt: skip
-    return proc, log
-
-
-def acked_writes(log: Path) -> list[tuple[int, int]]:
-    return [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
 
 
 async def verify_acked(vol: Volume, acked: list[tuple[int, int]]) -> None:
@@ -178,7 +137,7 @@ async def test_controller_and_a_replica_lost_together_the_other_two_serve(procs,
     majority and current members), every acknowledged write is there, and the lost replica
     catches up incrementally when it returns."""
     a, b, c = reps = replicas(procs, tmp_path, 3)
-    ctl, log = crashing_controller(procs, tmp_path, reps)
+    ctl, log = crashing_controller(procs, tmp_path, reps, timeout=1.5)
     await wait_for(lambda: log.exists() and log.stat().st_size > 20_000, 30, "acknowledged writes")
     procs.kill(ctl)
     a.kill()  # its host is gone: controller and replica together
