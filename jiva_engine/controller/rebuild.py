@@ -67,12 +67,13 @@ def plan_copy(
 
     Incremental when the replica has data (not new, not interrupted mid-rebuild) and the source
     has a change map started when this replica was removed: a map that lists its id among the
-    `excluded` and began after the last view the replica accepted (maps of the older format,
-    with no list, are usable when they began no later than the replica's epoch + 1). The newest
-    such map, plus the replica's own dirty regions. Change maps come as byte runs; a replica of
-    the older format answers region numbers, which are widened to regions.
+    `excluded` and began after the last view that named the replica a member (`member_epoch`;
+    maps of the older format, with no list, are usable when they began no later than the
+    replica's epoch + 1). The newest such map, plus the replica's own dirty regions. Change maps
+    come as byte runs; a replica of the older format answers region numbers, which are widened to
+    regions.
     """
-    r_view = int(rmeta.get("view_epoch", rmeta.get("epoch")) or 0)
+    r_view = int(rmeta.get("member_epoch", rmeta.get("view_epoch", rmeta.get("epoch"))) or 0)
     r_epoch = int(rmeta.get("epoch") or 0)
     if (
         r_view <= 0

@@ -4,7 +4,8 @@ A voter keeps, durably (docs/ENGINE.md, "Quorum"):
 - `epoch`: the highest epoch it has promised or accepted. It refuses every request (data or
   control) that carries a lower one; that is how an old controller is fenced.
 - the last **view** it accepted: `view_epoch`, `membership` (ids of the current copies) and
-  `voters` ({id: last known address} of the volume's voters).
+  `voters` ({id: last known address} of the volume's voters); a replica also keeps
+  `member_epoch`, the last view that named it a member (how new its data is).
 
 An epoch is `term << 32 | version`: a controller claims the volume with a new term (version 0,
 CLAIM, accepted only if strictly greater than what the voter promised: two controllers can never
@@ -52,7 +53,14 @@ def new_id() -> str:
 
 def fresh_fields() -> dict[str, Any]:
     """The voter part of a new folder's metadata."""
-    return {"id": new_id(), "epoch": 0, "view_epoch": 0, "membership": [], "voters": {}}
+    return {
+        "id": new_id(),
+        "epoch": 0,
+        "view_epoch": 0,
+        "member_epoch": 0,
+        "membership": [],
+        "voters": {},
+    }
 
 
 class VoteError(Exception):
@@ -115,6 +123,10 @@ def apply_accept(meta: dict[str, Any], body: dict[str, Any]) -> None:
     if body.get("membership") is not None:
         meta["view_epoch"] = epoch
         meta["membership"] = list(body["membership"])
+        if meta.get("id") in meta["membership"]:
+            # the last view that names this voter a member: what a replica's data is as new as
+            # (a returning replica catches up from the change map started after it)
+            meta["member_epoch"] = epoch
         if body.get("voters") is not None:
             meta["voters"] = dict(body["voters"])
 
@@ -125,6 +137,7 @@ def record(meta: dict[str, Any]) -> dict[str, Any]:
         "id": meta["id"],
         "epoch": meta["epoch"],
         "view_epoch": meta.get("view_epoch", 0),
+        "member_epoch": meta.get("member_epoch", 0),
         "membership": list(meta.get("membership") or []),
         "voters": dict(meta.get("voters") or {}),
     }

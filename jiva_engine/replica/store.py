@@ -170,7 +170,7 @@ def migrate_v1(meta: dict[str, Any]) -> dict[str, Any]:
     out["format"] = FORMAT
     out["kind"] = "replica"
     out["id"] = str(out.pop("uuid", None) or voting.new_id())
-    out["view_epoch"] = int(out.get("epoch") or 0)
+    out["view_epoch"] = out["member_epoch"] = int(out.get("epoch") or 0)
     out.setdefault("membership", [])
     out["voters"] = {}
     return out
@@ -283,6 +283,7 @@ class ReplicaStore:
                     "refusing to use it"
                 )
             meta.setdefault("tracking", [])
+            meta.setdefault("member_epoch", meta.get("view_epoch", 0))
             meta.setdefault("membership", [])
             meta.setdefault("rebuilding", False)
             return meta

@@ -15,9 +15,21 @@ from pathlib import Path
 
 import aiohttp
 
-from jiva_engine.util import free_port, wait_port
+from jiva_engine.util import free_port, parse_size, wait_port
 
 JIVA = [sys.executable, "-m", "jiva_engine.cli"]
+
+
+async def api_status(host: str, port: int, timeout: float = 2.0) -> dict | None:
+    """GET /v1/volume of a controller's API, or None when it does not answer."""
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s,
+            s.get(f"http://{host}:{port}/v1/volume") as r,
+        ):
+            return await r.json()
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+        return None
 
 
 class Proc:
@@ -42,6 +54,9 @@ class Proc:
         """Start (again) and wait for its port."""
         self.starts += 1
         log = open(self.logdir / f"{self.name}.log", "ab")  # noqa: SIM115 - owned by the process
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        log.write(f"=== torture: start {self.starts} of {self.name} at {stamp}\n".encode())
+        log.flush()
         self.p = subprocess.Popen(
             [*self.prefix, *JIVA, *self.args],
             stdout=log,
@@ -95,7 +110,8 @@ class Proc:
 
 
 class Cluster:
-    """N replica processes (local or on test hosts) and one local controller with an iSCSI portal."""
+    """N replica processes (local or on test hosts) and one controller with an iSCSI portal
+    (local here; hosts.HostCluster puts it on a test host behind a floating portal address)."""
 
     def __init__(
         self,
@@ -104,12 +120,21 @@ class Cluster:
         replicas: int = 3,
         size: str = "32M",
         replica_timeout: float = 1.0,
+        sync_interval: float = 2.5,
         secret: str | None = "torture-replica-secret",
         placement: list[tuple[str, tuple[str, ...]]] | None = None,
     ) -> None:
-        """`placement[i]` = (address, command prefix) puts replica i on a test host (else local)."""
+        """`placement[i]` = (address, command prefix) puts replica i on a test host (else local).
+
+        `sync_interval` (the replicas' lazy dirty-bit clearing) must stay above `replica_timeout`
+        (docs/ENGINE.md, Known limits): a write that reached only the old controller's own
+        replica must still be dirty there when that controller ejects the others and pins it.
+        """
+        if sync_interval <= replica_timeout:
+            raise ValueError("sync_interval must be above replica_timeout (ENGINE.md)")
         self.root = root
         self.volume = volume
+        self.size_bytes = parse_size(size)
         self.logdir = root / "logs"
         self.logdir.mkdir(parents=True, exist_ok=True)
         extra: list[str] = []
@@ -124,17 +149,25 @@ class Cluster:
             port = free_port() if host == "127.0.0.1" else 9700
             d = root / f"r{i}"
             args = ["replica", "--volume", volume, "--listen", f"{host}:{port}", "--dir", str(d),
-                    "--size", size, "--sync-interval", "0.5", *extra]  # fmt: skip
+                    "--size", size, "--sync-interval", str(sync_interval), *extra]  # fmt: skip
             self.replicas.append(Proc(f"r{i}", args, self.logdir, port, host, prefix))
-        self.api_port = free_port()
-        self.portal_port = free_port()
-        args = ["controller", "--volume", volume, "--api", f"127.0.0.1:{self.api_port}",
-                "--portal", f"127.0.0.1:{self.portal_port}", "--replica-timeout",
-                str(replica_timeout), *extra]  # fmt: skip
+        # what every controller of the volume is started with, wherever it runs (the failover
+        # play starts the new one with the same replica list)
+        self.controller_args = ["controller", "--volume", volume, "--replica-timeout",
+                                str(replica_timeout), *extra]  # fmt: skip
         for r in self.replicas:
-            args += ["--replica", f"{r.host}:{r.port}"]
+            self.controller_args += ["--replica", f"{r.host}:{r.port}"]
+        self.api_port = free_port()
+        self.portal_host, self.portal_port = "127.0.0.1", free_port()
+        args = [*self.controller_args, "--api", f"127.0.0.1:{self.api_port}",
+                "--portal", f"127.0.0.1:{self.portal_port}"]  # fmt: skip
         self.controller = Proc("controller", args, self.logdir, self.portal_port)
         self.iqn = f"iqn.2026-11.org.jiva-py:{volume}"
+
+    @property
+    def api_host(self) -> str:
+        """Where the (current) controller's management API answers."""
+        return "127.0.0.1"
 
     def start(self) -> None:
         """Start every replica, then the controller."""
@@ -153,15 +186,8 @@ class Cluster:
         return self.root / f"r{i}" / "volume.img"
 
     async def status(self) -> dict | None:
-        """GET /v1/volume, or None when the API does not answer."""
-        try:
-            async with (
-                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s,
-                s.get(f"http://127.0.0.1:{self.api_port}/v1/volume") as r,
-            ):
-                return await r.json()
-        except (aiohttp.ClientError, OSError, TimeoutError):
-            return None
+        """GET /v1/volume of the current controller, or None when the API does not answer."""
+        return await api_status(self.api_host, self.api_port)
 
     async def wait_healthy(self, timeout: float = 90.0) -> dict:
         """Wait until the volume serves with every replica RW; raise TimeoutError otherwise."""

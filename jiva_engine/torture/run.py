@@ -1,7 +1,9 @@
 """The torture loop: workload running, one random fault per round, recovery, then verification.
 
 `python -m jiva_engine.torture.run --faults 200 --seed N` (or `make torture`) prints a summary
-table and the seed; the same seed replays the same fault sequence.
+table and the seed; the same seed replays the same fault sequence. With `--hosts` (root) the
+replicas and the controller run on network-namespace test hosts (hosts.py), and host faults
+(hosts.py) and controller-host faults with failover (failover.py) join the process faults.
 """
 
 from __future__ import annotations
@@ -11,17 +13,26 @@ import asyncio
 import hashlib
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tabulate import tabulate
 
 from jiva_engine.initiator import Initiator, IscsiError
 from jiva_engine.torture.cluster import Cluster
+from jiva_engine.torture.failover import (
+    CONTROLLER_HOST_FAULTS,
+    FailoverStats,
+    check_probe_blocks,
+    inject_controller_host_fault,
+)
 from jiva_engine.torture.hosts import HOST_FAULTS, HostCluster, inject_host_fault
 from jiva_engine.torture.workload import BLOCK, Workload, parse_block
 
@@ -48,6 +59,7 @@ class Report:
     blocks_verified: int = 0
     replica_compares: int = 0
     reconnects: int = 0
+    failover: FailoverStats | None = None  # with test hosts: the controller-host faults
     seconds: float = 0.0
     violations: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -64,6 +76,7 @@ class Report:
             ["blocks verified", self.blocks_verified],
             ["replica byte-compares (all equal)", self.replica_compares],
             ["initiator reconnects", self.reconnects],
+            *self._failover_rows(),
             ["violations", len(self.violations)],
             ["recovery failures", len(self.errors)],
             ["seconds", f"{self.seconds:.1f}"],
@@ -72,6 +85,29 @@ class Report:
         return tabulate(
             rows, headers=["torture", "count"], tablefmt="github", disable_numparse=True
         )
+
+    def _failover_rows(self) -> list[list]:
+        f = self.failover
+        if f is None:
+            return []
+        secs = sorted(f.serve_seconds)
+        serve = f"{secs[len(secs) // 2]:.1f} / {secs[-1]:.1f}" if secs else "-"  # median / max
+        states = ", ".join(f"{k} {v}" for k, v in sorted(f.partition_states.items())) or "-"
+        return [
+            ["controller failovers (portal moved)", f.failovers],
+            ["fault -> new controller serving, s (median / max)", serve],
+            ["old controller's state while partitioned", states],
+            ["probes of an old controller", f.probes],
+            ["  probe writes refused (none acknowledged)", f.probe_write_refused],
+            [
+                "  probe reads refused / served current",
+                f"{f.probe_read_refused} / {f.probe_read_current}",
+            ],
+            [
+                "old controllers fenced: by themselves / after probe I/O",
+                f"{f.fenced_alone} / {f.fenced_after_io}",
+            ],
+        ]
 
 
 def _digest(path: Path) -> str:
@@ -117,11 +153,20 @@ def _describe_diff(images: list[Path], wl: Workload, limit: int = 4) -> str:
     return f"{ndiff} blocks differ; " + "; ".join(out)
 
 
-async def _inject(kind: str, cl: Cluster, rng: random.Random) -> None:
-    """Apply one fault, keep it for a random time, then recover as the supervisor would."""
+async def _inject(
+    kind: str, cl: Cluster, wl: Workload, rng: random.Random, fst: FailoverStats | None
+) -> None:
+    """Apply one fault, keep it for a random time, then recover as the supervisor would (or,
+    for the controller's host, as the failover play would)."""
+    if kind in CONTROLLER_HOST_FAULTS:
+        if not isinstance(cl, HostCluster) or fst is None:
+            raise ValueError(f"fault {kind!r} needs test hosts (--hosts)")
+        return await inject_controller_host_fault(kind, cl, wl, rng, fst)
     down = rng.uniform(0.0, 2.0)
     if kind in HOST_FAULTS:
-        await inject_host_fault(kind, cl, rng)  # type: ignore[arg-type]
+        if not isinstance(cl, HostCluster):
+            raise ValueError(f"fault {kind!r} needs test hosts (--hosts)")
+        await inject_host_fault(kind, cl, rng)
     elif kind == "replica-kill9":
         r = rng.choice(cl.replicas)
         r.kill()
@@ -162,13 +207,15 @@ async def torture(
 ) -> Report:
     """Run `faults` rounds against a fresh 3-replica volume under `root`; returns the report.
 
-    With `hosts` the replicas run on network-namespace test hosts and host faults (crash, link
-    down, blackhole) join the process faults.
+    With `hosts` the replicas and the controller run on network-namespace test hosts (the
+    controller beside a replica, behind a floating portal address), and faults of a replica's
+    host and of the controller's host (crash, link down, blackhole) join the process faults.
     """
     if kinds is None:
-        kinds = PROCESS_FAULTS + HOST_FAULTS if hosts else PROCESS_FAULTS
+        kinds = PROCESS_FAULTS + (HOST_FAULTS + CONTROLLER_HOST_FAULTS if hosts else ())
     rng = random.Random(seed)
     rep = Report(seed=seed)
+    fst = rep.failover = FailoverStats() if hosts else None
     t0 = time.monotonic()
     cl = HostCluster(root) if hosts else Cluster(root)
     try:
@@ -176,7 +223,7 @@ async def torture(
     except BaseException:
         cl.close() if isinstance(cl, HostCluster) else cl.stop()
         raise
-    init = Initiator("127.0.0.1", cl.portal_port, cl.iqn, timeout=8.0)
+    init = Initiator(cl.portal_host, cl.portal_port, cl.iqn, timeout=8.0)
     wl = Workload(init, nblocks, random.Random(seed + 1))
     try:
         await cl.wait_healthy()
@@ -188,14 +235,16 @@ async def torture(
         rng.shuffle(plan)
         for i, kind in enumerate(plan):
             await asyncio.sleep(rng.uniform(0.2, 1.0))
-            await _inject(kind, cl, rng)
             rep.faults[kind] += 1
             try:
+                await _inject(kind, cl, wl, rng, fst)
                 await cl.wait_healthy()
                 await wl.pause()
                 await wl.verify_all()
+                if fst is not None:
+                    await check_probe_blocks(init, wl, fst)
                 await _settle(cl, wl, init)
-            except (TimeoutError, IscsiError, OSError) as e:
+            except (TimeoutError, IscsiError, OSError, RuntimeError) as e:
                 # the volume did not recover (or stopped answering): a failure of the run,
                 # reported like a violation so the summary and the seed still get printed
                 rep.errors.append(f"round {i} ({kind}): no recovery: {type(e).__name__}: {e}")
@@ -235,6 +284,17 @@ async def torture(
     return rep
 
 
+async def _until_sigterm(run: Coroutine[Any, Any, Report]) -> Report:
+    """Run the torture; SIGTERM cancels it, so its processes and test hosts are cleaned up."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(run)
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await task
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI of the torture run: prints the summary table; exit 1 on any violation."""
     p = argparse.ArgumentParser(description=__doc__)
@@ -246,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--hosts",
         action="store_true",
-        help="replicas on network-namespace test hosts, adding host faults (needs root)",
+        help="replicas and the controller on network-namespace test hosts, adding host and "
+        "controller-host faults with failover (needs root)",
     )
     a = p.parse_args(argv)
     seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1 << 31)
@@ -256,9 +317,17 @@ def main(argv: list[str] | None = None) -> int:
     ok = False
     try:
         rep = asyncio.run(
-            torture(
-                root, a.faults, seed, nblocks=a.blocks, progress=True, hosts=a.hosts, kinds=kinds
-            )  # fmt: skip
+            _until_sigterm(
+                torture(
+                    root,
+                    a.faults,
+                    seed,
+                    nblocks=a.blocks,
+                    progress=True,
+                    hosts=a.hosts,
+                    kinds=kinds,
+                )  # fmt: skip
+            )
         )
         ok = not (rep.violations or rep.errors)
     finally:

@@ -111,14 +111,16 @@ def test_plan_uses_the_newest_map_that_excluded_this_replica():
         },
         "excluded": {str(e(1, 3)): ["r"], str(e(2, 1)): ["r", "s"], str(e(2, 4)): ["s"]},
     }
-    kind, ext = _plan({"epoch": e(1, 7), "view_epoch": e(1, 7)}, {"dirty": [9]}, sdm)
+    # it accepted later views as a non-member (a voter): what counts is its member_epoch
+    r = {"epoch": e(2, 6), "view_epoch": e(2, 6), "member_epoch": e(1, 7)}
+    kind, ext = _plan(r, {"dirty": [9]}, sdm)
     assert kind == f"incremental since epoch {e(2, 1)}"
     assert ext == [(MB, 4096), (9 * MB, MB)]  # that map, plus its own dirty regions
-    # a map started before the last view it accepted is no use: full
-    kind, ext = _plan({"epoch": e(2, 5), "view_epoch": e(2, 5)}, {"dirty": []}, sdm)
+    # a map started before the last view that named it a member is no use: full
+    kind, ext = _plan({"epoch": e(2, 5), "member_epoch": e(2, 5)}, {"dirty": []}, sdm)
     assert kind == "full" and ext is None
     # another replica's map is no use either
-    kind, _ = _plan({"epoch": e(1, 7), "view_epoch": e(1, 7)}, {"dirty": []}, sdm, rid="t")
+    kind, _ = _plan({"epoch": e(1, 7), "member_epoch": e(1, 7)}, {"dirty": []}, sdm, rid="t")
     assert kind == "full"
 
 

@@ -374,7 +374,11 @@ def test_format_1_folder_is_migrated_keeping_its_identity_data_and_maps(tmp_path
     s.write(5 * MiB, b"\x6b" * 4096)
     s.close()
     meta = json.loads((d / "meta.json").read_text())
-    v1 = {k: v for k, v in meta.items() if k not in ("kind", "id", "view_epoch", "voters")}
+    v1 = {
+        k: v
+        for k, v in meta.items()
+        if k not in ("kind", "id", "view_epoch", "member_epoch", "voters")
+    }
     v1.update(format=1, uuid="0b7c3cde-3f8f-4c43-9d0a-7e4dd3a1a001", epoch=7,
               membership=["10.0.0.1:9700", "10.0.0.2:9700"])  # fmt: skip
     v1["tracking"] = [{"since": 7, "seed": []}]
@@ -383,7 +387,8 @@ def test_format_1_folder_is_migrated_keeping_its_identity_data_and_maps(tmp_path
     try:
         assert s.id == "0b7c3cde-3f8f-4c43-9d0a-7e4dd3a1a001"
         assert s.meta["format"] == 2 and "uuid" not in s.meta
-        assert s.meta["view_epoch"] == 7 and s.epoch == 7 and s.mode == "RW"
+        assert s.meta["view_epoch"] == s.meta["member_epoch"] == 7 and s.epoch == 7
+        assert s.mode == "RW"
         assert s.meta["membership"] == ["10.0.0.1:9700", "10.0.0.2:9700"]
         assert s.excluded[7] is None  # older map: no list of excluded members
         assert [5 * MiB, 4096] in s.missed_runs(7)

@@ -1,0 +1,55 @@
+"""The voter rules every replica and witness applies (protocol/voting.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from jiva_engine.protocol import voting
+from jiva_engine.protocol.voting import VoteError, epoch_text, make_epoch, term_of, version_of
+
+
+def test_epochs_order_by_term_then_version():
+    assert make_epoch(2, 0) > make_epoch(1, 4_000_000)
+    assert term_of(make_epoch(7, 3)) == 7 and version_of(make_epoch(7, 3)) == 3
+    assert epoch_text(make_epoch(7, 3)) == "7.3" and epoch_text(None) == "-"
+
+
+def test_claims_are_strict_and_accepts_may_repeat():
+    meta = voting.fresh_fields()
+    voting.check_claim(meta, make_epoch(1))
+    voting.apply_claim(meta, make_epoch(1))
+    with pytest.raises(VoteError) as ei:  # the same term twice: a second owner is refused
+        voting.check_claim(meta, make_epoch(1))
+    assert ei.value.stale
+    body = {"epoch": make_epoch(1, 1), "membership": [meta["id"]], "voters": {meta["id"]: "h:1"}}
+    voting.check_accept(meta, body)
+    voting.apply_accept(meta, body)
+    voting.check_accept(meta, body)  # the same view again (a re-send) is fine
+    with pytest.raises(VoteError) as ei:
+        voting.check_accept(meta, {"epoch": make_epoch(1)})
+    assert ei.value.stale
+    for bad in ({"epoch": -1}, {"membership": ["x"]}, {"epoch": 5, "voters": ["x"]},
+                {"epoch": 5, "membership": "x"}, {"epoch": True}):  # fmt: skip
+        with pytest.raises(VoteError) as ei:
+            voting.check_accept(meta, bad)
+        assert not ei.value.stale
+
+
+def test_member_epoch_moves_only_with_views_that_name_the_voter():
+    meta = voting.fresh_fields()
+    me = meta["id"]
+    voting.apply_accept(meta, {"epoch": make_epoch(1, 1), "membership": [me, "b"]})
+    assert meta["member_epoch"] == meta["view_epoch"] == make_epoch(1, 1)
+    voting.apply_accept(meta, {"epoch": make_epoch(1, 2), "membership": ["b"]})  # left out
+    voting.apply_accept(meta, {"epoch": make_epoch(2, 1), "membership": ["b", "c"]})  # a voter
+    assert meta["view_epoch"] == make_epoch(2, 1) and meta["member_epoch"] == make_epoch(1, 1)
+    voting.apply_accept(meta, {"epoch": make_epoch(2, 2)})  # an epoch alone is no view
+    assert meta["view_epoch"] == make_epoch(2, 1) and meta["epoch"] == make_epoch(2, 2)
+    rec = voting.record(meta)
+    assert rec["member_epoch"] == make_epoch(1, 1) and rec["membership"] == ["b", "c"]
+
+
+def test_quiet_is_the_time_since_another_controller_spoke():
+    assert voting.quiet_seconds(10.0, [None, 7.5], 6.0) == 2.5
+    assert voting.quiet_seconds(10.0, [], None) is None
+    assert voting.quiet_seconds(10.0, [None], 12.0) == 0.0
