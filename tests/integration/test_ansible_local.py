@@ -1,17 +1,21 @@
 """site.yml on three local "nodes" (loopback addresses, local connection): --check changes nothing,
-a deploy serves iSCSI, a re-run changes nothing, --check --diff shows a config change without
-making it, the change then restarts the controller, and teardown keeps data unless told."""
+a deploy serves iSCSI, a 2-replica volume gets a witness on the third node (shown by health.yml,
+degraded while it is down, restarted by site.yml), a re-run changes nothing, --check --diff shows
+a config change without making it, the change then restarts the controller, and teardown keeps
+data unless told."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
+import signal
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.sandbox import (  # noqa: F401 - local_daemons_fixture provides the fixture
@@ -25,6 +29,8 @@ CHAP_SECRET = "s3cret-chap-pass"
 # a loopback /24 of its own per run, so concurrent runs of this file on one machine do not clash
 NET = f"127.{random.randint(64, 250)}.{random.randint(1, 250)}"
 PORTAL = f"{NET}.41"
+PORTAL2 = f"{NET}.42"
+API2 = f"{PORTAL2}:9851"
 
 
 def write_inventory(base: Path) -> Path:
@@ -53,15 +59,52 @@ def write_inventory(base: Path) -> Path:
                 "portal": f"{PORTAL}:3260",
                 "chap": {"user": "lv1user", "secret": CHAP_SECRET},
             },
+            # 2 replicas on 3 nodes: placement adds a witness on the third node
+            {"name": "lv2", "size": "16M", "replicas": 2, "portal": f"{PORTAL2}:3260"},
         ],
     }
     (inv / "group_vars" / "jiva_nodes.yml").write_text(yaml.safe_dump(group))
     return inv
 
 
-def api_state() -> dict:
-    with urllib.request.urlopen(f"http://{PORTAL}:9850/v1/volume", timeout=3) as r:
+def api_state(api: str = f"{PORTAL}:9850") -> dict:
+    with urllib.request.urlopen(f"http://{api}/v1/volume", timeout=3) as r:
         return json.load(r)
+
+
+def wait_for(check, timeout: float = 20.0):
+    """Poll `check()` until it returns something true; return it (AssertionError on timeout)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except OSError as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out; last: {last!r}")
+
+
+def witness_node(base: Path) -> Path:
+    """The node folder holding lv2's witness config (there must be exactly one)."""
+    envs = list(base.glob("nodes/*/etc/witness-lv2.env"))
+    assert len(envs) == 1, envs
+    return envs[0].parent.parent
+
+
+def health(cfg: Path, home: Path, base_args: list[str], out: Path) -> dict:
+    """Run health.yml, return the JSON report's rows by volume (and the play output)."""
+    state = out.with_name("ha-state.json")  # not the checkout's failover record
+    run = run_playbook(
+        "health.yml", cfg, home, *base_args, "-e", f"jiva_health_file={out}",
+        "-e", f"jiva_ha_state_file={state}",
+    )  # fmt: skip
+    assert run.rc == 0, run.output
+    rows = {r["volume"]: r for r in json.loads(out.read_text())["volumes"]}
+    return {"rows": rows, "output": run.output, "degraded": json.loads(out.read_text())["degraded"]}
 
 
 def controller_files(base: Path) -> tuple[Path, Path]:
@@ -110,9 +153,64 @@ def test_check_diff_deploy_idempotence_teardown(tmp_path, local_daemons):
     )
     assert denied.returncode != 0 and "Authentication failure" in denied.stdout + denied.stderr
 
+    # lv2 (2 replicas) got a witness on the third node: its own config, metadata folder and port
+    st2 = api_state(API2)
+    assert st2["state"] == "serving" and len(st2["replicas"]) == 2, st2
+    wnode = witness_node(tmp_path)
+    windex = int(wnode.name[1:])
+    waddr = f"{NET}.{30 + windex}:9751"
+    assert [(w["address"], w["state"]) for w in st2["witnesses"]] == [(waddr, "ok")], st2
+    assert waddr not in [r["address"] for r in st2["replicas"]]
+    assert st2["quorum"]["policy"] == "majority" and st2["quorum"]["voters"] == 3, st2
+    wenv = wnode / "etc" / "witness-lv2.env"
+    assert oct(wenv.stat().st_mode & 0o777) == "0o600"
+    assert (
+        f"witness --volume lv2 --listen {waddr} --dir {wnode}/data/_witness/lv2" in wenv.read_text()
+    )
+    assert (wnode / "data" / "_witness" / "lv2" / "meta.json").exists()
+    assert (
+        not (wnode / "etc" / "replica-lv2.env").exists() and not (wnode / "data" / "lv2").exists()
+    )
+    ctl2 = next(tmp_path.glob("nodes/*/etc/controller-lv2.env")).read_text()
+    assert f"--witness {waddr}" in ctl2 and "--quorum majority" in ctl2, ctl2
+    assert f"n{windex}:ok" in deploy.output, deploy.output  # the volume table's witness column
+
+    # node_state (the failover play's host check) reports the witness service and its metadata
+    (tmp_path / "ns").mkdir()
+    ns = run_module(
+        tmp_path / "ns", "node_state",
+        {"config_dir": str(wnode / "etc"), "run_dir": str(wnode / "run"),
+         "data_dir": str(wnode / "data"), "service_manager": "daemon"},
+    )  # fmt: skip
+    assert (ns["witnesses"], ns["witnesses_running"], ns["witness_data"]) == (["lv2"],) * 3, ns
+    assert "lv2" not in ns["replicas"] + ns["replica_data"], ns
+
     again = run_playbook("site.yml", cfg, home, *base_args)
     print("again", again.seconds)
     assert again.rc == 0 and again.changed() == 0, again.output
+
+    # health.yml shows the witness; a witness that is down makes the volume degraded
+    report = health(cfg, home, base_args, tmp_path / "health.json")
+    row = report["rows"]["lv2"]
+    assert [(w["host"], w["state"]) for w in row["witnesses"]] == [(wnode.name, "ok")], row
+    assert row["degraded"] is False and report["degraded"] == [], report["rows"]
+    assert report["rows"]["lv1"]["witnesses"] == []
+    assert f"{wnode.name}:ok" in report["output"]
+    wpid = int((wnode / "run" / "witness-lv2.pid").read_text())
+    os.kill(wpid, signal.SIGTERM)  # its supervisor: it stops the witness and does not restart it
+    wait_for(lambda: not Path(f"/proc/{wpid}").exists())
+    wait_for(lambda: [w["state"] for w in api_state(API2)["witnesses"]] == ["unreachable"])
+    report = health(cfg, home, base_args, tmp_path / "health.json")
+    row = report["rows"]["lv2"]
+    assert [(w["host"], w["state"]) for w in row["witnesses"]] == [(wnode.name, "unreachable")]
+    assert row["degraded"] is True and report["degraded"] == ["lv2"], report["rows"]
+    assert f"{wnode.name}:unreachable" in report["output"]
+    # the volume keeps serving on its two replicas (a majority of three voters)
+    assert api_state(API2)["state"] == "serving"
+    # site.yml starts the witness again, and the controller takes it back
+    back = run_playbook("site.yml", cfg, home, *base_args)
+    assert back.rc == 0 and back.changed() >= 1, back.output
+    wait_for(lambda: [w["state"] for w in api_state(API2)["witnesses"]] == ["ok"])
 
     before_env = env.read_text()
     before_pid = pidfile.read_text()
@@ -136,6 +234,7 @@ def test_check_diff_deploy_idempotence_teardown(tmp_path, local_daemons):
     assert not list(tmp_path.glob("nodes/*/run/*.pid"))
     assert not list(tmp_path.glob("nodes/*/etc/*.env"))
     assert len(list(tmp_path.glob("nodes/*/data/lv1/meta.json"))) == 3, "teardown deleted data"
+    assert (wnode / "data" / "_witness" / "lv2" / "meta.json").exists(), "teardown deleted data"
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         try:
@@ -151,6 +250,8 @@ def test_check_diff_deploy_idempotence_teardown(tmp_path, local_daemons):
     )
     assert purge.rc == 0, purge.output
     assert not list(tmp_path.glob("nodes/*/data/lv1"))
+    assert not list(tmp_path.glob("nodes/*/data/lv2"))
+    assert not list(tmp_path.glob("nodes/*/data/_witness")), "the witness folder is left"
 
 
 def test_supervisor_restarts_a_crashed_child_and_stops_on_sigterm(tmp_path):
@@ -229,44 +330,68 @@ def run_module(tmp_path: Path, module: str, args: dict, *extra: str) -> dict:
     return json.loads(out.read_text())
 
 
-def test_replica_module_states_are_idempotent(tmp_path, local_daemons):
-    """present -> started -> stopped (check, then real) -> absent with data, each twice."""
-    port = 9690
+@pytest.mark.parametrize("kind", ["replica", "witness"])
+def test_voter_module_states_are_idempotent(tmp_path, local_daemons, kind):
+    """present -> started -> stopped (check, then real) -> absent with data, each twice; the
+    replica and the witness module share this behaviour (module_utils jiva_service voters)."""
+    port = 9690 if kind == "replica" else 9691
+    secret = "voter-shared-secret"
     base = {
         "name": "m1",
         "listen": f"{NET}.39:{port}",
         "data_dir": str(tmp_path / "data" / "m1"),
-        "size": "8M",
+        "secret": secret,
         "config_dir": str(tmp_path / "etc"),
         "run_dir": str(tmp_path / "run"),
         "log_dir": str(tmp_path / "log"),
         "venv": str(Path(os.sys.executable).parent.parent),
         "service_manager": "daemon",
     }
-    env_file = tmp_path / "etc" / "replica-m1.env"
-    pidfile = tmp_path / "run" / "replica-m1.pid"
+    if kind == "replica":
+        base["size"] = "8M"
+    env_file = tmp_path / "etc" / f"{kind}-m1.env"
+    secret_file = tmp_path / "etc" / f"{kind}-m1.secret"
+    pidfile = tmp_path / "run" / f"{kind}-m1.pid"
 
-    r = run_module(tmp_path, "replica", {**base, "state": "present"})
+    r = run_module(tmp_path, kind, {**base, "state": "present"}, "--check", "--diff")
+    assert r["changed"] and not env_file.exists() and not (tmp_path / "data").exists(), r
+    assert f"{kind} --volume m1 --listen" in r["diff"]["after"], r
+    assert secret not in r["diff"]["after"] and "(secret, " in r["diff"]["after"], r
+
+    r = run_module(tmp_path, kind, {**base, "state": "present"})
     assert r["changed"] and env_file.exists() and not pidfile.exists(), r
-    assert not run_module(tmp_path, "replica", {**base, "state": "present"})["changed"]
+    assert oct(env_file.stat().st_mode & 0o777) == "0o600" and secret not in env_file.read_text()
+    assert secret_file.read_text() == secret and oct(secret_file.stat().st_mode & 0o777) == "0o600"
+    assert r["args"][:7] == [
+        kind,
+        "--volume",
+        "m1",
+        "--listen",
+        base["listen"],
+        "--dir",
+        base["data_dir"],
+    ]
+    assert not run_module(tmp_path, kind, {**base, "state": "present"})["changed"]
 
-    r = run_module(tmp_path, "replica", {**base, "state": "started"})
+    r = run_module(tmp_path, kind, {**base, "state": "started"})
     assert r["changed"] and r["actions"] == ["start"], r
     pid = int(pidfile.read_text())
     assert Path(f"/proc/{pid}").exists()
-    assert not run_module(tmp_path, "replica", {**base, "state": "started"})["changed"]
+    assert not run_module(tmp_path, kind, {**base, "state": "started"})["changed"]
 
-    r = run_module(tmp_path, "replica", {**base, "state": "stopped"}, "--check")
+    r = run_module(tmp_path, kind, {**base, "state": "stopped"}, "--check")
     assert r["changed"] and r["actions"] == ["stop"], r
-    assert int(pidfile.read_text()) == pid, "check mode stopped the replica"
+    assert int(pidfile.read_text()) == pid, "check mode stopped the process"
 
-    r = run_module(tmp_path, "replica", {**base, "state": "stopped"})
+    r = run_module(tmp_path, kind, {**base, "state": "stopped"})
     assert r["changed"] and not pidfile.exists() and env_file.exists(), r
-    assert not run_module(tmp_path, "replica", {**base, "state": "stopped"})["changed"]
+    assert not run_module(tmp_path, kind, {**base, "state": "stopped"})["changed"]
 
-    r = run_module(tmp_path, "replica", {**base, "state": "absent", "delete_data": True})
+    gone = {**base, "state": "absent", "delete_data": True}
+    r = run_module(tmp_path, kind, gone, "--check")
+    assert r["changed"] and r["data_removed"] and env_file.exists(), r
+    assert (tmp_path / "data" / "m1").exists()
+    r = run_module(tmp_path, kind, gone)
     assert r["changed"] and r["data_removed"] and not env_file.exists(), r
-    assert not (tmp_path / "data" / "m1").exists()
-    assert not run_module(tmp_path, "replica", {**base, "state": "absent", "delete_data": True})[
-        "changed"
-    ]
+    assert not secret_file.exists() and not (tmp_path / "data" / "m1").exists()
+    assert not run_module(tmp_path, kind, gone)["changed"]

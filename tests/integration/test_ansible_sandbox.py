@@ -1,5 +1,7 @@
-"""site.yml over SSH onto 4 test hosts with 2 volumes of 3 replicas: placement, service state,
-iSCSI I/O through the floating portals, idempotence, and supervised restart after a crash."""
+"""site.yml over SSH onto 4 test hosts with a 3-replica volume and a 2-replica volume (which gets a
+witness on a third host): placement, service state, iSCSI I/O through the floating portals,
+idempotence, supervised restart after a crash, the witness in health.yml, failover.yml restarting
+a dead witness, and teardown.yml removing everything (data only when told)."""
 
 from __future__ import annotations
 
@@ -56,7 +58,7 @@ def test_site_yml_on_four_test_hosts(sandbox_hosts, tmp_path):
     sb = sandbox_hosts(4)
     volumes = [
         {"name": "alpha", "size": "32M", "replicas": 3, "portal": f"{sb.free_address(1)}:3260"},
-        {"name": "beta", "size": "16M", "replicas": 3, "portal": f"{sb.free_address(2)}:3260"},
+        {"name": "beta", "size": "16M", "replicas": 2, "portal": f"{sb.free_address(2)}:3260"},
     ]
     gv = sb.dir / "inventory" / "group_vars" / "jiva_nodes" / "volumes.yml"
     gv.write_text(yaml.safe_dump({"jiva_volumes": volumes}))
@@ -65,7 +67,7 @@ def test_site_yml_on_four_test_hosts(sandbox_hosts, tmp_path):
 
     first = run_playbook("site.yml", cfg, home, *wheels)
     assert first.rc == 0 and first.failed() == 0, first.output
-    print(f"\nsite.yml, 4 hosts, 2 volumes x 3 replicas: first run {first.seconds:.1f}s")
+    print(f"\nsite.yml, 4 hosts, 3 + 2 replicas and a witness: first run {first.seconds:.1f}s")
     assert re.search(r"alpha\s+32M\s+\S+:3260\s+\S+\s+h\d", first.output), first.output
 
     by_address = {sb.address(h): h for h in sb.hosts()}
@@ -75,11 +77,17 @@ def test_site_yml_on_four_test_hosts(sandbox_hosts, tmp_path):
         st = wait_serving(api)
         assert st["name"] == vol["name"] and st["degraded"] is False
         hosts = [by_address[r["address"].rsplit(":", 1)[0]] for r in st["replicas"]]
-        assert len(hosts) == 3 and len(set(hosts)) == 3, (
+        n = vol["replicas"]
+        assert len(hosts) == n and len(set(hosts)) == n, (
             f"two replicas of {vol['name']} share a host"
         )
         assert all(r["mode"] == "RW" for r in st["replicas"]), st
-        placed[vol["name"]] = {"replicas": hosts}
+        witnesses = [by_address[w["address"].rsplit(":", 1)[0]] for w in st["witnesses"]]
+        assert [w["state"] for w in st["witnesses"]] == ["ok"] * len(witnesses), st
+        # a witness for the 2-replica volume only, on a host without one of its replicas
+        assert len(witnesses) == (1 if n == 2 else 0) and not set(witnesses) & set(hosts), st
+        assert all(w["address"].endswith(f":{9700 + i}") for w in st["witnesses"]), st
+        placed[vol["name"]] = {"replicas": hosts, "witness": witnesses[0] if witnesses else None}
 
     # service state on every host: one env file (0600) and one live supervisor per placed process
     for h in sb.hosts():
@@ -89,7 +97,8 @@ def test_site_yml_on_four_test_hosts(sandbox_hosts, tmp_path):
             'for p in /run/jiva/*.pid; do [ -e "$p" ] && kill -0 $(cat $p) && echo alive $p; done; true',
         ).stdout
         want = {f"replica-{v}.env" for v, p in placed.items() if h in p["replicas"]}
-        have = set(re.findall(r"^(replica-\S+\.env) 600$", out, re.M))
+        want |= {f"witness-{v}.env" for v, p in placed.items() if h == p["witness"]}
+        have = set(re.findall(r"^((?:replica|witness)-\S+\.env) 600$", out, re.M))
         assert have == want, (h, out)
         for name in want:
             assert f"alive /run/jiva/{name[:-4]}.pid" in out, (h, out)
@@ -142,3 +151,56 @@ def test_site_yml_on_four_test_hosts(sandbox_hosts, tmp_path):
         raise AssertionError("the supervisor did not restart the controller")
     wait_serving(f"{sb.free_address(1)}:9800")
     qemu_io(volumes[0]["portal"], "alpha", "read -P 0x5a 1M 512k")
+
+    # health.yml: the witness column and JSON; the cluster is healthy
+    state_file = tmp_path / "ha-state.json"  # not the checkout's failover record
+    ha_args = ["-e", f"jiva_ha_state_file={state_file}"]
+    report = tmp_path / "health.json"
+    health = run_playbook(
+        "health.yml", cfg, home, *ha_args, "-e", f"jiva_health_file={report}",
+        "-e", "jiva_fail_on_degraded=true",
+    )  # fmt: skip
+    assert health.rc == 0, health.output
+    wit = placed["beta"]["witness"]
+    rows = {r["volume"]: r for r in json.loads(report.read_text())["volumes"]}
+    assert [(w["host"], w["state"]) for w in rows["beta"]["witnesses"]] == [(wit, "ok")], rows
+    assert rows["alpha"]["witnesses"] == [] and not rows["beta"]["degraded"], rows
+    assert f"{wit}:ok" in health.output, health.output
+
+    # failover.yml: a witness whose supervisor is gone (host up) is started again
+    old_pid = sb.ssh(wit, "cat /run/jiva/witness-beta.pid").stdout.strip()
+    sb.ssh(wit, f"kill {old_pid}")  # SIGTERM: the supervisor stops the witness and exits
+    deadline = time.monotonic() + 20
+    while sb.ssh(wit, "test -e /run/jiva/witness-beta.pid", check=False).returncode == 0:
+        assert time.monotonic() < deadline, "the witness's supervisor did not stop"
+        time.sleep(0.1)
+    fo = run_playbook("failover.yml", cfg, home, *wheels, *ha_args)
+    assert fo.rc == 0 and fo.failed() == 0, fo.output
+    assert f"witness on {wit} not running (host up)" in fo.output, fo.output
+    assert f"{wit}: witnesses started or restarted: beta" in fo.output, fo.output
+    new_pid = sb.ssh(wit, "cat /run/jiva/witness-beta.pid").stdout.strip()
+    assert new_pid and new_pid != old_pid
+    sb.ssh(wit, f"kill -0 {new_pid}")
+    deadline = time.monotonic() + 20
+    while [w["state"] for w in volume_state(f"{sb.free_address(2)}:9801")["witnesses"]] != ["ok"]:
+        assert time.monotonic() < deadline, volume_state(f"{sb.free_address(2)}:9801")
+        time.sleep(0.2)
+    assert json.loads(state_file.read_text())["volumes"]["beta"]["witness"] == wit
+    calm = run_playbook("failover.yml", cfg, home, *wheels, *ha_args)
+    assert calm.rc == 0 and calm.changed() == 0, calm.output
+
+    # teardown.yml: every service goes; data and witness metadata stay unless told
+    down = run_playbook("teardown.yml", cfg, home)
+    assert down.rc == 0, down.output
+    for h in sb.hosts():
+        left = sb.ssh(h, "ls /etc/jiva/*.env /run/jiva/*.pid 2>/dev/null; true").stdout.strip()
+        assert left == "", (h, left)
+    assert sb.ssh(wit, "test -e /var/lib/jiva/_witness/beta/meta.json", check=False).returncode == 0
+    purge = run_playbook("teardown.yml", cfg, home, "-e", "jiva_teardown_delete_data=true")
+    assert purge.rc == 0, purge.output
+    for h in sb.hosts():
+        left = sb.ssh(
+            h,
+            "ls -d /var/lib/jiva/alpha /var/lib/jiva/beta /var/lib/jiva/_witness 2>/dev/null; true",
+        )
+        assert left.stdout.strip() == "", (h, left.stdout)

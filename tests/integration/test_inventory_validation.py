@@ -76,6 +76,18 @@ CASES = {
         None,
         "jiva_volumes[0] (volume 'db').nodes names unknown host 'nope'",
     ),
+    "witness without a third host": (
+        [good("db", witness=True)],
+        {"n3": {"jiva_eligible": False}},
+        "jiva_volumes[0] (volume 'db').witness is true but no eligible host is left for the "
+        "witness: it needs a third eligible host that holds no replica of the volume "
+        "(eligible: n1, n2); add a host or set witness: false",
+    ),
+    "bad quorum": (
+        [good("db", quorum="strict")],
+        None,
+        "jiva_volumes[0] (volume 'db').quorum must be 'majority' or 'off', got 'strict'",
+    ),
     "missing jiva_address": (
         [good("db")],
         {"n2": {"jiva_address": ""}},

@@ -21,6 +21,7 @@ HEADERS = [
     "iqn",
     "controller",
     "replicas",
+    "witness",
     "state",
     "epoch",
     "degraded",
@@ -42,8 +43,19 @@ def _replica_cell(vol, state):
     return ", ".join(cells)
 
 
+def _witness_cell(vol, state):
+    """`host:STATE` of the placed witness (`host` without live state, `-` without a witness)."""
+    host = vol.get("witness")
+    if not host:
+        return "-"
+    if not state:
+        return host
+    found = [w for w in state.get("witnesses") or [] if w.get("address") == vol.get("witness_address")]
+    return "%s:%s" % (host, found[0].get("state", "?") if found else "missing")
+
+
 def volume_table(volumes, states=None, tablefmt="simple"):
-    """Return the volumes with their controller, replicas and live state as a tabulate table."""
+    """Return the volumes with their controller, replicas, witness and live state as a tabulate table."""
     if tabulate is None:
         raise AnsibleFilterError(
             "jiva.storage.volume_table needs the Python package 'tabulate' on the control node"
@@ -60,6 +72,7 @@ def volume_table(volumes, states=None, tablefmt="simple"):
                 vol.get("iqn"),
                 vol.get("controller"),
                 _replica_cell(vol, st),
+                _witness_cell(vol, st),
                 st.get("state", "unknown"),
                 st.get("epoch", ""),
                 st.get("degraded", ""),

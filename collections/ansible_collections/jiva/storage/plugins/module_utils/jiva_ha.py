@@ -19,6 +19,7 @@ import time
 from ansible_collections.jiva.storage.plugins.module_utils.jiva_api import ApiError, get_json
 
 UNREACHABLE = "unreachable"
+NO_QUORUM = "no quorum"
 
 
 def tcp_probe(host, port, timeout):
@@ -85,12 +86,41 @@ def _host_of(address, by_address):
     return by_address.get(host, host)
 
 
+def _witness_rows(vol, doc, hosts_down, by_address):
+    """The volume's witnesses as health entries {host, address, state, id, epoch, last_error}.
+
+    When the controller answers with a `witnesses` list, that list is the truth (a placed witness
+    it does not list is shown as `missing`); otherwise the placed witness, `unreachable` when its
+    host is down, else `unknown`."""
+    out = []
+    if doc is not None and isinstance(doc.get("witnesses"), list):
+        for w in doc["witnesses"]:
+            host = _host_of(w.get("address", ""), by_address)
+            state = w.get("state") or "?"
+            if host in hosts_down and state != "ok":
+                state = UNREACHABLE
+            out.append({"host": host, "address": w.get("address"), "state": state,
+                        "id": w.get("id"), "epoch": w.get("epoch"), "last_error": w.get("last_error")})
+        if out or not vol.get("witness"):
+            return out
+        state = "missing"
+    elif vol.get("witness"):
+        state = UNREACHABLE if vol["witness"] in hosts_down else "unknown"
+    else:
+        return out
+    out.append({"host": vol["witness"], "address": vol.get("witness_address"), "state": state,
+                "id": None, "epoch": None, "last_error": None})
+    return out
+
+
 def volume_health(vol, doc, api_error, hosts_down, node_address, controller_host):
     """One health row (a dict) for a volume from its status document and the host probes.
 
-    `vol` is a placed volume (name, portal, api, replica_nodes, replica_addresses), `doc` the
-    status JSON or None, `hosts_down` {host: reason} of unreachable hosts, `node_address`
-    {host: address}, `controller_host` where the controller is believed to run.
+    `vol` is a placed volume (name, portal, api, replica_nodes, replica_addresses, witness,
+    witness_address), `doc` the status JSON or None, `hosts_down` {host: reason} of unreachable
+    hosts, `node_address` {host: address}, `controller_host` where the controller is believed to
+    run. Degraded: a replica that is not RW, a witness that is not ok, the state `no quorum`, the
+    controller's own degraded flag, or no answer at all.
     """
     by_address = dict((a, n) for n, a in node_address.items())
     replicas = []
@@ -106,21 +136,24 @@ def volume_health(vol, doc, api_error, hosts_down, node_address, controller_host
             progress = None
             if rb and rb.get("total"):
                 progress = int(100 * int(rb.get("done") or 0) // int(rb["total"]))
-            replicas.append({"host": host, "address": r.get("address"), "mode": mode,
+            replicas.append({"host": host, "address": r.get("address"), "mode": mode, "id": r.get("id"),
                              "rebuild_percent": progress, "epoch": r.get("epoch"),
                              "last_error": r.get("last_error"), "last_rebuild": r.get("last_rebuild")})
     for host, addr in zip(vol.get("replica_nodes") or [], vol.get("replica_addresses") or []):
         if doc is not None or addr in seen:
             continue  # the controller's own list is the truth when it answers
-        replicas.append({"host": host, "address": addr,
+        replicas.append({"host": host, "address": addr, "id": None,
                          "mode": UNREACHABLE if host in hosts_down else ("unknown" if doc is None else "missing"),
                          "rebuild_percent": None, "epoch": None, "last_error": None, "last_rebuild": None})
+    witnesses = _witness_rows(vol, doc, hosts_down, by_address)
     if doc is None:
         state = UNREACHABLE
         degraded = True
     else:
         state = doc.get("state") or "?"
-        degraded = bool(doc.get("degraded")) or any(r["mode"] != "RW" for r in replicas)
+        degraded = (bool(doc.get("degraded")) or state == NO_QUORUM
+                    or any(r["mode"] != "RW" for r in replicas)
+                    or any(w["state"] != "ok" for w in witnesses))
     return {
         "volume": vol["name"],
         "controller_host": controller_host,
@@ -130,13 +163,18 @@ def volume_health(vol, doc, api_error, hosts_down, node_address, controller_host
         "state": state,
         "reason": (doc or {}).get("reason") or api_error or "",
         "epoch": (doc or {}).get("epoch"),
+        "term": (doc or {}).get("term"),
+        "view": (doc or {}).get("view"),
+        "quorum": (doc or {}).get("quorum") or ({"policy": vol["quorum"]} if vol.get("quorum") else None),
         "replicas": replicas,
+        "witnesses": witnesses,
         "degraded": degraded,
     }
 
 
 def health_table_rows(rows):
-    """Table rows (lists) for tabulate: one line per volume, replicas as host:MODE[ pct%]."""
+    """Table rows (lists) for tabulate: one line per volume, replicas as host:MODE[ pct%],
+    witnesses as host:STATE (`-` when the volume has none)."""
     out = []
     for h in rows:
         cells = []
@@ -145,15 +183,16 @@ def health_table_rows(rows):
             if r.get("rebuild_percent") is not None:
                 cell += " %d%%" % r["rebuild_percent"]
             cells.append(cell)
+        witness = ", ".join("%s:%s" % (w["host"], w["state"]) for w in h.get("witnesses") or []) or "-"
         ctl = h["controller_host"] or "?"
         if not h.get("controller_host_reachable", True):
             ctl += " (unreachable)"
         out.append([h["volume"], ctl, h["portal"], h["state"], h["epoch"] if h["epoch"] is not None else "",
-                    ", ".join(cells), "yes" if h["degraded"] else "no"])
+                    ", ".join(cells), witness, "yes" if h["degraded"] else "no"])
     return out
 
 
-HEALTH_HEADERS = ["volume", "controller", "portal", "state", "epoch", "replicas", "degraded"]
+HEALTH_HEADERS = ["volume", "controller", "portal", "state", "epoch", "replicas", "witness", "degraded"]
 
 
 def _score(volume, node, salt):
@@ -215,6 +254,41 @@ def current_layout(vol, node_state, ha_state, hosts_down, doc, node_address):
     return ctl, replicas
 
 
+def current_witness(vol, node_state, ha_state, hosts_down, doc, node_address):
+    """Host of the volume's witness now, or None.
+
+    The controller's own list when it answers with one (even an empty one: the running controller
+    has no witness, whatever an older record says); else the state file; else the one reachable
+    host that has the witness configured; else the placement.
+    """
+    name = vol["name"]
+    by_address = dict((a, n) for n, a in node_address.items())
+    if doc is not None and isinstance(doc.get("witnesses"), list):
+        hosts = [_host_of(w.get("address", ""), by_address) for w in doc["witnesses"]]
+        hosts = [h for h in hosts if h in node_address]
+        return hosts[0] if hosts else None
+    saved = (ha_state or {}).get(name) or {}
+    if "witness" in saved:
+        return saved["witness"]
+    configured = [h for h, st in sorted(node_state.items())
+                  if h not in hosts_down and name in (st.get("witnesses") or [])]
+    if len(configured) == 1:
+        return configured[0]
+    return vol.get("witness")
+
+
+def new_controller_host(volume, live, old, replicas, witness):
+    """Where a controller goes when its host `old` is lost: a live host with neither a replica nor
+    the witness of the volume (the next host failure then takes one voter at most), else the
+    witness's host (it holds no data), else a host with a replica (the quorum rule lets the new
+    controller serve from a majority without the lost host's replica); None when no live host is
+    left. Ties broken by rendezvous weight of `volume|host`."""
+    others = set([old]) | set(replicas)
+    return (pick_host(volume, live, others | (set([witness]) if witness else set()))
+            or pick_host(volume, live, others)
+            or pick_host(volume, live, set([old])))
+
+
 def pick_host(volume, candidates, avoid, salt="controller"):
     """The candidate (not in `avoid`) with the highest rendezvous weight, preferring hosts not in
     `avoid`; None when there is none."""
@@ -246,17 +320,20 @@ def plan(volumes, nodes, node_state, hosts_down, docs, ha_state, relocate=False)
     volumes   placed volumes (jiva.storage.placement output)
     nodes     [{name, address, eligible}]
     node_state {host: {controllers: [vol], controllers_running: [vol], replicas: [vol],
-               replicas_running: [vol], replica_data: [vol], portals: [address]}} of reachable hosts
+               replicas_running: [vol], replica_data: [vol], witnesses: [vol],
+               witnesses_running: [vol], witness_data: [vol], portals: [address]}} of reachable hosts
     hosts_down {host: reason} hosts whose SSH port did not answer
     docs      {volume: status document or None}
-    ha_state  {volume: {controller, replicas}} from the previous run
+    ha_state  {volume: {controller, replicas, witness}} from the previous run
     relocate  move replicas whose host is unreachable to another eligible host (full rebuild)
 
-    Returns {"volumes": [...placement with controller/replica_nodes/replica_addresses updated],
+    Returns {"volumes": [...placement with controller/replica_nodes/replica_addresses/witness/
+    witness_address updated],
     "actions": [{host, action, volume, why}], "report": [{volume, found, did}], "state": {...}}.
     """
     node_state, hosts_down, lost = _split_lost(node_state, hosts_down)
     node_address = dict((n["name"], n["address"]) for n in nodes)
+    by_address = dict((a, n) for n, a in node_address.items())
     eligible = [n["name"] for n in nodes if n.get("eligible", True)]
     live = [h for h in eligible if h not in hosts_down and h in node_state]
     actions = []
@@ -268,6 +345,7 @@ def plan(volumes, nodes, node_state, hosts_down, docs, ha_state, relocate=False)
         doc = docs.get(name)
         found, did = [], []
         ctl, replicas = current_layout(vol, node_state, ha_state, hosts_down, doc, node_address)
+        witness = current_witness(vol, node_state, ha_state, hosts_down, doc, node_address)
         vol = dict(vol)
         # ---- controller -------------------------------------------------------------------
         if ctl in hosts_down:
@@ -276,7 +354,7 @@ def plan(volumes, nodes, node_state, hosts_down, docs, ha_state, relocate=False)
                 found.append("controller host %s: SSH unreachable but the volume's API answers" % ctl)
                 did.append("nothing: the controller still serves (only the management path is down)")
             else:
-                new = pick_host(name, live, set([ctl]) | set(replicas)) or pick_host(name, live, set([ctl]))
+                new = new_controller_host(name, live, ctl, replicas, witness)
                 if new is None:
                     found.append("controller host %s unreachable" % ctl)
                     did.append("nothing: no other eligible live host to run the controller")
@@ -323,8 +401,12 @@ def plan(volumes, nodes, node_state, hosts_down, docs, ha_state, relocate=False)
         new_replicas = []
         for h in replicas:
             if h in hosts_down:
+                why_not = ""
                 if relocate:
-                    target = pick_host(name, live, set(replicas) | set(new_replicas), "replica")
+                    # never onto the witness's host: it would hold two voters of the volume (and
+                    # the witness would have to move, restarting the controller)
+                    avoid = set(replicas) | set(new_replicas) | (set([witness]) if witness else set())
+                    target = pick_host(name, live, avoid, "replica")
                     if target is not None:
                         found.append("replica host %s unreachable" % h)
                         did.append("relocated the replica to %s (full rebuild)" % target)
@@ -332,8 +414,10 @@ def plan(volumes, nodes, node_state, hosts_down, docs, ha_state, relocate=False)
                                         "why": "relocated from unreachable %s" % h, "replaces": h})
                         new_replicas.append(target)
                         continue
+                    why_not = " (no live eligible host without a replica or the witness of %s)" % name
                 found.append("replica host %s unreachable" % h)
-                did.append("nothing: the replica stays with its disk; it catches up when %s returns" % h)
+                did.append("nothing: the replica stays with its disk; it catches up when %s returns%s"
+                           % (h, why_not))
                 new_replicas.append(h)
                 continue
             st = node_state.get(h)
@@ -347,17 +431,46 @@ def plan(volumes, nodes, node_state, hosts_down, docs, ha_state, relocate=False)
                 actions.append({"host": h, "action": "start_replica", "volume": name,
                                 "why": "replica process dead, host up"})
             new_replicas.append(h)
+        # ---- witness ----------------------------------------------------------------------
+        wrow = next((w for w in (doc or {}).get("witnesses") or []
+                     if _host_of(w.get("address", ""), by_address) == witness), None)
+        if witness is None:
+            pass
+        elif witness in hosts_down:
+            found.append("witness host %s unreachable" % witness)
+            did.append("nothing: the replicas are a majority without it; the witness rejoins when %s "
+                       "returns" % witness)
+        elif witness in node_state:
+            st = node_state[witness]
+            if name not in (st.get("witnesses_running") or []):
+                gone = name not in (st.get("witness_data") or [])
+                found.append("witness on %s not running%s (host up)"
+                             % (witness, ", its metadata is gone" if gone else ""))
+                did.append("started it again on %s" % witness)
+                actions.append({"host": witness, "action": "start_witness", "volume": name,
+                                "why": "witness process dead, host up"})
+            elif wrow is not None and wrow.get("state") not in (None, "ok"):
+                found.append("witness on %s runs but the controller cannot reach it (%s)"
+                             % (witness, wrow.get("last_error") or wrow.get("state")))
+                did.append("nothing: the controller keeps retrying")
+        if doc is not None and doc.get("state") == NO_QUORUM:
+            missing = ((doc.get("quorum") or {}).get("missing")) or []
+            found.append("no quorum%s" % (": missing %s" % ", ".join(missing) if missing else ""))
+            did.append("I/O is held until a majority of the voters answers")
         port = vol.get("replica_port")
         vol["controller"] = ctl
         vol["replica_nodes"] = new_replicas
+        vol["witness"] = witness
         if port is not None:
             vol["replica_addresses"] = ["%s:%s" % (node_address[h], port) for h in new_replicas]
+            vol["witness_address"] = "%s:%s" % (node_address[witness], port) if witness in node_address else None
         out_vols.append(vol)
         if not found:
             found.append("healthy" if doc is not None and not doc.get("degraded") else
                          "degraded: %s" % ((doc or {}).get("reason") or "replicas rebuilding"))
             did.append("nothing")
         report.append({"volume": name, "controller": ctl, "found": found, "did": did})
-        new_state[name] = {"controller": ctl, "replicas": new_replicas, "api": vol.get("api")}
+        new_state[name] = {"controller": ctl, "replicas": new_replicas, "witness": witness,
+                           "api": vol.get("api")}
     hosts = sorted(set(a["host"] for a in actions))
     return {"volumes": out_vols, "actions": actions, "report": report, "state": new_state, "act_on": hosts}

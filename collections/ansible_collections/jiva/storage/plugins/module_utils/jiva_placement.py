@@ -16,6 +16,10 @@ import re
 DEFAULT_PORTAL_PORT = 3260
 DEFAULT_REPLICA_PORT_BASE = 9700
 DEFAULT_API_PORT_BASE = 9800
+QUORUM_POLICIES = ("majority", "off")
+# A witness's metadata folder on its host: JIVA_DATA_DIR/_witness/VOLUME. A volume name starts with
+# a lower-case letter or a digit, so no replica folder (JIVA_DATA_DIR/VOLUME) can ever be this one.
+WITNESS_SUBDIR = "_witness"
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
@@ -162,6 +166,8 @@ def validate_volumes(
             "controller",
             "replica_port",
             "api_port",
+            "witness",
+            "quorum",
         }
         unknown = sorted(set(vol) - known)
         if unknown:
@@ -235,6 +241,28 @@ def validate_volumes(
         controller = vol.get("controller")
         if controller is not None and not isinstance(controller, str):
             raise PlacementError("%s.controller must be a host name from 'jiva_nodes'" % where)
+        quorum = vol.get("quorum", "majority")
+        if quorum not in QUORUM_POLICIES:
+            raise PlacementError(
+                "%s.quorum must be 'majority' or 'off', got %r" % (where, quorum)
+            )
+        witness = vol.get("witness")
+        if witness is not None and not isinstance(witness, bool):
+            raise PlacementError(
+                "%s.witness must be true or false (or left out: a witness when possible), got %r"
+                % (where, witness)
+            )
+        if witness and replicas != 2:
+            raise PlacementError(
+                "%s.witness is true but the volume has %d replica%s: a witness is the third voter "
+                "of a 2-replica volume only (with 3 replicas the replicas are the majority)"
+                % (where, replicas, "" if replicas == 1 else "s")
+            )
+        if witness and quorum == "off":
+            raise PlacementError(
+                "%s.witness is true but %s.quorum is 'off': a witness only counts under "
+                "quorum: majority" % (where, where)
+            )
         out.append(
             {
                 "name": name,
@@ -253,6 +281,8 @@ def validate_volumes(
                 "allowed_initiators": list(initiators),
                 "pinned": list(pinned),
                 "pinned_controller": controller,
+                "quorum": quorum,
+                "want_witness": witness,
                 "iqn": "iqn.2026-11.org.jiva-py:%s" % name,
             }
         )
@@ -296,6 +326,12 @@ def _check_ports(volumes, nodes):
                 )
 
 
+def wants_witness(vol):
+    """Whether a validated volume gets a witness when a host is free for it: 2 replicas, quorum
+    majority, and not `witness: false`."""
+    return vol["replicas"] == 2 and vol["quorum"] == "majority" and vol["want_witness"] is not False
+
+
 def place(
     nodes,
     volumes,
@@ -303,14 +339,23 @@ def place(
     replica_port_base=DEFAULT_REPLICA_PORT_BASE,
     api_port_base=DEFAULT_API_PORT_BASE,
 ):
-    """Validate everything, then place each volume's replicas and controller; return the volume list.
+    """Validate everything, then place each volume's replicas, controller and witness; return the volume list.
 
     Replicas: pinned nodes first, then replicas that already exist (from `existing`, a mapping
-    volume -> {"replicas": [node..], "controller": node}) on eligible nodes, then the eligible
-    nodes with the highest rendezvous weight. Never two replicas of one volume on one node; adding
-    nodes never moves an existing replica. The controller stays where it is, else the pinned one,
-    else the replica node with the highest controller weight. Raises PlacementError before anything
-    is returned when any volume cannot be placed.
+    volume -> {"replicas": [node..], "controller": node, "witness": node}) on eligible nodes, then
+    the eligible nodes with the highest rendezvous weight (the host of an existing witness of the
+    volume last). Never two replicas of one volume on one node; adding nodes never moves an
+    existing replica. The controller stays where it is, else the pinned one, else the replica node
+    with the highest controller weight (a pinned controller may share a host with a replica).
+
+    Witness (a metadata-only third voter; volumes with exactly 2 replicas and quorum majority,
+    unless `witness: false`): an eligible host that holds no replica of the volume. An existing
+    witness stays where it is; else the candidate with the highest witness weight, preferring
+    hosts that are not giving up a replica of the volume in this placement and hosts other than
+    the controller's. None when no such host exists (an error when the volume says
+    `witness: true`). It listens on the host's address and the volume's replica port.
+
+    Raises PlacementError before anything is returned when any volume cannot be placed.
     """
     nodes_by_name = validate_nodes(nodes)
     vols = validate_volumes(volumes, replica_port_base, api_port_base)
@@ -338,6 +383,13 @@ def place(
                     ", ".join(n["name"] for n in eligible) or "none",
                 )
             )
+        if vol["want_witness"] and len(eligible) <= vol["replicas"]:
+            raise PlacementError(
+                "%s.witness is true but no eligible host is left for the witness: it needs a "
+                "third eligible host that holds no replica of the volume (eligible: %s); add a "
+                "host or set witness: false"
+                % (where, ", ".join(n["name"] for n in eligible) or "none")
+            )
         ctl = vol["pinned_controller"]
         if ctl is not None:
             if ctl not in nodes_by_name:
@@ -352,6 +404,8 @@ def place(
         name = vol["name"]
         chosen = list(vol["pinned"])
         before = existing.get(name) or {}
+        wanted = wants_witness(vol)
+        old_witness = before.get("witness") if wanted else None
         kept = [
             n
             for n in before.get("replicas", [])
@@ -361,7 +415,12 @@ def place(
         for n in kept:
             if len(chosen) < vol["replicas"]:
                 chosen.append(n)
-        ranked = sorted(eligible, key=lambda n: hrw_score(name, n["name"]), reverse=True)
+        # the host of an existing witness takes a new replica only when no other host can
+        ranked = sorted(
+            eligible,
+            key=lambda n: (n["name"] != old_witness, hrw_score(name, n["name"])),
+            reverse=True,
+        )
         for n in ranked:
             if len(chosen) >= vol["replicas"]:
                 break
@@ -373,10 +432,70 @@ def place(
             controller = old_ctl
         if controller is None:
             controller = max(chosen, key=lambda n: hrw_score(name, n, "controller"))
+        moved = sorted(set(before.get("replicas", [])) - set(chosen))
+        witness = None
+        if wanted:
+            free = [n["name"] for n in eligible if n["name"] not in chosen]
+            if old_witness in free:
+                witness = old_witness
+            elif free:
+                witness = max(
+                    free,
+                    key=lambda n: (n not in moved, n != controller, hrw_score(name, n, "witness")),
+                )
         vol["replica_nodes"] = chosen
         vol["replica_addresses"] = [
             join_hostport(nodes_by_name[n]["address"], vol["replica_port"]) for n in chosen
         ]
         vol["controller"] = controller
-        vol["moved"] = sorted(set(before.get("replicas", [])) - set(chosen))
+        vol["witness"] = witness
+        vol["witness_address"] = (
+            join_hostport(nodes_by_name[witness]["address"], vol["replica_port"])
+            if witness
+            else None
+        )
+        vol["moved"] = moved
     return vols
+
+
+def placement_warnings(vols):
+    """Messages about placed volumes that are valid but fragile: a 2-replica volume under quorum
+    majority without a witness holds its I/O when either replica's host is lost."""
+    out = []
+    for vol in vols:
+        if vol["replicas"] == 2 and vol["quorum"] == "majority" and not vol.get("witness"):
+            out.append(
+                "jiva_volumes[%d] (volume %r) has 2 replicas and no witness (%s): under quorum "
+                "majority it holds its I/O while either replica's host is down; add an eligible "
+                "host for a witness, use 3 replicas, or set quorum: off"
+                % (
+                    vol["index"],
+                    vol["name"],
+                    "witness: false" if vol.get("want_witness") is False else "no third eligible host",
+                )
+            )
+    return out
+
+
+def parse_existing_services(existing_services, existing=None):
+    """Add to `existing` (volume -> {replicas, controller, witness}) what the service files found
+    on the hosts say: {host: [file names]} of KIND-VOLUME.env files (as site.yml collects them)."""
+    existing = dict((k, dict(v)) for k, v in (existing or {}).items())
+    for host, names in sorted((existing_services or {}).items()):
+        for fname in names or []:
+            base = fname[:-4] if fname.endswith(".env") else fname
+            kind, _sep, vol = base.partition("-")
+            if not vol:
+                continue
+            entry = existing.setdefault(vol, {"replicas": [], "controller": None})
+            if kind == "replica" and host not in entry.setdefault("replicas", []):
+                entry["replicas"].append(host)
+            elif kind == "controller":
+                entry["controller"] = host
+            elif kind == "witness" and (
+                entry.get("witness") is None
+                or hrw_score(vol, host, "witness") > hrw_score(vol, entry["witness"], "witness")
+            ):
+                # (two hosts with a witness of one volume: keep the one placement would choose)
+                entry["witness"] = host
+    return existing

@@ -1,9 +1,9 @@
 # -*- coding: utf-8 -*-
 # Copyright: jiva-py contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
-"""Service layer shared by the replica and controller modules: config files plus systemd or daemons.
+"""Service layer shared by the replica, witness and controller modules: config files plus systemd or daemons.
 
-One jiva process = one "service" named KIND-VOLUME (replica-db, controller-db). Its arguments live
+One jiva process = one "service" named KIND-VOLUME (replica-db, witness-db, controller-db). Its arguments live
 in CONFIG_DIR/KIND-VOLUME.env as `JIVA_ARGS=...`; secrets go to separate 0600 files. With systemd
 the template unit jiva@.service runs it; without, a supervisor (python -m jiva_engine.supervise)
 started with setsid restarts it on a crash and keeps a pidfile in RUN_DIR.
@@ -15,6 +15,7 @@ __metaclass__ = type
 
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -358,3 +359,69 @@ def ensure(module, kind, volume, args, files_extra, data_cleanup=None, dirs=None
     if changed_files:
         result["diff"] = diff
     module.exit_json(**result)
+
+
+# ---- voters: the services that keep something of a volume on this host (replica, witness) ------
+VOTER_ARGS = dict(
+    name=dict(type="str", required=True),
+    state=dict(type="str", default="started", choices=["present", "started", "stopped", "absent"]),
+    listen=dict(type="str"),
+    data_dir=dict(type="path"),
+    secret=dict(type="str", no_log=True),
+    delete_data=dict(type="bool", default=False),
+)
+
+
+def voter_module_kwargs(extra_spec=None, required=()):
+    """AnsibleModule keyword arguments of a voter module (jiva.storage.replica, jiva.storage.witness):
+    VOTER_ARGS + `extra_spec` + SERVICE_COMMON_ARGS; `listen`, `data_dir` and `required` are needed
+    unless state=absent (documented in the doc fragment jiva.storage.voter)."""
+    spec = dict(VOTER_ARGS)
+    spec.update(extra_spec or {})
+    spec.update(SERVICE_COMMON_ARGS)
+    needed = ("listen", "data_dir") + tuple(required)
+    return dict(
+        argument_spec=spec,
+        supports_check_mode=True,
+        required_if=[("state", s, needed) for s in ("present", "started", "stopped")]
+        + [("delete_data", True, ("data_dir",))],
+    )
+
+
+def ensure_voter(module, kind, extra_args=()):
+    """Bring a voter service (`jiva KIND --volume NAME --listen L --dir D EXTRA [--secret-file F]`)
+    to its state and exit the module. The data folder is created (0700) unless state=absent, and
+    deleted only with state=absent and delete_data=true."""
+    p = module.params
+    name = p["name"]
+    svc = Service(module, kind, name)
+    files = {}
+    args = []
+    if p["state"] != "absent":
+        args = ["--volume", name, "--listen", p["listen"], "--dir", p["data_dir"]] + list(extra_args)
+    secret_path = svc.secret_path("secret")
+    if p["secret"] and p["state"] != "absent":
+        args += ["--secret-file", secret_path]
+        files[secret_path] = (p["secret"], 0o600, True)
+    else:
+        files[secret_path] = (None, 0o600, True)
+
+    def cleanup(check=False):
+        data_dir = p["data_dir"]
+        if not p["delete_data"] or not data_dir or not os.path.isdir(data_dir):
+            return False
+        if data_dir.rstrip("/") in ("", "/"):
+            module.fail_json(msg="refusing to delete data_dir %r" % data_dir)
+        if not check:
+            shutil.rmtree(data_dir)
+        return True
+
+    ensure(
+        module,
+        kind,
+        name,
+        args,
+        files,
+        data_cleanup=cleanup,
+        dirs=[p["data_dir"]] if p["data_dir"] else [],
+    )

@@ -17,6 +17,8 @@ description:
   - Writes the controller's service config (C(CONFIG_DIR/controller-NAME.env), mode 0600) and
     separate 0600 files for the replica secret, the CHAP secret and the API token, then manages
     its service.
+  - The voters of the volume are its O(replicas) and O(witnesses); O(quorum) says whether the
+    controller needs a majority of them.
   - With systemd the template unit C(jiva@controller-NAME.service) runs it (Restart=on-failure).
     Without systemd a supervisor started with setsid restarts it after a crash and keeps a pidfile.
   - Idempotent; reports changed only when the config or the service state changed. A config
@@ -45,6 +47,24 @@ options:
     description: HOST:PORT of every replica of the volume.
     type: list
     elements: str
+  witnesses:
+    description:
+      - HOST:PORT of every witness of the volume (metadata-only voters, M(jiva.storage.witness));
+        each becomes a C(--witness) argument. Placement gives a 2-replica volume one witness.
+    type: list
+    elements: str
+    default: []
+    version_added: "0.2.0"
+  quorum:
+    description:
+      - C(majority) - the controller records a membership change, and a restarted controller
+        claims the volume, only on a majority of the voters (replicas plus witnesses); without a
+        majority it holds I/O (state C(no quorum)). C(off) - the older policy, serving down to
+        the last current member (for clusters of two hosts).
+      - Unset passes no C(--quorum), so the engine's default (majority) applies.
+    type: str
+    choices: [majority, "off"]
+    version_added: "0.2.0"
   size:
     description: Volume size (C(512M), C(10G), or bytes).
     type: str
@@ -82,10 +102,21 @@ EXAMPLES = r"""
     portal: "10.0.0.100:3260"
     api: "10.0.0.100:9800"
     replicas: ["10.0.0.1:9700", "10.0.0.2:9700", "10.0.0.3:9700"]
+    quorum: majority
     size: 10G
     chap_user: dbuser
     chap_secret: "{{ vault_db_chap_secret }}"
     allowed_initiators: [iqn.1993-08.org.debian:01:client1]
+
+- name: Serve volume logs (two replicas and a witness on a third host)
+  jiva.storage.controller:
+    name: logs
+    portal: "10.0.0.101:3260"
+    api: "10.0.0.101:9801"
+    replicas: ["10.0.0.1:9701", "10.0.0.2:9701"]
+    witnesses: ["10.0.0.3:9701"]
+    quorum: majority
+    size: 1G
 
 - name: Stop it, keep its config
   jiva.storage.controller:
@@ -150,7 +181,8 @@ args:
   returned: always
   type: list
   elements: str
-  sample: [controller, --volume, db, --api, "10.0.0.100:9800", --portal, "10.0.0.100:3260", --replica, "10.0.0.1:9700"]
+  sample: [controller, --volume, db, --api, "10.0.0.100:9800", --portal, "10.0.0.100:3260", --replica, "10.0.0.1:9700",
+           --replica, "10.0.0.2:9700", --witness, "10.0.0.3:9700", --quorum, majority]
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -171,6 +203,8 @@ def main():
         portal=dict(type="str"),
         api=dict(type="str"),
         replicas=dict(type="list", elements="str"),
+        witnesses=dict(type="list", elements="str", default=[]),
+        quorum=dict(type="str", choices=["majority", "off"]),
         size=dict(type="str"),
         replica_timeout=dict(type="float"),
         rebuild_rate=dict(type="int"),
@@ -206,6 +240,10 @@ def main():
         args = ["--volume", name, "--api", p["api"], "--portal", p["portal"]]
         for r in p["replicas"]:
             args += ["--replica", r]
+        for w in p["witnesses"]:
+            args += ["--witness", w]
+        if p["quorum"]:
+            args += ["--quorum", p["quorum"]]
         if p["size"]:
             args += ["--size", p["size"]]
         if p["replica_timeout"] is not None:

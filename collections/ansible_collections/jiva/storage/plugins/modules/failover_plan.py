@@ -18,10 +18,16 @@ description:
     and each volume's live status, decides per volume what was found and what to do - restart a
     dead controller on its host, start the controller on another live eligible host when its host
     is unreachable (the portal address moves with it), fence stale controllers and portal
-    addresses on hosts that came back, restart dead replicas (they catch up), and, only when
-    O(relocate_replicas=true), place a replica whose host is unreachable on another eligible host
-    (full rebuild).
-  - A replica whose host is unreachable is not moved by default - it is tied to its disk.
+    addresses on hosts that came back, restart dead replicas (they catch up) and dead witnesses,
+    and, only when O(relocate_replicas=true), place a replica whose host is unreachable on another
+    eligible host (full rebuild).
+  - The new controller host is a live eligible host with neither a replica nor the witness of
+    the volume when there is one, else the witness's host, else a host with a replica (under the
+    majority quorum the new controller serves from the surviving voters).
+  - A replica whose host is unreachable is not moved by default - it is tied to its disk. A
+    relocation never targets the witness's host (one host would hold two voters of the volume).
+  - A witness whose host is unreachable is left alone (the two replicas are a majority); it
+    rejoins when its host returns.
   - Pure computation on the control node; it changes nothing.
 author:
   - jiva-py contributors (@jiva-py)
@@ -82,13 +88,15 @@ EXAMPLES = r"""
 
 RETURN = r"""
 volumes:
-  description: The volumes with C(controller), C(replica_nodes) and C(replica_addresses) as they should be.
+  description: The volumes with C(controller), C(replica_nodes), C(replica_addresses), C(witness) and
+    C(witness_address) as they should be.
   returned: always
   type: list
   elements: dict
 actions:
   description: What to do, as C({host, action, volume, why}); action is start_controller,
-    fence_controller or start_replica (with C(replaces) for a relocation).
+    restart_controller, fence_controller, announce_portal, start_replica (with C(replaces) for a
+    relocation) or start_witness.
   returned: always
   type: list
   elements: dict
@@ -107,7 +115,7 @@ report_table:
   returned: always
   type: str
 state:
-  description: The new state to record (controller and replica hosts per volume).
+  description: The new state to record (controller, replica and witness hosts per volume).
   returned: always
   type: dict
 """

@@ -11,13 +11,14 @@ __metaclass__ = type
 DOCUMENTATION = r"""
 ---
 module: node_state
-short_description: Report the jiva controllers, replicas and portal addresses of one host
+short_description: Report the jiva controllers, replicas, witnesses and portal addresses of one host
 version_added: "0.1.0"
 description:
-  - Lists the controller and replica services configured on the host (C(CONFIG_DIR/KIND-VOL.env)),
-    which of them have a live supervisor (daemon manager) or an active unit (systemd), which
-    volumes have replica data (C(DATA_DIR/VOL/meta.json)) and which addresses the portal interface
-    holds. The failover play uses it to tell a dead process from a dead host.
+  - Lists the controller, replica and witness services configured on the host
+    (C(CONFIG_DIR/KIND-VOL.env)), which of them have a live supervisor (daemon manager) or an
+    active unit (systemd), which volumes have replica data (C(DATA_DIR/VOL/meta.json)) or witness
+    metadata (C(DATA_DIR/_witness/VOL/meta.json)) and which addresses the portal interface holds.
+    The failover play uses it to tell a dead process from a dead host.
   - Read-only.
 author:
   - jiva-py contributors (@jiva-py)
@@ -31,7 +32,7 @@ options:
     type: path
     default: /run/jiva
   data_dir:
-    description: Directory holding one replica data folder per volume.
+    description: Directory holding one replica data folder per volume (and the witnesses' C(_witness) folder).
     type: path
     default: /var/lib/jiva
   interface:
@@ -90,6 +91,24 @@ replica_data:
   type: list
   elements: str
   sample: [db]
+witnesses:
+  description: Volumes with a witness config on this host.
+  returned: always
+  type: list
+  elements: str
+  sample: [logs]
+witnesses_running:
+  description: Volumes whose witness service is up.
+  returned: always
+  type: list
+  elements: str
+  sample: [logs]
+witness_data:
+  description: Volumes with witness metadata (C(_witness/VOL/meta.json)) on this host.
+  returned: always
+  type: list
+  elements: str
+  sample: [logs]
 portals:
   description: IPv4 addresses on the portal interface.
   returned: always
@@ -123,6 +142,10 @@ import shlex
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import open_url
+from ansible_collections.jiva.storage.plugins.module_utils.jiva_placement import WITNESS_SUBDIR
+
+# service kind -> the result keys of its configured volumes (KEY) and running ones (KEY_running)
+KINDS = {"controller": "controllers", "replica": "replicas", "witness": "witnesses"}
 
 
 def _alive(pidfile):
@@ -181,6 +204,7 @@ def main():
     if manager == "auto":
         manager = "systemd" if os.path.isdir("/run/systemd/system") else "daemon"
     out = dict(controllers=[], controllers_running=[], replicas=[], replicas_running=[], replica_data=[],
+               witnesses=[], witnesses_running=[], witness_data=[],
                portals=[], revision="", service_manager=manager, controller_status={})
     try:
         names = sorted(os.listdir(p["config_dir"]))
@@ -190,9 +214,9 @@ def main():
         if not fname.endswith(".env") or "-" not in fname:
             continue
         kind, _sep, vol = fname[:-4].partition("-")
-        if kind not in ("controller", "replica"):
+        if kind not in KINDS:
             continue
-        out[kind + "s"].append(vol)
+        out[KINDS[kind]].append(vol)
         if not out["revision"]:
             try:
                 with open(os.path.join(p["config_dir"], fname)) as f:
@@ -202,8 +226,8 @@ def main():
                             out["revision"] = "" if rev == "unknown" else rev
             except (IOError, OSError):
                 pass
-    for kind in ("controller", "replica"):
-        for vol in out[kind + "s"]:
+    for kind, key in sorted(KINDS.items()):
+        for vol in out[key]:
             name = "%s-%s" % (kind, vol)
             if manager == "systemd":
                 rc, _o, _e = module.run_command(["systemctl", "is-active", "--quiet", "jiva@%s.service" % name])
@@ -211,16 +235,18 @@ def main():
             else:
                 up = _alive(os.path.join(p["run_dir"], name + ".pid"))
             if up:
-                out[kind + "s_running"].append(vol)
+                out[key + "_running"].append(vol)
     for vol in out["controllers_running"]:
         env = os.path.join(p["config_dir"], "controller-%s.env" % vol)
         out["controller_status"][vol] = _controller_status(_api_of(env))
-    try:
-        for vol in sorted(os.listdir(p["data_dir"])):
-            if os.path.exists(os.path.join(p["data_dir"], vol, "meta.json")):
-                out["replica_data"].append(vol)
-    except OSError:
-        pass
+    for key, folder in (("replica_data", p["data_dir"]),
+                        ("witness_data", os.path.join(p["data_dir"], WITNESS_SUBDIR))):
+        try:
+            for vol in sorted(os.listdir(folder)):
+                if os.path.exists(os.path.join(folder, vol, "meta.json")):
+                    out[key].append(vol)
+        except OSError:
+            pass
     if p["interface"]:
         rc, stdout, _err = module.run_command(["ip", "-o", "-4", "addr", "show", "dev", p["interface"]])
         if rc == 0:

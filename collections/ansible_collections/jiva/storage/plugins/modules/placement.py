@@ -11,19 +11,33 @@ __metaclass__ = type
 DOCUMENTATION = r"""
 ---
 module: placement
-short_description: Validate the jiva inventory and place replicas and controllers on nodes
+short_description: Validate the jiva inventory and place replicas, controllers and witnesses on nodes
 version_added: "0.1.0"
 description:
   - Checks the volumes and nodes of a jiva inventory and computes, for every volume, the node
-    that runs its controller and the nodes that hold its replicas.
+    that runs its controller, the nodes that hold its replicas and, for a volume with 2 replicas,
+    the node that runs its witness.
   - Replicas are placed with rendezvous (highest random weight) hashing of the volume name and
     the node name, so the result does not depend on the order of the inventory and re-runs give
     the same answer.
   - Never places two replicas of one volume on one node. Honours pinned nodes (O(nodes) of a
     volume) and nodes marked ineligible. Replicas listed in O(existing) stay where they are, so
     adding nodes never moves an existing replica.
+  - The controller stays where it runs, else goes to the pinned host (C(controller), which may
+    also hold a replica of the volume), else to the replica node with the highest controller
+    weight.
+  - A volume with exactly 2 replicas and C(quorum=majority) gets a witness (a metadata-only third
+    voter, so that the volume keeps a majority when one host is lost) on an eligible node that
+    holds no replica of the volume, when one exists. An existing witness (O(existing)) stays
+    where it is; otherwise the node with the highest witness weight (its own salt), preferring
+    nodes that are not giving up a replica of the volume and nodes other than the controller's.
+    C(witness=false) on the volume opts out; C(witness=true) fails when no such node exists.
+    The witness listens on the node's address and the volume's replica port.
+  - Warns about a 2-replica volume left without a witness under C(quorum=majority) (it holds its
+    I/O while either replica's host is down).
   - Fails before anything is changed, with a message naming the volume and the variable, when the
-    inventory is invalid or a volume asks for more replicas than there are eligible nodes.
+    inventory is invalid, a volume asks for more replicas than there are eligible nodes, or a
+    volume asks for a witness (C(witness=true)) that no eligible node can hold.
   - Pure computation on the control node; it changes nothing.
 author:
   - jiva-py contributors (@jiva-py)
@@ -52,19 +66,22 @@ options:
       - The C(jiva_volumes) list. Each item has C(name), C(size), C(replicas) (default 3),
         C(portal) (HOST:PORT or HOST, port 3260 by default), and optionally C(chap)
         (C(user), C(secret)), C(allowed_initiators), C(nodes) (pinned hosts), C(controller)
-        (pinned controller host), C(replica_port) and C(api_port).
+        (pinned controller host), C(replica_port), C(api_port), C(witness) (true, false, or
+        unset = a witness when possible) and C(quorum) (C(majority), the default, or C(off)).
     type: list
     elements: raw
   existing:
     description:
-      - Where replicas and controllers already run, as a mapping of volume name to a mapping with
-        C(replicas) (a list of hosts) and C(controller) (a host). Those placements are kept.
+      - Where replicas, controllers and witnesses already run, as a mapping of volume name to a
+        mapping with C(replicas) (a list of hosts), C(controller) (a host) and C(witness) (a host).
+        Those placements are kept (as long as the hosts stay eligible).
     type: dict
     default: {}
   existing_services:
     description:
       - Another way to give O(existing) - for every host, the names of the service files found in
-        its config folder (C(replica-VOLUME.env), C(controller-VOLUME.env)), as site.yml collects them.
+        its config folder (C(replica-VOLUME.env), C(controller-VOLUME.env), C(witness-VOLUME.env)),
+        as site.yml collects them.
     type: dict
     default: {}
   replica_port_base:
@@ -95,14 +112,16 @@ EXAMPLES = r"""
     nodes:
       - {name: node1, address: 10.0.0.1}
       - {name: node2, address: 10.0.0.2}
-      - {name: node3, address: 10.0.0.3, eligible: false}
+      - {name: node3, address: 10.0.0.3}
+      - {name: node4, address: 10.0.0.4, eligible: false}
     volumes:
       - {name: db, size: 10G, replicas: 2, portal: "10.0.0.100:3260"}
+      - {name: logs, size: 1G, replicas: 2, portal: "10.0.0.101:3260", witness: false}
   register: placed
 
-- name: Show where db's replicas go
+- name: Show where db's replicas and its witness go
   ansible.builtin.debug:
-    msg: "{{ placed.volumes[0].replica_nodes }}"
+    msg: "{{ placed.volumes[0].replica_nodes }} + witness {{ placed.volumes[0].witness }}"
 """
 
 RETURN = r"""
@@ -125,19 +144,27 @@ volumes:
       replica_nodes: [node2, node1]
       replica_addresses: ["10.0.0.2:9700", "10.0.0.1:9700"]
       controller: node2
+      witness: node3
+      witness_address: "10.0.0.3:9700"
+      quorum: majority
       iqn: "iqn.2026-11.org.jiva-py:db"
       moved: []
 by_node:
-  description: For every node, the volumes whose replicas and controllers it runs.
+  description: For every node, the volumes whose replicas, controllers and witnesses it runs.
   returned: success
   type: dict
-  sample: {node1: {replicas: [db], controllers: []}, node2: {replicas: [db], controllers: [db]}}
+  sample:
+    node1: {replicas: [db], controllers: [], witnesses: []}
+    node2: {replicas: [db], controllers: [db], witnesses: []}
+    node3: {replicas: [], controllers: [], witnesses: [db]}
 """
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.jiva.storage.plugins.module_utils.jiva_placement import (
     PlacementError,
+    parse_existing_services,
     place,
+    placement_warnings,
 )
 
 
@@ -164,28 +191,27 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    existing = dict((k, dict(v)) for k, v in p["existing"].items())
-    for host, names in sorted(p["existing_services"].items()):
-        for fname in names or []:
-            base = fname[:-4] if fname.endswith(".env") else fname
-            kind, _sep, vol = base.partition("-")
-            entry = existing.setdefault(vol, {"replicas": [], "controller": None})
-            if kind == "replica" and host not in entry.setdefault("replicas", []):
-                entry["replicas"].append(host)
-            elif kind == "controller":
-                entry["controller"] = host
+    existing = parse_existing_services(p["existing_services"], p["existing"])
     try:
         volumes = place(
             p["nodes"], p["volumes"], existing, p["replica_port_base"], p["api_port_base"]
         )
     except PlacementError as exc:
         module.fail_json(msg="invalid jiva inventory: %s" % exc)
-    by_node = dict((n["name"], {"replicas": [], "controllers": []}) for n in p["nodes"])
+    by_node = dict(
+        (n["name"], {"replicas": [], "controllers": [], "witnesses": []}) for n in p["nodes"]
+    )
     for vol in volumes:
         for n in vol["replica_nodes"]:
             by_node[n]["replicas"].append(vol["name"])
         by_node[vol["controller"]]["controllers"].append(vol["name"])
+        if vol["witness"]:
+            by_node[vol["witness"]]["witnesses"].append(vol["name"])
+    for msg in placement_warnings(volumes):
+        module.warn(msg)
+    for vol in volumes:
         vol.pop("chap_secret", None)
+        vol.pop("want_witness", None)
     module.exit_json(changed=False, volumes=volumes, by_node=by_node)
 
 

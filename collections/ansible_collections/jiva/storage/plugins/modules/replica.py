@@ -24,35 +24,14 @@ description:
 author:
   - jiva-py contributors (@jiva-py)
 options:
-  name:
-    description: Volume name.
-    type: str
-    required: true
-  state:
-    description:
-      - C(present) writes the config only; C(started) also makes sure it runs (restarting it when
-        the config changed); C(stopped) stops it and keeps the config; C(absent) stops it and
-        removes the config (and the data only with O(delete_data=true)).
-    type: str
-    choices: [present, started, stopped, absent]
-    default: started
-  listen:
-    description: HOST:PORT the replica listens on (the controller connects to it).
-    type: str
   data_dir:
     description: Directory of the volume's data (C(volume.img), C(meta.json), C(dirty.map)).
     type: path
   size:
-    description: Volume size (C(512M), C(10G), or bytes).
+    description: Volume size (C(512M), C(10G), or bytes). Required unless O(state=absent).
     type: str
-  secret:
-    description: Shared controller/replica secret; written to a 0600 file, never to the env file.
-    type: str
-  delete_data:
-    description: With O(state=absent), also delete O(data_dir). Nothing else deletes data.
-    type: bool
-    default: false
 extends_documentation_fragment:
+  - jiva.storage.voter
   - jiva.storage.service
 """
 
@@ -130,82 +109,20 @@ args:
   sample: [replica, --volume, db, --listen, "10.0.0.1:9700", --dir, /var/lib/jiva/db, --size, 10G]
 """
 
-import os
-import shutil
-
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.jiva.storage.plugins.module_utils.jiva_service import (
-    SERVICE_COMMON_ARGS,
-    Service,
-    ensure,
+    ensure_voter,
+    voter_module_kwargs,
 )
 
 
 def main():
     """Run the module."""
-    argument_spec = dict(
-        name=dict(type="str", required=True),
-        state=dict(
-            type="str", default="started", choices=["present", "started", "stopped", "absent"]
-        ),
-        listen=dict(type="str"),
-        data_dir=dict(type="path"),
-        size=dict(type="str"),
-        secret=dict(type="str", no_log=True),
-        delete_data=dict(type="bool", default=False),
-    )
-    argument_spec.update(SERVICE_COMMON_ARGS)
-    module = AnsibleModule(
-        argument_spec=argument_spec,
-        supports_check_mode=True,
-        required_if=[
-            ("state", "present", ("listen", "data_dir", "size")),
-            ("state", "started", ("listen", "data_dir", "size")),
-            ("state", "stopped", ("listen", "data_dir", "size")),
-            ("delete_data", True, ("data_dir",)),
-        ],
-    )
-    p = module.params
-    name = p["name"]
-    svc = Service(module, "replica", name)
-    files = {}
+    module = AnsibleModule(**voter_module_kwargs(dict(size=dict(type="str")), required=("size",)))
     args = []
-    if p["state"] != "absent":
-        args = [
-            "--volume",
-            name,
-            "--listen",
-            p["listen"],
-            "--dir",
-            p["data_dir"],
-            "--size",
-            p["size"],
-        ]
-    secret_path = svc.secret_path("secret")
-    if p["secret"]:
-        args += ["--secret-file", secret_path]
-        files[secret_path] = (p["secret"], 0o600, True)
-    else:
-        files[secret_path] = (None, 0o600, True)
-
-    def cleanup(check=False):
-        if not p["delete_data"] or not p["data_dir"] or not os.path.isdir(p["data_dir"]):
-            return False
-        if p["data_dir"].rstrip("/") in ("", "/"):
-            module.fail_json(msg="refusing to delete data_dir %r" % p["data_dir"])
-        if not check:
-            shutil.rmtree(p["data_dir"])
-        return True
-
-    ensure(
-        module,
-        "replica",
-        name,
-        args,
-        files,
-        data_cleanup=cleanup,
-        dirs=[p["data_dir"]] if p["data_dir"] else [],
-    )
+    if module.params["state"] != "absent":
+        args = ["--size", module.params["size"]]
+    ensure_voter(module, "replica", args)
 
 
 if __name__ == "__main__":

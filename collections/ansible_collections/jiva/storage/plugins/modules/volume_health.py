@@ -16,9 +16,12 @@ version_added: "0.1.0"
 description:
   - For every volume, reads C(GET /v1/volume) from its controller's management API and probes the
     storage hosts (a TCP connect to their SSH port), then returns one row per volume - the
-    controller host and portal, state, epoch, each replica's host and mode (C(RW), C(WO),
-    C(ERR), C(unreachable)), rebuild progress and a degraded flag - as data, as a text table
-    (tabulate) and optionally as a JSON file.
+    controller host and portal, state (C(serving), C(waiting), C(fenced), C(no quorum)), epoch,
+    each replica's host and mode (C(RW), C(WO), C(ERR), C(unreachable)), rebuild progress, the
+    witness's host and state (C(ok), C(unreachable), C(missing), C(unknown)), the quorum and a
+    degraded flag - as data, as a text table (tabulate) and optionally as a JSON file.
+  - A volume is degraded when a replica is not C(RW), its witness is not C(ok), its state is
+    C(no quorum), or its API does not answer.
   - Runs on the control node with the Python standard library (plus tabulate for the table).
   - Fails only when O(fail_on_degraded=true) and a volume is degraded or not serving.
 author:
@@ -103,11 +106,16 @@ volumes:
       api: "10.0.0.100:9800"
       state: serving
       reason: ""
-      epoch: 4
+      epoch: 17179869188
+      term: 4
+      view: 4
+      quorum: {policy: majority, voters: 3, needed: 2, missing: []}
       degraded: true
       replicas:
         - {host: node1, address: "10.0.0.1:9700", mode: RW, rebuild_percent: null}
         - {host: node3, address: "10.0.0.3:9700", mode: WO, rebuild_percent: 42}
+      witnesses:
+        - {host: node2, address: "10.0.0.2:9700", state: ok, epoch: 17179869188, last_error: null}
 table:
   description: The rows as a text table.
   returned: always
@@ -224,6 +232,7 @@ def health(p):
             raise HealthError("invalid jiva inventory: %s" % exc)
         for vol in volumes:
             vol.pop("chap_secret", None)
+            vol.pop("want_witness", None)
     saved = load_state(p["state_file"])
     node_address = dict((n["name"], n["address"]) for n in p["nodes"])
     # The host probes and the API reads run side by side: a dead host costs one probe round
@@ -245,6 +254,10 @@ def health(p):
             vol = dict(vol, replica_nodes=known["replicas"],
                        replica_addresses=["%s:%s" % (node_address.get(h, h), vol["replica_port"])
                                           for h in known["replicas"]])
+        if "witness" in known and vol.get("replica_port") is not None:
+            w = known["witness"]
+            vol = dict(vol, witness=w,
+                       witness_address="%s:%s" % (node_address.get(w, w), vol["replica_port"]) if w else None)
         rows.append(volume_health(vol, doc, err, down, node_address, ctl))
     degraded = [r["volume"] for r in rows if r["degraded"] or r["state"] != "serving"]
     if p["json_file"]:

@@ -1,0 +1,48 @@
+# -*- coding: utf-8 -*-
+# Copyright: jiva-py contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+"""Documentation fragment: the options of the voter modules (replica, witness)."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+
+class ModuleDocFragment(object):
+    """Options of module_utils.jiva_service.VOTER_ARGS: a service that keeps something of one
+    volume on this host (a replica its blocks, a witness its metadata) and votes on its membership."""
+
+    DOCUMENTATION = r"""
+options:
+  name:
+    description: Volume name.
+    type: str
+    required: true
+  state:
+    description:
+      - C(present) writes the config only; C(started) also makes sure it runs (restarting it when
+        the config changed); C(stopped) stops it and keeps the config; C(absent) stops it and
+        removes the config (and the data folder only with O(delete_data=true)).
+    type: str
+    choices: [present, started, stopped, absent]
+    default: started
+  listen:
+    description:
+      - HOST:PORT it listens on (the volume's controller connects to it). Required unless
+        O(state=absent).
+    type: str
+  data_dir:
+    description:
+      - Folder of what it keeps of the volume on this host; created (mode 0700) unless
+        O(state=absent). Required unless O(state=absent).
+    type: path
+  secret:
+    description:
+      - Shared controller/replica/witness secret; written to a 0600 file
+        (C(CONFIG_DIR/KIND-NAME.secret)), never to the env file, never logged.
+    type: str
+  delete_data:
+    description: With O(state=absent), also delete O(data_dir). Nothing else deletes data.
+    type: bool
+    default: false
+"""
