@@ -122,6 +122,8 @@ class Coordinator:
         elif configured:
             p.configured = True
             p.kind = kind or p.kind
+        elif kind:
+            p.kind = kind
         return p
 
     def by_id(self, vid: str) -> Peer | None:
@@ -239,6 +241,8 @@ class Coordinator:
             await self.drop_client(p)
             return None
         p.kind, p.id, p.info = kind, vid, info
+        if p.witness:
+            p.last_error = None
         p.epoch = int(meta.get("epoch") or 0)
         for other_id, addr in (meta.get("voters") or {}).items():
             self.addresses.setdefault(other_id, addr)
@@ -664,6 +668,48 @@ class Coordinator:
         if failed and self.serving():
             with contextlib.suppress(VolumeFenced):
                 await self.failures(failed)
+        elif self.open and not self.lock.locked():
+            await self._reconcile_voters()
+
+    async def _reconcile_voters(self) -> None:
+        """Bring the view's voters to what this controller was configured with, one voter per
+        view change (Q7): a configured witness that answers joins; a voter that is neither
+        configured nor a current copy (a witness or replica taken out of the inventory, a
+        folder replaced at its address) leaves. Current copies never leave this way."""
+        view = self.mem.view
+        if view is None:
+            return
+        configured = [p for p in self.peers.values() if p.configured]
+        ids = {p.id for p in configured if p.id}
+        unknown = {p.address for p in configured if not p.id}
+        add = next(
+            (p.id for p in configured if p.witness and p.connected and p.id not in view.voters),
+            None,
+        )
+        drop = next(
+            (
+                v
+                for v in sorted(view.voters - view.members - ids)
+                if self.addresses.get(v) not in unknown
+            ),
+            None,
+        )
+        if add is None and drop is None:
+            return
+        voters = view.voters | {add} if add else view.voters - {drop}
+        async with self.lock:
+            if self.mem.view is not view or not self.open:
+                return
+            new = self.mem.propose(view.members, voters)
+            what = f"witness {self.by_id(add).address} joins" if add else f"voter {drop} leaves"
+            if await self.change(new):
+                log.info("volume %s: %s the voters (%s)", self.name, what, new.describe())
+                if drop:  # forget it (an address learned from a view, never configured)
+                    gone = self.by_id(drop) or self.peers.get(self.addresses.get(drop, ""))
+                    self.addresses.pop(drop, None)
+                    if gone is not None and not gone.configured:
+                        await self.drop_client(gone)
+                        self.peers.pop(gone.address, None)
 
     async def _rejoin(self, p: Peer) -> None:
         try:

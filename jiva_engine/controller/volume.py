@@ -466,7 +466,7 @@ class Volume:
         addr = f"{host}:{port}"
         if addr in self.coord.peers:
             raise ValueError(f"replica {addr} is already part of volume {self.name}")
-        m = self.coord.known(addr)
+        m = self.coord.known(addr, configured=True)  # wanted: it stays a voter once it joins
         self.coord.wake.set()
         return m
 

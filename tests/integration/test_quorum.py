@@ -218,6 +218,41 @@ async def test_two_replicas_and_a_witness(procs, tmp_path):
     identical(reps)
 
 
+async def test_voters_follow_the_configuration_one_step_at_a_time(procs, tmp_path):
+    """A witness taken out of the configuration leaves the voters (it is no current copy); a new
+    one given later joins them: each is one view change committed by both majorities (Q7)."""
+    a, b = reps = replicas(procs, tmp_path, 2)
+    w = Wit(procs, tmp_path).start()
+    vol = await serving(reps, [w])
+    try:
+        await vol.write(0, block(1))
+    finally:
+        await vol.close()
+    w.kill()  # the inventory dropped it: its service is gone, the controller restarts without
+    vol = await serving(reps)
+    try:
+        await wait_for(lambda: vol.status()["quorum"]["voters"] == 2, 10, "the witness leaves")
+        st = vol.status()
+        assert st["witnesses"] == [] and not st["degraded"], st
+        assert [r["address"] for r in st["replicas"]] == [a.addr, b.addr]
+        assert sorted(a.meta()["voters"]) == sorted([a.id, b.id])
+    finally:
+        await vol.close()
+    w2 = Wit(procs, tmp_path, "w2").start()
+    vol = await serving(reps, [w2])
+    try:
+        await wait_for(lambda: vol.status()["quorum"]["voters"] == 3, 10, "the witness joins")
+        st = vol.status()
+        assert st["witnesses"][0]["state"] == "ok" and st["witnesses"][0]["last_error"] is None
+        assert st["quorum"]["missing"] == [] and not st["degraded"]
+        assert await vol.read(0, 4096) == block(1)
+        b.kill()  # now one replica + the new witness are a majority: writes go on
+        await vol.write(4096, block(2))
+        assert vol.membership() == [a.addr]
+    finally:
+        await vol.close()
+
+
 async def test_witness_down_is_degraded_but_serving(procs, tmp_path):
     reps = replicas(procs, tmp_path, 2)
     w = Wit(procs, tmp_path).start()
