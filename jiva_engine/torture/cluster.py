@@ -72,10 +72,16 @@ class Proc:
         """True while the process runs."""
         return self.p is not None and self.p.poll() is None
 
+    def _signal(self, sig: int) -> bool:
+        """Send `sig` to the process (by PID) if it runs; True if it did."""
+        if self.p is None or self.p.poll() is not None:
+            return False
+        os.kill(self.p.pid, sig)
+        return True
+
     def kill(self) -> None:
         """kill -9 by PID and reap."""
-        if self.alive():
-            os.kill(self.p.pid, signal.SIGKILL)
+        self._signal(signal.SIGKILL)
         self.reap()
 
     def reap(self) -> None:
@@ -86,26 +92,23 @@ class Proc:
 
     def sigstop(self) -> None:
         """Freeze the process (SIGSTOP)."""
-        if self.alive():
-            os.kill(self.p.pid, signal.SIGSTOP)
+        if self._signal(signal.SIGSTOP):
             self.stopped = True
 
     def sigcont(self) -> None:
         """Let a frozen process run again."""
-        if self.alive():
-            os.kill(self.p.pid, signal.SIGCONT)
+        self._signal(signal.SIGCONT)
         self.stopped = False
 
     def terminate(self) -> None:
         """SIGTERM, then SIGKILL after 5 s (by PID)."""
-        if not self.alive():
+        if self.p is None or not self._signal(signal.SIGCONT):
             return
-        os.kill(self.p.pid, signal.SIGCONT)
-        os.kill(self.p.pid, signal.SIGTERM)
+        self._signal(signal.SIGTERM)
         try:
             self.p.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            os.kill(self.p.pid, signal.SIGKILL)
+            self._signal(signal.SIGKILL)
             self.p.wait(timeout=5)
 
 
