@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from jiva_engine.iscsi.cli import access_options, add_access_arguments
 from jiva_engine.protocol.auth import read_secret_file
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
-def _config(args: argparse.Namespace) -> dict:
+def _config(args: argparse.Namespace) -> dict[str, Any]:
     if not args.replica:
         raise ValueError("at least one --replica HOST:PORT is required")
     replicas = []
@@ -160,7 +161,8 @@ async def _serve(cfg: dict) -> int:
     try:
         if cfg["portal"]:
             tcfg = TargetConfig(iqn, **cfg["access"])
-            target = await start_target(volume, *cfg["portal"], tcfg)
+            portal_host, portal_port = cfg["portal"]
+            target = await start_target(volume, portal_host, portal_port, tcfg)
         log.info("controller for %s: api %s:%d, portal %s", cfg["volume"], *cfg["api"], portal)
         await stop.wait()
         log.info("stopping")

@@ -111,14 +111,14 @@ async def copy_range(
     """Copy [off, off+ln) from src to dsts under the range lock; holes become holes."""
     copied = 0
     async with ranges.hold(off, ln):
-        ext = await src.client.extents(off, ln)
+        ext = await src.link.extents(off, ln)
         pos, end = off, off + ln
         for eo, el in [*clip(ext, off, end), (end, 0)]:
             if eo > pos:
-                await wait_all([d.client.unmap(pos, eo - pos, epoch) for d in dsts])
+                await wait_all([d.link.unmap(pos, eo - pos, epoch) for d in dsts])
             if el:
-                data = await src.client.read(eo, el, epoch)
-                await wait_all([d.client.write(eo, data, epoch, rebuild=rebuild) for d in dsts])
+                data = await src.link.read(eo, el, epoch)
+                await wait_all([d.link.write(eo, data, epoch, rebuild=rebuild) for d in dsts])
                 copied += el
             pos = eo + el
     return copied
@@ -146,7 +146,7 @@ class Rebuilder:
         coord = self.coord
         t0 = time.monotonic()
         try:
-            c = m.client
+            c = m.link
             epoch = coord.mem.epoch
             if m.epoch > epoch:
                 # only a newer controller could have raised it: leave this replica alone
@@ -169,21 +169,21 @@ class Rebuilder:
             if not rw:
                 raise ReplicaUnavailable("no current member to rebuild from")
             src = coord.pick(rw)
-            sdm = await src.client.dirty_map()
+            sdm = await src.link.dirty_map()
             region, size = coord.region_size, coord.size
             kind, extents = plan_copy(m.id, rmeta, rdirty, sdm, region, size)
             if extents is None:
-                used = set()
-                for eo, el in [*await src.client.extents(0, size), *await c.extents(0, size)]:
+                used: set[int] = set()
+                for eo, el in [*await src.link.extents(0, size), *await c.extents(0, size)]:
                     used.update(range(eo // region, (eo + el - 1) // region + 1))
                 extents = merge([region_extent(r, region, size) for r in used], size)
             total = sum(ln for _, ln in extents)
-            m.rebuild = {"done": 0, "total": total}
+            progress = m.rebuild = {"done": 0, "total": total}
             log.info(
                 "rebuilding %s from %s: %s, %d extents, %d bytes",
                 m.address, src.address, kind, len(extents), total,
             )  # fmt: skip
-            copied = await self._copy_all(src, m, extents)
+            copied = await self._copy_all(src, m, extents, progress)
             await c.flush(coord.mem.epoch)  # everything copied is durable before it is a member
             m.last_rebuild = {
                 "kind": kind.split()[0],
@@ -208,11 +208,13 @@ class Rebuilder:
                 m.last_error = f"rebuild failed: {e}"
                 await coord.drop_client(m)
 
-    async def _copy_all(self, src: Peer, m: Peer, extents: list[tuple[int, int]]) -> int:
+    async def _copy_all(
+        self, src: Peer, m: Peer, extents: list[tuple[int, int]], progress: dict[str, int]
+    ) -> int:
         """Copy the extents, REBUILD_PARALLEL spans at once; flush the target every
         REBUILD_SYNC_EVERY bytes in the background. Returns the bytes copied."""
         coord = self.coord
-        c = m.client
+        c = m.link
         region = coord.region_size
         span = REBUILD_SPAN * region
         if self.throttle.rate:  # keep the pacing smooth: at most ~1/4 s of budget per span
@@ -241,7 +243,7 @@ class Rebuilder:
                     return
                 copied += n
                 self.stats["rebuild_bytes_copied"] += n
-                m.rebuild["done"] += size
+                progress["done"] += size
                 # start the write-back of what is copied so far while copying goes on, so the
                 # final flush (before it becomes a member) only has the tail left
                 unsynced += n
@@ -268,8 +270,8 @@ class Rebuilder:
         try:
             if ranges is not None:
                 async with self.ranges.hold(off, ln):
-                    data = await src.client.readv(ranges, epoch)
-                    await dst.client.writev(ranges, data, epoch, rebuild=True)
+                    data = await src.link.readv(ranges, epoch)
+                    await dst.link.writev(ranges, data, epoch, rebuild=True)
                 return len(data)
             return await copy_range(self.ranges, src, [dst], off, ln, epoch, rebuild=True)
         except (ReplicaError, ReplicaUnavailable) as e:
@@ -286,14 +288,14 @@ class Rebuilder:
         """
         region, size = self.coord.region_size, self.coord.size
         try:
-            dm = await m.client.dirty_map()
+            dm = await m.link.dirty_map()
             regions = [
                 r
                 for r in dm.get("dirty") or []
                 if not self.ranges.busy(*region_extent(r, region, size))
             ]
             if regions:
-                await m.client.clear_dirty(regions)  # queued before any later write
+                await m.link.clear_dirty(regions)  # queued before any later write
         except (ReplicaError, ReplicaUnavailable, AttributeError) as e:
             log.info("clearing dirty bits of %s: %s", m.address, e)
 

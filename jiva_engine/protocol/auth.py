@@ -84,6 +84,8 @@ def answer_auth(secret: bytes | None, volume: str, nonce: str, body: object) -> 
     if secret is None:
         return ""
     cnonce = body.get("cnonce")
+    if not isinstance(cnonce, str):
+        raise Refused("authentication failed")
     try:
         ok = verify(client_mac(secret, volume, nonce, cnonce), body.get("mac"))
         answer = server_mac(secret, volume, nonce, cnonce)

@@ -93,7 +93,8 @@ def _recv_frame(sock: socket.socket) -> wire.Frame | None:
         if not chunk:
             return None
         buf += chunk
-    return wire.decode(buf[: wire.HEADER_SIZE + plen])
+    frames, _ = wire.split_frames(buf[: wire.HEADER_SIZE + plen])
+    return frames[0]
 
 
 def _closed(sock: socket.socket, timeout: float = 5.0) -> bool:
