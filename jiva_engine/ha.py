@@ -16,9 +16,10 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from jiva_engine.api.client import ApiError, fetch_status
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,15 +63,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _poll_one(api: str, timeout: float) -> str:
-    """'state/mode,mode,...' of one volume from GET /v1/volume, or 'unreachable'."""
+    """'state/mode,mode,...' of one volume from GET /v1/volume (a `/witness-down` suffix when a
+    witness does not answer), or 'unreachable'."""
     try:
-        with urllib.request.urlopen(f"http://{api}/v1/volume", timeout=timeout) as r:
-            doc = json.load(r)
-        st = doc.get("state", "?")
-        modes = ",".join(sorted(x.get("mode", "?") for x in doc.get("replicas", [])))
-        return f"{st}/{modes}"
-    except (OSError, ValueError):
+        doc = fetch_status(api, timeout)
+    except (ApiError, ValueError):
         return "unreachable"
+    st = doc.get("state", "?")
+    modes = ",".join(sorted(str(x.get("mode", "?")) for x in doc.get("replicas", [])))
+    down = any(w.get("state") != "ok" for w in doc.get("witnesses") or [])
+    return f"{st}/{modes}" + ("/witness-down" if down else "")
 
 
 def poll(apis: dict[str, str], timeout: float = 1.0) -> dict[str, str]:
@@ -90,7 +92,7 @@ def healthy(states: dict[str, str]) -> bool:
     """True when every volume serves with every replica RW."""
     return all(
         s.startswith("serving/") and set(s[8:].split(",")) == {"RW"} for s in states.values()
-    )
+    )  # a "/witness-down" suffix makes the last mode "RW/witness-down": not healthy
 
 
 class Watcher:

@@ -8,6 +8,7 @@ import re
 import socket
 import time
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 _T = TypeVar("_T")
@@ -85,3 +86,17 @@ def wait_port(host: str, port: int, timeout: float = 15.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+def read_secret(path: str | Path, what: str = "secret") -> str:
+    """The secret (shared secret, API token, CHAP secret) in a file, surrounding whitespace
+    stripped; ValueError naming the file when it cannot be read or is empty."""
+    try:
+        text = Path(path).read_text().strip()
+    except OSError as e:
+        raise ValueError(f"cannot read {what} file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} file {path} is not text") from None
+    if not text:
+        raise ValueError(f"{what} file {path} is empty")
+    return text

@@ -7,12 +7,10 @@ import asyncio
 import logging
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
 from jiva_engine.iscsi.cli import access_options, add_access_arguments
-from jiva_engine.protocol.auth import read_secret_file
-from jiva_engine.util import parse_hostport, parse_size, run_loop
+from jiva_engine.util import parse_hostport, parse_size, read_secret, run_loop
 
 log = logging.getLogger("jiva.controller")
 
@@ -60,18 +58,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_access_arguments(p)
     p.add_argument("--rebuild-rate", type=float, help="rebuild throttle in MiB/s (default none)")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
-
-
-def _read_secret(path: str | None, what: str) -> str | None:
-    if not path:
-        return None
-    try:
-        text = Path(path).read_text().strip()
-    except OSError as e:
-        raise ValueError(f"cannot read {what} file {path}: {e.strerror}") from None
-    if not text:
-        raise ValueError(f"{what} file {path} is empty")
-    return text
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,8 +112,8 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         "hold": args.quorum_hold,
         "size": parse_size(args.size) if args.size else None,
         "timeout": args.replica_timeout,
-        "secret": read_secret_file(args.secret_file) if args.secret_file else None,
-        "token": _read_secret(args.token_file, "API token"),
+        "secret": read_secret(args.secret_file).encode() if args.secret_file else None,
+        "token": read_secret(args.token_file, "API token") if args.token_file else None,
         "access": access,
         "rebuild_rate": args.rebuild_rate * (1 << 20) if args.rebuild_rate else None,
     }

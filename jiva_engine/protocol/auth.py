@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from pathlib import Path
 
 NONCE_BYTES = 16
 
@@ -42,17 +41,6 @@ def verify(expected: str, got: object) -> bool:
     if not isinstance(got, str):
         return False
     return hmac.compare_digest(expected.encode(), got.encode())
-
-
-def read_secret_file(path: str | Path) -> bytes:
-    """Read a shared secret (surrounding whitespace stripped); ValueError if missing or empty."""
-    try:
-        data = Path(path).read_bytes().strip()
-    except OSError as e:
-        raise ValueError(f"cannot read secret file {path}: {e.strerror}") from None
-    if not data:
-        raise ValueError(f"secret file {path} is empty")
-    return data
 
 
 class Refused(Exception):

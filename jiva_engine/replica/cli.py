@@ -9,10 +9,9 @@ import os
 import signal
 import sys
 
-from jiva_engine.protocol.auth import read_secret_file
 from jiva_engine.replica.server import ReplicaServer
 from jiva_engine.replica.store import ReplicaStore, StoreError
-from jiva_engine.util import parse_hostport, parse_size, run_loop
+from jiva_engine.util import parse_hostport, parse_size, read_secret, run_loop
 
 log = logging.getLogger("jiva.replica")
 
@@ -52,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         size = parse_size(args.size)
         region = parse_size(args.region_size)
         host, port = parse_hostport(args.listen)
-        secret = read_secret_file(args.secret_file) if args.secret_file else None
+        secret = read_secret(args.secret_file).encode() if args.secret_file else None
     except ValueError as e:
         return _fail(str(e))
     if args.sync_interval <= 0:
