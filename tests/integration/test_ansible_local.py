@@ -24,6 +24,7 @@ from tests.sandbox import (  # noqa: F401 - local_daemons_fixture provides the f
     local_daemons_fixture,
     run_playbook,
 )
+from tests.waiting import eventually_sync
 
 CHAP_SECRET = "s3cret-chap-pass"
 # a loopback /24 of its own per run, so concurrent runs of this file on one machine do not clash
@@ -70,22 +71,6 @@ def write_inventory(base: Path) -> Path:
 def api_state(api: str = f"{PORTAL}:9850") -> dict:
     with urllib.request.urlopen(f"http://{api}/v1/volume", timeout=3) as r:
         return json.load(r)
-
-
-def wait_for(check, timeout: float = 20.0):
-    """Poll `check()` until it returns something true; return it (AssertionError on timeout)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except OSError as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out; last: {last!r}")
 
 
 def witness_node(base: Path) -> Path:
@@ -198,8 +183,11 @@ def test_check_diff_deploy_idempotence_teardown(tmp_path, local_daemons):
     assert f"{wnode.name}:ok" in report["output"]
     wpid = int((wnode / "run" / "witness-lv2.pid").read_text())
     os.kill(wpid, signal.SIGTERM)  # its supervisor: it stops the witness and does not restart it
-    wait_for(lambda: not Path(f"/proc/{wpid}").exists())
-    wait_for(lambda: [w["state"] for w in api_state(API2)["witnesses"]] == ["unreachable"])
+    eventually_sync(lambda: not Path(f"/proc/{wpid}").exists(), what="the witness gone")
+    eventually_sync(
+        lambda: [w["state"] for w in api_state(API2)["witnesses"]] == ["unreachable"],
+        what="the witness reported unreachable",
+    )
     report = health(cfg, home, base_args, tmp_path / "health.json")
     row = report["rows"]["lv2"]
     assert [(w["host"], w["state"]) for w in row["witnesses"]] == [(wnode.name, "unreachable")]
@@ -210,7 +198,10 @@ def test_check_diff_deploy_idempotence_teardown(tmp_path, local_daemons):
     # site.yml starts the witness again, and the controller takes it back
     back = run_playbook("site.yml", cfg, home, *base_args)
     assert back.rc == 0 and back.changed() >= 1, back.output
-    wait_for(lambda: [w["state"] for w in api_state(API2)["witnesses"]] == ["ok"])
+    eventually_sync(
+        lambda: [w["state"] for w in api_state(API2)["witnesses"]] == ["ok"],
+        what="the witness back",
+    )
 
     before_env = env.read_text()
     before_pid = pidfile.read_text()
