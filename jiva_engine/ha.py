@@ -18,6 +18,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import IO
 
 from jiva_engine.api.client import ApiError, fetch_status
 
@@ -133,11 +134,10 @@ class Watcher:
         cmd += shlex.split(self.args.ansible_args)
         self.runs += 1
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        sink: IO[str] | int = subprocess.PIPE
         if self.args.log:  # the output streams into the log, so a run that hangs shows where
             self._log(f"{stamp} jiva ha: run {self.runs} ({why}) started\n")
             sink = open(self.args.log, "a")  # noqa: SIM115 - closed below, after the run
-        else:
-            sink = subprocess.PIPE
         start = time.monotonic()
         try:
             p = subprocess.Popen(
@@ -154,7 +154,7 @@ class Watcher:
                 out = (out or "") + f"jiva ha: run stopped after --run-timeout {timeout:g} s\n"
                 rc = 124
         finally:
-            if sink is not subprocess.PIPE:
+            if not isinstance(sink, int):
                 sink.close()
         took = time.monotonic() - start
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")

@@ -282,8 +282,8 @@ class Coordinator:
             float(quiet) if isinstance(quiet, (int, float)) else None,
         )
 
-    def view_fields(self, view: View | None, p: Peer) -> dict[str, Any]:
-        """SET_META body that makes `p` accept `view` (its epoch, members and voters)."""
+    def view_fields(self, view: View | None) -> dict[str, Any]:
+        """SET_META body that makes a voter accept `view` (its epoch, members and voters)."""
         if view is None:
             return {"epoch": self.mem.epoch}
         voters = {}
@@ -423,7 +423,7 @@ class Coordinator:
         targets = [p for p in self.peers.values() if p.connected]
         futs: dict[asyncio.Future, Peer] = {}
         for p in targets:
-            body = self.view_fields(view, p)
+            body = self.view_fields(view)
             if member_fields and p.id in view.members:
                 body.update(member_fields)
             futs[asyncio.ensure_future(p.link.set_meta(**body))] = p

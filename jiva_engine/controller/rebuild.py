@@ -159,7 +159,7 @@ class Rebuilder:
             rdirty = await c.dirty_map() if int(rmeta.get("view_epoch") or 0) > 0 else {}
             await c.set_mode("WO")  # persisted first: a crash from here on means a full rebuild
             # then raise its epoch so frames still queued from an old connection are refused
-            await c.set_meta(**coord.view_fields(coord.mem.view, m))
+            await c.set_meta(**coord.view_fields(coord.mem.view))
             m.mode = WO  # every write issued from now on also goes to this replica
             m.rebuild = {"done": 0, "total": 0}
             m.last_error = None
@@ -343,13 +343,7 @@ def batches(spans: list[tuple[int, int]], limit: int) -> list[tuple[int, int, li
 
 def split(ext: list[tuple[int, int]], limit: int) -> list[tuple[int, int]]:
     """Cut extents into copy spans of at most `limit` bytes."""
-    out: list[tuple[int, int]] = []
-    for off, ln in ext:
-        while ln > limit:
-            out.append((off, limit))
-            off, ln = off + limit, ln - limit
-        out.append((off, ln))
-    return out
+    return [(off + i, min(limit, ln - i)) for off, ln in ext for i in range(0, ln, limit)]
 
 
 async def wait_all(futs: list[Awaitable[Any]]) -> None:

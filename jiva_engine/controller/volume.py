@@ -9,6 +9,7 @@ current members. Who the members are, and when I/O may proceed, is the coordinat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import Awaitable
@@ -148,10 +149,8 @@ class Volume:
         """Stop background work and close every voter connection (data stays on the replicas)."""
         if self._task:
             self._task.cancel()
-            try:
+            with contextlib.suppress(BaseException):
                 await self._task
-            except BaseException:  # noqa: S110 - cancelled or failed: closing anyway
-                pass
         await self.coord.close()
 
     def ready(self) -> bool:
@@ -239,10 +238,8 @@ class Volume:
                 if left <= 0:
                     why = coord.mem.reason or "waiting for the voters to renew the read lease"
                     raise VolumeNotReady(f"I/O held for {self.hold:.0f}s: {why}")
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(coord.changed.wait(), min(left, 0.25))
-                except TimeoutError:
-                    pass
         finally:
             self.io_stats["held_seconds"] += time.monotonic() - t0
 

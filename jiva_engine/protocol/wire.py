@@ -249,7 +249,7 @@ class RecvBuffer:
     start: int
     end: int
 
-    def get_buffer(self, sizehint: int) -> memoryview:
+    def get_buffer(self, _sizehint: int) -> memoryview:
         if self.big_mv is not None:
             return self.big_mv[self.big_filled :]
         if RECV_BUF - self.end < 4096:  # make room: move the partial frame to the front

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import errno
 import logging
 import os
@@ -61,19 +62,24 @@ def _probe_nowait() -> int:
         return 0
 
 
-def _preadv_plain(fd: int, bufs: Any, off: int, flags: int = 0) -> int:
-    return os.preadv(fd, bufs, off)
+class _CacheRead:
+    """preadv that only reads what is in the page cache (RWF_NOWAIT) where the kernel and the
+    filesystem can; elsewhere a plain preadv (then a read may block the loop briefly)."""
+
+    def __init__(self) -> None:
+        self.flag = _probe_nowait()
+
+    def __call__(self, fd: int, buf: bytearray, off: int) -> int:
+        if self.flag:
+            return os.preadv(fd, (buf,), off, self.flag)
+        return os.preadv(fd, (buf,), off)
+
+    def disable(self) -> None:
+        log.info("RWF_NOWAIT unsupported for this data file: reading in the event loop")
+        self.flag = 0
 
 
-_NOWAIT = _probe_nowait()
-_preadv = os.preadv if _NOWAIT else _preadv_plain
-
-
-def _disable_nowait() -> None:
-    global _NOWAIT, _preadv
-    log.info("RWF_NOWAIT unsupported for this data file: reading in the event loop")
-    _NOWAIT = 0
-    _preadv = _preadv_plain
+_cache_read = _CacheRead()
 
 
 class _Malformed(Exception):
@@ -93,10 +99,8 @@ def _keepalive(sock: socket.socket | None) -> None:
     ]
     for level, name, value in opts:
         if name is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.setsockopt(level, name, value)
-            except OSError:
-                pass
 
 
 def _ints(x: Any) -> bool:
@@ -174,7 +178,7 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
                         self.server.auth_timeout)  # fmt: skip
             self.transport.close()
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def connection_lost(self, _exc: Exception | None) -> None:
         self.closing = True
         self.queue.clear()
         self.server.connection_gone(self)
@@ -232,10 +236,7 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
         with self.mv[self.start : self.end] as src:
             n = len(src)
             try:
-                if self.blocked or self.queue or not self.authed:
-                    pos = 0
-                else:
-                    pos = self._fast(src)
+                pos = 0 if self.blocked or self.queue or not self.authed else self._fast(src)
                 frames, pos = wire.split_frames(src, pos)
                 if n - pos >= wire.HEADER_SIZE:  # a partial frame: receive a big payload in place
                     _magic, op, st, plen, rid, off, ln, ep = _unpack_from(src, pos)
@@ -279,7 +280,7 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
         fd = store.fd
         st = self.stats
         out = self.out
-        preadv = _preadv
+        cache_read = _cache_read
         n = len(src)
         pos = 0
         replies = 0
@@ -310,7 +311,7 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
                         break
                     data = bytearray(ln)
                     try:  # only from the page cache here; a disk read goes to a thread
-                        if preadv(fd, (data,), off, _NOWAIT) != ln:
+                        if cache_read(fd, data, off) != ln:
                             break
                     except OSError:
                         break
@@ -538,13 +539,13 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
             return self._error(f, wire.EINVAL, f"READ refused: {why}")
         data = bytearray(n)
         try:
-            got = _preadv(store.fd, (data,), off, _NOWAIT)
+            got = _cache_read(store.fd, data, off)
         except BlockingIOError:
             got = -1
         except OSError as e:
-            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL) or not _NOWAIT:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL) or not _cache_read.flag:
                 return self._error(f, wire.EIO, f"read failed: {e}")
-            _disable_nowait()  # this filesystem has no RWF_NOWAIT: plain reads from now on
+            _cache_read.disable()  # this filesystem has no RWF_NOWAIT: plain reads from now on
             got = -1
         if got != n:  # not (all) in the page cache: read in a thread, keep serving meanwhile
             self.stats.reads_offloaded += 1

@@ -6,6 +6,7 @@ when a region goes 0->1; they are cleared lazily after the data has been fdatasy
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -648,10 +649,8 @@ class ReplicaStore:
             if created:
                 _fsync_dir(self.dir)
         for e in snap["drop"]:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.dir / missed_name(e))
-            except FileNotFoundError:
-                pass
         if snap["drop"]:
             _fsync_dir(self.dir)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -188,7 +189,7 @@ async def test_chap_allow_list_replica_secret_token(secured, procs, tmp_path):
     # ...nor on any process's command line or environment (secrets travel in 0600 files)
     for p in procs.procs:
         for what in ("cmdline", "environ"):
-            logs.append(open(f"/proc/{p.pid}/{what}", "rb").read().decode(errors="replace"))
+            logs.append(Path(f"/proc/{p.pid}/{what}").read_bytes().decode(errors="replace"))
     for name, value in SECRETS.items():
         for text in outputs + logs:
             assert value not in text, f"the {name} secret leaked"

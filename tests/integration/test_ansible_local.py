@@ -100,7 +100,8 @@ def controller_files(base: Path) -> tuple[Path, Path]:
     return envs[0], node / "run" / "controller-lv1.pid"
 
 
-def test_check_diff_deploy_idempotence_teardown(tmp_path, local_daemons):
+@pytest.mark.usefixtures("local_daemons")
+def test_check_diff_deploy_idempotence_teardown(tmp_path):
     inv = write_inventory(tmp_path)
     home = tmp_path / "ansible-home"
     cfg = ROOT / "ansible.cfg"
@@ -322,7 +323,8 @@ def run_module(tmp_path: Path, module: str, args: dict, *extra: str) -> dict:
 
 
 @pytest.mark.parametrize("kind", ["replica", "witness"])
-def test_voter_module_states_are_idempotent(tmp_path, local_daemons, kind):
+@pytest.mark.usefixtures("local_daemons")
+def test_voter_module_states_are_idempotent(tmp_path, kind):
     """present -> started -> stopped (check, then real) -> absent with data, each twice; the
     replica and the witness module share this behaviour (module_utils jiva_service voters)."""
     port = 9690 if kind == "replica" else 9691

@@ -248,9 +248,11 @@ async def test_replica_secret_is_required_and_checked(procs, tmp_path):
     st = await wait_state(base2, lambda s: "AUTH_FAILED" in (s["replicas"][0]["last_error"] or ""))
     assert st["state"] == "waiting"
     # and the serving controller refuses a replica that cannot prove the shared secret
-    async with aiohttp.ClientSession() as s:
-        async with s.post(base + "/v1/replicas", json={"address": reps[2].addr}) as r:
-            assert r.status == 202
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(base + "/v1/replicas", json={"address": reps[2].addr}) as r,
+    ):
+        assert r.status == 202
     st = await wait_state(
         base,
         lambda s: (

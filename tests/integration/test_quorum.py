@@ -452,7 +452,7 @@ async def test_claim_never_serves_an_uncommitted_minority_view(procs, tmp_path):
             acked.append((100 + i, i * 4096))
         for r in (b, c):
             r.kill(signal.SIGSTOP)
-        asyncio.create_task(old.write(0, block(7)))  # noqa: RUF006 - held, never acknowledged
+        asyncio.create_task(old.write(0, block(7)))
         await eventually(lambda: old.state == NO_QUORUM, 15, "no quorum")
     finally:
         await old.close()

@@ -101,7 +101,10 @@ def test_plan_incremental_with_fine_byte_runs_merges_adjacent_extents():
 def test_plan_uses_the_newest_map_that_excluded_this_replica():
     """Maps name the ids they were started for: a returning replica copies from the newest map
     that left it out after the last view it accepted, whatever the epochs' numbers."""
-    e = lambda t, v: t << 32 | v  # noqa: E731
+
+    def e(t: int, v: int) -> int:
+        return t << 32 | v
+
     sdm = {
         "region_size": MB,
         "missed": {

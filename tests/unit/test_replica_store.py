@@ -51,7 +51,7 @@ def test_failed_atomic_write_keeps_old_meta(tmp_path, monkeypatch):
     target = tmp_path / "meta.json"
     target.write_text('{"old": 1}')
 
-    def boom(fd):
+    def boom(_fd):
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(os, "fsync", boom)
@@ -108,7 +108,7 @@ def test_no_bitmap_write_when_region_already_dirty(tmp_path, monkeypatch):
     s = ReplicaStore(tmp_path / "r", "v", 8 * MiB)
     s.write(0, b"x" * 512)
     writes = []
-    monkeypatch.setattr(s, "write_bitmaps", lambda snap: writes.append(snap))
+    monkeypatch.setattr(s, "write_bitmaps", writes.append)
     for i in range(100):
         s.write(i * 4096, b"y" * 4096)
     assert writes == []
