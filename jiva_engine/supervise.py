@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_env_args(path: str) -> list[str]:
     """Return the words of JIVA_ARGS in an env file (shell-quoted, as systemd reads it)."""
-    for raw in Path(path).read_text().splitlines():
+    for raw in Path(path).read_text().split("\n"):  # not splitlines(): \x1c-\x1e are text
         line = raw.strip()
         if line.startswith("JIVA_ARGS="):
             value = line[len("JIVA_ARGS=") :]
