@@ -58,7 +58,10 @@ options:
     description: Where the previous run recorded each volume's controller and replica hosts.
     type: path
   write_state:
-    description: Write the new state (RV(state)) to O(state_file) (not in check mode).
+    description:
+      - Write the new state (RV(state)) to O(state_file) (not in check mode).
+      - The task reports C(changed) exactly when the state file's content changes (in check
+        mode, when it would change); planning alone changes nothing on any host.
     type: bool
     default: false
   relocate_replicas:
