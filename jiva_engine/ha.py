@@ -22,18 +22,22 @@ from typing import IO
 
 from jiva_engine.api.client import ApiError, fetch_status
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `jiva ha`."""
     parser.add_argument("action", choices=["watch", "once"], help="watch: loop; once: one run")
-    parser.add_argument("--playbook", default=str(ROOT / "playbooks" / "failover.yml"))
+    parser.add_argument(
+        "--playbook",
+        default="playbooks/failover.yml",
+        help="the failover play (default: playbooks/failover.yml of the Ansible project in the "
+        "current folder, as in this repository; runs start in the current folder)",
+    )
     parser.add_argument("--inventory", "-i", help="ansible inventory (default: ansible.cfg's)")
     parser.add_argument(
         "--state-file",
-        default=str(ROOT / ".ansible" / "jiva-ha-state.json"),
-        help="failover state file (controller placement; the APIs to poll are read from it)",
+        default=".ansible/jiva-ha-state.json",
+        help="failover state file (controller placement; the APIs to poll are read from it); "
+        "default .ansible/jiva-ha-state.json in the current folder, as failover.yml's default",
     )
     parser.add_argument(
         "--interval", type=float, default=30.0, help="run the play at least this often (s)"
@@ -141,7 +145,7 @@ class Watcher:
         start = time.monotonic()
         try:
             p = subprocess.Popen(
-                cmd, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, text=True,
+                cmd, stdout=sink, stderr=subprocess.STDOUT, text=True,
                 start_new_session=True,  # its own process group: a timeout stops ssh children too
             )  # fmt: skip
             timeout = self.args.run_timeout or None
