@@ -17,6 +17,7 @@ from jiva_engine.controller.peers import ERR, RW, WO, Peer
 from jiva_engine.controller.rangelock import RangeLock
 from jiva_engine.protocol import wire
 from jiva_engine.protocol.client import ReplicaError, ReplicaUnavailable
+from jiva_engine.protocol.voting import epoch_text
 from jiva_engine.volume import VolumeFenced
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ def plan_copy(
         else:
             ext.append((int(x[0]), int(x[1])))
     ext.extend(region_extent(r, region_size, size) for r in rdirty.get("dirty") or [])
-    return f"incremental since epoch {since}", merge(ext, size)
+    return f"incremental since epoch {epoch_text(since)}", merge(ext, size)
 
 
 async def copy_range(

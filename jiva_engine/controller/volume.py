@@ -154,8 +154,9 @@ class Volume:
         await self.coord.close()
 
     def ready(self) -> bool:
-        """True while the volume serves I/O."""
-        return self.state == SERVING
+        """True while the volume takes I/O: serving, or holding it without a quorum (Q3: held
+        commands wait up to `hold` seconds, they are not refused at the door)."""
+        return self.coord.mem.phase in (Phase.SERVING, Phase.NO_QUORUM)
 
     # ------------------------------------------------------------------ views
     @property

@@ -93,10 +93,14 @@ class ReplicaServer:
         store: ReplicaStore,
         secret: bytes | None = None,
         sync_interval: float = 5.0,
+        writer_silence: float = 1.5,
     ) -> None:
         self.store = store
         self.secret = secret
         self.sync_interval = sync_interval
+        # a writing controller not heard from for this long may be cut off from its other
+        # replicas with writes in flight: its regions are pinned before the lazy clearing runs
+        self.writer_silence = writer_silence
         self.stats = Stats()
         self.conns: set[ReplicaConnection] = set()
         self.meta_lock = asyncio.Lock()
@@ -173,11 +177,28 @@ class ReplicaServer:
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(self.sync_interval)
+            self.pin_for_silent_writers()
             if self.store.clearing_due():
                 try:
                     await self.sync_and_clear(force=False)
                 except Exception as e:
                     log.error("periodic sync failed: %s", e)
+
+    def pin_for_silent_writers(self) -> None:
+        """Keep every dirty region (until CLEAR_DIRTY) while a controller that wrote here has
+        been silent past `writer_silence`. It pings every 0.5 s, so silence means it is cut off
+        from this replica, possibly from the others too, with writes that may have landed here
+        and not there; without a pin the lazy clearing would forget them before a newer
+        controller resynchronises (a partitioned controller keeps its connections open, so
+        no disconnect pins them)."""
+        now = asyncio.get_running_loop().time()
+        silent = [c for c in self.conns if c.wrote and c.active is not None
+                  and now - c.active > self.writer_silence]  # fmt: skip
+        if silent:
+            kept = self.store.pin_dirty()
+            if kept:
+                log.info("writer %s silent for %.1fs: %d dirty region(s) kept until CLEAR_DIRTY",
+                         silent[0].peer, now - (silent[0].active or now), kept)  # fmt: skip
 
     async def write_meta(self) -> None:
         """Persist meta.json (atomically) from the current in-memory meta."""

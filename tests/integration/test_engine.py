@@ -46,7 +46,15 @@ VOL = "vol1"
 class Rep:
     """One replica process the test can kill, stop and restart on the same DIR and port."""
 
-    def __init__(self, procs, root: Path, name: str, size: int = SIZE, volume: str = VOL) -> None:
+    def __init__(
+        self,
+        procs,
+        root: Path,
+        name: str,
+        size: int = SIZE,
+        volume: str = VOL,
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.procs = procs
         self.name = name
         self.dir = root / name
@@ -56,6 +64,7 @@ class Rep:
         self.volume = volume
         self.proc = None
         self.starts = 0
+        self.args = args  # more `jiva replica` options (the last of a repeated one wins)
 
     def start(self) -> Rep:
         self.starts += 1
@@ -72,6 +81,7 @@ class Rep:
             str(self.size),
             "--sync-interval",
             "0.5",
+            *self.args,
             name=f"{self.name}-{self.starts}",
         )
         wait_port("127.0.0.1", self.port)
@@ -85,6 +95,10 @@ class Rep:
 
     def data(self) -> bytes:
         return (self.dir / "volume.img").read_bytes()
+
+    def log(self) -> str:
+        """What the current process has logged so far."""
+        return self.procs.log(f"{self.name}-{self.starts}")
 
     def digest(self) -> str:
         return hashlib.sha256(self.data()).hexdigest()

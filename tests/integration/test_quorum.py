@@ -113,6 +113,76 @@ async def test_losing_two_of_three_holds_io_then_resumes_when_one_returns(procs,
     identical(reps)
 
 
+class Blackhole:
+    """A TCP relay to a replica that can start swallowing everything (both ways) while keeping
+    the connections open: what a controller sees of a replica whose link went down."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.dropping = False
+        self.server: asyncio.base_events.Server | None = None
+        self.port = 0
+        self.tasks: set[asyncio.Task] = set()
+
+    async def start(self) -> Blackhole:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _relay(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        rr, rw = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                if not self.dropping:
+                    dst.write(data)
+                    await dst.drain()
+
+        for t in (asyncio.create_task(pipe(cr, rw)), asyncio.create_task(pipe(rr, cw))):
+            self.tasks.add(t)
+
+    async def close(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_a_cut_off_writer_keeps_its_regions_dirty_for_the_next_controller(procs, tmp_path):
+    """Writes landed on A and B but never reached C (its link is down: the frames are lost);
+    then the controller is cut off from everyone (stopped: its connections stay open and
+    silent) before it could eject C. B must not forget those regions by its lazy clearing: the
+    next controller, reaching only B and C, resynchronises them, so B and C hold identical data
+    before it serves (rule 5)."""
+    opts = ("--sync-interval", "1.0", "--writer-silence", "0.7")
+    a, b, c = reps = [Rep(procs, tmp_path, f"r{i}", args=opts).start() for i in range(3)]
+    link = await Blackhole(c.port).start()
+    via = Rep(procs, tmp_path, "via")  # C as the old controller reaches it: through the link
+    via.addr = f"127.0.0.1:{link.port}"
+    ctl, log = crashing_controller(procs, tmp_path, [a, b, via], timeout=1.5)
+    try:
+        await eventually(lambda: log.exists() and log.stat().st_size > 5_000, 30, "writes")
+        link.dropping = True  # C's link goes down: writes in flight land on A and B only
+        await asyncio.sleep(0.2)
+        procs.kill(ctl, signal.SIGSTOP)  # cut off: no ejection of C, no BYE, nothing closes
+        await eventually(lambda: "silent for" in b.log(), 10, "B pins the writer's regions")
+        await asyncio.sleep(2.5)  # two more lazy-clearing passes on B: the pinned regions stay
+        vol = Volume(VOL, [r.addr for r in reps], replica_timeout=1.5, retry_interval=0.2,
+                     connector=_refusing(a.port))  # fmt: skip
+        await vol.start()
+        try:
+            await vol.wait_serving(20)
+            assert sorted(vol.membership()) == sorted([b.addr, c.addr])
+            assert "resynchronised" in vol.reason, vol.reason
+            await verify_acked(vol, acked_writes(log))
+            assert b.digest() == c.digest(), "B and C disagree on what the cut-off writer left"
+        finally:
+            await vol.close()
+    finally:
+        procs.kill(ctl)
+        await link.close()
+
+
 async def test_io_held_without_quorum_fails_with_not_ready_after_the_hold(procs, tmp_path):
     from jiva_engine.volume import VolumeNotReady
 
