@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.faults.ha_harness import BackgroundWorkload, Cluster  # noqa: E402
 
 
-def measure(c: Cluster, inject, recovered) -> dict:  # noqa: ANN001
+def measure(c: Cluster, inject, recovered) -> dict:
     """Run one scenario under the workload; return gap, failed writes, recovery time, checks."""
     wl = BackgroundWorkload(c.portal_host, 3260, history=c.history)
     wl.start()

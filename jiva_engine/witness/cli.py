@@ -10,9 +10,8 @@ import signal
 import sys
 
 from jiva_engine.protocol import voting
-from jiva_engine.protocol.auth import read_secret_file
 from jiva_engine.replica.store import StoreError
-from jiva_engine.util import parse_hostport, run_loop
+from jiva_engine.util import parse_hostport, read_secret, run_loop
 from jiva_engine.witness.server import WitnessServer
 from jiva_engine.witness.store import WitnessStore
 
@@ -42,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         host, port = parse_hostport(args.listen)
-        secret = read_secret_file(args.secret_file) if args.secret_file else None
+        secret = read_secret(args.secret_file).encode() if args.secret_file else None
         store = WitnessStore(args.dir, args.volume)
     except (ValueError, StoreError) as e:
         return _fail(str(e))
