@@ -124,17 +124,21 @@ class Cluster:
         size: str = "32M",
         replica_timeout: float = 1.0,
         sync_interval: float = 2.5,
+        writer_silence: float = 1.0,
         secret: str | None = "torture-replica-secret",
         placement: list[tuple[str, tuple[str, ...]]] | None = None,
     ) -> None:
         """`placement[i]` = (address, command prefix) puts replica i on a test host (else local).
 
         `sync_interval` (the replicas' lazy dirty-bit clearing) must stay above `replica_timeout`
-        (docs/ENGINE.md, Known limits): a write that reached only the old controller's own
-        replica must still be dirty there when that controller ejects the others and pins it.
+        plus `writer_silence` (docs/ENGINE.md, Known limits): a write that reached some replicas
+        and not others must still be dirty there when its controller ejects the others, pins
+        it, or is found silent (cut off).
         """
-        if sync_interval <= replica_timeout:
-            raise ValueError("sync_interval must be above replica_timeout (ENGINE.md)")
+        if sync_interval <= replica_timeout + writer_silence:
+            raise ValueError(
+                "sync_interval must be above replica_timeout + writer_silence (ENGINE.md)"
+            )
         self.root = root
         self.volume = volume
         self.size_bytes = parse_size(size)
@@ -152,7 +156,8 @@ class Cluster:
             port = free_port() if host == "127.0.0.1" else 9700
             d = root / f"r{i}"
             args = ["replica", "--volume", volume, "--listen", f"{host}:{port}", "--dir", str(d),
-                    "--size", size, "--sync-interval", str(sync_interval), *extra]  # fmt: skip
+                    "--size", size, "--sync-interval", str(sync_interval),
+                    "--writer-silence", str(writer_silence), *extra]  # fmt: skip
             self.replicas.append(Proc(f"r{i}", args, self.logdir, port, host, prefix))
         # what every controller of the volume is started with, wherever it runs (the failover
         # play starts the new one with the same replica list)
