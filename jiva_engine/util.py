@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import socket
+import sys
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -47,14 +49,14 @@ def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int
         host, _, port_s = text.partition(":")
     else:
         host, port_s = text, ""
+    if not host:
+        raise ValueError(f"address {text!r} has no host")
     if not port_s:
         if default_port is None:
             raise ValueError(f"address {text!r} needs a port (HOST:PORT)")
         return host, default_port
     if not port_s.isdigit() or not 0 < int(port_s) < 65536:
         raise ValueError(f"invalid port in address {text!r}")
-    if not host:
-        raise ValueError(f"address {text!r} has no host")
     return host, int(port_s)
 
 
@@ -105,3 +107,18 @@ def read_secret(path: str | Path, what: str = "secret") -> str:
     if not text:
         raise ValueError(f"{what} file {path} is empty")
     return text
+
+
+def setup_logging(level: str, tag: str) -> None:
+    """Log to stderr as `TIME TAG LEVEL message` (a daemon's output goes to its log file)."""
+    logging.basicConfig(
+        level=getattr(logging, str(level).upper(), logging.INFO),
+        stream=sys.stderr,
+        format=f"%(asctime)s {tag} %(levelname)s %(message)s",
+    )
+
+
+def config_error(command: str, message: str) -> int:
+    """Say why `jiva COMMAND` cannot start (one line on stderr); its exit code, 2."""
+    print(f"jiva {command}: error: {message}", file=sys.stderr)
+    return 2

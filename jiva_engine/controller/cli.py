@@ -10,7 +10,14 @@ import sys
 from typing import Any
 
 from jiva_engine.iscsi.cli import access_options, add_access_arguments
-from jiva_engine.util import parse_hostport, parse_size, read_secret, run_loop
+from jiva_engine.util import (
+    config_error,
+    parse_hostport,
+    parse_size,
+    read_secret,
+    run_loop,
+    setup_logging,
+)
 
 log = logging.getLogger("jiva.controller")
 
@@ -62,15 +69,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate the options, then serve until SIGTERM/SIGINT."""
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(args.log_level, f"controller[{args.volume}]")
     try:
         cfg = _config(args)
     except ValueError as e:
-        print(f"jiva controller: {e}", file=sys.stderr)
-        return 2
+        return config_error("controller", str(e))
     try:
         return run_loop(_serve(cfg))
     except (OSError, RuntimeError) as e:

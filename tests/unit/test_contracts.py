@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jiva_engine.supervise import read_env_args
-from jiva_engine.util import parse_size
+from jiva_engine.util import parse_hostport, parse_size
 
 ROOT = Path(__file__).resolve().parents[2]
 MU = ROOT / "collections/ansible_collections/jiva/storage/plugins/module_utils"
@@ -79,3 +79,22 @@ def test_an_argument_that_cannot_be_written_is_refused():
     for bad in ("a\nb", "a\rb", "a\x00b"):
         with pytest.raises(ValueError, match="line break or NUL"):
             service.render_env("replica", "v1", ["--dir", bad], "rev")
+
+
+hostports = st.one_of(
+    st.builds(
+        lambda h, sep, port: f"{h}{sep}{port}",
+        st.sampled_from(["10.0.0.1", "node-1", "[fe80::1]", "fe80::1", "", " h "]),
+        st.sampled_from([":", "", "::"]),
+        st.sampled_from(["9700", "0", "65535", "65536", "x", ""]),
+    ),
+    st.text(max_size=12),
+)
+
+
+@given(hostports)
+def test_one_set_of_address_rules(text):
+    """HOST:PORT, [v6]:PORT, or HOST with a default port: the same answer on both sides."""
+    assert _outcome(lambda t: parse_hostport(t, 3260), text) == _outcome(
+        lambda t: placement.split_hostport(t, 3260), text
+    )
