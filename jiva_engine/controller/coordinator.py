@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
@@ -40,7 +41,7 @@ from jiva_engine.controller.rebuild import (
     split,
     wait_all,
 )
-from jiva_engine.protocol import wire
+from jiva_engine.protocol import voting, wire
 from jiva_engine.protocol.client import ReplicaError, ReplicaUnavailable
 from jiva_engine.protocol.voting import epoch_text, term_of
 from jiva_engine.util import parse_hostport
@@ -106,10 +107,19 @@ class Coordinator:
         self.lease_until = float("-inf")
         self.closed = False
         self.wake = asyncio.Event()
-        self.stats: dict[str, float] = {"ejections": 0, "epoch_changes": 0, "quorum_losses": 0}
+        self.stats: dict[str, float] = {
+            "ejections": 0,
+            "epoch_changes": 0,
+            "quorum_losses": 0,
+            "lease_wait_seconds": 0.0,
+        }
         self._tasks: set[asyncio.Task] = set()
         self._failing: dict[Peer, str] = {}  # failed replicas waiting for their ejection
         self.duplicates: set[str] = set()  # voter ids found at two addresses before serving
+        # who claims: voters keep it, so a controller restarted here after this one died knows
+        # no read lease of this one can be left (Q8)
+        self.host = voting.host_identity()
+        self.identity: dict[str, Any] = {"host": self.host, "pid": os.getpid()}
         self._ejector: asyncio.Task | None = None
         self._rr = 0
 
@@ -317,12 +327,16 @@ class Coordinator:
             return await self.fence(decision.reason)
         if isinstance(decision, Wait):
             return
-        await self._claim(decision.epoch)
+        owners = [_meta(i).get("owner") for i in infos if i]
+        gone = bool(owners) and all(voting.owner_gone(o, self.host) for o in owners)
+        await self._claim(decision.epoch, gone)
 
-    async def _claim(self, epoch: int) -> None:
+    async def _claim(self, epoch: int, predecessor_gone: bool = False) -> None:
         reached = [p for p in self.peers.values() if p.connected]
         sent = time.monotonic()
-        res = await asyncio.gather(*(p.link.claim(epoch) for p in reached), return_exceptions=True)
+        res = await asyncio.gather(
+            *(p.link.claim(epoch, self.identity) for p in reached), return_exceptions=True
+        )
         got = time.monotonic()
         promises: dict[str, Record] = {}
         for p, r in zip(reached, res, strict=True):
@@ -335,7 +349,7 @@ class Coordinator:
             promises[p.key] = self._record(p, r)
         if self.mem.phase is not Phase.WAITING:
             return
-        decision = self.mem.claimed(epoch, promises, self.configured_ids(), sent)
+        decision = self.mem.claimed(epoch, promises, self.configured_ids(), sent, predecessor_gone)
         if not isinstance(decision, Takeover):
             return
         if await self._takeover(decision, got):
@@ -363,6 +377,7 @@ class Coordinator:
         wait = promised_at + t.lease_wait - time.monotonic()
         if wait > 0:  # the previous controller may still serve reads from its lease (Q8)
             self.mem.reason = f"waiting {wait:.1f}s for the previous controller's read lease"
+            self.stats["lease_wait_seconds"] += wait
             await asyncio.sleep(wait)
         for p in self.replicas():
             if p.id in view.members:

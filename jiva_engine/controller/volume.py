@@ -154,9 +154,10 @@ class Volume:
         await self.coord.close()
 
     def ready(self) -> bool:
-        """True while the volume takes I/O: serving, or holding it without a quorum (Q3: held
-        commands wait up to `hold` seconds, they are not refused at the door)."""
-        return self.coord.mem.phase in (Phase.SERVING, Phase.NO_QUORUM)
+        """True while the volume takes I/O: serving, or holding it while it starts or has no
+        quorum (held commands wait up to `hold` seconds, they are not refused at the door);
+        False once fenced, and while the size is not known yet."""
+        return self.coord.mem.phase is not Phase.FENCED and self.size > 0
 
     # ------------------------------------------------------------------ views
     @property
@@ -219,8 +220,9 @@ class Volume:
     # ------------------------------------------------------------------ admission (Q3, Q8)
     async def _admit(self, reading: bool) -> None:
         """Return when I/O may proceed: the volume serves with a committed view (and, for a
-        read, a valid read lease). While a view change or a lost quorum holds I/O, wait up to
-        `hold` seconds; a volume that does not serve at all fails at once."""
+        read, a valid read lease). While the controller starts (claims the volume, resyncs,
+        waits out the previous lease), a view change runs or the quorum is lost, wait up to
+        `hold` seconds, then fail with NOT READY; a fenced volume fails at once."""
         coord = self.coord
         if coord.open and (not reading or coord.lease_until > time.monotonic()):
             return
@@ -231,14 +233,12 @@ class Volume:
                 phase = coord.mem.phase
                 if phase is Phase.FENCED:
                     raise VolumeFenced(coord.mem.reason)
-                if phase is Phase.WAITING:
-                    raise VolumeNotReady(coord.mem.reason)
                 if coord.open and (not reading or coord.lease_until > time.monotonic()):
                     return
                 left = deadline - time.monotonic()
                 if left <= 0:
                     why = coord.mem.reason or "waiting for the voters to renew the read lease"
-                    raise VolumeNotReady(f"I/O held for {self.hold:.0f}s: {why}")
+                    raise VolumeNotReady(f"I/O held for {self.hold:g}s: {why}")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(coord.changed.wait(), min(left, 0.25))
         finally:

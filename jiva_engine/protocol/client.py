@@ -444,11 +444,12 @@ class ReplicaClient:
         vid = (self.hello or {}).get("id")
         return vid if isinstance(vid, str) else None
 
-    async def claim(self, epoch: int) -> dict[str, Any]:
-        """Promise `epoch` (a new controller term): refused with STALE_EPOCH unless it is above
-        everything this voter promised. Answers INFO plus `quiet` (seconds since another
-        controller last talked to it, or None)."""
-        return await self._json(wire.CLAIM, None, epoch)
+    async def claim(self, epoch: int, owner: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Promise `epoch` (a new controller term) to `owner` ({"host", "pid"} of the claiming
+        controller): refused with STALE_EPOCH unless it is above everything this voter
+        promised. Answers INFO plus `quiet` (seconds since another controller last talked to
+        it, or None)."""
+        return await self._json(wire.CLAIM, {"owner": owner} if owner else None, epoch)
 
     async def set_meta(self, **fields: Any) -> dict[str, Any]:
         """Update epoch/membership/tracking/clean; persisted before the answer. Returns the meta."""

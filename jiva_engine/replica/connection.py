@@ -640,8 +640,9 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
         self._reply(f.op, f.req_id)
 
     def _claim(self, f: Frame) -> None:
+        body = self._json(f.payload) if f.payload else {}
         try:
-            self.store.claim(f.epoch)
+            self.store.claim(f.epoch, body.get("owner") if isinstance(body, dict) else None)
         except voting.VoteError as e:
             return self._error(f, wire.STALE_EPOCH if e.stale else wire.EINVAL, str(e))
         log.info("epoch %s promised to %s", voting.epoch_text(f.epoch), self.peer)

@@ -412,10 +412,11 @@ class ReplicaStore:
         atomic_write(self.dir / META, data)
 
     # ------------------------------------------------------------------ voter and mode state
-    def claim(self, epoch: int) -> None:
-        """Promise a controller term (VoteError unless above the stored epoch); persist after."""
+    def claim(self, epoch: int, owner: Any = None) -> None:
+        """Promise a controller term to `owner` (VoteError unless above the stored epoch);
+        persist after."""
         voting.check_claim(self.meta, epoch)
-        voting.apply_claim(self.meta, epoch)
+        voting.apply_claim(self.meta, epoch, owner)
 
     def accept(self, body: dict[str, Any]) -> None:
         """Take a SET_META's epoch and view (VoteError when stale or malformed)."""

@@ -146,11 +146,14 @@ class WitnessServer:
         if op == wire.BYE:
             return wire.OK, b"", True
         if op == wire.CLAIM:
+            body = wire.loads(payload) if payload else {}
             try:
                 voting.check_claim(store.meta, ep)
             except voting.VoteError as e:
                 return (wire.STALE_EPOCH if e.stale else wire.EINVAL), str(e).encode(), False
-            voting.apply_claim(store.meta, ep)
+            voting.apply_claim(
+                store.meta, ep, body.get("owner") if isinstance(body, dict) else None
+            )
             await self._persist()
             log.info("epoch %s promised to %s", voting.epoch_text(ep), conn.name)
             return wire.OK, wire.dumps(self.info(claimer=conn)), False

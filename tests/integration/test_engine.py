@@ -572,6 +572,8 @@ async def test_controller_killed_during_writes_every_ack_survives(procs, tmp_pat
         await vol.wait_serving(20)
         # before it serves anything, every replica holds identical data (rule 5)
         identical(reps)
+        # the controller the voters had promised ran here and is gone: no read lease to wait out
+        assert vol.stats["lease_wait_seconds"] == 0
         assert "resynchronised" in vol.reason, vol.reason
         for n, off in acked:
             assert await vol.read(off, 4096) == block(n), f"acknowledged write {n} lost"

@@ -446,6 +446,7 @@ async def test_new_controller_waits_out_the_old_read_lease(procs, tmp_path):
         took = time.monotonic() - t0
         try:
             assert took >= 1.0, f"served after {took:.2f}s, inside the old controller's lease"
+            assert new.stats["lease_wait_seconds"] > 0  # the old one (this process) is alive
             with pytest.raises(VolumeFenced):
                 await old.write(0, block(1))
         finally:

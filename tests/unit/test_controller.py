@@ -142,17 +142,24 @@ def test_plan_falls_back_to_full(rmeta, sdm):
     assert kind == "full" and regions is None
 
 
-async def test_io_refused_while_waiting():
+async def test_io_held_while_waiting_then_not_ready():
+    """I/O that reaches a controller that does not serve yet waits (up to the hold), then
+    fails NOT READY with the reason: a starting controller's first seconds cost no error."""
+    import time
+
     from jiva_engine.volume import VolumeNotReady
 
-    v = _vol()
-    assert not v.ready()
-    with pytest.raises(VolumeNotReady, match="starting"):
+    v = Volume("v", ["127.0.0.1:1"], size=64 << 20, hold=0.3)
+    assert v.ready()  # takes I/O (it would hold it): the size is known
+    t0 = time.monotonic()
+    with pytest.raises(VolumeNotReady, match="I/O held for 0.3s: starting"):
         await v.write(0, bytes(512))
+    assert time.monotonic() - t0 >= 0.3
     with pytest.raises(VolumeNotReady):
         await v.read(0, 512)
     st = v.status()
     assert st["state"] == "waiting" and st["replicas"][0]["mode"] == "ERR"
+    assert not Volume("v", ["127.0.0.1:1"]).ready()  # no --size and no replica yet: NOT READY
 
 
 def test_status_table_shows_rebuild_progress_and_reason():
