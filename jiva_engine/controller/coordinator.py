@@ -373,7 +373,9 @@ class Coordinator:
         if not self.size:
             self.size = int(_meta(members[0].info).get("size") or 0)
         self.mem.reason = f"resynchronising members {', '.join(p.address for p in members)}"
+        t_resync = time.monotonic()
         dirty = await self._resync(members, view.epoch)
+        t_resync = time.monotonic() - t_resync
         wait = promised_at + t.lease_wait - time.monotonic()
         if wait > 0:  # the previous controller may still serve reads from its lease (Q8)
             self.mem.reason = f"waiting {wait:.1f}s for the previous controller's read lease"
@@ -388,11 +390,12 @@ class Coordinator:
             f"resynchronised {len(dirty)} dirty region(s) at start-up" if dirty else ""
         )
         log.info(
-            "volume %s serving at epoch %s with %s (%d dirty regions resynchronised%s)",
+            "volume %s serving at epoch %s with %s (%d dirty regions resynchronised in %.2fs%s)",
             self.name,
             epoch_text(view.epoch),
             [p.address for p in members],
             len(dirty),
+            t_resync,
             f"; left out {sorted(self.mem.names.get(i, i) for i in t.excluded)}"
             if t.excluded
             else "",

@@ -109,20 +109,33 @@ def plan_copy(
 async def copy_range(
     ranges: RangeLock, src: Peer, dsts: list[Peer], off: int, ln: int, epoch: int, rebuild: bool
 ) -> int:
-    """Copy [off, off+ln) from src to dsts under the range lock; holes become holes."""
-    copied = 0
+    """Copy [off, off+ln) from src to dsts under the range lock; holes become holes.
+
+    One EXTENTS, then every request at once: the data in READV/WRITEV batches and an UNMAP per
+    hole, so the copy costs a few round trips whatever the layout (random 4K writes leave
+    thousands of extents in a span; one round trip each made a 9 MiB resync take 14 s)."""
+    end = off + ln
     async with ranges.hold(off, ln):
-        ext = await src.link.extents(off, ln)
-        pos, end = off, off + ln
-        for eo, el in [*clip(ext, off, end), (end, 0)]:
-            if eo > pos:
-                await wait_all([d.link.unmap(pos, eo - pos, epoch) for d in dsts])
-            if el:
-                data = await src.link.read(eo, el, epoch)
-                await wait_all([d.link.write(eo, data, epoch, rebuild=rebuild) for d in dsts])
-                copied += el
-            pos = eo + el
-    return copied
+        data = clip(await src.link.extents(off, ln), off, end)
+        work: list[Awaitable[Any]] = [
+            d.link.unmap(h, n, epoch) for h, n in holes(data, off, end) for d in dsts
+        ]
+
+        async def copy(o: int, n: int, vec: list[tuple[int, int]] | None) -> int:
+            if vec is None:
+                buf = await src.link.read(o, n, epoch)
+                await wait_all([d.link.write(o, buf, epoch, rebuild=rebuild) for d in dsts])
+            else:
+                buf = await src.link.readv(vec, epoch)
+                await wait_all([d.link.writev(vec, buf, epoch, rebuild=rebuild) for d in dsts])
+            return len(buf)
+
+        copies = [copy(o, n, vec) for o, n, vec in batches(split(data, VEC_BYTES), VEC_BYTES)]
+        results = await asyncio.gather(*work, *copies, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return sum(results[len(work) :])  # type: ignore[arg-type]  # (the copies' byte counts)
 
 
 class Rebuilder:
@@ -352,6 +365,16 @@ async def wait_all(futs: list[Awaitable[Any]]) -> None:
     for r in await asyncio.gather(*futs, return_exceptions=True):
         if isinstance(r, BaseException):
             raise r
+
+
+def holes(ext: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
+    """The gaps of [start, end) that sorted, clipped extents `ext` leave."""
+    out, pos = [], start
+    for eo, el in [*ext, (end, 0)]:
+        if eo > pos:
+            out.append((pos, eo - pos))
+        pos = max(pos, eo + el)
+    return out
 
 
 def clip(ext: list, start: int, end: int) -> list[tuple[int, int]]:

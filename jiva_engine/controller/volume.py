@@ -337,6 +337,9 @@ class Volume:
         if n == 0:
             return
         t0 = time.perf_counter()
+        # admitted before the range lock: a write held while the controller starts must not
+        # hold the range its start-up resynchronisation copies (that waited out the hold)
+        await self._admit(False)
         async with self.ranges.hold(offset, n):
             await self._replicate(_Op("write", offset, data, n, fua))
         st = self.io_stats
@@ -349,6 +352,7 @@ class Volume:
         self._check(offset, length)
         if length == 0:
             return
+        await self._admit(False)  # before the range lock (see write)
         async with self.ranges.hold(offset, length):
             await self._replicate(_Op("unmap", offset, None, length, False))
         self.io_stats["unmaps"] += 1

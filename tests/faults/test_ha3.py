@@ -190,8 +190,9 @@ def test_controller_host_link_down_then_back(cluster, tmp_path):
     # write failed (I/O is held while the new controller claims the volume), every block reads
     # back with the pattern of its last completed write, qemu-io exited cleanly
     assert q["mismatches"] == [], q["mismatches"]
-    assert q["errors"] == [] and q["rc"] == 0, (QEMU["errors_at"], q["errors"][:3])
-    assert max(gaps.values()) < GAP_BOUND and pause < GAP_BOUND, (gaps, pause)
+    logs = c.host_logs(6000) + c.watch_runs()[-6000:]
+    assert q["errors"] == [] and q["rc"] == 0, (QEMU["errors_at"], q["errors"][:3], logs)
+    assert max(gaps.values()) < GAP_BOUND and pause < GAP_BOUND, (gaps, pause, logs)
     check_health(c, tmp_path, "after-link-down")
 
 

@@ -581,6 +581,32 @@ async def test_controller_killed_during_writes_every_ack_survives(procs, tmp_pat
         await vol.close()
 
 
+async def test_writes_arriving_while_a_controller_starts_wait_only_for_its_start(procs, tmp_path):
+    """An initiator reconnects at once and writes into a region the new controller must
+    resynchronise first: the write waits for the start (claim, resync), then completes. (It
+    used to take the region's range lock before being admitted, so the resync waited for the
+    write and the write for the resync, until the hold ran out: NOT READY.)"""
+    reps = replicas(procs, tmp_path, 3)
+    ctl, acklog = crashing_controller(procs, tmp_path, reps)
+    await eventually(
+        lambda: acklog.exists() and acklog.stat().st_size > 20_000, 30, "acknowledged writes"
+    )
+    procs.kill(ctl)  # kill -9: its replicas keep the regions it was writing dirty
+    recent = {off: n for n, off in acked_writes(acklog)[-64:]}  # the regions it was writing
+    vol = Volume(VOL, [r.addr for r in reps], size=SIZE, retry_interval=0.2, hold=20)
+    await vol.start()
+    try:
+        early = [vol.write(off, block(90_000 + n)) for off, n in recent.items()]
+        await asyncio.wait_for(asyncio.gather(*early), 30)  # no VolumeNotReady
+        assert "resynchronised" in vol.reason, vol.reason
+        assert vol.io_stats["held_seconds"] > 0  # they did wait for the start
+        for off, n in recent.items():
+            assert await vol.read(off, 4096) == block(90_000 + n)
+    finally:
+        await vol.close()
+    identical(reps)
+
+
 async def test_dirty_regions_are_resynchronised_before_serving(procs, tmp_path):
     from jiva_engine.replica.store import ReplicaStore
 
