@@ -16,7 +16,8 @@ from jiva_engine.iscsi import pdu as P
 from jiva_engine.iscsi.crc import crc32c
 from jiva_engine.iscsi.login import AuthConfig, LoginMachine, Params
 from jiva_engine.scsi import sense as S
-from jiva_engine.scsi.lu import LogicalUnit, Nexus, Result
+from jiva_engine.scsi.command import Nexus, Result
+from jiva_engine.scsi.device import TargetDevice
 from jiva_engine.volume import BlockVolume
 
 log = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ class Connection(asyncio.Protocol):
         if s is not None and self.server.sessions_by_isid.get(s.nexus.key) is s:
             del self.server.sessions_by_isid[s.nexus.key]
             if not s.discovery:
-                self.server.lu.nexus_lost(s.nexus)
+                self.server.device.lu.nexus_lost(s.nexus)
         log.info("connection %s closed%s", self.peer, f": {exc}" if exc else "")
 
     def pause_writing(self) -> None:
@@ -804,11 +805,8 @@ class Connection(asyncio.Protocol):
     async def _run(self, t: _Task) -> None:
         s = self.session
         assert s is not None
-        lun = int.from_bytes(t.lun[:2], "big") & 0x3FFF
-        if lun != 0:
-            res = self.server.no_lun(t.cdb)
-        else:
-            res = await self.server.lu.execute(s.nexus, t.cdb, t.buf if t.write else None)
+        unit = self.server.device.unit(t.lun)
+        res = await unit.execute(s.nexus, t.cdb, t.buf if t.write else None)  # type: ignore[arg-type]
         if isinstance(t.buf, bytearray):
             self.buffered -= len(t.buf)
             t.buf = None
@@ -903,7 +901,6 @@ class Connection(asyncio.Protocol):
 
         async def run() -> None:
             resp = 0
-            lun = int.from_bytes(bhs.lun[:2], "big") & 0x3FFF
             if fn == 1:  # ABORT TASK
                 t = self.tasks.get(ref)
                 if t is None:
@@ -915,14 +912,14 @@ class Connection(asyncio.Protocol):
             elif fn == 3:  # CLEAR ACA
                 resp = 5
             elif fn == 5:  # LOGICAL UNIT RESET
-                if lun != 0:
+                if not server.device.has_unit(bhs.lun):
                     resp = 2
                 else:
                     await server.abort_all()
-                    server.lu.reset(cold=False, by=self.session.nexus)
+                    server.device.lu.reset(cold=False)
             elif fn in (6, 7):  # TARGET WARM / COLD RESET
                 await server.abort_all()
-                server.lu.reset(cold=fn == 7, by=self.session.nexus)
+                server.device.lu.reset(cold=fn == 7)
             elif fn == 8:
                 resp = 4  # task reassign: not at ErrorRecoveryLevel 0
             else:
@@ -960,8 +957,8 @@ class TargetServer:
         """Prepare (not yet listening)."""
         self.volume = volume
         self.config = config
-        self.lu = LogicalUnit(volume, target_name=config.iqn)
-        self.lu.on_fenced = self.drop_all
+        self.device = TargetDevice(volume, target_name=config.iqn)
+        self.device.lu.on_fenced = self.drop_all
         self.conns: set[Connection] = set()
         self.sessions_by_isid: dict[tuple, Session] = {}
         self._tsih = 0
@@ -990,37 +987,15 @@ class TargetServer:
         if old is not None and old.conn is not None:
             old.conn.abort_now()
             if not old.discovery:
-                self.lu.nexus_lost(old.nexus)
+                self.device.lu.nexus_lost(old.nexus)
         self.sessions_by_isid[s.nexus.key] = s
         if not s.discovery:
-            self.lu.nexus_added(s.nexus)
+            self.device.lu.nexus_added(s.nexus)
 
     def portals(self, local: tuple) -> list[str]:
         """TargetAddress values for SendTargets: the address the initiator reached us on."""
         host, port = local[0], local[1]
         return [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-
-    def no_lun(self, cdb: bytes) -> Result:
-        """Commands addressed to a LUN that does not exist."""
-        op = cdb[0] if cdb else 0
-        if op == 0x12:
-            alloc = int.from_bytes(cdb[3:5], "big")
-            b = bytearray(36)
-            b[0] = 0x7F
-            b[2], b[3], b[4] = 0x06, 0x12, 31
-            return Result(data=bytes(b[:alloc]))
-        if op == 0xA0:
-            return self.lu_result_report_luns(cdb)
-        sense = S.fixed_sense(S.ILLEGAL_REQUEST, *S.LU_NOT_SUPPORTED)
-        if op == 0x03:
-            return Result(data=sense[: cdb[4]])
-        return Result(S.CHECK_CONDITION, sense=sense)
-
-    def lu_result_report_luns(self, cdb: bytes) -> Result:
-        """REPORT LUNS answered the same on every LUN."""
-        alloc = int.from_bytes(cdb[6:10], "big")
-        out = (8).to_bytes(4, "big") + bytes(12)
-        return Result(data=out[:alloc])
 
     async def abort_all(self) -> None:
         """Abort every task on every connection (LUN / target reset)."""
