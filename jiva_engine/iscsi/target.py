@@ -693,7 +693,7 @@ class Connection(asyncio.Protocol):
             self.next_ttt = (self.next_ttt + 1) & 0x3FFFFFFF or 1
             t.r2t_out[ttt] = [t.next_r2t, length, 0]
             self.by_ttt[ttt] = t
-            hdr = P.header(P.R2T, 0x80, 0, 0, 0, t.lun, t.itt, ttt, self.stat_sn,
+            hdr = P.header(P.R2T_OP, 0x80, 0, 0, 0, t.lun, t.itt, ttt, self.stat_sn,
                            s.exp_cmdsn, s.max_cmdsn(), t.r2tsn, t.next_r2t, length)  # fmt: skip
             t.r2tsn += 1
             t.next_r2t += length
