@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jiva_engine.iscsi import pdu as P
-from jiva_engine.iscsi.target import Connection, TargetConfig, TargetServer, start_target
+from jiva_engine.iscsi.protocol import TargetProtocol
+from jiva_engine.iscsi.target import TargetConfig, TargetServer, start_target
 from tests.integration.iscsi_client import Initiator
 from tests.unit.memvolume import MemVolume
 
@@ -90,7 +91,7 @@ def feed(server: TargetServer, chunks: list[bytes]) -> FakeTransport:
     t = FakeTransport()
 
     async def go() -> None:
-        c = Connection(server)
+        c = TargetProtocol(server)
         c.connection_made(t)
         for ch in chunks:
             if t.closed:

@@ -8,8 +8,7 @@ from hypothesis import strategies as st
 
 from jiva_engine.iscsi import pdu as P
 from jiva_engine.iscsi.crc import FAST, crc32c, crc32c_py, digest
-
-sn_lt = P.sn_lt  # moves to session.py with the target split
+from jiva_engine.iscsi.session import sn_lt
 
 
 @pytest.mark.parametrize(
