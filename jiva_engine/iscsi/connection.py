@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from jiva_engine.iscsi import pdu as P
 from jiva_engine.iscsi.crc import crc32c
-from jiva_engine.iscsi.framing import Buffer, append_pdu, pdu_length, segment_lengths
+from jiva_engine.iscsi.framing import Buffer, append_pdu, pad_len, pdu_length, segment_lengths
 from jiva_engine.iscsi.login import AuthConfig, LoginMachine, Params
 from jiva_engine.iscsi.pdu import RejectReason as Rej
 from jiva_engine.iscsi.pdu import TmfFunction as Tmf
 from jiva_engine.iscsi.pdu import TmfResponse
 from jiva_engine.iscsi.session import CMD_WINDOW, Numbered, Session
+from jiva_engine.iscsi.task import ScsiTask
 from jiva_engine.scsi import sense as S
 from jiva_engine.scsi.command import Nexus, Result
 
@@ -49,50 +50,6 @@ class ConnState(Enum):
     IN_LOGIN = "in login"  # only Login Requests until the login completes
     LOGGED_IN = "logged in"  # full feature phase
     IN_LOGOUT = "in logout"  # a Logout Request was accepted: no new SCSI commands
-
-
-class ScsiTask:
-    """One SCSI command in flight on a connection: its write data, R2T sequences and execution."""
-
-    __slots__ = (
-        "itt",
-        "lun",
-        "cdb",
-        "edtl",
-        "read",
-        "write",
-        "buf",
-        "received",
-        "unsol_left",
-        "unsol_datasn",
-        "next_r2t",
-        "r2ts",
-        "r2tsn",
-        "datasn_in",
-        "aborted",
-        "started",
-        "running",
-    )
-
-    def __init__(self, cmd: P.ScsiCommand) -> None:
-        """A task for `cmd`, no data received yet."""
-        self.itt = cmd.itt
-        self.lun = cmd.lun
-        self.cdb = cmd.cdb
-        self.edtl = cmd.edtl
-        self.read = bool(cmd.flags & P.READ)
-        self.write = bool(cmd.flags & P.WRITE)
-        self.buf: bytearray | bytes | None = None
-        self.received = 0
-        self.unsol_left = 0  # unsolicited Data-Out bytes still to come
-        self.unsol_datasn = 0  # next DataSN of the unsolicited sequence
-        self.next_r2t = 0  # buffer offset the next R2T asks for
-        self.r2ts: dict[int, list[int]] = {}  # TTT -> [offset, length, next DataSN] outstanding
-        self.r2tsn = 0
-        self.datasn_in = 0  # Data-In PDUs sent (ExpDataSN of the response)
-        self.aborted = False
-        self.started = False
-        self.running: asyncio.Task[None] | None = None  # while its execution waits on the volume
 
 
 class Connection(ABC):
@@ -228,15 +185,13 @@ class Connection(ABC):
             if dlen:
                 seg = bytes(buf[end_hdr : end_hdr + dlen])
                 if dd:
-                    dpos = end_hdr + dlen + (-dlen % 4)
+                    dpos = end_hdr + dlen + pad_len(dlen)
                     if crc32c(buf[end_hdr:dpos]) != int.from_bytes(buf[dpos : dpos + 4], "little"):
                         self.close("data digest error")
                         return
             pos += total
             try:
                 self._dispatch(hdr, seg)
-            except P.PduError as e:
-                self._reject(hdr, Rej.PROTOCOL_ERROR, str(e))
             except Exception:  # a bug must not take the process down
                 log.exception("error handling PDU from %s", self.peer)
                 self.close("internal error")
@@ -603,34 +558,11 @@ class Connection(ABC):
         self._respond(t, res)
 
     def _respond(self, t: ScsiTask, res: Result) -> None:
-        """Data-In (with the status in the last one when GOOD) and/or a SCSI Response, with the
-        residual the data lengths give."""
+        """Data-In (with the status in the last one when GOOD) and/or a SCSI Response."""
         s = self.session
         assert s is not None
-        edtl = t.edtl
-        data = res.data
-        flags = 0
-        residual = 0
-        if t.write:
-            want = res.out_len
-            if want > edtl:
-                flags, residual = P.OVERFLOW, want - edtl
-            elif want < edtl and (want or res.status == S.GOOD):
-                flags, residual = P.UNDERFLOW, edtl - want
-        if data is not None and len(data):
-            n = len(data)
-            if not t.read:
-                data = None
-                if not t.write:
-                    flags, residual = P.OVERFLOW, n
-            elif n > edtl:
-                flags, residual = P.OVERFLOW, n - edtl
-                data = memoryview(data)[:edtl] if edtl else None
-            elif n < edtl:
-                flags, residual = P.UNDERFLOW, edtl - n
-        elif t.read and edtl and not t.write:
-            flags, residual = P.UNDERFLOW, edtl
-        if data is not None and len(data):
+        flags, residual, data = t.residual(res)
+        if data is not None:
             self._send_data_in(t, data, res, flags, residual)
             if res.status == S.GOOD and res.sense is None:
                 return

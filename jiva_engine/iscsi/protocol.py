@@ -11,9 +11,10 @@ import time
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
-from jiva_engine.iscsi.connection import Connection, ConnState, ScsiTask
+from jiva_engine.iscsi.connection import Connection, ConnState
 from jiva_engine.iscsi.eager import start_eagerly
 from jiva_engine.iscsi.framing import Buffer
+from jiva_engine.iscsi.task import ScsiTask
 
 if TYPE_CHECKING:
     from jiva_engine.iscsi.target import TargetServer

@@ -1,14 +1,19 @@
-"""The connection state machine over a fake transport: FREE -> IN_LOGIN -> LOGGED_IN ->
-IN_LOGOUT -> FREE, and what each state accepts."""
+"""The connection state machine over a fake transport (FREE -> IN_LOGIN -> LOGGED_IN ->
+IN_LOGOUT -> FREE, and what each state accepts), and the residuals of SCSI responses."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from jiva_engine.iscsi import pdu as P
 from jiva_engine.iscsi.connection import ConnState
 from jiva_engine.iscsi.protocol import TargetProtocol
 from jiva_engine.iscsi.target import TargetConfig, TargetServer
+from jiva_engine.iscsi.task import ScsiTask
+from jiva_engine.scsi import sense as S
+from jiva_engine.scsi.command import Result
 from tests.unit.memvolume import MemVolume
 from tests.unit.test_iscsi_fuzz import IQN, FakeTransport, login_bytes
 
@@ -56,3 +61,28 @@ async def test_only_login_before_login():
     c.data_received(P.NopOut(itt=1, immediate=True).pack())
     assert c.state is ConnState.FREE and t.closed and not t.out
     c.connection_lost(None)
+
+
+@pytest.mark.parametrize(
+    "flags,edtl,res,want",
+    [
+        # reads: data-in against EDTL
+        (P.READ, 4096, Result(data=bytes(4096)), (0, 0, 4096)),
+        (P.READ, 4096, Result(data=bytes(1024)), (P.UNDERFLOW, 3072, 1024)),
+        (P.READ, 512, Result(data=bytes(1024)), (P.OVERFLOW, 512, 512)),
+        (P.READ, 0, Result(data=bytes(36)), (P.OVERFLOW, 36, None)),
+        (P.READ, 512, Result(S.CHECK_CONDITION, sense=b"x"), (P.UNDERFLOW, 512, None)),
+        # writes: the data-out the CDB wanted against EDTL
+        (P.WRITE, 4096, Result(out_len=4096), (0, 0, None)),
+        (P.WRITE, 4096, Result(out_len=8192), (P.OVERFLOW, 4096, None)),
+        (P.WRITE, 4096, Result(out_len=512), (P.UNDERFLOW, 3584, None)),
+        (P.WRITE, 4096, Result(S.CHECK_CONDITION, sense=b"x"), (0, 0, None)),
+        # data-in from a command that expected none
+        (0, 0, Result(data=bytes(8)), (P.OVERFLOW, 8, None)),
+    ],
+)
+def test_residuals(flags, edtl, res, want):
+    """The residual flag and count of a response, and how much data-in goes out."""
+    cmd = P.ScsiCommand(itt=1, cdb=bytes(16), edtl=edtl, flags=P.FINAL | flags)
+    got_flags, got_residual, data = ScsiTask(cmd).residual(res)
+    assert (got_flags, got_residual, None if data is None else len(data)) == want
