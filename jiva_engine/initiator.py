@@ -13,7 +13,7 @@ import os
 import struct
 
 from jiva_engine.iscsi import pdu as P
-from jiva_engine.iscsi.framing import Buffer, append_pdu, pad_len, segment_lengths
+from jiva_engine.iscsi.framing import Buffer, append_pdu, lengths, pad_len
 
 OUR_MAX_RECV = 262144
 SN_MASK = 0xFFFFFFFF
@@ -262,7 +262,7 @@ class Initiator:
     async def _recv_pdu(self) -> tuple[bytes, bytes]:
         assert self._reader is not None
         hdr = await self._reader.readexactly(P.BHS_LEN)
-        ahs, dlen = segment_lengths(hdr)
+        ahs, dlen, _ = lengths(hdr)
         if ahs:
             await self._reader.readexactly(ahs)
         data = b""

@@ -15,19 +15,19 @@ def pad_len(n: int) -> int:
     return -n % 4
 
 
-def segment_lengths(bhs: Buffer, at: int = 0) -> tuple[int, int]:
-    """(AHS bytes, data segment bytes) announced by the BHS starting at `at`."""
-    return bhs[at + 4] * 4, int.from_bytes(bhs[at + 5 : at + 8], "big")
-
-
-def pdu_length(ahs: int, dlen: int, header_digest: bool, data_digest: bool) -> int:
-    """Bytes on the wire of a PDU with `ahs` AHS bytes and a `dlen`-byte data segment."""
-    total = BHS_LEN + ahs + dlen + pad_len(dlen)
+def lengths(
+    bhs: Buffer, at: int = 0, header_digest: bool = False, data_digest: bool = False
+) -> tuple[int, int, int]:
+    """(AHS bytes, data segment bytes, bytes of the whole PDU on the wire) of the PDU whose
+    BHS starts at `at`."""
+    ahs = bhs[at + 4] * 4  # TotalAHSLength counts 4-byte words
+    dlen = int.from_bytes(bhs[at + 5 : at + 8], "big")
+    total = BHS_LEN + ahs + dlen + (-dlen % 4)
     if header_digest:
         total += DIGEST_LEN
     if data_digest and dlen:
         total += DIGEST_LEN
-    return total
+    return ahs, dlen, total
 
 
 def append_pdu(
@@ -43,7 +43,7 @@ def append_pdu(
         out.append(digest(header))
     if data:
         out.append(data)
-        pad = pad_len(len(data))
+        pad = -len(data) % 4
         if pad:
             out.append(bytes(pad))
         if data_digest:

@@ -385,16 +385,16 @@ class ScsiResponse:
 
     itt: int
     status: int = 0
-    response: int = 0  # 0: command completed at target
     flags: int = FINAL  # o, u, O (OVERFLOW), U (UNDERFLOW)
     statsn: int = 0
     exp_cmdsn: int = 0
     max_cmdsn: int = 0
     exp_datasn: int = 0
-    bidi_residual: int = 0
     residual: int = 0
-    snack_tag: int = 0
     data_len: int = 0
+    response: int = 0  # 0: command completed at target
+    bidi_residual: int = 0
+    snack_tag: int = 0
 
     def pack(self) -> bytes:
         """The 48 header bytes."""
@@ -408,8 +408,8 @@ class ScsiResponse:
         """Decode the first 48 bytes of `raw`."""
         (_, flags, response, status, dlen, itt, snack_tag, statsn, exp_cmdsn, max_cmdsn,
          exp_datasn, bidi_residual, residual) = cls._S.unpack_from(raw)  # fmt: skip
-        return cls(itt, status, response, flags, statsn, exp_cmdsn, max_cmdsn, exp_datasn,
-                   bidi_residual, residual, snack_tag, dlen & DSL_MASK)  # fmt: skip
+        return cls(itt, status, flags, statsn, exp_cmdsn, max_cmdsn, exp_datasn, residual,
+                   dlen & DSL_MASK, response, bidi_residual, snack_tag)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -521,9 +521,9 @@ class DataIn:
     exp_cmdsn: int = 0
     max_cmdsn: int = 0
     residual: int = 0
-    ttt: int = RESERVED_TAG
     lun: bytes = bytes(8)
     data_len: int = 0
+    ttt: int = RESERVED_TAG
 
     def pack(self) -> bytes:
         """The 48 header bytes."""
@@ -537,7 +537,7 @@ class DataIn:
         (_, flags, status, dlen, lun, itt, ttt, statsn, exp_cmdsn, max_cmdsn, datasn, offset,
          residual) = cls._S.unpack_from(raw)  # fmt: skip
         return cls(itt, offset, datasn, flags, status, statsn, exp_cmdsn, max_cmdsn, residual,
-                   ttt, lun, dlen & DSL_MASK)  # fmt: skip
+                   lun, dlen & DSL_MASK, ttt)  # fmt: skip
 
 
 @dataclass(slots=True)

@@ -11,10 +11,8 @@ import time
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
-from jiva_engine.iscsi.connection import Connection, ConnState
-from jiva_engine.iscsi.eager import start_eagerly
+from jiva_engine.iscsi.connection import FREE, Connection
 from jiva_engine.iscsi.framing import Buffer
-from jiva_engine.iscsi.task import ScsiTask
 
 if TYPE_CHECKING:
     from jiva_engine.iscsi.target import TargetServer
@@ -84,16 +82,16 @@ class TargetProtocol(Connection, asyncio.Protocol):
 
     def resume_writing(self) -> None:
         """The socket drained: read again."""
-        if self.transport and self.state is not ConnState.FREE:
+        if self.transport and self.state is not FREE:
             self.transport.resume_reading()
 
     def close(self, why: str = "") -> None:
         """Close this connection after flushing what is queued."""
         if why:
             log.warning("closing %s: %s", self.peer, why)
-        if self.state is not ConnState.FREE and self.transport:
+        if self.state is not FREE and self.transport:
             self._flush()
-            self.state = ConnState.FREE
+            self.state = FREE
             self.transport.close()
 
     def abort(self) -> None:
@@ -104,15 +102,15 @@ class TargetProtocol(Connection, asyncio.Protocol):
         connection); whatever the socket has not taken is discarded with the abort.
         """
         if self.transport:
-            if self.state is not ConnState.FREE:
+            if self.state is not FREE:
                 self._flush()
-            self.state = ConnState.FREE
+            self.state = FREE
             self._drop_queue()
             self.transport.abort()
 
     # ------------------------------------------------------------------ sending
     def _emit(self, parts: list[Buffer], pdus: int = 1) -> None:
-        if self.state is ConnState.FREE or self.transport is None:
+        if self.state is FREE or self.transport is None:
             return
         self._out += parts
         self.tx_pdus += pdus
@@ -133,7 +131,7 @@ class TargetProtocol(Connection, asyncio.Protocol):
         if not out:
             return
         self._out = []
-        if self.transport is not None and self.state is not ConnState.FREE:
+        if self.transport is not None and self.state is not FREE:
             self.transport.writelines(out)
             self.tx_writes += 1
 
@@ -150,20 +148,12 @@ class TargetProtocol(Connection, asyncio.Protocol):
 
     def _tick(self) -> None:
         self.tick(time.monotonic())
-        if self.state is not ConnState.FREE:
+        if self.state is not FREE:
             self._arm_timer()
 
     # ------------------------------------------------------------------ tasks
-    def _execute(self, t: ScsiTask) -> None:
-        """Run the command now; only if it has to wait (real I/O) does it become a Task."""
-        try:
-            t.running = start_eagerly(self._run(t), self.server.spawn)
-        except Exception:
-            log.exception("command failed on %s", self.peer)
-            self.close("internal error")
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        self.server.spawn(coro)
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        return self.server.spawn(coro)
 
     async def _wait(self, running: Sequence[asyncio.Task[None]], timeout: float) -> None:
         await asyncio.wait(running, timeout=timeout)

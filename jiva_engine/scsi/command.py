@@ -163,6 +163,5 @@ def truncate(data: bytes | bytearray, alloc: int) -> bytes | bytearray:
     return data if len(data) <= alloc else data[:alloc]
 
 
-def cdb_length(opcode: int) -> int:
-    """Length of a CDB by its group code (SPC-4 §4.2.5.1): 6, 10, 12 or 16 bytes."""
-    return {0: 6, 1: 10, 2: 10, 5: 12}.get(opcode >> 5, 16)
+# CDB length by group code, opcode >> 5 (SPC-4 §4.2.5.1); reserved and vendor groups: 16
+CDB_LENGTHS = (6, 10, 10, 16, 16, 12, 16, 16)

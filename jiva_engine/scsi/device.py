@@ -10,6 +10,8 @@ from jiva_engine.scsi.opcodes import Op
 from jiva_engine.scsi.spc import LUN_LIST
 from jiva_engine.volume import BlockVolume
 
+LUN0 = bytes(8)  # how initiators address LUN 0
+
 
 def lun_number(lun: bytes) -> int:
     """The LUN of an 8-byte LUN field (SAM-5 single level LUN, peripheral or flat addressing)."""
@@ -49,7 +51,7 @@ class TargetDevice:
 
     def unit(self, lun: bytes) -> LogicalUnit | AbsentUnit:
         """What serves commands addressed to the 8-byte LUN field `lun`."""
-        return self.lu if lun_number(lun) == 0 else self._absent
+        return self.lu if lun == LUN0 or lun_number(lun) == 0 else self._absent
 
     def has_unit(self, lun: bytes) -> bool:
         """True if a logical unit exists at `lun` (task management refuses the others)."""

@@ -81,10 +81,12 @@ class LogicalUnit:
                 raise SenseError(S.ILLEGAL_REQUEST, S.INVALID_OPCODE)
             cmd = self.commands.lookup(cdb)
             if not cmd.under_ua:
-                asc = self.ua.pop(nexus.key)
-                if asc is not None:
-                    raise SenseError(S.UNIT_ATTENTION, asc)
-            self.reservations.check(nexus, cmd)
+                pending = self.ua.get(nexus.key)
+                if pending:
+                    raise SenseError(S.UNIT_ATTENTION, pending.pop(0))
+            rs = self.reservations
+            if rs.reserve_holder is not None or rs.reservation is not None:
+                rs.check(nexus, cmd)
             if cmd.needs_ready and not self.volume.ready():
                 raise SenseError(S.NOT_READY, S.LU_NOT_READY_BECOMING)
             return await cmd.handler(self, Request(nexus, cdb, data_out or b""))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from jiva_engine.scsi import sense as S
-from jiva_engine.scsi.command import Request, Result, be, cdb_length, invalid, truncate
+from jiva_engine.scsi.command import CDB_LENGTHS, Request, Result, be, invalid, truncate
 from jiva_engine.scsi.opcodes import Op
 from jiva_engine.scsi.sense import SenseError
 
@@ -39,12 +39,12 @@ def rw_fields(cdb: bytes) -> tuple[int, int]:
     """(lba, nblocks) of a 6/10/12/16-byte READ/WRITE/VERIFY-style CDB."""
     grp = cdb[0] >> 5
     if grp == 0:  # 6-byte: 21-bit LBA; a transfer length of 0 means 256 blocks
-        return be(cdb, 1, 3) & 0x1FFFFF, cdb[4] or 256
+        return int.from_bytes(cdb[1:4], "big") & 0x1FFFFF, cdb[4] or 256
     if grp in (1, 2):
-        return be(cdb, 2, 4), be(cdb, 7, 2)
+        return int.from_bytes(cdb[2:6], "big"), int.from_bytes(cdb[7:9], "big")
     if grp == 5:
-        return be(cdb, 2, 4), be(cdb, 6, 4)
-    return be(cdb, 2, 8), be(cdb, 10, 4)
+        return int.from_bytes(cdb[2:6], "big"), int.from_bytes(cdb[6:10], "big")
+    return int.from_bytes(cdb[2:10], "big"), int.from_bytes(cdb[10:14], "big")
 
 
 def check_lba(lu: LogicalUnit, lba: int, n: int) -> None:
@@ -101,10 +101,10 @@ async def get_lba_status(lu: LogicalUnit, req: Request) -> Result:
 async def read(lu: LogicalUnit, req: Request) -> Result:
     """READ(6/10/12/16)."""
     cdb = req.cdb
-    if len(cdb) < cdb_length(cdb[0]):
+    if len(cdb) < CDB_LENGTHS[cdb[0] >> 5]:
         raise invalid()
     lba, n = rw_fields(cdb)
-    if cdb[0] != Op.READ_6 and cdb[1] & PROTECT:
+    if cdb[0] >> 5 and cdb[1] & PROTECT:  # (READ(6) has no RDPROTECT)
         raise invalid()
     check_lba(lu, lba, n)
     if n > MAX_XFER_BLOCKS:
@@ -119,12 +119,13 @@ async def write(lu: LogicalUnit, req: Request) -> Result:
     """WRITE(6/10/12/16) and WRITE AND VERIFY(10/12/16)."""
     cdb, data = req.cdb, req.data
     op = cdb[0]
-    if len(cdb) < cdb_length(op):
+    if len(cdb) < CDB_LENGTHS[op >> 5]:
         raise invalid()
     lba, n = rw_fields(cdb)
     bs = lu.block_size
     need = n * bs
-    if op != Op.WRITE_6 and cdb[1] & PROTECT:
+    six = op >> 5 == 0  # WRITE(6) has neither WRPROTECT nor FUA
+    if not six and cdb[1] & PROTECT:
         raise invalid()
     check_lba(lu, lba, n)
     if n > MAX_XFER_BLOCKS:
@@ -133,7 +134,7 @@ async def write(lu: LogicalUnit, req: Request) -> Result:
         raise write_protected(need)
     if n == 0:
         return Result()
-    fua = op != Op.WRITE_6 and bool(cdb[1] & FUA)
+    fua = not six and bool(cdb[1] & FUA)
     if len(data) > need:
         data = memoryview(data)[:need]
     elif len(data) < need:

@@ -35,7 +35,7 @@ async def request_sense(lu: LogicalUnit, req: Request) -> Result:
     nexus, cdb = req.nexus, req.cdb
     desc = bool(cdb[1] & 0x01)
     alloc = cdb[4]
-    ua = lu.ua.pop(nexus.key)
+    ua = lu.ua.take(nexus.key)
     key, asc = (S.UNIT_ATTENTION, ua) if ua is not None else (S.NO_SENSE, (0, 0))
     if not lu.volume.ready() and not lu.ua.pending(nexus.key):
         key, asc = S.NOT_READY, S.LU_NOT_READY_BECOMING

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from jiva_engine.iscsi import pdu as P
 from jiva_engine.iscsi.crc import crc32c
-from jiva_engine.iscsi.framing import append_pdu, pad_len, segment_lengths
+from jiva_engine.iscsi.framing import append_pdu, lengths, pad_len
 
 
 class Received(NamedTuple):
@@ -75,7 +75,7 @@ class Initiator:
     def recv(self) -> Received:
         """Read one PDU (checking digests)."""
         hdr = self._recv_exact(P.BHS_LEN)
-        ahs, dlen = segment_lengths(hdr)
+        ahs, dlen, _ = lengths(hdr)
         if ahs:
             self._recv_exact(ahs)
         if self.hd:
