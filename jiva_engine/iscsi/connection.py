@@ -601,19 +601,17 @@ class Connection(ABC):
         with_status = res.status == S.GOOD and res.sense is None
         hd, dd = self.header_digest, self.data_digest
         parts: list[Buffer] = []
+        pdu = P.DataIn(t.itt)  # one header, packed again for every segment
+        pdu.lun, pdu.exp_cmdsn, pdu.max_cmdsn = t.lun, s.exp_cmdsn, s.max_cmdsn()
         offset = datasn = 0
         while offset < total:
             n = min(seg, total - offset)
             last = offset + n >= total
-            flags = status = statsn = residual = 0
-            if last or (offset + n) % burst == 0:
-                flags = P.FINAL
+            pdu.offset, pdu.datasn, pdu.data_len = offset, datasn, n
+            pdu.flags = P.FINAL if last or (offset + n) % burst == 0 else 0
             if last and with_status:
-                flags |= P.STATUS | res_flags
-                status, statsn, residual = res.status, self._next_stat(), res_residual
-            # positional: one per command, and keyword arguments cost a measurable share of it
-            pdu = P.DataIn(t.itt, offset, datasn, flags, status, statsn, s.exp_cmdsn,
-                           s.max_cmdsn(), residual, t.lun, n)  # fmt: skip
+                pdu.flags |= P.STATUS | res_flags
+                pdu.status, pdu.statsn, pdu.residual = res.status, self._next_stat(), res_residual
             append_pdu(parts, pdu.pack(), mv[offset : offset + n], hd, dd)
             offset += n
             datasn += 1

@@ -130,8 +130,8 @@ ROWS: list[Command] = [
     _SERVICE_ACTION_IN,
     _action(_SERVICE_ACTION_IN, ServiceActionIn16.READ_CAPACITY_16, sbc.read_capacity_16,
             *_RW16, pr=ALLOWED),
-    # GET LBA STATUS conflicts with every persistent reservation type held by another nexus
-    # (SBC-3 would let it through Write Exclusive types; kept as it has always behaved)
+    # GET LBA STATUS is a WRITE here: it conflicts with every persistent reservation type held
+    # through another nexus (SBC-3 treats it like a read; kept as it has always behaved)
     _action(_SERVICE_ACTION_IN, ServiceActionIn16.GET_LBA_STATUS, sbc.get_lba_status, *_RW16),
     _cmd(Op.READ_6, sbc.read, 0x1F, 0xFF, 0xFF, 0xFF, 0x07, pr=READ),
     _cmd(Op.READ_10, sbc.read, 0x18, *_RW10, pr=READ),
