@@ -31,9 +31,11 @@ unit: venv
 	$(PY) -m pytest -q tests/unit
 
 # Crash torture, full run (opt-in): >= 200 faults, summary table + seed (replay: SEED=N).
-# As root the replicas run on network-namespace test hosts and host faults (crash, link down,
-# blackhole) join the process faults (HOSTS=0 to skip them). The default `make test` runs the
-# short versions (tests/faults/test_torture.py).
+# As root the replicas and the controller run on 3 network-namespace test hosts (the controller
+# beside a replica, behind a floating portal address) and faults of a replica's host and of the
+# controller's host (crash, link down, blackhole; the latter with failover to another host) join
+# the process faults (HOSTS=0 to skip them; docs/HA.md "Torture run"). The default `make test`
+# runs the short versions (tests/faults/test_torture.py).
 FAULTS ?= 200
 HOSTS ?= $(if $(filter 0,$(shell id -u)),1,0)
 torture: venv

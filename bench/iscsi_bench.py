@@ -37,7 +37,7 @@ def stop(p: subprocess.Popen) -> None:
             p.wait(timeout=5)
 
 
-def start_tgtd(img: Path, port: int, log) -> tuple[subprocess.Popen, str]:  # noqa: ANN001
+def start_tgtd(img: Path, port: int, log) -> tuple[subprocess.Popen, str]:
     """Run tgtd in the foreground on `port`, LUN 1 = img; returns (process, URL)."""
     ctl = str(20000 + port % 10000)
     p = subprocess.Popen(
@@ -58,7 +58,7 @@ def start_tgtd(img: Path, port: int, log) -> tuple[subprocess.Popen, str]:  # no
     return p, f"iscsi://127.0.0.1:{port}/{iqn}/1"
 
 
-def start_jiva(img: Path, port: int, size: str, log, uvloop: bool) -> tuple[subprocess.Popen, str]:  # noqa: ANN001
+def start_jiva(img: Path, port: int, size: str, log, uvloop: bool) -> tuple[subprocess.Popen, str]:
     """Run `jiva target --file img`; returns (process, URL)."""
     env = {**os.environ, "JIVA_NO_UVLOOP": "0" if uvloop else "1"}
     p = subprocess.Popen(

@@ -140,7 +140,7 @@ def api_post(api: str, path: str, body: dict) -> dict:
         return json.loads(r.read())
 
 
-def wait_until(pred, timeout: float, what: str, poll: float = 0.05) -> float:  # noqa: ANN001
+def wait_until(pred, timeout: float, what: str, poll: float = 0.05) -> float:
     """Poll pred() until true; returns seconds waited, raises TimeoutError naming `what`."""
     t0 = time.monotonic()
     while True:

@@ -16,22 +16,28 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import IO
 
-ROOT = Path(__file__).resolve().parent.parent
+from jiva_engine.api.client import ApiError, fetch_status
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `jiva ha`."""
     parser.add_argument("action", choices=["watch", "once"], help="watch: loop; once: one run")
-    parser.add_argument("--playbook", default=str(ROOT / "playbooks" / "failover.yml"))
+    parser.add_argument(
+        "--playbook",
+        default="playbooks/failover.yml",
+        help="the failover play (default: playbooks/failover.yml of the Ansible project in the "
+        "current folder, as in this repository; runs start in the current folder)",
+    )
     parser.add_argument("--inventory", "-i", help="ansible inventory (default: ansible.cfg's)")
     parser.add_argument(
         "--state-file",
-        default=str(ROOT / ".ansible" / "jiva-ha-state.json"),
-        help="failover state file (controller placement; the APIs to poll are read from it)",
+        default=".ansible/jiva-ha-state.json",
+        help="failover state file (controller placement; the APIs to poll are read from it); "
+        "default .ansible/jiva-ha-state.json in the current folder, as failover.yml's default",
     )
     parser.add_argument(
         "--interval", type=float, default=30.0, help="run the play at least this often (s)"
@@ -62,15 +68,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _poll_one(api: str, timeout: float) -> str:
-    """'state/mode,mode,...' of one volume from GET /v1/volume, or 'unreachable'."""
+    """'state/mode,mode,...' of one volume from GET /v1/volume (a `/witness-down` suffix when a
+    witness does not answer), or 'unreachable'."""
     try:
-        with urllib.request.urlopen(f"http://{api}/v1/volume", timeout=timeout) as r:
-            doc = json.load(r)
-        st = doc.get("state", "?")
-        modes = ",".join(sorted(x.get("mode", "?") for x in doc.get("replicas", [])))
-        return f"{st}/{modes}"
-    except (OSError, ValueError):
+        doc = fetch_status(api, timeout)
+    except (ApiError, ValueError):
         return "unreachable"
+    st = doc.get("state", "?")
+    modes = ",".join(sorted(str(x.get("mode", "?")) for x in doc.get("replicas", [])))
+    down = any(w.get("state") != "ok" for w in doc.get("witnesses") or [])
+    return f"{st}/{modes}" + ("/witness-down" if down else "")
 
 
 def poll(apis: dict[str, str], timeout: float = 1.0) -> dict[str, str]:
@@ -90,7 +97,7 @@ def healthy(states: dict[str, str]) -> bool:
     """True when every volume serves with every replica RW."""
     return all(
         s.startswith("serving/") and set(s[8:].split(",")) == {"RW"} for s in states.values()
-    )
+    )  # a "/witness-down" suffix makes the last mode "RW/witness-down": not healthy
 
 
 class Watcher:
@@ -131,15 +138,14 @@ class Watcher:
         cmd += shlex.split(self.args.ansible_args)
         self.runs += 1
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        sink: IO[str] | int = subprocess.PIPE
         if self.args.log:  # the output streams into the log, so a run that hangs shows where
             self._log(f"{stamp} jiva ha: run {self.runs} ({why}) started\n")
             sink = open(self.args.log, "a")  # noqa: SIM115 - closed below, after the run
-        else:
-            sink = subprocess.PIPE
         start = time.monotonic()
         try:
             p = subprocess.Popen(
-                cmd, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, text=True,
+                cmd, stdout=sink, stderr=subprocess.STDOUT, text=True,
                 start_new_session=True,  # its own process group: a timeout stops ssh children too
             )  # fmt: skip
             timeout = self.args.run_timeout or None
@@ -152,7 +158,7 @@ class Watcher:
                 out = (out or "") + f"jiva ha: run stopped after --run-timeout {timeout:g} s\n"
                 rc = 124
         finally:
-            if sink is not subprocess.PIPE:
+            if not isinstance(sink, int):
                 sink.close()
         took = time.monotonic() - start
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")

@@ -32,8 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_env_args(path: str) -> list[str]:
     """Return the words of JIVA_ARGS in an env file (shell-quoted, as systemd reads it)."""
-    for line in Path(path).read_text().splitlines():
-        line = line.strip()
+    for raw in Path(path).read_text().split("\n"):  # not splitlines(): \x1c-\x1e are text
+        line = raw.strip()
         if line.startswith("JIVA_ARGS="):
             value = line[len("JIVA_ARGS=") :]
             words = shlex.split(value)
@@ -64,7 +64,7 @@ class Supervisor:
         else:
             sys.stderr.write(line)
 
-    def on_term(self, signum: int, _frame: object) -> None:
+    def on_term(self, _signum: int, _frame: object) -> None:
         """SIGTERM/SIGINT: stop restarting and pass the signal to the child."""
         self.stopping = True
         if self.child and self.child.poll() is None:

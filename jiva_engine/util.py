@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import socket
+import sys
 import time
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 _T = TypeVar("_T")
@@ -17,17 +20,22 @@ _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 
 
 def parse_size(text: str | int) -> int:
-    """Return a byte count from `512M`, `10G`, `1T`, `4096` (binary units); ValueError otherwise."""
+    """Bytes from `512M`, `10G`, `1T` or a byte count (binary units, a positive multiple of 512);
+    ValueError otherwise. The collection's module_utils/jiva_placement.parse_size keeps the same
+    rules (tests/unit/test_contracts.py holds them to it)."""
+    if isinstance(text, bool):
+        raise ValueError(f"invalid size {text!r}")
     if isinstance(text, int):
-        if text <= 0:
-            raise ValueError(f"size must be positive, got {text}")
-        return text
-    m = _SIZE_RE.match(str(text))
-    if not m:
-        raise ValueError(f"invalid size {text!r}: use bytes or a number with K, M, G or T")
-    value = int(m.group(1)) * _UNITS[m.group(2).upper()]
+        value = text
+    else:
+        m = _SIZE_RE.match(str(text))
+        if not m:
+            raise ValueError(f"invalid size {text!r}: use bytes or a number with K, M, G or T")
+        value = int(m.group(1)) * _UNITS[m.group(2).upper()]
     if value <= 0:
         raise ValueError(f"size must be positive, got {text!r}")
+    if value % 512:
+        raise ValueError(f"size {text!r} is not a multiple of 512 bytes")
     return value
 
 
@@ -41,14 +49,14 @@ def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int
         host, _, port_s = text.partition(":")
     else:
         host, port_s = text, ""
+    if not host:
+        raise ValueError(f"address {text!r} has no host")
     if not port_s:
         if default_port is None:
             raise ValueError(f"address {text!r} needs a port (HOST:PORT)")
         return host, default_port
     if not port_s.isdigit() or not 0 < int(port_s) < 65536:
         raise ValueError(f"invalid port in address {text!r}")
-    if not host:
-        raise ValueError(f"address {text!r} has no host")
     return host, int(port_s)
 
 
@@ -85,3 +93,32 @@ def wait_port(host: str, port: int, timeout: float = 15.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+def read_secret(path: str | Path, what: str = "secret") -> str:
+    """The secret (shared secret, API token, CHAP secret) in a file, surrounding whitespace
+    stripped; ValueError naming the file when it cannot be read or is empty."""
+    try:
+        text = Path(path).read_text().strip()
+    except OSError as e:
+        raise ValueError(f"cannot read {what} file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} file {path} is not text") from None
+    if not text:
+        raise ValueError(f"{what} file {path} is empty")
+    return text
+
+
+def setup_logging(level: str, tag: str) -> None:
+    """Log to stderr as `TIME TAG LEVEL message` (a daemon's output goes to its log file)."""
+    logging.basicConfig(
+        level=getattr(logging, str(level).upper(), logging.INFO),
+        stream=sys.stderr,
+        format=f"%(asctime)s {tag} %(levelname)s %(message)s",
+    )
+
+
+def config_error(command: str, message: str) -> int:
+    """Say why `jiva COMMAND` cannot start (one line on stderr); its exit code, 2."""
+    print(f"jiva {command}: error: {message}", file=sys.stderr)
+    return 2

@@ -3,6 +3,7 @@ down, and a runner for ansible-playbook that parses the recap."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import itertools
 import os
@@ -168,10 +169,8 @@ def stop_daemons(base: Path) -> None:
         if b"jiva" in cmd or b"supervise" in cmd:
             pids.append(pid)
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + 10
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import urllib.error
-import urllib.request
 from typing import Any
 
 from tabulate import tabulate
 
+from jiva_engine.api.client import ApiError, fetch_status
 from jiva_engine.protocol.voting import epoch_text
-from jiva_engine.util import parse_hostport
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,28 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the API")
 
 
-def fetch_status(api: str, timeout: float = 5.0) -> dict[str, Any]:
-    """GET /v1/volume from the API; raises RuntimeError with a one-line reason on failure."""
-    host, port = parse_hostport(api)
-    url = f"http://{host if ':' not in host else '[' + host + ']'}:{port}/v1/volume"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            body = resp.read()
-    except urllib.error.HTTPError as e:
-        raise RuntimeError(f"API {host}:{port} answered HTTP {e.code}: {e.reason}") from None
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise RuntimeError(f"cannot reach the API at {host}:{port}: {reason}") from None
-    try:
-        status = json.loads(body)
-    except ValueError:
-        raise RuntimeError(f"API {host}:{port} did not answer with JSON") from None
-    if not isinstance(status, dict) or "replicas" not in status:
-        raise RuntimeError(f"API {host}:{port} answered with an unexpected document")
-    return status
-
-
-def _human(n: int) -> str:
+def _human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -102,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     """Print the status; exit 1 with a one-line error when the API cannot be used."""
     try:
         status = fetch_status(args.api, args.timeout)
-    except (RuntimeError, ValueError) as e:
+    except (ApiError, ValueError) as e:
         print(f"jiva status: {e}", file=sys.stderr)
         return 1
     if args.json:

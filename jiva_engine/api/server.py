@@ -108,7 +108,9 @@ def render_metrics(app: web.Application) -> str:
 
     vl = f'volume="{name}"'
     s = vol.stats
-    metric("jiva_volume_up", "gauge", "1 while the volume serves I/O", [(vl, vol.ready())])
+    metric(
+        "jiva_volume_up", "gauge", "1 while the volume serves I/O", [(vl, vol.state == "serving")]
+    )
     metric(
         "jiva_volume_state",
         "gauge",

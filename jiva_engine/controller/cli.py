@@ -7,11 +7,17 @@ import asyncio
 import logging
 import signal
 import sys
-from pathlib import Path
+from typing import Any
 
 from jiva_engine.iscsi.cli import access_options, add_access_arguments
-from jiva_engine.protocol.auth import read_secret_file
-from jiva_engine.util import parse_hostport, parse_size, run_loop
+from jiva_engine.util import (
+    config_error,
+    parse_hostport,
+    parse_size,
+    read_secret,
+    run_loop,
+    setup_logging,
+)
 
 log = logging.getLogger("jiva.controller")
 
@@ -61,29 +67,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
 
 
-def _read_secret(path: str | None, what: str) -> str | None:
-    if not path:
-        return None
-    try:
-        text = Path(path).read_text().strip()
-    except OSError as e:
-        raise ValueError(f"cannot read {what} file {path}: {e.strerror}") from None
-    if not text:
-        raise ValueError(f"{what} file {path} is empty")
-    return text
-
-
 def run(args: argparse.Namespace) -> int:
     """Validate the options, then serve until SIGTERM/SIGINT."""
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(args.log_level, f"controller[{args.volume}]")
     try:
         cfg = _config(args)
     except ValueError as e:
-        print(f"jiva controller: {e}", file=sys.stderr)
-        return 2
+        return config_error("controller", str(e))
     try:
         return run_loop(_serve(cfg))
     except (OSError, RuntimeError) as e:
@@ -91,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
-def _config(args: argparse.Namespace) -> dict:
+def _config(args: argparse.Namespace) -> dict[str, Any]:
     if not args.replica:
         raise ValueError("at least one --replica HOST:PORT is required")
     replicas = []
@@ -125,8 +115,8 @@ def _config(args: argparse.Namespace) -> dict:
         "hold": args.quorum_hold,
         "size": parse_size(args.size) if args.size else None,
         "timeout": args.replica_timeout,
-        "secret": read_secret_file(args.secret_file) if args.secret_file else None,
-        "token": _read_secret(args.token_file, "API token"),
+        "secret": read_secret(args.secret_file).encode() if args.secret_file else None,
+        "token": read_secret(args.token_file, "API token") if args.token_file else None,
         "access": access,
         "rebuild_rate": args.rebuild_rate * (1 << 20) if args.rebuild_rate else None,
     }
@@ -160,7 +150,8 @@ async def _serve(cfg: dict) -> int:
     try:
         if cfg["portal"]:
             tcfg = TargetConfig(iqn, **cfg["access"])
-            target = await start_target(volume, *cfg["portal"], tcfg)
+            portal_host, portal_port = cfg["portal"]
+            target = await start_target(volume, portal_host, portal_port, tcfg)
         log.info("controller for %s: api %s:%d, portal %s", cfg["volume"], *cfg["api"], portal)
         await stop.wait()
         log.info("stopping")

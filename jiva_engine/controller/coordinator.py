@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
 from typing import Any
 
 from jiva_engine.controller.backend import Connector, tcp_connector
@@ -39,7 +41,7 @@ from jiva_engine.controller.rebuild import (
     split,
     wait_all,
 )
-from jiva_engine.protocol import wire
+from jiva_engine.protocol import voting, wire
 from jiva_engine.protocol.client import ReplicaError, ReplicaUnavailable
 from jiva_engine.protocol.voting import epoch_text, term_of
 from jiva_engine.util import parse_hostport
@@ -105,9 +107,19 @@ class Coordinator:
         self.lease_until = float("-inf")
         self.closed = False
         self.wake = asyncio.Event()
-        self.stats: dict[str, float] = {"ejections": 0, "epoch_changes": 0, "quorum_losses": 0}
+        self.stats: dict[str, float] = {
+            "ejections": 0,
+            "epoch_changes": 0,
+            "quorum_losses": 0,
+            "lease_wait_seconds": 0.0,
+        }
         self._tasks: set[asyncio.Task] = set()
         self._failing: dict[Peer, str] = {}  # failed replicas waiting for their ejection
+        self.duplicates: set[str] = set()  # voter ids found at two addresses before serving
+        # who claims: voters keep it, so a controller restarted here after this one died knows
+        # no read lease of this one can be left (Q8)
+        self.host = voting.host_identity()
+        self.identity: dict[str, Any] = {"host": self.host, "pid": os.getpid()}
         self._ejector: asyncio.Task | None = None
         self._rr = 0
 
@@ -132,6 +144,13 @@ class Coordinator:
                 return p
         return None
 
+    def peer(self, vid: str) -> Peer:
+        """The peer of a voter the caller knows is there (a member, a promiser)."""
+        p = self.by_id(vid)
+        if p is None:
+            raise KeyError(f"no known address for voter {vid}")
+        return p
+
     def replicas(self) -> list[Peer]:
         return [p for p in self.peers.values() if not p.witness]
 
@@ -150,9 +169,9 @@ class Coordinator:
     def serving(self) -> bool:
         return self.mem.phase is Phase.SERVING
 
-    def spawn(self, coro: Awaitable[Any]) -> asyncio.Task:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task:
         """Run a background job, keeping a reference until it ends."""
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -186,7 +205,7 @@ class Coordinator:
         """Connect `p` if needed and return its INFO (None when unreachable or refused)."""
         if p.client is not None and p.client.connected:
             try:
-                info = await p.client.info()
+                info = await p.link.info()
             except (ReplicaError, ReplicaUnavailable) as e:
                 p.last_error = f"INFO failed: {e}"
                 await self.drop_client(p)
@@ -206,24 +225,31 @@ class Coordinator:
 
     async def _check_peer(self, p: Peer, info: dict[str, Any]) -> dict[str, Any] | None:
         meta = _meta(info)
-        kind = str(info.get("kind") or p.client.kind or REPLICA)
+        kind = str(info.get("kind") or p.link.kind or REPLICA)
         vid = str(meta.get("id") or meta.get("uuid") or "") or None
         why = None
         if p.configured and kind != p.kind:
             why = f"{p.address} is a {kind}, but was given as a {p.kind}"
         elif vid is None:
             why = f"{p.address} reports no voter id"
+        elif vid in self.duplicates:
+            why = (
+                f"{p.address} has a voter id ({vid}) found at two addresses: a copied data "
+                "folder? refusing both until this controller restarts"
+            )
         else:
             twin = next((q for q in self.peers.values() if q is not p and q.id == vid), None)
-            if twin is not None and twin.connected:
+            if twin is not None and (twin.connected or twin.configured):
+                # two addresses answer with one id (or were both given): a copied folder
                 why = (
                     f"{p.address} has the same voter id ({vid}) as {twin.address}: a copied data "
                     "folder? refusing to use it"
                 )
-                if self.mem.phase is Phase.WAITING:  # nothing tells which one is real: neither
+                if self.mem.phase is Phase.WAITING:  # nothing tells which one is real: neither,
+                    self.duplicates.add(vid)  # for as long as this controller runs
                     twin.last_error = f"{twin.address} and {why}"
                     await self.drop_client(twin)
-            elif twin is not None:  # the same voter answers at a new address (re-IP, new port)
+            elif twin is not None:  # the voter a view knew elsewhere answers here (re-IP, port)
                 log.warning("voter %s moved from %s to %s", vid, twin.address, p.address)
                 twin.id, twin.last_error = None, f"its voter answers at {p.address} now"
                 p.last_rebuild = twin.last_rebuild
@@ -266,8 +292,8 @@ class Coordinator:
             float(quiet) if isinstance(quiet, (int, float)) else None,
         )
 
-    def view_fields(self, view: View | None, p: Peer) -> dict[str, Any]:
-        """SET_META body that makes `p` accept `view` (its epoch, members and voters)."""
+    def view_fields(self, view: View | None) -> dict[str, Any]:
+        """SET_META body that makes a voter accept `view` (its epoch, members and voters)."""
         if view is None:
             return {"epoch": self.mem.epoch}
         voters = {}
@@ -288,7 +314,7 @@ class Coordinator:
                 peers.append(q)
                 infos.append(await self.connect(q))
         self._names()
-        records = {p.id: self._record(p, i) for p, i in zip(peers, infos, strict=True) if i}
+        records = {p.key: self._record(p, i) for p, i in zip(peers, infos, strict=True) if i}
         if self.mem.phase is not Phase.WAITING:
             return
         if not records:
@@ -301,13 +327,15 @@ class Coordinator:
             return await self.fence(decision.reason)
         if isinstance(decision, Wait):
             return
-        await self._claim(decision.epoch)
+        owners = [_meta(i).get("owner") for i in infos if i]
+        gone = bool(owners) and all(voting.owner_gone(o, self.host) for o in owners)
+        await self._claim(decision.epoch, gone)
 
-    async def _claim(self, epoch: int) -> None:
+    async def _claim(self, epoch: int, predecessor_gone: bool = False) -> None:
         reached = [p for p in self.peers.values() if p.connected]
         sent = time.monotonic()
         res = await asyncio.gather(
-            *(p.client.claim(epoch) for p in reached), return_exceptions=True
+            *(p.link.claim(epoch, self.identity) for p in reached), return_exceptions=True
         )
         got = time.monotonic()
         promises: dict[str, Record] = {}
@@ -318,10 +346,10 @@ class Coordinator:
                     await self.drop_client(p)
                 continue
             p.epoch = epoch
-            promises[p.id] = self._record(p, r)
+            promises[p.key] = self._record(p, r)
         if self.mem.phase is not Phase.WAITING:
             return
-        decision = self.mem.claimed(epoch, promises, self.configured_ids(), sent)
+        decision = self.mem.claimed(epoch, promises, self.configured_ids(), sent, predecessor_gone)
         if not isinstance(decision, Takeover):
             return
         if await self._takeover(decision, got):
@@ -332,10 +360,10 @@ class Coordinator:
     async def _takeover(self, t: Takeover, promised_at: float) -> bool:
         """Commit the claim view, resynchronise its members, wait out the old lease, serve."""
         view = t.view
-        members = [self.by_id(i) for i in sorted(view.members)]
+        members = [self.peer(i) for i in sorted(view.members)]
         if t.base is None:  # a new volume: every replica starts current (all are empty)
             for p in members:
-                await p.client.set_mode("RW", view.epoch)
+                await p.link.set_mode("RW", view.epoch)
         tracking = (
             {"start_tracking": True, "excluded": sorted(t.excluded)} if t.excluded else {}
         )  # members of the newest view left out: they catch up from the change maps later
@@ -349,6 +377,7 @@ class Coordinator:
         wait = promised_at + t.lease_wait - time.monotonic()
         if wait > 0:  # the previous controller may still serve reads from its lease (Q8)
             self.mem.reason = f"waiting {wait:.1f}s for the previous controller's read lease"
+            self.stats["lease_wait_seconds"] += wait
             await asyncio.sleep(wait)
         for p in self.replicas():
             if p.id in view.members:
@@ -374,7 +403,7 @@ class Coordinator:
 
     async def _resync(self, members: list[Peer], epoch: int) -> list[int]:
         """Rule 5: copy every region dirty on any member from one member to the others."""
-        maps = await asyncio.gather(*(p.client.dirty_map() for p in members))
+        maps = await asyncio.gather(*(p.link.dirty_map() for p in members))
         self.region_size = int(maps[0].get("region_size") or DEFAULT_REGION)
         dirty = sorted(set().union(*(set(d.get("dirty") or []) for d in maps)))
         if dirty and len(members) > 1:
@@ -394,8 +423,8 @@ class Coordinator:
 
             await wait_all([asyncio.ensure_future(resync(o, n)) for o, n in spans])
         for p in members:
-            await p.client.flush(epoch)
-            await p.client.clear_dirty(dirty if dirty else None)
+            await p.link.flush(epoch)
+            await p.link.clear_dirty(dirty if dirty else None)
         return dirty
 
     # ------------------------------------------------------------------ committing views (Q2, Q3)
@@ -409,10 +438,10 @@ class Coordinator:
         targets = [p for p in self.peers.values() if p.connected]
         futs: dict[asyncio.Future, Peer] = {}
         for p in targets:
-            body = self.view_fields(view, p)
+            body = self.view_fields(view)
             if member_fields and p.id in view.members:
                 body.update(member_fields)
-            futs[asyncio.ensure_future(p.client.set_meta(**body))] = p
+            futs[asyncio.ensure_future(p.link.set_meta(**body))] = p
         sent = time.monotonic()
         committed = self.mem.view is view
         while futs and not committed:
@@ -424,7 +453,7 @@ class Coordinator:
                 if self.mem.phase is Phase.FENCED:
                     return False
         for f, p in futs.items():  # stragglers: note their answer when it comes
-            f.add_done_callback(lambda f, p=p: self.spawn(self._accept_result(p, f, view, sent)))
+            f.add_done_callback(partial(self._late_accept, p, view, sent))
         if not committed and self.mem.pending is view:
             self.mem.stalled()
             self._signal()
@@ -440,8 +469,11 @@ class Coordinator:
                 p.last_error = f"SET_META failed: {e}"
             return False
         p.epoch = max(p.epoch, view.epoch)
-        self.mem.renew(p.id, sent)
-        return self.mem.pending is view and self.mem.accepted(p.id)
+        self.mem.renew(p.key, sent)
+        return self.mem.pending is view and self.mem.accepted(p.key)
+
+    def _late_accept(self, p: Peer, view: View, sent: float, f: asyncio.Future) -> None:
+        self.spawn(self._accept_result(p, f, view, sent))
 
     async def _hold_until_quorum(self, view: View) -> bool:
         """Q3: the change to `view` is short of a quorum. Keep the replicas' dirty regions
@@ -452,7 +484,7 @@ class Coordinator:
         for p in self.replicas():
             if p.connected and p.mode in (RW, WO):
                 with contextlib.suppress(ReplicaError, ReplicaUnavailable):
-                    await p.client.set_meta(pin_dirty=True)
+                    await p.link.set_meta(pin_dirty=True)
         while not self.closed and self.mem.pending is view:
             await asyncio.sleep(self.retry_interval)
             lost = [p for p in self.peers.values() if not p.connected and p.id in view.voters]
@@ -543,7 +575,7 @@ class Coordinator:
             return
         rw = self.rw_peers()
         res = await asyncio.gather(
-            *(p.client.set_meta(epoch=view.epoch, drop_seed=[view.epoch]) for p in rw),
+            *(p.link.set_meta(epoch=view.epoch, drop_seed=[view.epoch]) for p in rw),
             return_exceptions=True,
         )
         for p, r in zip(rw, res, strict=True):
@@ -585,16 +617,17 @@ class Coordinator:
         async with self.lock:
             if p.mode != WO or not self.serving() or self.mem.pending is not None:
                 raise ReplicaUnavailable("replica no longer rebuilding")
+            assert self.mem.view is not None  # serving
             voters = set(self.mem.view.voters)
-            if p.id not in voters:  # a new voter; an old id at its address is replaced (Q7)
+            if p.key not in voters:  # a new voter; an old id at its address is replaced (Q7)
                 voters -= {v for v in voters if self.addresses.get(v) == p.address}
-                voters.add(p.id)
-            await p.client.set_mode("RW")
-            view = self.mem.propose(self.mem.members | {p.id}, voters)
+                voters.add(p.key)
+            await p.link.set_mode("RW")
+            view = self.mem.propose(self.mem.members | {p.key}, voters)
             if not await self.change(view):
                 raise ReplicaUnavailable("the view adding it was not committed")
             p.mode, p.rebuild, p.last_error = RW, None, None
-            self.addresses[p.id] = p.address
+            self.addresses[p.key] = p.address
             log.info("replica %s is current: %s", p.address, view.describe())
         await self.rebuilder.clear_settled(p)
         if all(q.mode == RW for q in self.replicas()):
@@ -627,13 +660,13 @@ class Coordinator:
         """Every known replica is current: nobody needs the missed-write maps any more."""
         for x in self.rw_peers():
             try:
-                meta = _meta(await x.client.info())
+                meta = _meta(await x.link.info())
                 since = [
                     int(t["since"]) if isinstance(t, dict) else int(t)
                     for t in meta.get("tracking") or []
                 ]
                 if since:
-                    await x.client.set_meta(epoch=self.mem.epoch, stop_tracking=since)
+                    await x.link.set_meta(epoch=self.mem.epoch, stop_tracking=since)
             except (ReplicaError, ReplicaUnavailable) as e:
                 log.warning("stop tracking on %s: %s", x.address, e)
 
@@ -654,7 +687,7 @@ class Coordinator:
             self.spawn(self._rejoin(p))
         pinged = [p for p in self.peers.values() if p.connected and p.mode != WO]
         sent = time.monotonic()
-        res = await asyncio.gather(*(p.client.ping() for p in pinged), return_exceptions=True)
+        res = await asyncio.gather(*(p.link.ping() for p in pinged), return_exceptions=True)
         for p, r in zip(pinged, res, strict=True):
             if isinstance(r, BaseException):
                 if p.mode == RW:
@@ -701,7 +734,7 @@ class Coordinator:
             if self.mem.view is not view or not self.open:
                 return
             new = self.mem.propose(view.members, voters)
-            what = f"witness {self.by_id(add).address} joins" if add else f"voter {drop} leaves"
+            what = f"witness {self.peer(add).address} joins" if add else f"voter {drop} leaves"
             if await self.change(new):
                 log.info("volume %s: %s the voters (%s)", self.name, what, new.describe())
                 if drop:  # forget it (an address learned from a view, never configured)

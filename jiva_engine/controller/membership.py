@@ -230,12 +230,22 @@ class Membership:
         return Takeover(view, base, base.members - current, wait)
 
     def claimed(
-        self, epoch: int, promises: Mapping[str, Record], configured: frozenset[str], now: float
+        self,
+        epoch: int,
+        promises: Mapping[str, Record],
+        configured: frozenset[str],
+        now: float,
+        predecessor_gone: bool = False,
     ) -> Wait | Takeover:
-        """The voters in `promises` promised `epoch`: propose the claim view, or wait again."""
+        """The voters in `promises` promised `epoch`: propose the claim view, or wait again.
+
+        `predecessor_gone`: every controller the voters had promised before is known dead (it
+        ran on this host and its process is gone), so no read lease can be left (Q8)."""
         decision = self.decide(promises, configured, epoch + 1)
         if isinstance(decision, Wait):
             return self._wait(decision.reason)
+        if predecessor_gone and decision.lease_wait:
+            decision = Takeover(decision.view, decision.base, decision.excluded, 0.0)
         self.term = term_of(epoch)
         self.pending, self.prev, self.acks = decision.view, decision.base, set()
         for vid in promises:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jiva_engine.controller.backend import Backend
+from jiva_engine.protocol.client import ReplicaUnavailable
 
 RW, WO, ERR = "RW", "WO", "ERR"  # replica modes: member, being rebuilt, failed/unreachable
 REPLICA, WITNESS = "replica", "witness"
@@ -36,6 +37,18 @@ class Peer:
     @property
     def witness(self) -> bool:
         return self.kind == WITNESS
+
+    @property
+    def key(self) -> str:
+        """Its voter id, or `addr:HOST:PORT` until it has answered once."""
+        return self.id or f"addr:{self.address}"
+
+    @property
+    def link(self) -> Backend:
+        """The connection; ReplicaUnavailable when there is none (dropped meanwhile)."""
+        if self.client is None:
+            raise ReplicaUnavailable(f"{self.kind} {self.address}: not connected")
+        return self.client
 
     @property
     def connected(self) -> bool:

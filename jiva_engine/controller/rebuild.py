@@ -17,6 +17,7 @@ from jiva_engine.controller.peers import ERR, RW, WO, Peer
 from jiva_engine.controller.rangelock import RangeLock
 from jiva_engine.protocol import wire
 from jiva_engine.protocol.client import ReplicaError, ReplicaUnavailable
+from jiva_engine.protocol.voting import epoch_text
 from jiva_engine.volume import VolumeFenced
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ def plan_copy(
         else:
             ext.append((int(x[0]), int(x[1])))
     ext.extend(region_extent(r, region_size, size) for r in rdirty.get("dirty") or [])
-    return f"incremental since epoch {since}", merge(ext, size)
+    return f"incremental since epoch {epoch_text(since)}", merge(ext, size)
 
 
 async def copy_range(
@@ -111,14 +112,14 @@ async def copy_range(
     """Copy [off, off+ln) from src to dsts under the range lock; holes become holes."""
     copied = 0
     async with ranges.hold(off, ln):
-        ext = await src.client.extents(off, ln)
+        ext = await src.link.extents(off, ln)
         pos, end = off, off + ln
         for eo, el in [*clip(ext, off, end), (end, 0)]:
             if eo > pos:
-                await wait_all([d.client.unmap(pos, eo - pos, epoch) for d in dsts])
+                await wait_all([d.link.unmap(pos, eo - pos, epoch) for d in dsts])
             if el:
-                data = await src.client.read(eo, el, epoch)
-                await wait_all([d.client.write(eo, data, epoch, rebuild=rebuild) for d in dsts])
+                data = await src.link.read(eo, el, epoch)
+                await wait_all([d.link.write(eo, data, epoch, rebuild=rebuild) for d in dsts])
                 copied += el
             pos = eo + el
     return copied
@@ -146,7 +147,7 @@ class Rebuilder:
         coord = self.coord
         t0 = time.monotonic()
         try:
-            c = m.client
+            c = m.link
             epoch = coord.mem.epoch
             if m.epoch > epoch:
                 # only a newer controller could have raised it: leave this replica alone
@@ -159,7 +160,7 @@ class Rebuilder:
             rdirty = await c.dirty_map() if int(rmeta.get("view_epoch") or 0) > 0 else {}
             await c.set_mode("WO")  # persisted first: a crash from here on means a full rebuild
             # then raise its epoch so frames still queued from an old connection are refused
-            await c.set_meta(**coord.view_fields(coord.mem.view, m))
+            await c.set_meta(**coord.view_fields(coord.mem.view))
             m.mode = WO  # every write issued from now on also goes to this replica
             m.rebuild = {"done": 0, "total": 0}
             m.last_error = None
@@ -169,21 +170,21 @@ class Rebuilder:
             if not rw:
                 raise ReplicaUnavailable("no current member to rebuild from")
             src = coord.pick(rw)
-            sdm = await src.client.dirty_map()
+            sdm = await src.link.dirty_map()
             region, size = coord.region_size, coord.size
             kind, extents = plan_copy(m.id, rmeta, rdirty, sdm, region, size)
             if extents is None:
-                used = set()
-                for eo, el in [*await src.client.extents(0, size), *await c.extents(0, size)]:
+                used: set[int] = set()
+                for eo, el in [*await src.link.extents(0, size), *await c.extents(0, size)]:
                     used.update(range(eo // region, (eo + el - 1) // region + 1))
                 extents = merge([region_extent(r, region, size) for r in used], size)
             total = sum(ln for _, ln in extents)
-            m.rebuild = {"done": 0, "total": total}
+            progress = m.rebuild = {"done": 0, "total": total}
             log.info(
                 "rebuilding %s from %s: %s, %d extents, %d bytes",
                 m.address, src.address, kind, len(extents), total,
             )  # fmt: skip
-            copied = await self._copy_all(src, m, extents)
+            copied = await self._copy_all(src, m, extents, progress)
             await c.flush(coord.mem.epoch)  # everything copied is durable before it is a member
             m.last_rebuild = {
                 "kind": kind.split()[0],
@@ -208,11 +209,13 @@ class Rebuilder:
                 m.last_error = f"rebuild failed: {e}"
                 await coord.drop_client(m)
 
-    async def _copy_all(self, src: Peer, m: Peer, extents: list[tuple[int, int]]) -> int:
+    async def _copy_all(
+        self, src: Peer, m: Peer, extents: list[tuple[int, int]], progress: dict[str, int]
+    ) -> int:
         """Copy the extents, REBUILD_PARALLEL spans at once; flush the target every
         REBUILD_SYNC_EVERY bytes in the background. Returns the bytes copied."""
         coord = self.coord
-        c = m.client
+        c = m.link
         region = coord.region_size
         span = REBUILD_SPAN * region
         if self.throttle.rate:  # keep the pacing smooth: at most ~1/4 s of budget per span
@@ -241,7 +244,7 @@ class Rebuilder:
                     return
                 copied += n
                 self.stats["rebuild_bytes_copied"] += n
-                m.rebuild["done"] += size
+                progress["done"] += size
                 # start the write-back of what is copied so far while copying goes on, so the
                 # final flush (before it becomes a member) only has the tail left
                 unsynced += n
@@ -268,8 +271,8 @@ class Rebuilder:
         try:
             if ranges is not None:
                 async with self.ranges.hold(off, ln):
-                    data = await src.client.readv(ranges, epoch)
-                    await dst.client.writev(ranges, data, epoch, rebuild=True)
+                    data = await src.link.readv(ranges, epoch)
+                    await dst.link.writev(ranges, data, epoch, rebuild=True)
                 return len(data)
             return await copy_range(self.ranges, src, [dst], off, ln, epoch, rebuild=True)
         except (ReplicaError, ReplicaUnavailable) as e:
@@ -286,14 +289,14 @@ class Rebuilder:
         """
         region, size = self.coord.region_size, self.coord.size
         try:
-            dm = await m.client.dirty_map()
+            dm = await m.link.dirty_map()
             regions = [
                 r
                 for r in dm.get("dirty") or []
                 if not self.ranges.busy(*region_extent(r, region, size))
             ]
             if regions:
-                await m.client.clear_dirty(regions)  # queued before any later write
+                await m.link.clear_dirty(regions)  # queued before any later write
         except (ReplicaError, ReplicaUnavailable, AttributeError) as e:
             log.info("clearing dirty bits of %s: %s", m.address, e)
 
@@ -341,13 +344,7 @@ def batches(spans: list[tuple[int, int]], limit: int) -> list[tuple[int, int, li
 
 def split(ext: list[tuple[int, int]], limit: int) -> list[tuple[int, int]]:
     """Cut extents into copy spans of at most `limit` bytes."""
-    out: list[tuple[int, int]] = []
-    for off, ln in ext:
-        while ln > limit:
-            out.append((off, limit))
-            off, ln = off + limit, ln - limit
-        out.append((off, ln))
-    return out
+    return [(off + i, min(limit, ln - i)) for off, ln in ext for i in range(0, ln, limit)]
 
 
 async def wait_all(futs: list[Awaitable[Any]]) -> None:

@@ -9,8 +9,10 @@ current members. Who the members are, and when I/O may proceed, is the coordinat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from jiva_engine.controller.backend import Connector, tcp_connector
@@ -20,7 +22,13 @@ from jiva_engine.controller.peers import ERR, RW, WO, Peer
 from jiva_engine.controller.rangelock import RangeLock
 from jiva_engine.controller.rebuild import Rebuilder, clip
 from jiva_engine.protocol import wire
-from jiva_engine.protocol.client import ReplicaError, ReplicaUnavailable
+from jiva_engine.protocol.client import (
+    ReplicaError,
+    ReplicaUnavailable,
+    flush_all,
+    unmap_all,
+    write_all,
+)
 from jiva_engine.protocol.voting import term_of, version_of
 from jiva_engine.util import parse_hostport
 from jiva_engine.volume import (
@@ -141,15 +149,15 @@ class Volume:
         """Stop background work and close every voter connection (data stays on the replicas)."""
         if self._task:
             self._task.cancel()
-            try:
+            with contextlib.suppress(BaseException):
                 await self._task
-            except BaseException:  # noqa: S110 - cancelled or failed: closing anyway
-                pass
         await self.coord.close()
 
     def ready(self) -> bool:
-        """True while the volume serves I/O."""
-        return self.state == SERVING
+        """True while the volume takes I/O: serving, or holding it while it starts or has no
+        quorum (held commands wait up to `hold` seconds, they are not refused at the door);
+        False once fenced, and while the size is not known yet."""
+        return self.coord.mem.phase is not Phase.FENCED and self.size > 0
 
     # ------------------------------------------------------------------ views
     @property
@@ -212,8 +220,9 @@ class Volume:
     # ------------------------------------------------------------------ admission (Q3, Q8)
     async def _admit(self, reading: bool) -> None:
         """Return when I/O may proceed: the volume serves with a committed view (and, for a
-        read, a valid read lease). While a view change or a lost quorum holds I/O, wait up to
-        `hold` seconds; a volume that does not serve at all fails at once."""
+        read, a valid read lease). While the controller starts (claims the volume, resyncs,
+        waits out the previous lease), a view change runs or the quorum is lost, wait up to
+        `hold` seconds, then fail with NOT READY; a fenced volume fails at once."""
         coord = self.coord
         if coord.open and (not reading or coord.lease_until > time.monotonic()):
             return
@@ -224,18 +233,14 @@ class Volume:
                 phase = coord.mem.phase
                 if phase is Phase.FENCED:
                     raise VolumeFenced(coord.mem.reason)
-                if phase is Phase.WAITING:
-                    raise VolumeNotReady(coord.mem.reason)
                 if coord.open and (not reading or coord.lease_until > time.monotonic()):
                     return
                 left = deadline - time.monotonic()
                 if left <= 0:
                     why = coord.mem.reason or "waiting for the voters to renew the read lease"
-                    raise VolumeNotReady(f"I/O held for {self.hold:.0f}s: {why}")
-                try:
+                    raise VolumeNotReady(f"I/O held for {self.hold:g}s: {why}")
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(coord.changed.wait(), min(left, 0.25))
-                except TimeoutError:
-                    pass
         finally:
             self.io_stats["held_seconds"] += time.monotonic() - t0
 
@@ -252,6 +257,7 @@ class Volume:
         if length == 0:
             return b""
         t0 = time.perf_counter()
+        data: bytes | bytearray
         if length >= SPLIT_READ or length > MAX_IO:
             data = await self._read_split(offset, length)
         else:
@@ -273,7 +279,7 @@ class Volume:
             m = rw[next(self._rr) % len(rw)]
             tried.add(m.address)
             try:
-                data = await m.client.read(offset, length, self.epoch)
+                data = await m.link.read(offset, length, self.epoch)
             except (ReplicaError, ReplicaUnavailable) as e:
                 self.io_stats["read_retries"] += 1
                 await self.coord.failures([(m, e)])
@@ -305,7 +311,7 @@ class Volume:
             start = next(self._rr)
             plan = [(rw[(start + j) % len(rw)], i, n) for j, (i, n) in enumerate(todo)]
             res = await asyncio.gather(
-                *(m.client.read_into(offset + i, mv[i : i + n], self.epoch) for m, i, n in plan),
+                *(m.link.read_into(offset + i, mv[i : i + n], self.epoch) for m, i, n in plan),
                 return_exceptions=True,
             )
             failed: dict[str, tuple[Peer, BaseException]] = {}
@@ -361,7 +367,7 @@ class Volume:
             return [(offset, length, True)] if length else []
         m = rw[next(self._rr) % len(rw)]
         try:
-            ext = await m.client.extents(offset, length)
+            ext = await m.link.extents(offset, length)
         except (ReplicaError, ReplicaUnavailable):
             return [(offset, length, True)]
         runs: list[tuple[int, int, bool]] = []
@@ -376,25 +382,30 @@ class Volume:
         return runs
 
     # ------------------------------------------------------------------ replication core
-    def _issue(self, m: Peer, op: _Op, epoch: int) -> asyncio.Future:
-        c = m.client
-        if c is None:
-            f = asyncio.get_running_loop().create_future()
-            f.set_exception(ReplicaUnavailable(f"replica {m.address} not connected"))
-            return f
-        if op.kind == "write":
-            if op.length <= MAX_IO:
-                return c.write(op.offset, op.data, epoch, fua=op.fua)
-            view = memoryview(op.data)
-            return asyncio.gather(
-                *(
-                    c.write(op.offset + i, view[i : i + MAX_IO], epoch, fua=op.fua)
-                    for i in range(0, op.length, MAX_IO)
-                )
-            )
+    @staticmethod
+    def _issue(targets: list[Peer], op: _Op, epoch: int) -> Awaitable[list[BaseException | None]]:
+        """Queue `op` on every target's connection now (call order = wire order); the result
+        lists, per target, None (done) or the exception. One future for all targets."""
+        clients = [m.client for m in targets]
         if op.kind == "unmap":
-            return c.unmap(op.offset, op.length, epoch)
-        return c.flush(epoch)
+            return unmap_all(clients, op.offset, op.length, epoch)
+        if op.kind == "flush":
+            return flush_all(clients, epoch)
+        if op.length <= MAX_IO:
+            return write_all(clients, op.offset, op.data, epoch, fua=op.fua)
+        view = memoryview(op.data)  # bigger than one frame: split, every part queued now
+        parts = [
+            write_all(clients, op.offset + i, view[i : i + MAX_IO], epoch, fua=op.fua)
+            for i in range(0, op.length, MAX_IO)
+        ]
+
+        async def merged() -> list[BaseException | None]:
+            out: list[BaseException | None] = [None] * len(targets)
+            for res in await asyncio.gather(*parts):
+                out = [a or b for a, b in zip(out, res, strict=True)]
+            return out
+
+        return merged()
 
     async def _replicate(self, op: _Op) -> None:
         """Send `op` to every RW and WO replica in one synchronous step; acknowledge it once
@@ -404,26 +415,24 @@ class Volume:
         targets = [m for m in coord.replicas() if m.mode in (RW, WO) and m.client]
         if not any(m.mode == RW for m in targets):
             raise VolumeIOError(f"{op.kind}: no current replica")
-        epoch = coord.mem.epoch
-        futs = [self._issue(m, op, epoch) for m in targets]  # all frames queued right here
+        issued = self._issue(targets, op, coord.mem.epoch)  # all frames queued right here
         op.done = asyncio.get_running_loop().create_future()
         oid = next(self._op_ids)
         # stays "in flight" until acknowledged, so a view change re-sends it
         self._inflight[oid] = op
         try:
-            results = await asyncio.gather(*futs, return_exceptions=True)
-            failed = []
-            for m, r in zip(targets, results, strict=True):
-                if isinstance(r, Exception):
+            failed: list[tuple[Peer, BaseException]] = []
+            for m, r in zip(targets, await issued, strict=True):
+                if r is not None:
                     failed.append((m, r))
                 else:
                     m.writes += 1
-                    op.on.add(m.id)
+                    op.on.add(m.key)
             while failed or not coord.open:  # else every target, so every member, has it
                 if failed:
                     await coord.failures(failed)
                 await self._admit(False)
-                missing = [p for p in coord.rw_peers() if p.id not in op.on]
+                missing = [p for p in coord.rw_peers() if p.key not in op.on]
                 if coord.mem.covers(op.on) and not missing:
                     break
                 # a member without it (its answer was lost in a view change): it leaves too
@@ -447,16 +456,14 @@ class Volume:
         if not ops or not targets:
             return []
         epoch = coord.mem.epoch
-        futs = [self._issue(m, op, epoch) for op in ops for m in targets]
-        res = await asyncio.gather(*futs, return_exceptions=True)
+        issued = [self._issue(targets, op, epoch) for op in ops]
         bad: dict[str, tuple[Peer, BaseException]] = {}
-        per = len(targets)
-        for i, r in enumerate(res):
-            m, op = targets[i % per], ops[i // per]
-            if isinstance(r, BaseException):
-                bad.setdefault(m.address, (m, ReplicaUnavailable(f"re-send failed: {r}")))
-            else:
-                op.on.add(m.id)
+        for op, res in zip(ops, await asyncio.gather(*issued), strict=True):
+            for m, r in zip(targets, res, strict=True):
+                if r is not None:
+                    bad.setdefault(m.address, (m, ReplicaUnavailable(f"re-send failed: {r}")))
+                else:
+                    op.on.add(m.key)
         return list(bad.values())
 
     # ------------------------------------------------------------------ management

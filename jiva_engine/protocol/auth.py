@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from pathlib import Path
 
 NONCE_BYTES = 16
 
@@ -44,17 +43,6 @@ def verify(expected: str, got: object) -> bool:
     return hmac.compare_digest(expected.encode(), got.encode())
 
 
-def read_secret_file(path: str | Path) -> bytes:
-    """Read a shared secret (surrounding whitespace stripped); ValueError if missing or empty."""
-    try:
-        data = Path(path).read_bytes().strip()
-    except OSError as e:
-        raise ValueError(f"cannot read secret file {path}: {e.strerror}") from None
-    if not data:
-        raise ValueError(f"secret file {path} is empty")
-    return data
-
-
 class Refused(Exception):
     """A client the server must turn away; `wrong_volume` tells WRONG_VOLUME from AUTH_FAILED."""
 
@@ -84,6 +72,8 @@ def answer_auth(secret: bytes | None, volume: str, nonce: str, body: object) -> 
     if secret is None:
         return ""
     cnonce = body.get("cnonce")
+    if not isinstance(cnonce, str):
+        raise Refused("authentication failed")
     try:
         ok = verify(client_mac(secret, volume, nonce, cnonce), body.get("mac"))
         answer = server_mac(secret, volume, nonce, cnonce)

@@ -17,7 +17,9 @@ This module holds the rules only; the replica store and the witness store own th
 
 from __future__ import annotations
 
+import os
 import uuid
+from pathlib import Path
 from typing import Any
 
 TERM_SHIFT = 32
@@ -71,6 +73,30 @@ class VoteError(Exception):
         self.stale = stale
 
 
+def host_identity() -> str:
+    """This host as a process-namespace: boot id + PID-namespace inode (two test hosts on one
+    machine have different PID namespaces; a reboot changes the boot id)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = "unknown"
+    try:
+        ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        ns = 0
+    return f"{boot}:{ns}"
+
+
+def owner_gone(owner: Any, here: str) -> bool:
+    """True when `owner` ({"host", "pid"}, the controller that claimed a voter's epoch) ran in
+    this host's PID namespace and no process has its PID any more: it is certainly dead. A
+    reused PID reads as alive (wrongly, but on the safe side)."""
+    if not isinstance(owner, dict) or owner.get("host") != here:
+        return False
+    pid = owner.get("pid")
+    return isinstance(pid, int) and pid > 0 and not os.path.exists(f"/proc/{pid}")
+
+
 def check_claim(meta: dict[str, Any], epoch: Any) -> None:
     """Raise VoteError unless `epoch` may be promised (strictly above the stored epoch)."""
     if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch <= 0:
@@ -83,9 +109,11 @@ def check_claim(meta: dict[str, Any], epoch: Any) -> None:
         )
 
 
-def apply_claim(meta: dict[str, Any], epoch: int) -> None:
-    """Promise `epoch` (after check_claim); the caller persists meta before answering."""
+def apply_claim(meta: dict[str, Any], epoch: int, owner: Any = None) -> None:
+    """Promise `epoch` (after check_claim) to `owner` ({"host", "pid"} of the claiming
+    controller, or None); the caller persists meta before answering."""
     meta["epoch"] = epoch
+    meta["owner"] = owner if isinstance(owner, dict) else None
 
 
 def check_accept(meta: dict[str, Any], body: dict[str, Any]) -> None:
@@ -140,6 +168,7 @@ def record(meta: dict[str, Any]) -> dict[str, Any]:
         "member_epoch": meta.get("member_epoch", 0),
         "membership": list(meta.get("membership") or []),
         "voters": dict(meta.get("voters") or {}),
+        "owner": meta.get("owner"),
     }
 
 
@@ -166,8 +195,10 @@ __all__ = [
     "check_claim",
     "epoch_text",
     "fresh_fields",
+    "host_identity",
     "make_epoch",
     "new_id",
+    "owner_gone",
     "quiet_seconds",
     "record",
     "term_of",

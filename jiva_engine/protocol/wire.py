@@ -56,6 +56,9 @@ OP_NAMES = {
     CLAIM: "CLAIM",
 }
 
+# operations refused with STALE_EPOCH when their header epoch is below the replica's
+FENCED_OPS = frozenset({READ, WRITE, FLUSH, UNMAP, READV, WRITEV, SET_META, SET_MODE, CLEAR_DIRTY})
+
 # WRITE flags (carried in the `length` field)
 FLAG_FUA = 1
 FLAG_REBUILD = 2
@@ -98,7 +101,7 @@ class Frame(NamedTuple):
     offset: int
     length: int
     epoch: int
-    payload: bytes
+    payload: bytes | bytearray
 
 
 def pack_header(
@@ -129,43 +132,33 @@ def encode(
     return _pack(MAGIC, op, status, len(payload), req_id, offset, length, epoch) + bytes(payload)
 
 
-def decode(data: bytes | bytearray | memoryview) -> Frame:
-    """Decode exactly one whole frame; FrameError if it is malformed, truncated or has extra bytes."""
-    if len(data) < HEADER_SIZE:
-        raise FrameError(f"truncated frame: {len(data)} bytes, header needs {HEADER_SIZE}")
-    magic, op, status, plen, req_id, offset, length, epoch = _unpack_from(data, 0)
-    _check(magic, plen)
-    if len(data) != HEADER_SIZE + plen:
-        what = "truncated" if len(data) < HEADER_SIZE + plen else "trailing bytes after"
-        raise FrameError(f"{what} frame: payload_len {plen}, got {len(data) - HEADER_SIZE} bytes")
-    return Frame(op, status, req_id, offset, length, epoch, bytes(data[HEADER_SIZE:]))
-
-
-def _check(magic: int, plen: int) -> None:
+def check_header(magic: int, plen: int, limit: int = MAX_PAYLOAD) -> None:
+    """FrameError unless a header's magic is ours and its payload within `limit` bytes."""
     if magic != MAGIC:
         raise FrameError(f"bad magic 0x{magic:04x} (expected 0x{MAGIC:04x})")
-    if plen > MAX_PAYLOAD:
-        raise FrameError(f"payload_len {plen} exceeds the {MAX_PAYLOAD}-byte limit")
+    if plen > limit:
+        raise FrameError(f"payload_len {plen} exceeds the {limit}-byte limit")
 
 
-def split_frames(src: bytes | bytearray | memoryview, pos: int = 0) -> tuple[list[tuple], int]:
+def split_frames(
+    src: bytes | bytearray | memoryview, pos: int = 0, limit: int = MAX_PAYLOAD
+) -> tuple[list[Frame], int]:
     """Decode the whole frames in src[pos:]; return (frames, position after the last one).
 
-    Frames are plain tuples (op, status, req_id, offset, length, epoch, payload) for speed, in
-    the same order as `Frame`; payloads are copied out of `src`. Raises FrameError.
+    Payloads are copied out of `src`. Raises FrameError (bad magic, payload over `limit`).
     """
-    frames: list[tuple] = []
+    frames: list[Frame] = []
     append = frames.append
     n = len(src)
     while n - pos >= HEADER_SIZE:
         magic, op, status, plen, req_id, offset, length, epoch = _unpack_from(src, pos)
-        if magic != MAGIC or plen > MAX_PAYLOAD:
-            _check(magic, plen)
+        if magic != MAGIC or plen > limit:
+            check_header(magic, plen, limit)
         end = pos + HEADER_SIZE + plen
         if end > n:
             break
         payload = bytes(src[pos + HEADER_SIZE : end]) if plen else b""
-        append((op, status, req_id, offset, length, epoch, payload))
+        append(Frame(op, status, req_id, offset, length, epoch, payload))
         pos = end
     return frames, pos
 
@@ -173,26 +166,27 @@ def split_frames(src: bytes | bytearray | memoryview, pos: int = 0) -> tuple[lis
 class FrameReader:
     """Incremental decoder for a byte stream: feed() returns the frames completed so far."""
 
-    __slots__ = ("_buf",)
+    __slots__ = ("_buf", "limit")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_PAYLOAD) -> None:
         self._buf = bytearray()
+        self.limit = limit  # largest payload accepted (a header announcing more: FrameError)
 
     def pending(self) -> int:
         """Bytes buffered that do not yet form a whole frame."""
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[tuple]:
+    def feed(self, data: bytes) -> list[Frame]:
         """Consume `data`; return the whole frames it completes (see split_frames)."""
         buf = self._buf
         if not buf:
-            frames, pos = split_frames(data)
+            frames, pos = split_frames(data, 0, self.limit)
             if pos < len(data):
                 buf += data[pos:]
             return frames
         buf += data
         with memoryview(buf) as src:
-            frames, pos = split_frames(src)
+            frames, pos = split_frames(src, 0, self.limit)
         if pos:
             del buf[:pos]
         return frames
@@ -227,10 +221,12 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
-def loads(payload: bytes) -> Any:
+def loads(payload: bytes | bytearray | memoryview) -> Any:
     """Decode a JSON payload; FrameError when it is not valid JSON."""
     try:
-        return json.loads(payload) if payload else None
+        if not payload:
+            return None
+        return json.loads(bytes(payload) if isinstance(payload, memoryview) else payload)
     except (ValueError, UnicodeDecodeError) as e:
         raise FrameError(f"bad JSON payload: {e}") from None
 
@@ -245,7 +241,7 @@ class RecvBuffer:
     set up) is received straight into `big_mv` at `big_filled`, so it is never copied.
     """
 
-    big: bytearray | None
+    big: bytearray | memoryview | None
     big_mv: memoryview | None
     big_filled: int
     buf: bytearray
@@ -253,8 +249,8 @@ class RecvBuffer:
     start: int
     end: int
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        if self.big is not None:
+    def get_buffer(self, _sizehint: int) -> memoryview:
+        if self.big_mv is not None:
             return self.big_mv[self.big_filled :]
         if RECV_BUF - self.end < 4096:  # make room: move the partial frame to the front
             n = self.end - self.start

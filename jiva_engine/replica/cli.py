@@ -7,12 +7,17 @@ import asyncio
 import logging
 import os
 import signal
-import sys
 
-from jiva_engine.protocol.auth import read_secret_file
 from jiva_engine.replica.server import ReplicaServer
 from jiva_engine.replica.store import ReplicaStore, StoreError
-from jiva_engine.util import parse_hostport, parse_size, run_loop
+from jiva_engine.util import (
+    config_error,
+    parse_hostport,
+    parse_size,
+    read_secret,
+    run_loop,
+    setup_logging,
+)
 
 log = logging.getLogger("jiva.replica")
 
@@ -30,52 +35,52 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=5.0,
         help="seconds between background fdatasync + dirty-map clearing (default 5); keep it"
-        " above the controller's --replica-timeout so a write still waiting on a stuck peer"
-        " keeps its region dirty if the controller dies meanwhile",
+        " above the controller's --replica-timeout plus --writer-silence, so a write still"
+        " waiting on a stuck peer keeps its region dirty if the controller dies or is cut off",
+    )
+    p.add_argument(
+        "--writer-silence",
+        type=float,
+        default=1.5,
+        help="seconds without a frame from a controller that wrote here after which its dirty"
+        " regions are kept until a controller clears them (default 1.5; controllers ping every"
+        " 0.5 s)",
     )
     p.add_argument("--region-size", default="1M", help="dirty-map region size for a new DIR")
 
 
-def _fail(msg: str) -> int:
-    print(f"jiva replica: error: {msg}", file=sys.stderr)
-    return 2
-
-
 def run(args: argparse.Namespace) -> int:
     """Start the replica and serve until SIGTERM/SIGINT; 2 on bad configuration."""
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format=f"%(asctime)s replica[{args.volume}@{args.listen}] %(levelname)s %(message)s",
-    )
+    setup_logging(args.log_level, f"replica[{args.volume}@{args.listen}]")
     try:
         size = parse_size(args.size)
         region = parse_size(args.region_size)
         host, port = parse_hostport(args.listen)
-        secret = read_secret_file(args.secret_file) if args.secret_file else None
+        secret = read_secret(args.secret_file).encode() if args.secret_file else None
     except ValueError as e:
-        return _fail(str(e))
+        return config_error("replica", str(e))
     if args.sync_interval <= 0:
-        return _fail("--sync-interval must be positive")
+        return config_error("replica", "--sync-interval must be positive")
+    if args.writer_silence <= 0:
+        return config_error("replica", "--writer-silence must be positive")
     try:
         store = ReplicaStore(args.dir, args.volume, size, region)
     except StoreError as e:
-        return _fail(str(e))
+        return config_error("replica", str(e))
     except OSError as e:
-        return _fail(f"cannot open {args.dir}: {e}")
-    return run_loop(_serve(store, host, port, secret, args.sync_interval))
+        return config_error("replica", f"cannot open {args.dir}: {e}")
+    server = ReplicaServer(store, secret, args.sync_interval, args.writer_silence)
+    return run_loop(_serve(server, host, port))
 
 
-async def _serve(
-    store: ReplicaStore, host: str, port: int, secret: bytes | None, interval: float
-) -> int:
-    server = ReplicaServer(store, secret, interval)
+async def _serve(server: ReplicaServer, host: str, port: int) -> int:
+    store = server.store
     try:
         await server.start(host, port)
     except OSError as e:
         store.close(clean=True)
         why = os.strerror(e.errno).lower() if e.errno else str(e)
-        return _fail(f"cannot listen on {host}:{port}: {why}")
+        return config_error("replica", f"cannot listen on {host}:{port}: {why}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -6,6 +6,7 @@ when a region goes 0->1; they are cleared lazily after the data has been fdatasy
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -29,6 +30,7 @@ MISSED_MAX_BITS = 32 << 20  # one change map stays <= 4 MiB of bits
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
+_fallocate: Any
 try:
     _libc = ctypes.CDLL(None, use_errno=True)
     _fallocate = _libc.fallocate
@@ -171,8 +173,9 @@ def migrate_v1(meta: dict[str, Any]) -> dict[str, Any]:
     out["kind"] = "replica"
     out["id"] = str(out.pop("uuid", None) or voting.new_id())
     out["view_epoch"] = out["member_epoch"] = int(out.get("epoch") or 0)
-    out.setdefault("membership", [])
     out["voters"] = {}
+    for key, default in (("membership", []), ("tracking", []), ("rebuilding", False)):
+        out.setdefault(key, default)  # early format-1 folders did not have them yet
     return out
 
 
@@ -197,7 +200,7 @@ class ReplicaStore:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise StoreError(f"cannot create {self.dir}: {e.strerror}") from None
-        self.meta = self._load_or_init_meta(region_size)
+        self.meta, found = self._load_or_init_meta(region_size)
         self.region_size = int(self.meta["region_size"])
         self.shift = self.region_size.bit_length() - 1
         self.nregions = (size + self.region_size - 1) >> self.shift
@@ -210,7 +213,9 @@ class ReplicaStore:
         # write; that is safe because the region's write-intent bit is durable first, every
         # region dirty at load is treated as wholly changed, and change maps are written
         # before dirty.map whenever bits are cleared.
-        old_gran = "missed_granularity" not in self.meta  # maps of an older format
+        # format 1 shipped with region-granular change maps first, 4 KiB ones later (with
+        # `missed_granularity`): the former are widened to chunks at open, then format 2 is written
+        old_gran = found == 1 and "missed_granularity" not in self.meta
         self.mgran = int(self.meta.get("missed_granularity") or missed_granularity(size))
         self.mshift = self.mgran.bit_length() - 1
         self.nchunks = (size + self.mgran - 1) >> self.mshift
@@ -238,17 +243,21 @@ class ReplicaStore:
         self.wseq = 0
         self.prev_clear_seq = 0
         self.closed = False
-        if old_gran:
+        if found < FORMAT:
+            self.meta = migrate_v1(self.meta)
             self.meta["missed_granularity"] = self.mgran
-            if self.missed:  # rewrite the maps at the new granularity before meta names it
+            if old_gran and self.missed:  # maps at the new granularity before meta names it
                 self.persist_bitmaps()
             self.write_meta(self.meta_snapshot())
+            log.info("%s migrated from format %d to %d (replica id %s)", self.dir / META, found,
+                     FORMAT, self.meta["id"])  # fmt: skip
         if self.meta.get("clean", True):
             self.meta["clean"] = False
             self.write_meta(self.meta_snapshot())
 
     # ------------------------------------------------------------------ open / meta
-    def _load_or_init_meta(self, region_size: int) -> dict[str, Any]:
+    def _load_or_init_meta(self, region_size: int) -> tuple[dict[str, Any], int]:
+        """meta.json as found (or a new one) and its format (migrated by the caller)."""
         meta_path = self.dir / META
         data_path = self.dir / DATA
         if meta_path.exists():
@@ -270,23 +279,14 @@ class ReplicaStore:
                     f"{self.dir} belongs to volume {vol!r} of size {size} bytes; refusing to "
                     f"use it for volume {self.volume!r} of size {self.size} bytes"
                 )
-            if meta.get("format") == 1:
-                meta = migrate_v1(meta)
-                atomic_write(meta_path, json.dumps(meta, indent=1).encode())
-                log.info("%s migrated from format 1 to %d (replica id %s)", meta_path, FORMAT,
-                         meta["id"])  # fmt: skip
-            if meta.get("format") != FORMAT:
+            if meta.get("format") not in (1, FORMAT):
                 raise StoreError(f"{meta_path} has unsupported format {meta.get('format')!r}")
             if data_path.exists() and data_path.stat().st_size != size:
                 raise StoreError(
                     f"{data_path} is {data_path.stat().st_size} bytes but meta says {size}; "
                     "refusing to use it"
                 )
-            meta.setdefault("tracking", [])
-            meta.setdefault("member_epoch", meta.get("view_epoch", 0))
-            meta.setdefault("membership", [])
-            meta.setdefault("rebuilding", False)
-            return meta
+            return meta, int(meta["format"])
         if data_path.exists() and data_path.stat().st_size != self.size:
             raise StoreError(
                 f"{data_path} exists with size {data_path.stat().st_size}, not {self.size}, and "
@@ -306,7 +306,7 @@ class ReplicaStore:
             "rebuilding": False,
         }
         atomic_write(meta_path, json.dumps(meta, indent=1).encode())
-        return meta
+        return meta, FORMAT
 
     def _open_data(self) -> int:
         path = self.dir / DATA
@@ -411,6 +411,56 @@ class ReplicaStore:
         """Atomically replace meta.json (thread-safe given a snapshot)."""
         atomic_write(self.dir / META, data)
 
+    # ------------------------------------------------------------------ voter and mode state
+    def claim(self, epoch: int, owner: Any = None) -> None:
+        """Promise a controller term to `owner` (VoteError unless above the stored epoch);
+        persist after."""
+        voting.check_claim(self.meta, epoch)
+        voting.apply_claim(self.meta, epoch, owner)
+
+    def accept(self, body: dict[str, Any]) -> None:
+        """Take a SET_META's epoch and view (VoteError when stale or malformed)."""
+        voting.check_accept(self.meta, body)
+        voting.apply_accept(self.meta, body)
+
+    def set_clean(self, clean: bool) -> None:
+        self.meta["clean"] = clean
+
+    def set_rebuilding(self, rebuilding: bool) -> None:
+        """SET_MODE: "WO" (being rebuilt: no valid data until told "RW") or "RW"."""
+        self.meta["rebuilding"] = rebuilding
+
+    def pin_dirty(self) -> int:
+        """Keep every region dirty now until CLEAR_DIRTY (a writing controller vanished, or lost
+        its quorum, with writes that may be here and not on its peers). Returns how many regions
+        this pinned that were not pinned yet."""
+        kept = len(self.dirty - self.sticky)
+        self.sticky |= self.dirty
+        return kept
+
+    def clearing_due(self) -> bool:
+        """True when some dirty region may be cleared lazily (not pinned)."""
+        return bool(self.dirty - self.sticky)
+
+    def info(self) -> dict[str, Any]:
+        """The store's part of an INFO answer: meta, tracking epochs, mode, dirty state."""
+        out = dict(self.meta)
+        out["tracking"] = sorted(self.missed)
+        out["mode"] = self.mode
+        out["dirty"] = bool(self.dirty)
+        out["dirty_regions"] = len(self.dirty)
+        return out
+
+    def dirty_report(self) -> dict[str, Any]:
+        """DIRTY_MAP: dirty regions and the change maps (byte runs, excluded ids)."""
+        return {
+            "region_size": self.region_size,
+            "dirty": sorted(self.dirty),
+            "missed_granularity": self.mgran,
+            "missed": {str(e): self.missed_runs(e) for e in self.missed},
+            "excluded": {str(e): self.excluded.get(e) for e in self.missed},
+        }
+
     # ------------------------------------------------------------------ data path
     def check_range(self, offset: int, length: int) -> str | None:
         """Return why (offset, length) is not a valid I/O range, or None."""
@@ -422,26 +472,61 @@ class ReplicaStore:
             return f"range {offset}+{length} is past the end of the volume ({self.size} bytes)"
         return None
 
-    def needs_intent(self, offset: int, length: int) -> bool:
-        """True when some region of the range is not durably marked dirty yet."""
+    def needs_intent(self, ranges: list[tuple[int, int]]) -> bool:
+        """True when some region of the (offset, length) ranges is not durably dirty yet: a
+        write/unmap there must wait for `mark` + a bitmap write (the write-intent rule, §2)."""
         shift = self.shift
         dirty = self.dirty
         und = self.undurable
-        for r in range(offset >> shift, ((offset + length - 1) >> shift) + 1):
-            if r not in dirty or r in und:
-                return True
+        for offset, length in ranges:
+            for r in range(offset >> shift, ((offset + length - 1) >> shift) + 1):
+                if r not in dirty or r in und:
+                    return True
         return False
 
-    def mark(self, offset: int, length: int) -> None:
-        """Mark the range's regions dirty in memory (change maps: see note_write/note_missed).
+    def mark(self, ranges: list[tuple[int, int]]) -> None:
+        """Mark the ranges' regions dirty in memory (change maps: see note_write/note_missed).
 
         The new bits are `undurable` until a bitmap write covers them; the data write must wait.
         """
         shift = self.shift
-        for r in range(offset >> shift, ((offset + length - 1) >> shift) + 1):
-            if r not in self.dirty:
-                self.dirty.add(r)
-                self.undurable.add(r)
+        for offset, length in ranges:
+            for r in range(offset >> shift, ((offset + length - 1) >> shift) + 1):
+                if r not in self.dirty:
+                    self.dirty.add(r)
+                    self.undurable.add(r)
+
+    def write_if_durable(self, offset: int, data: bytes | memoryview) -> bool:
+        """The fast path of a write inside one region that is already durably dirty: apply it
+        and return True; otherwise (or on a short/failed pwrite) do nothing and return False,
+        and the caller takes the general path (mark, wait for the bitmap, `apply`)."""
+        n = len(data)
+        shift = self.shift
+        r = offset >> shift
+        if (offset + n - 1) >> shift != r or r not in self.dirty or r in self.undurable:
+            return False
+        try:
+            if os.pwrite(self.fd, data, offset) != n:
+                return False
+        except OSError:
+            return False
+        if self.missed:
+            self.note_missed(offset, n)
+        self.wseq = seq = self.wseq + 1
+        self.last_write[r] = seq
+        return True
+
+    def apply(self, ranges: list[tuple[int, int]], data: bytes | memoryview | None) -> None:
+        """Apply a write (the ranges' data, concatenated) or an unmap (data None) whose regions
+        are durably dirty (`needs_intent` is False). OSError when the disk fails."""
+        pos = 0
+        for offset, length in ranges:
+            if data is None:
+                self.punch(offset, length)
+            else:
+                self.pwrite(offset, data[pos : pos + length] if len(ranges) > 1 else data)
+                pos += length
+            self.note_write(offset, length)
 
     def note_write(self, offset: int, length: int) -> None:
         """Record the write sequence of the regions touched (lazy clearing), and change maps."""
@@ -471,6 +556,18 @@ class ReplicaStore:
         data = os.pread(self.fd, length, offset)
         if len(data) != length:  # only if the file was truncated behind our back
             data += bytes(length - len(data))
+        return data
+
+    def preadv(self, ranges: list[tuple[int, int]]) -> bytearray:
+        """Several ranges read into one buffer, concatenated (holes read as zeroes)."""
+        data = bytearray(sum(n for _, n in ranges))
+        pos = 0
+        with memoryview(data) as mv:
+            for offset, length in ranges:
+                got = os.preadv(self.fd, (mv[pos : pos + length],), offset)
+                if got < length:  # past EOF (truncated behind our back): zeroes
+                    mv[pos + got : pos + length] = bytes(length - got)
+                pos += length
         return data
 
     def punch(self, offset: int, length: int) -> None:
@@ -553,10 +650,8 @@ class ReplicaStore:
             if created:
                 _fsync_dir(self.dir)
         for e in snap["drop"]:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.dir / missed_name(e))
-            except FileNotFoundError:
-                pass
         if snap["drop"]:
             _fsync_dir(self.dir)
 
@@ -636,21 +731,14 @@ class ReplicaStore:
         self._tracking_meta()
 
     # ------------------------------------------------------------------ shutdown / writes for tests
-    def write(self, offset: int, data: bytes) -> None:
-        """Synchronous write with the intent protocol (tests and tools, not the server path)."""
-        if self.needs_intent(offset, len(data)):
-            self.mark(offset, len(data))
+    def write(self, offset: int, data: bytes | None, length: int = 0) -> None:
+        """Synchronous write (or unmap: data None, `length` bytes) with the intent protocol:
+        tests and tools; the server does the same in steps without blocking its loop."""
+        ranges = [(offset, len(data) if data is not None else length)]
+        if self.needs_intent(ranges):
+            self.mark(ranges)
             self.persist_bitmaps()
-        self.pwrite(offset, data)
-        self.note_write(offset, len(data))
-
-    def unmap(self, offset: int, length: int) -> None:
-        """Synchronous unmap with the intent protocol (tests and tools)."""
-        if self.needs_intent(offset, length):
-            self.mark(offset, length)
-            self.persist_bitmaps()
-        self.punch(offset, length)
-        self.note_write(offset, length)
+        self.apply(ranges, data)
 
     def close(self, clean: bool = True) -> None:
         """Stop using the store; on a clean close sync, clear the runtime dirty bits, mark clean."""

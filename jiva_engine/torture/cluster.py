@@ -72,10 +72,16 @@ class Proc:
         """True while the process runs."""
         return self.p is not None and self.p.poll() is None
 
+    def _signal(self, sig: int) -> bool:
+        """Send `sig` to the process (by PID) if it runs; True if it did."""
+        if self.p is None or self.p.poll() is not None:
+            return False
+        os.kill(self.p.pid, sig)
+        return True
+
     def kill(self) -> None:
         """kill -9 by PID and reap."""
-        if self.alive():
-            os.kill(self.p.pid, signal.SIGKILL)
+        self._signal(signal.SIGKILL)
         self.reap()
 
     def reap(self) -> None:
@@ -86,26 +92,23 @@ class Proc:
 
     def sigstop(self) -> None:
         """Freeze the process (SIGSTOP)."""
-        if self.alive():
-            os.kill(self.p.pid, signal.SIGSTOP)
+        if self._signal(signal.SIGSTOP):
             self.stopped = True
 
     def sigcont(self) -> None:
         """Let a frozen process run again."""
-        if self.alive():
-            os.kill(self.p.pid, signal.SIGCONT)
+        self._signal(signal.SIGCONT)
         self.stopped = False
 
     def terminate(self) -> None:
         """SIGTERM, then SIGKILL after 5 s (by PID)."""
-        if not self.alive():
+        if self.p is None or not self._signal(signal.SIGCONT):
             return
-        os.kill(self.p.pid, signal.SIGCONT)
-        os.kill(self.p.pid, signal.SIGTERM)
+        self._signal(signal.SIGTERM)
         try:
             self.p.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            os.kill(self.p.pid, signal.SIGKILL)
+            self._signal(signal.SIGKILL)
             self.p.wait(timeout=5)
 
 
@@ -121,17 +124,21 @@ class Cluster:
         size: str = "32M",
         replica_timeout: float = 1.0,
         sync_interval: float = 2.5,
+        writer_silence: float = 1.0,
         secret: str | None = "torture-replica-secret",
         placement: list[tuple[str, tuple[str, ...]]] | None = None,
     ) -> None:
         """`placement[i]` = (address, command prefix) puts replica i on a test host (else local).
 
         `sync_interval` (the replicas' lazy dirty-bit clearing) must stay above `replica_timeout`
-        (docs/ENGINE.md, Known limits): a write that reached only the old controller's own
-        replica must still be dirty there when that controller ejects the others and pins it.
+        plus `writer_silence` (docs/ENGINE.md, Known limits): a write that reached some replicas
+        and not others must still be dirty there when its controller ejects the others, pins
+        it, or is found silent (cut off).
         """
-        if sync_interval <= replica_timeout:
-            raise ValueError("sync_interval must be above replica_timeout (ENGINE.md)")
+        if sync_interval <= replica_timeout + writer_silence:
+            raise ValueError(
+                "sync_interval must be above replica_timeout + writer_silence (ENGINE.md)"
+            )
         self.root = root
         self.volume = volume
         self.size_bytes = parse_size(size)
@@ -149,7 +156,8 @@ class Cluster:
             port = free_port() if host == "127.0.0.1" else 9700
             d = root / f"r{i}"
             args = ["replica", "--volume", volume, "--listen", f"{host}:{port}", "--dir", str(d),
-                    "--size", size, "--sync-interval", str(sync_interval), *extra]  # fmt: skip
+                    "--size", size, "--sync-interval", str(sync_interval),
+                    "--writer-silence", str(writer_silence), *extra]  # fmt: skip
             self.replicas.append(Proc(f"r{i}", args, self.logdir, port, host, prefix))
         # what every controller of the volume is started with, wherever it runs (the failover
         # play starts the new one with the same replica list)

@@ -217,9 +217,9 @@ async def inject_controller_host_fault(
     # the old host is back with its controller still running: it must be fenced
     state = await _old_state(cl, old_host, "fenced", FENCE_SELF)
     fenced_alone = state == "fenced"
-    lba = max(wl.acked, key=wl.acked.__getitem__) if wl.acked else None
-    if lba is not None:
-        await _probe_old(cl, wl, old_host, lba, st, f"{where}, host back")
+    newest = max(wl.acked, key=wl.acked.__getitem__) if wl.acked else None
+    if newest is not None:
+        await _probe_old(cl, wl, old_host, newest, st, f"{where}, host back")
     if fenced_alone:
         st.fenced_alone += 1
     else:

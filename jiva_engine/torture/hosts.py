@@ -30,8 +30,8 @@ _ROOT = Path(__file__).resolve().parents[2]
 def load_sandbox():  # noqa: ANN201 - the class from scripts/sandbox.py
     """Import the project's test-host harness (scripts/sandbox.py) by path."""
     spec = importlib.util.spec_from_file_location("jiva_sandbox", _ROOT / "scripts" / "sandbox.py")
+    assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
     spec.loader.exec_module(mod)
     return mod.Sandbox
 

@@ -139,7 +139,7 @@ async def _settle(cl: Cluster, wl: Workload, init: Initiator) -> None:
 def _describe_diff(images: list[Path], wl: Workload, limit: int = 4) -> str:
     """Which 4 KiB blocks differ between replica images, and what each replica holds there."""
     datas = [p.read_bytes() for p in images]
-    out = []
+    out: list[str] = []
     ndiff = 0
     for off in range(0, len(datas[0]), BLOCK):
         blocks = [d[off : off + BLOCK] for d in datas]
@@ -326,10 +326,13 @@ def main(argv: list[str] | None = None) -> int:
                     progress=True,
                     hosts=a.hosts,
                     kinds=kinds,
-                )  # fmt: skip
+                )
             )
         )
         ok = not (rep.violations or rep.errors)
+    except asyncio.CancelledError:
+        print("torture stopped by SIGTERM; its processes and test hosts are gone", flush=True)
+        return 143
     finally:
         if a.keep or not ok:
             print(f"work directory kept (logs, replica data): {root}")

@@ -7,12 +7,10 @@ import asyncio
 import logging
 import os
 import signal
-import sys
 
 from jiva_engine.protocol import voting
-from jiva_engine.protocol.auth import read_secret_file
 from jiva_engine.replica.store import StoreError
-from jiva_engine.util import parse_hostport, run_loop
+from jiva_engine.util import config_error, parse_hostport, read_secret, run_loop, setup_logging
 from jiva_engine.witness.server import WitnessServer
 from jiva_engine.witness.store import WitnessStore
 
@@ -28,24 +26,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
-def _fail(msg: str) -> int:
-    print(f"jiva witness: error: {msg}", file=sys.stderr)
-    return 2
-
-
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; 2 on bad configuration."""
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format=f"%(asctime)s witness[{args.volume}@{args.listen}] %(levelname)s %(message)s",
-    )
+    setup_logging(args.log_level, f"witness[{args.volume}@{args.listen}]")
     try:
         host, port = parse_hostport(args.listen)
-        secret = read_secret_file(args.secret_file) if args.secret_file else None
+        secret = read_secret(args.secret_file).encode() if args.secret_file else None
         store = WitnessStore(args.dir, args.volume)
     except (ValueError, StoreError) as e:
-        return _fail(str(e))
+        return config_error("witness", str(e))
     return run_loop(_serve(store, host, port, secret))
 
 
@@ -55,7 +44,7 @@ async def _serve(store: WitnessStore, host: str, port: int, secret: bytes | None
         await server.start(host, port)
     except OSError as e:
         why = os.strerror(e.errno).lower() if e.errno else str(e)
-        return _fail(f"cannot listen on {host}:{port}: {why}")
+        return config_error("witness", f"cannot listen on {host}:{port}: {why}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

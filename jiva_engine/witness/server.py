@@ -52,7 +52,8 @@ class WitnessServer:
     @property
     def port(self) -> int:
         """The port actually bound."""
-        return self._server.sockets[0].getsockname()[1]
+        assert self._server is not None, "not started"
+        return int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
         """Stop accepting and close every connection."""
@@ -87,28 +88,28 @@ class WitnessServer:
         hello = auth.hello_body(store.volume, conn.nonce, self.secret, "witness", store.id)
         writer.write(wire.encode(wire.HELLO, 0, wire.dumps(hello), epoch=store.meta["epoch"]))
         loop = asyncio.get_running_loop()
+        frames = wire.FrameReader(limit=MAX_PAYLOAD)
         try:
             while True:
                 timeout = None if conn.authed else self.auth_timeout
                 try:
-                    head = await asyncio.wait_for(reader.readexactly(wire.HEADER_SIZE), timeout)
+                    data = await asyncio.wait_for(reader.read(65536), timeout)
                 except TimeoutError:
                     log.warning("%s did not authenticate in time; closing", conn.name)
                     return
-                magic, op, _st, plen, rid, _off, _ln, ep = wire.HEADER.unpack(head)
-                if magic != wire.MAGIC or plen > MAX_PAYLOAD:
-                    log.warning("malformed frame from %s (magic 0x%04x, %d-byte payload); "
-                                "closing", conn.name, magic, plen)  # fmt: skip
+                if not data:
                     return
-                payload = await reader.readexactly(plen) if plen else b""
                 if conn.authed:
                     conn.active = loop.time()
-                status, answer, close = await self._handle(conn, op, ep, payload)
-                writer.write(wire.encode(op, rid, answer, status, epoch=store.meta["epoch"]))
-                await writer.drain()
-                if close:
-                    return
-        except (asyncio.IncompleteReadError, ConnectionError):
+                for f in frames.feed(data):
+                    status, answer, close = await self._handle(conn, f.op, f.epoch, f.payload)
+                    writer.write(
+                        wire.encode(f.op, f.req_id, answer, status, epoch=store.meta["epoch"])
+                    )
+                    await writer.drain()
+                    if close:
+                        return
+        except ConnectionError:
             return
         except wire.FrameError as e:
             log.warning("malformed frame from %s: %s; closing", conn.name, e)
@@ -119,7 +120,7 @@ class WitnessServer:
             writer.close()
 
     async def _handle(
-        self, conn: _Conn, op: int, ep: int, payload: bytes
+        self, conn: _Conn, op: int, ep: int, payload: bytes | bytearray
     ) -> tuple[int, bytes, bool]:
         """(status, answer payload, close after answering) for one request."""
         store = self.store
@@ -145,11 +146,14 @@ class WitnessServer:
         if op == wire.BYE:
             return wire.OK, b"", True
         if op == wire.CLAIM:
+            body = wire.loads(payload) if payload else {}
             try:
                 voting.check_claim(store.meta, ep)
             except voting.VoteError as e:
                 return (wire.STALE_EPOCH if e.stale else wire.EINVAL), str(e).encode(), False
-            voting.apply_claim(store.meta, ep)
+            voting.apply_claim(
+                store.meta, ep, body.get("owner") if isinstance(body, dict) else None
+            )
             await self._persist()
             log.info("epoch %s promised to %s", voting.epoch_text(ep), conn.name)
             return wire.OK, wire.dumps(self.info(claimer=conn)), False

@@ -8,7 +8,8 @@ import pytest
 
 from jiva_engine.controller.volume import FENCED, SERVING, WAITING
 from jiva_engine.protocol.voting import term_of
-from tests.integration.test_engine import block, open_volume, replicas, wait_for
+from tests.integration.test_engine import block, open_volume, replicas
+from tests.waiting import eventually
 
 
 @pytest.mark.asyncio
@@ -30,7 +31,7 @@ async def test_old_controller_with_unlanded_view_change_does_not_reclaim(procs, 
         assert term_of(new.epoch) == coord.mem.term + 1
         await new.write(4096, block(2))
         coord.wake.set()
-        await wait_for(lambda: old.state == FENCED, 10, "old controller fenced")
+        await eventually(lambda: old.state == FENCED, 10, "old controller fenced")
         assert "past our term" in old.reason
         # the new controller is untouched: still serving, data intact
         await new.write(8192, block(3))

@@ -8,7 +8,6 @@ regions. Torn meta.json / dirty.map files must make the replica refuse or rebuil
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import shutil
 import signal
@@ -16,6 +15,7 @@ import signal
 from jiva_engine.controller.volume import RW, Volume
 from jiva_engine.replica.store import bytes_to_bits
 from tests.procs import JIVA, free_port, wait_port
+from tests.waiting import eventually
 
 MiB = 1 << 20
 SIZE = 16 * MiB
@@ -59,11 +59,11 @@ def drop_caches() -> None:
 
 
 async def wait_rw(vol: Volume, n: int, timeout: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not (len(vol.members) == n and all(m.mode == RW for m in vol.members.values())):
-        assert loop.time() < end, f"replicas never all RW: {vol.status()}"
-        await asyncio.sleep(0.05)
+    await eventually(
+        lambda: len(vol.members) == n and all(m.mode == RW for m in vol.members.values()),
+        timeout,
+        f"{n} replicas RW",
+    )
 
 
 def pattern(tag: int, n: int = 64 * 1024) -> bytes:
@@ -86,7 +86,12 @@ async def _power_loss(procs, tmp_path, tear_dirty: bool) -> tuple[list[Rep], set
         shutil.copyfile(reps[0].dir / "volume.img", snapshot)
         for i in (1, 3, 5):  # B: acknowledged, not flushed
             await vol.write(i * MiB, pattern(0xB0 + i))
-        await asyncio.sleep(1.0)  # survivors sync and clear their bits for B
+        survivors = [m for a, m in vol.members.items() if a != reps[0].addr]
+
+        async def survivors_clean() -> bool:  # they sync and clear their bits for B
+            return not any([(await m.link.info())["dirty"] for m in survivors])
+
+        await eventually(survivors_clean, 20, "the survivors' dirty bits cleared")
         reps[0].kill()
         dirty_at_death = bytes_to_bits((reps[0].dir / "dirty.map").read_bytes(), 16)
         # power loss: the unflushed B writes never reached r0's disk

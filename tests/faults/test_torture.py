@@ -1,5 +1,6 @@
-"""Crash torture, short version: ~20 process faults (kill -9 / SIGSTOP of replicas and the
-controller) under a checksummed, versioned write workload through our own iSCSI initiator."""
+"""Crash torture, short versions: ~20 process faults (kill -9 / SIGSTOP of replicas and the
+controller), and (root) faults of test hosts, the controller's host included, under a
+checksummed, versioned write workload through our own iSCSI initiator."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import random
 
 import pytest
 
+from jiva_engine.torture.failover import CONTROLLER_HOST_FAULTS
 from jiva_engine.torture.hosts import HOST_FAULTS
 from jiva_engine.torture.run import PROCESS_FAULTS, torture
 
@@ -30,11 +32,23 @@ async def test_torture_short_process_faults(tmp_path):
 
 @needs_root
 async def test_torture_short_host_faults(tmp_path):
-    """Replicas on network-namespace test hosts: host crash, link down, blackhole (2 each)."""
+    """Replicas and the controller on network-namespace test hosts (the controller beside a
+    replica, behind a floating portal address): crash, link down and blackhole of a replica's
+    host (1 each) and of the controller's host (2 each). The controller's host faults move the
+    controller and the portal address to another host (as the failover play does) and must leave
+    the old controller fenced, never acknowledging a write once the new one took over."""
     seed = int(os.environ.get("JIVA_TORTURE_SEED", random.randrange(1 << 31)))
-    rep = await torture(tmp_path, 6, seed, kinds=HOST_FAULTS, nblocks=512, hosts=True)
+    kinds = HOST_FAULTS + CONTROLLER_HOST_FAULTS * 2  # each kind once per pass over the list
+    want = {k: kinds.count(k) for k in kinds}
+    rep = await torture(tmp_path, len(kinds), seed, kinds=kinds, nblocks=512, hosts=True)
     print(rep.table())
     assert rep.violations == [], f"seed {seed}: {rep.violations[:5]}"
     assert rep.errors == [], f"seed {seed}: {rep.errors}"
-    assert rep.rounds == 6 and dict(rep.faults) == {k: 2 for k in HOST_FAULTS}
-    assert rep.writes_acked > 100 and rep.replica_compares == 6
+    assert rep.rounds == len(kinds) and dict(rep.faults) == want
+    assert rep.writes_acked > 100 and rep.replica_compares == len(kinds)
+    f = rep.failover
+    assert f is not None and f.failovers == 6 and len(f.serve_seconds) == 6
+    # the 4 partitioned old controllers: probed during the partition and after it (no write
+    # acknowledged), each fenced once its host was back
+    assert f.probes == 8 and f.probe_write_refused == 8
+    assert f.fenced_alone + f.fenced_after_io == 4

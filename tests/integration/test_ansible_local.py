@@ -24,6 +24,7 @@ from tests.sandbox import (  # noqa: F401 - local_daemons_fixture provides the f
     local_daemons_fixture,
     run_playbook,
 )
+from tests.waiting import eventually_sync
 
 CHAP_SECRET = "s3cret-chap-pass"
 # a loopback /24 of its own per run, so concurrent runs of this file on one machine do not clash
@@ -72,22 +73,6 @@ def api_state(api: str = f"{PORTAL}:9850") -> dict:
         return json.load(r)
 
 
-def wait_for(check, timeout: float = 20.0):
-    """Poll `check()` until it returns something true; return it (AssertionError on timeout)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except OSError as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out; last: {last!r}")
-
-
 def witness_node(base: Path) -> Path:
     """The node folder holding lv2's witness config (there must be exactly one)."""
     envs = list(base.glob("nodes/*/etc/witness-lv2.env"))
@@ -115,7 +100,8 @@ def controller_files(base: Path) -> tuple[Path, Path]:
     return envs[0], node / "run" / "controller-lv1.pid"
 
 
-def test_check_diff_deploy_idempotence_teardown(tmp_path, local_daemons):
+@pytest.mark.usefixtures("local_daemons")
+def test_check_diff_deploy_idempotence_teardown(tmp_path):
     inv = write_inventory(tmp_path)
     home = tmp_path / "ansible-home"
     cfg = ROOT / "ansible.cfg"
@@ -198,8 +184,11 @@ def test_check_diff_deploy_idempotence_teardown(tmp_path, local_daemons):
     assert f"{wnode.name}:ok" in report["output"]
     wpid = int((wnode / "run" / "witness-lv2.pid").read_text())
     os.kill(wpid, signal.SIGTERM)  # its supervisor: it stops the witness and does not restart it
-    wait_for(lambda: not Path(f"/proc/{wpid}").exists())
-    wait_for(lambda: [w["state"] for w in api_state(API2)["witnesses"]] == ["unreachable"])
+    eventually_sync(lambda: not Path(f"/proc/{wpid}").exists(), what="the witness gone")
+    eventually_sync(
+        lambda: [w["state"] for w in api_state(API2)["witnesses"]] == ["unreachable"],
+        what="the witness reported unreachable",
+    )
     report = health(cfg, home, base_args, tmp_path / "health.json")
     row = report["rows"]["lv2"]
     assert [(w["host"], w["state"]) for w in row["witnesses"]] == [(wnode.name, "unreachable")]
@@ -210,7 +199,10 @@ def test_check_diff_deploy_idempotence_teardown(tmp_path, local_daemons):
     # site.yml starts the witness again, and the controller takes it back
     back = run_playbook("site.yml", cfg, home, *base_args)
     assert back.rc == 0 and back.changed() >= 1, back.output
-    wait_for(lambda: [w["state"] for w in api_state(API2)["witnesses"]] == ["ok"])
+    eventually_sync(
+        lambda: [w["state"] for w in api_state(API2)["witnesses"]] == ["ok"],
+        what="the witness back",
+    )
 
     before_env = env.read_text()
     before_pid = pidfile.read_text()
@@ -331,7 +323,8 @@ def run_module(tmp_path: Path, module: str, args: dict, *extra: str) -> dict:
 
 
 @pytest.mark.parametrize("kind", ["replica", "witness"])
-def test_voter_module_states_are_idempotent(tmp_path, local_daemons, kind):
+@pytest.mark.usefixtures("local_daemons")
+def test_voter_module_states_are_idempotent(tmp_path, kind):
     """present -> started -> stopped (check, then real) -> absent with data, each twice; the
     replica and the witness module share this behaviour (module_utils jiva_service voters)."""
     port = 9690 if kind == "replica" else 9691

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import time
 
@@ -49,8 +50,14 @@ async def wait_state(base: str, pred, timeout: float = 30.0) -> dict:
         await asyncio.sleep(0.1)
 
 
-def status_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*JIVA, "status", *args], capture_output=True, text=True, timeout=30)
+def status_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*JIVA, "status", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **(env or {})},
+    )
 
 
 async def test_status_stats_metrics_and_jiva_status(procs, tmp_path):
@@ -79,7 +86,9 @@ async def test_status_stats_metrics_and_jiva_status(procs, tmp_path):
             float(value)
             assert name.startswith("jiva_") and name.endswith("}")
 
-    out = status_cli("--api", api)
+    # a proxy in the environment is not used for the API (nothing listens on port 9)
+    proxy = {"http_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+    out = status_cli("--api", api, env=proxy)
     assert out.returncode == 0, out.stderr
     assert "serving" in out.stdout and "healthy" in out.stdout
     for r in reps:
@@ -239,9 +248,11 @@ async def test_replica_secret_is_required_and_checked(procs, tmp_path):
     st = await wait_state(base2, lambda s: "AUTH_FAILED" in (s["replicas"][0]["last_error"] or ""))
     assert st["state"] == "waiting"
     # and the serving controller refuses a replica that cannot prove the shared secret
-    async with aiohttp.ClientSession() as s:
-        async with s.post(base + "/v1/replicas", json={"address": reps[2].addr}) as r:
-            assert r.status == 202
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(base + "/v1/replicas", json={"address": reps[2].addr}) as r,
+    ):
+        assert r.status == 202
     st = await wait_state(
         base,
         lambda s: (

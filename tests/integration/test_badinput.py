@@ -107,14 +107,15 @@ async def test_bad_cdb_gets_check_condition(target, case):
 
 
 async def test_io_while_waiting_for_replicas_is_not_ready(procs, tmp_path):
-    """A controller whose replicas are not all there answers NOT READY, writes nothing."""
+    """A controller whose replicas are not all there holds I/O, then answers NOT READY, and
+    writes nothing."""
     rport, missing, api, portal = free_port(), free_port(), free_port(), free_port()
     procs.jiva("replica", "--volume", "wv", "--listen", f"127.0.0.1:{rport}", "--dir",
                str(tmp_path / "r0"), "--size", "8M", name="r0")  # fmt: skip
     wait_port("127.0.0.1", rport)
     procs.jiva("controller", "--volume", "wv", "--api", f"127.0.0.1:{api}", "--portal",
                f"127.0.0.1:{portal}", "--replica", f"127.0.0.1:{rport}", "--replica",
-               f"127.0.0.1:{missing}", name="controller")  # fmt: skip
+               f"127.0.0.1:{missing}", "--quorum-hold", "1", name="controller")  # fmt: skip
     wait_port("127.0.0.1", portal)
     init = Initiator("127.0.0.1", portal, "iqn.2026-11.org.jiva-py:wv")
     await init.connect()

@@ -17,8 +17,9 @@ from tests.integration.test_engine import (
     identical,
     open_volume,
     replicas,
-    wait_for,
+    settled,
 )
+from tests.waiting import eventually
 
 
 async def test_returning_replica_copies_only_the_4k_chunks_it_missed(procs, tmp_path):
@@ -27,10 +28,10 @@ async def test_returning_replica_copies_only_the_4k_chunks_it_missed(procs, tmp_
     try:
         await fill(vol, 0, 48 * MiB, seed=7)
         await vol.flush()
-        await asyncio.sleep(1.5)  # idle: the replicas lazily clear their dirty bits
+        await settled(reps)  # idle: the replicas lazily clear their dirty bits
         reps[2].kill()
         await vol.write(0, block(1))  # the write that finds it gone
-        await wait_for(lambda: vol.members[reps[2].addr].mode == ERR, 10, "ejection")
+        await eventually(lambda: vol.members[reps[2].addr].mode == ERR, 10, "ejection")
         # one 4 KiB write in each of 48 regions: region-granular tracking would copy 48 MiB
         rnd = random.Random(5)
         written = {}
@@ -84,7 +85,7 @@ async def test_large_reads_are_split_across_replicas_and_survive_one_dying(procs
         tasks = [asyncio.create_task(reader(s)) for s in range(4)]
         await asyncio.sleep(0.3)
         reps[1].kill()  # dies while split reads are in flight on it
-        await wait_for(lambda: vol.members[reps[1].addr].mode == ERR, 10, "ejection")
+        await eventually(lambda: vol.members[reps[1].addr].mode == ERR, 10, "ejection")
         await asyncio.sleep(0.3)
         stop = True
         await asyncio.gather(*tasks)  # raises if a read failed or returned wrong bytes

@@ -18,6 +18,7 @@ import pytest
 from jiva_engine.protocol import auth, wire
 from jiva_engine.protocol.client import ReplicaClient, ReplicaError, ReplicaUnavailable
 from tests.procs import free_port
+from tests.waiting import eventually, holds
 
 MiB = 1 << 20
 REPLICA = [sys.executable, "-m", "jiva_engine.cli", "replica"]  # the real `jiva replica`
@@ -93,7 +94,8 @@ def _recv_frame(sock: socket.socket) -> wire.Frame | None:
         if not chunk:
             return None
         buf += chunk
-    return wire.decode(buf[: wire.HEADER_SIZE + plen])
+    frames, _ = wire.split_frames(buf[: wire.HEADER_SIZE + plen])
+    return frames[0]
 
 
 def _closed(sock: socket.socket, timeout: float = 5.0) -> bool:
@@ -480,9 +482,12 @@ async def test_kill_9_during_writes_leaves_in_flight_regions_dirty(procs, tmp_pa
     assert dirty <= set(range(16))
     info = await c2.info()
     assert info["clean"] is False and info["dirty"] is True
+
     # a crash's dirty bits survive the lazy clearing until CLEAR_DIRTY
-    await asyncio.sleep(3 * interval)
-    assert set((await c2.dirty_map())["dirty"]) == dirty
+    async def still_dirty() -> bool:
+        return set((await c2.dirty_map())["dirty"]) == dirty
+
+    await holds(still_dirty, 3 * interval, "the crash's dirty bits")
     await c2.clear_dirty(sorted(dirty))
     assert (await c2.dirty_map())["dirty"] == []
     await c2.close()
@@ -572,8 +577,11 @@ async def test_writer_disconnect_pins_dirty_regions_until_clear_dirty(procs, tmp
     await w1.write(7 * MiB, b"b" * 512, 0)
     await reader.read(0, 512, 0)  # a connection that only reads pins nothing
     await reader.close()
-    await asyncio.sleep(6 * interval)
-    assert (await w1.dirty_map())["dirty"] == []  # idle regions are cleared while it is alive
+
+    async def cleared() -> bool:  # idle regions are cleared while it is alive
+        return (await w1.dirty_map())["dirty"] == []
+
+    await eventually(cleared, 20 * interval, "idle regions cleared")
     await w1.close()  # orderly close (BYE): nothing pinned
     # a writer that vanishes without BYE (a killed controller): region 5 may be missing on
     # its peers, so it stays dirty
@@ -584,8 +592,11 @@ async def test_writer_disconnect_pins_dirty_regions_until_clear_dirty(procs, tmp
         s.sendall(wire.encode(wire.WRITE, 2, b"c" * 512, offset=5 * MiB))
         assert _recv_frame(s).status == wire.OK
     c = await r.connect()
-    await asyncio.sleep(6 * interval)
-    assert (await c.dirty_map())["dirty"] == [5]
+
+    async def pinned() -> bool:
+        return (await c.dirty_map())["dirty"] == [5]
+
+    await holds(pinned, 6 * interval, "the vanished writer's dirty region")
     assert r.log().count("kept until CLEAR_DIRTY") == 1
     await c.clear_dirty([5])
     assert (await c.dirty_map())["dirty"] == []

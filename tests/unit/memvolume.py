@@ -33,7 +33,7 @@ class MemVolume:
         self._check(offset, length)
         return bytes(self.data[offset : offset + length])
 
-    async def write(self, offset: int, data, fua: bool = False) -> None:  # noqa: ANN001
+    async def write(self, offset: int, data, fua: bool = False) -> None:
         self._check(offset, len(data))
         self.data[offset : offset + len(data)] = data
         bs = self.block_size

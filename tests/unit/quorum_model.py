@@ -265,12 +265,11 @@ class Model:
                 return self._write_done(w, ci, c)
             return self._set(w, ci, c)
         if kind == "READ" and c.read_floor >= 0:
-            if reply is not None and reply[0] == "VAL":
-                if reply[1] < c.read_floor:
-                    raise Violation(
-                        f"stale read: controller {ci} read write {reply[1]} from {vid} after "
-                        f"write {c.read_floor} was acknowledged"
-                    )
+            if reply is not None and reply[0] == "VAL" and reply[1] < c.read_floor:
+                raise Violation(
+                    f"stale read: controller {ci} read write {reply[1]} from {vid} after "
+                    f"write {c.read_floor} was acknowledged"
+                )
             return self._set(w, ci, c._replace(read_floor=-1))
         # late answers of an earlier round (e.g. accepts after the commit): nothing to do
         return self._set(w, ci, c)

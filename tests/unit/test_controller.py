@@ -101,7 +101,10 @@ def test_plan_incremental_with_fine_byte_runs_merges_adjacent_extents():
 def test_plan_uses_the_newest_map_that_excluded_this_replica():
     """Maps name the ids they were started for: a returning replica copies from the newest map
     that left it out after the last view it accepted, whatever the epochs' numbers."""
-    e = lambda t, v: t << 32 | v  # noqa: E731
+
+    def e(t: int, v: int) -> int:
+        return t << 32 | v
+
     sdm = {
         "region_size": MB,
         "missed": {
@@ -114,7 +117,7 @@ def test_plan_uses_the_newest_map_that_excluded_this_replica():
     # it accepted later views as a non-member (a voter): what counts is its member_epoch
     r = {"epoch": e(2, 6), "view_epoch": e(2, 6), "member_epoch": e(1, 7)}
     kind, ext = _plan(r, {"dirty": [9]}, sdm)
-    assert kind == f"incremental since epoch {e(2, 1)}"
+    assert kind == "incremental since epoch 2.1"
     assert ext == [(MB, 4096), (9 * MB, MB)]  # that map, plus its own dirty regions
     # a map started before the last view that named it a member is no use: full
     kind, ext = _plan({"epoch": e(2, 5), "member_epoch": e(2, 5)}, {"dirty": []}, sdm)
@@ -139,17 +142,24 @@ def test_plan_falls_back_to_full(rmeta, sdm):
     assert kind == "full" and regions is None
 
 
-async def test_io_refused_while_waiting():
+async def test_io_held_while_waiting_then_not_ready():
+    """I/O that reaches a controller that does not serve yet waits (up to the hold), then
+    fails NOT READY with the reason: a starting controller's first seconds cost no error."""
+    import time
+
     from jiva_engine.volume import VolumeNotReady
 
-    v = _vol()
-    assert not v.ready()
-    with pytest.raises(VolumeNotReady, match="starting"):
+    v = Volume("v", ["127.0.0.1:1"], size=64 << 20, hold=0.3)
+    assert v.ready()  # takes I/O (it would hold it): the size is known
+    t0 = time.monotonic()
+    with pytest.raises(VolumeNotReady, match="I/O held for 0.3s: starting"):
         await v.write(0, bytes(512))
+    assert time.monotonic() - t0 >= 0.3
     with pytest.raises(VolumeNotReady):
         await v.read(0, 512)
     st = v.status()
     assert st["state"] == "waiting" and st["replicas"][0]["mode"] == "ERR"
+    assert not Volume("v", ["127.0.0.1:1"]).ready()  # no --size and no replica yet: NOT READY
 
 
 def test_status_table_shows_rebuild_progress_and_reason():

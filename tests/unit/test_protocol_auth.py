@@ -33,12 +33,17 @@ def test_bad_nonce_is_a_value_error():
         auth.client_mac(b"k", "v", "not-hex", auth.new_nonce())
 
 
-def test_read_secret_file(tmp_path):
+def test_read_secret(tmp_path):
+    from jiva_engine.util import read_secret
+
     p = tmp_path / "s"
     p.write_text("  topsecret\n")
-    assert auth.read_secret_file(p) == b"topsecret"
+    assert read_secret(p) == "topsecret"
     p.write_text("\n")
-    with pytest.raises(ValueError, match="empty"):
-        auth.read_secret_file(p)
-    with pytest.raises(ValueError, match="cannot read"):
-        auth.read_secret_file(tmp_path / "missing")
+    with pytest.raises(ValueError, match="API token file .* is empty"):
+        read_secret(p, "API token")
+    with pytest.raises(ValueError, match="cannot read secret file"):
+        read_secret(tmp_path / "missing")
+    p.write_bytes(b"\xff\xfe")
+    with pytest.raises(ValueError, match="not text"):
+        read_secret(p)

@@ -21,15 +21,14 @@ def test_header_is_40_bytes_big_endian():
 @pytest.mark.parametrize("payload", [b"", b"x", bytes(range(256)) * 16])
 def test_round_trip(payload):
     raw = wire.encode(wire.READ, 2**64 - 1, payload, status=wire.EIO, offset=123, length=9, epoch=5)
-    f = wire.decode(raw)
+    (f,) = wire.FrameReader().feed(raw)
     assert f == wire.Frame(wire.READ, wire.EIO, 2**64 - 1, 123, 9, 5, payload)
+    assert (f.op, f.req_id, f.offset, f.length, f.epoch) == (wire.READ, 2**64 - 1, 123, 9, 5)
 
 
 def test_bad_magic():
     raw = bytearray(wire.encode(wire.PING, 1))
     raw[0:2] = b"XX"
-    with pytest.raises(wire.FrameError, match="bad magic"):
-        wire.decode(bytes(raw))
     with pytest.raises(wire.FrameError, match="bad magic"):
         wire.FrameReader().feed(bytes(raw))
 
@@ -48,14 +47,19 @@ def test_max_payload_accepted():
     assert len(frames) == 1 and len(frames[0][6]) == wire.MAX_PAYLOAD
 
 
-def test_truncated_frame():
+def test_truncated_frame_waits_for_the_rest():
     raw = wire.encode(wire.WRITE, 1, b"abcd" * 10)
-    with pytest.raises(wire.FrameError, match="truncated"):
-        wire.decode(raw[:-1])
-    with pytest.raises(wire.FrameError, match="truncated"):
-        wire.decode(raw[:20])
-    with pytest.raises(wire.FrameError, match="trailing"):
-        wire.decode(raw + b"z")
+    for cut in (20, len(raw) - 1):
+        r = wire.FrameReader()
+        assert r.feed(raw[:cut]) == [] and r.pending() == cut
+        assert [f.payload for f in r.feed(raw[cut:])] == [b"abcd" * 10] and r.pending() == 0
+
+
+def test_smaller_limit_refuses_big_payloads_from_the_header():
+    r = wire.FrameReader(limit=64)
+    assert r.feed(wire.encode(wire.SET_META, 1, b"x" * 64))[0].payload == b"x" * 64
+    with pytest.raises(wire.FrameError, match="exceeds the 64-byte limit"):
+        r.feed(wire.encode(wire.SET_META, 2, b"x" * 65)[:40])
 
 
 def test_reader_byte_by_byte_and_batches():

@@ -181,17 +181,17 @@ def test_model_off_policy_is_safe_too():
 
 
 @pytest.mark.parametrize(
-    "broken,why",
+    "broken",
     [
-        ("minority_commit", "a view committed by one voter"),
-        ("any_reachable_member", "serving from any reachable replica"),
-        ("no_strict_claim", "claims by a lower or equal term"),
+        "minority_commit",  # a view committed by one voter
+        "any_reachable_member",  # serving from any reachable replica
+        "no_strict_claim",  # a voter promising a term twice
     ],
 )
-def test_model_catches_broken_rules(monkeypatch, broken, why):
+def test_model_catches_broken_rules(monkeypatch, broken):
     """Break one rule at a time: the model must find a violation (else it proves nothing)."""
     if broken == "minority_commit":
-        monkeypatch.setattr(mb, "majority", lambda n: 1)
+        monkeypatch.setattr(mb, "majority", lambda _n: 1)
     elif broken == "any_reachable_member":
         real = Membership.decide
 

@@ -10,7 +10,8 @@ import asyncio
 import pytest
 
 from jiva_engine.protocol import wire
-from jiva_engine.replica.server import ReplicaConnection, ReplicaServer
+from jiva_engine.replica.connection import ReplicaConnection
+from jiva_engine.replica.server import ReplicaServer
 from jiva_engine.replica.store import ReplicaStore
 
 MiB = 1 << 20

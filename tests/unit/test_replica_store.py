@@ -51,7 +51,7 @@ def test_failed_atomic_write_keeps_old_meta(tmp_path, monkeypatch):
     target = tmp_path / "meta.json"
     target.write_text('{"old": 1}')
 
-    def boom(fd):
+    def boom(_fd):
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(os, "fsync", boom)
@@ -108,7 +108,7 @@ def test_no_bitmap_write_when_region_already_dirty(tmp_path, monkeypatch):
     s = ReplicaStore(tmp_path / "r", "v", 8 * MiB)
     s.write(0, b"x" * 512)
     writes = []
-    monkeypatch.setattr(s, "write_bitmaps", lambda snap: writes.append(snap))
+    monkeypatch.setattr(s, "write_bitmaps", writes.append)
     for i in range(100):
         s.write(i * 4096, b"y" * 4096)
     assert writes == []
@@ -165,7 +165,7 @@ def test_punch_hole_reads_zeroes_and_frees_blocks(tmp_path):
     s = ReplicaStore(d, "v", 8 * MiB)
     s.write(0, b"\xab" * (2 * MiB))
     blocks_before = os.stat(d / "volume.img").st_blocks
-    s.unmap(MiB, 512 * 1024)
+    s.write(MiB, None, 512 * 1024)
     assert s.pread(MiB, 512 * 1024) == bytes(512 * 1024)
     assert s.pread(MiB - 512, 512) == b"\xab" * 512
     assert s.pread(MiB + 512 * 1024, 512) == b"\xab" * 512
@@ -178,7 +178,7 @@ def test_punch_fallback_writes_zeroes(tmp_path, monkeypatch):
     s = ReplicaStore(tmp_path / "r", "v", 4 * MiB)
     s.write(0, b"\x11" * 8192)
     monkeypatch.setattr(store_mod, "_fallocate", None)
-    s.unmap(4096, 2048)
+    s.write(4096, None, 2048)
     assert s.pread(0, 8192) == b"\x11" * 4096 + bytes(2048) + b"\x11" * 2048
     s.close()
 
@@ -192,7 +192,7 @@ def test_extents_follow_written_data(tmp_path):
     assert runs == [[4 * MiB, MiB], [10 * MiB, 2 * MiB]]
     assert s.extents(10 * MiB + 4096, 8192) == [[10 * MiB + 4096, 8192]]
     assert s.extents(20 * MiB, MiB) == []
-    s.unmap(10 * MiB, MiB)
+    s.write(10 * MiB, None, MiB)
     assert s.extents(0, 64 * MiB) == [[4 * MiB, MiB], [11 * MiB, MiB]]
     s.close()
 
@@ -252,20 +252,29 @@ def test_cleared_region_keeps_its_fine_change_bits_across_a_crash(tmp_path):
     s2.close()
 
 
+def _as_format_1(meta: dict) -> dict:
+    """The meta.json the format-1 engine wrote for the same folder."""
+    v1 = {k: v for k, v in meta.items()
+          if k not in ("kind", "id", "view_epoch", "member_epoch", "voters")}  # fmt: skip
+    v1.update(format=1, uuid=meta["id"])
+    return v1
+
+
 def test_old_region_granular_change_map_is_widened(tmp_path):
     d = tmp_path / "r"
     s = ReplicaStore(d, "v", 4 * MiB)
     s.close()
-    meta = json.loads((d / "meta.json").read_text())
-    del meta["missed_granularity"]  # written by an older version
+    meta = _as_format_1(json.loads((d / "meta.json").read_text()))
+    del meta["missed_granularity"]  # written by the first format-1 engine
     meta["tracking"] = [{"since": 3}]
     (d / "meta.json").write_text(json.dumps(meta))
     (d / "missed-3.map").write_bytes(bytes([0b0100]))  # region 2 of 4
     s2 = ReplicaStore(d, "v", 4 * MiB)
     assert s2.missed_runs(3) == [[2 * MiB, MiB]]
     s2.close()
-    s3 = ReplicaStore(d, "v", 4 * MiB)  # converted on disk, granularity recorded
+    s3 = ReplicaStore(d, "v", 4 * MiB)  # converted on disk, granularity recorded: format 2
     assert s3.mgran == 4096 and s3.missed_runs(3) == [[2 * MiB, MiB]]
+    assert json.loads((d / "meta.json").read_text())["format"] == 2
     s3.close()
 
 
@@ -373,13 +382,8 @@ def test_format_1_folder_is_migrated_keeping_its_identity_data_and_maps(tmp_path
     s.start_tracking(7)
     s.write(5 * MiB, b"\x6b" * 4096)
     s.close()
-    meta = json.loads((d / "meta.json").read_text())
-    v1 = {
-        k: v
-        for k, v in meta.items()
-        if k not in ("kind", "id", "view_epoch", "member_epoch", "voters")
-    }
-    v1.update(format=1, uuid="0b7c3cde-3f8f-4c43-9d0a-7e4dd3a1a001", epoch=7,
+    v1 = _as_format_1(json.loads((d / "meta.json").read_text()))
+    v1.update(uuid="0b7c3cde-3f8f-4c43-9d0a-7e4dd3a1a001", epoch=7,
               membership=["10.0.0.1:9700", "10.0.0.2:9700"])  # fmt: skip
     v1["tracking"] = [{"since": 7, "seed": []}]
     (d / "meta.json").write_text(json.dumps(v1))

@@ -53,3 +53,21 @@ def test_quiet_is_the_time_since_another_controller_spoke():
     assert voting.quiet_seconds(10.0, [None, 7.5], 6.0) == 2.5
     assert voting.quiet_seconds(10.0, [], None) is None
     assert voting.quiet_seconds(10.0, [None], 12.0) == 0.0
+
+
+def test_a_dead_controller_on_this_host_is_known_gone(tmp_path):
+    import subprocess
+    import sys
+
+    here = voting.host_identity()
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()  # exited and reaped: its PID is free
+    assert voting.owner_gone({"host": here, "pid": p.pid}, here)
+    import os
+
+    assert not voting.owner_gone({"host": here, "pid": os.getpid()}, here)  # alive
+    assert not voting.owner_gone({"host": "other-host:1", "pid": p.pid}, here)  # elsewhere
+    assert not voting.owner_gone(None, here) and not voting.owner_gone({"host": here}, here)
+    meta = voting.fresh_fields()
+    voting.apply_claim(meta, make_epoch(3), {"host": here, "pid": 42})
+    assert voting.record(meta)["owner"] == {"host": here, "pid": 42}

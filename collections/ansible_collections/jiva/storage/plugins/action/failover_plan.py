@@ -7,7 +7,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 from ansible.errors import AnsibleActionFail
-from ansible_collections.jiva.storage.plugins.modules import failover_plan as mod
+from ansible_collections.jiva.storage.plugins.module_utils import jiva_failover as mod
 from ansible_collections.jiva.storage.plugins.plugin_utils.jiva_inprocess import InProcessAction
 
 
@@ -23,5 +23,4 @@ class ActionModule(InProcessAction):
             result = mod.make_plan(params, check_mode)
         except mod.PlanError as exc:
             raise AnsibleActionFail(str(exc))
-        result["changed"] = False
         return result

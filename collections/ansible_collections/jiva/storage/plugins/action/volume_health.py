@@ -7,7 +7,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 from ansible.errors import AnsibleActionFail
-from ansible_collections.jiva.storage.plugins.modules import volume_health as mod
+from ansible_collections.jiva.storage.plugins.module_utils import jiva_health as mod
 from ansible_collections.jiva.storage.plugins.plugin_utils.jiva_inprocess import InProcessAction
 
 

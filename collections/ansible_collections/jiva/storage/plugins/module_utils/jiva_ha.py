@@ -11,12 +11,14 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import hashlib
+import json
+import os
 import socket
 import threading
 import time
 
 from ansible_collections.jiva.storage.plugins.module_utils.jiva_api import ApiError, get_json
+from ansible_collections.jiva.storage.plugins.module_utils.jiva_placement import hrw_score
 
 UNREACHABLE = "unreachable"
 NO_QUORUM = "no quorum"
@@ -195,8 +197,16 @@ def health_table_rows(rows):
 HEALTH_HEADERS = ["volume", "controller", "portal", "state", "epoch", "replicas", "witness", "degraded"]
 
 
-def _score(volume, node, salt):
-    return int(hashlib.sha256(("%s|%s|%s" % (salt, volume, node)).encode("utf-8")).hexdigest(), 16)
+def load_state(path):
+    """The `volumes` of the failover state file ({} when there is none yet); ValueError naming
+    the file when it cannot be read or parsed."""
+    if not path or not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            return json.load(f).get("volumes", {})
+    except (IOError, OSError, ValueError, AttributeError) as exc:
+        raise ValueError("cannot read the failover state file %s: %s" % (path, exc))
 
 
 def _claims(name, node_state, running):
@@ -295,7 +305,7 @@ def pick_host(volume, candidates, avoid, salt="controller"):
     pool = [h for h in candidates if h not in avoid]
     if not pool:
         return None
-    return max(pool, key=lambda h: _score(volume, h, salt))
+    return max(pool, key=lambda h: hrw_score(volume, h, salt))
 
 
 def _split_lost(node_state, hosts_down):

@@ -34,7 +34,12 @@ SERVICE_COMMON_ARGS = dict(
 
 
 def render_env(kind, volume, args, revision):
-    """Return the env file text for one service: a header and the quoted argument line."""
+    """Return the env file text for one service: a header and the quoted argument line.
+
+    ValueError for an argument with a line break or NUL (the line would not read back)."""
+    for a in args:
+        if any(c in str(a) for c in "\n\r\0"):
+            raise ValueError("argument %r of the %s of %s has a line break or NUL" % (a, kind, volume))
     line = " ".join(shlex.quote(str(a)) for a in [kind] + list(args))
     lines = [
         "# Managed by Ansible (jiva.storage.%s): volume %s" % (kind, volume),
@@ -43,6 +48,44 @@ def render_env(kind, volume, args, revision):
         "",
     ]
     return "\n".join(lines)
+
+
+def env_args(path):
+    """The words of the JIVA_ARGS line of an env file written by render_env (the subcommand
+    first), or None when the file or the line is missing or malformed."""
+    text = read_file(path)
+    for line in (text or "").split("\n"):  # not splitlines(): \x1c-\x1e are no line breaks
+        if line.startswith("JIVA_ARGS="):
+            try:
+                return shlex.split(shlex.split(line[len("JIVA_ARGS="):].strip())[0])
+            except (ValueError, IndexError):
+                return None
+    return None
+
+
+def process_args(pid):
+    """The command-line words (bytes) of process `pid` while it lives (not a zombie), else None."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            args = f.read().split(b"\0")
+    except (IOError, OSError, IndexError):
+        return None
+    return None if state == "Z" else args
+
+
+def supervisor_pid(pidfile):
+    """The PID in `pidfile` when that process runs and is the supervisor that keeps that file
+    (its command line names it), else None: a stale pidfile or a reused PID is not alive."""
+    text = read_file(pidfile)
+    if not text or not text.strip().isdigit():
+        return None
+    pid = int(text.strip())
+    args = process_args(pid)
+    if args is None or not any(pidfile.encode() in a for a in args):
+        return None
+    return pid
 
 
 def read_file(path):
@@ -151,20 +194,7 @@ class Service(object):
 
     # ---- process state -----------------------------------------------------------------------
     def _pid(self):
-        text = read_file(self.pidfile)
-        if not text or not text.strip().isdigit():
-            return None
-        pid = int(text.strip())
-        try:
-            with open("/proc/%d/stat" % pid) as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-            with open("/proc/%d/cmdline" % pid, "rb") as f:
-                cmdline = f.read()
-        except (IOError, OSError, IndexError):
-            return None
-        if state == "Z" or self.pidfile.encode() not in cmdline:
-            return None
-        return pid
+        return supervisor_pid(self.pidfile)
 
     def _orphan_pid(self):
         """PID of a jiva child left running by a supervisor that died (kill -9), or None."""
@@ -172,14 +202,8 @@ class Service(object):
         if not text or not text.strip().isdigit():
             return None
         pid = int(text.strip())
-        try:
-            with open("/proc/%d/cmdline" % pid, "rb") as f:
-                cmdline = f.read().split(b"\0")
-            with open("/proc/%d/stat" % pid) as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except (IOError, OSError, IndexError):
-            return None
-        if state == "Z" or self.kind.encode() not in cmdline or self.volume.encode() not in cmdline:
+        args = process_args(pid)
+        if args is None or self.kind.encode() not in args or self.volume.encode() not in args:
             return None
         return pid
 
@@ -311,7 +335,10 @@ def ensure(module, kind, volume, args, files_extra, data_cleanup=None, dirs=None
         files = dict((path, (None, 0o600, spec[2])) for path, spec in files.items())
         files[svc.env_path] = (None, 0o600, False)
     else:
-        files[svc.env_path] = (render_env(kind, volume, args, revision), 0o600, False)
+        try:
+            files[svc.env_path] = (render_env(kind, volume, args, revision), 0o600, False)
+        except ValueError as exc:
+            module.fail_json(msg=str(exc))
     changed_files, diff = svc.plan_files(files)
     new_dirs = [d for d in (dirs or []) if state != "absent" and not os.path.isdir(d)]
     running = svc.running()

@@ -58,7 +58,10 @@ options:
     description: Where the previous run recorded each volume's controller and replica hosts.
     type: path
   write_state:
-    description: Write the new state (RV(state)) to O(state_file) (not in check mode).
+    description:
+      - Write the new state (RV(state)) to O(state_file) (not in check mode).
+      - The task reports C(changed) exactly when the state file's content changes (in check
+        mode, when it would change); planning alone changes nothing on any host.
     type: bool
     default: false
   relocate_replicas:
@@ -120,64 +123,12 @@ state:
   type: dict
 """
 
-import json
-import os
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.jiva.storage.plugins.module_utils.jiva_ha import plan
-
-try:
-    from tabulate import tabulate
-except ImportError:  # pragma: no cover - plain fallback
-    tabulate = None
-
-
-ARGUMENT_SPEC = dict(
-    volumes=dict(type="list", elements="dict", required=True),
-    nodes=dict(type="list", elements="dict", required=True),
-    node_state=dict(type="dict", default={}),
-    hosts_down=dict(type="dict", default={}),
-    docs=dict(type="dict", default={}),
-    state_file=dict(type="path"),
-    relocate_replicas=dict(type="bool", default=False),
-    write_state=dict(type="bool", default=False),
+from ansible_collections.jiva.storage.plugins.module_utils.jiva_failover import (
+    ARGUMENT_SPEC,
+    PlanError,
+    make_plan,
 )
-
-
-class PlanError(Exception):
-    """The plan cannot be made (the message says why)."""
-
-
-def make_plan(p, check_mode):
-    """The module's result (without `changed`) for validated params `p`; writes the state file.
-
-    Shared by the module and the action plugin of the same name, which runs it inside
-    ansible-playbook on the control node (no module start-up on the failover's critical path).
-    """
-    saved = {}
-    if p["state_file"] and os.path.exists(p["state_file"]):
-        try:
-            with open(p["state_file"]) as f:
-                saved = json.load(f).get("volumes", {})
-        except (IOError, OSError, ValueError) as exc:
-            raise PlanError("cannot read the failover state file %s: %s" % (p["state_file"], exc))
-    result = plan(p["volumes"], p["nodes"], p["node_state"], p["hosts_down"], p["docs"], saved,
-                  relocate=p["relocate_replicas"])
-    if p["write_state"] and p["state_file"] and not check_mode:
-        directory = os.path.dirname(p["state_file"])
-        if directory and not os.path.isdir(directory):
-            os.makedirs(directory)
-        tmp = p["state_file"] + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"volumes": result["state"]}, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.rename(tmp, p["state_file"])
-    rows = [[r["volume"], r["controller"], "; ".join(r["found"]), "; ".join(r["did"])] for r in result["report"]]
-    if tabulate is not None:
-        result["report_table"] = tabulate(rows, headers=["volume", "controller", "found", "did"])
-    else:  # pragma: no cover
-        result["report_table"] = "\n".join(" | ".join(str(c) for c in r) for r in rows)
-    return result
 
 
 def main():
@@ -187,7 +138,7 @@ def main():
         result = make_plan(module.params, module.check_mode)
     except PlanError as exc:
         module.fail_json(msg=str(exc))
-    module.exit_json(changed=False, **result)
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

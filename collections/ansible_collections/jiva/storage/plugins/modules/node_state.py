@@ -138,41 +138,20 @@ revision:
 
 import json
 import os
-import shlex
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import open_url
 from ansible_collections.jiva.storage.plugins.module_utils.jiva_placement import WITNESS_SUBDIR
+from ansible_collections.jiva.storage.plugins.module_utils.jiva_service import env_args, supervisor_pid
 
 # service kind -> the result keys of its configured volumes (KEY) and running ones (KEY_running)
 KINDS = {"controller": "controllers", "replica": "replicas", "witness": "witnesses"}
 
 
-def _alive(pidfile):
-    try:
-        with open(pidfile) as f:
-            pid = int(f.read().strip())
-        with open("/proc/%d/stat" % pid) as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-        with open("/proc/%d/cmdline" % pid, "rb") as f:
-            cmdline = f.read()
-    except (IOError, OSError, ValueError, IndexError):
-        return False
-    return state != "Z" and pidfile.encode() in cmdline
-
-
 def _api_of(env_path):
-    """The --api address in a controller's env file (JIVA_ARGS=...), or None."""
-    try:
-        with open(env_path) as f:
-            for line in f:
-                if line.startswith("JIVA_ARGS="):
-                    words = shlex.split(shlex.split(line[len("JIVA_ARGS="):].strip())[0])
-                    if "--api" in words:
-                        return words[words.index("--api") + 1]
-    except (IOError, OSError, ValueError, IndexError):
-        return None
-    return None
+    """The --api address in a controller's env file, or None."""
+    words = env_args(env_path) or []
+    return words[words.index("--api") + 1] if "--api" in words[:-1] else None
 
 
 def _controller_status(api):
@@ -233,7 +212,7 @@ def main():
                 rc, _o, _e = module.run_command(["systemctl", "is-active", "--quiet", "jiva@%s.service" % name])
                 up = rc == 0
             else:
-                up = _alive(os.path.join(p["run_dir"], name + ".pid"))
+                up = supervisor_pid(os.path.join(p["run_dir"], name + ".pid")) is not None
             if up:
                 out[key + "_running"].append(vol)
     for vol in out["controllers_running"]:
