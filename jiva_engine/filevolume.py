@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from jiva_engine.volume import VolumeIOError, check_range
@@ -99,28 +101,23 @@ class FileVolume:
             os.close(self._fd)
 
 
-_fallocate = None
+@functools.cache
+def _fallocate() -> Callable[[int, int, int, int], int]:
+    """libc fallocate(2), looked up once (find_library runs ldconfig: far too slow per call)."""
+    import ctypes
+    import ctypes.util
 
-
-def _get_fallocate():  # noqa: ANN202 - a ctypes function pointer
-    """Look up libc fallocate(2) once (find_library runs ldconfig: far too slow per call)."""
-    global _fallocate
-    if _fallocate is None:
-        import ctypes
-        import ctypes.util
-
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.fallocate
-        fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-        fn.restype = ctypes.c_int
-        _fallocate = fn
-    return _fallocate
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    fn = libc.fallocate
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fn.restype = ctypes.c_int
+    return fn
 
 
 def _punch_hole(fd: int, offset: int, length: int) -> None:
     """fallocate(PUNCH_HOLE|KEEP_SIZE); zero-fill if the filesystem refuses."""
     punch, keep = 0x02, 0x01
-    if _get_fallocate()(fd, punch | keep, offset, length) == 0:
+    if _fallocate()(fd, punch | keep, offset, length) == 0:
         return
     end = offset + length
     zero = bytes(min(_ZERO_CHUNK, length))

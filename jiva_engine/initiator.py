@@ -12,14 +12,12 @@ import hashlib
 import os
 import struct
 
-BHS = struct.Struct(">BBBBI8sIIIIIIII")
-NO_TAG = 0xFFFFFFFF
-
-OP_NOP_OUT, OP_CMD, OP_LOGIN, OP_DATA_OUT, OP_LOGOUT = 0x00, 0x01, 0x03, 0x05, 0x06
-OP_NOP_IN, OP_RSP, OP_LOGIN_RSP, OP_DATA_IN, OP_LOGOUT_RSP = 0x20, 0x21, 0x23, 0x25, 0x26
-OP_R2T, OP_ASYNC, OP_REJECT = 0x31, 0x32, 0x3F
+from jiva_engine.iscsi import pdu as P
+from jiva_engine.iscsi.framing import Buffer, append_pdu, lengths, pad_len
 
 OUR_MAX_RECV = 262144
+SN_MASK = 0xFFFFFFFF
+SIMPLE = 0x01  # SCSI Command task attribute
 
 
 class IscsiError(Exception):
@@ -55,22 +53,14 @@ class ScsiError(IscsiError):
         )
 
 
-def _pack(op: int, flags: int, dlen: int, b8: bytes, itt: int, *words: int) -> bytes:
-    w = list(words) + [0] * (7 - len(words))
-    return BHS.pack(op, flags, 0, 0, dlen, b8, itt, *w)
-
-
 def _keys(data: bytes) -> dict[str, str]:
+    """Decode login text leniently (a key without '=' gets an empty value)."""
     out: dict[str, str] = {}
     for item in data.split(b"\0"):
         if item:
             k, _, v = item.decode("utf-8", "replace").partition("=")
             out[k] = v
     return out
-
-
-def _text(keys: dict[str, str]) -> bytes:
-    return b"".join(f"{k}={v}".encode() + b"\0" for k, v in keys.items())
 
 
 class _Cmd:
@@ -82,7 +72,7 @@ class _Cmd:
         self.itt = itt
         self.data_out = data_out
         self.read_buf = bytearray(read_len)
-        self.fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
 
 class Initiator:
@@ -110,7 +100,7 @@ class Initiator:
         self.isid = b"\x80" + os.urandom(5)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._cmds: dict[int, _Cmd] = {}
         self._itt = 0
         self.cmdsn = 1
@@ -122,7 +112,7 @@ class Initiator:
         self.first_burst = 65536
         self.immediate = False
         self.connected = False
-        self._last_login_flags = 0
+        self._login_transit = False  # the target's last Login Response had T set
 
     # ------------------------------------------------------------------ connection
     async def connect(self) -> dict[str, str]:
@@ -195,35 +185,28 @@ class Initiator:
             "ErrorRecoveryLevel": "0",
         }
         got.update(await self._login_pdu(itt, 1, 3, True, op))
-        while self._last_login_flags & 0x80 == 0:  # target not ready to transit yet
+        while not self._login_transit:  # the target is not ready to move on yet
             got.update(await self._login_pdu(itt, 1, 3, True, {}))
         return got
 
-    async def _login_pdu(self, itt: int, csg: int, nsg: int, transit: bool, keys: dict) -> dict:
-        data = _text(keys)
-        flags = (0x80 if transit else 0) | (csg << 2) | (nsg if transit else 0)
-        hdr = _pack(
-            OP_LOGIN | 0x40,
-            flags,
-            len(data),
-            self.isid + b"\0\0",
-            itt,
-            0,
-            self.cmdsn,
-            self.exp_statsn,
-        )
-        self._send(hdr, data)
+    async def _login_pdu(
+        self, itt: int, csg: int, nsg: int, transit: bool, keys: dict[str, str]
+    ) -> dict[str, str]:
+        data = P.build_text(list(keys.items()))
+        req = P.LoginRequest(itt=itt, isid=self.isid, csg=csg, nsg=nsg, transit=transit,
+                             cmdsn=self.cmdsn, exp_statsn=self.exp_statsn,
+                             data_len=len(data))  # fmt: skip
+        self._send(req.pack(), data)
         hdr, rdata = await self._recv_pdu()
-        if hdr[0] & 0x3F != OP_LOGIN_RSP:
+        if P.opcode_of(hdr) != P.Opcode.LOGIN_RESPONSE:
             raise LoginError(0xFFFF, f"unexpected PDU {hdr[0]:#x} during login")
-        f = BHS.unpack(hdr)
-        status = hdr[36] << 8 | hdr[37]
-        if status:
-            raise LoginError(status)
-        self.exp_statsn = (f[8] + 1) & 0xFFFFFFFF
-        self.cmdsn = f[9]
-        self.max_cmdsn = f[10]
-        self._last_login_flags = f[1]
+        rsp = P.LoginResponse.parse(hdr)
+        if rsp.status:
+            raise LoginError(rsp.status)
+        self.exp_statsn = (rsp.statsn + 1) & SN_MASK
+        self.cmdsn = rsp.exp_cmdsn
+        self.max_cmdsn = rsp.max_cmdsn
+        self._login_transit = rsp.transit
         return _keys(rdata)
 
     def _abort_socket(self) -> None:
@@ -245,10 +228,9 @@ class Initiator:
     async def logout(self) -> None:
         """Log out cleanly (close the session), then close."""
         if self.connected and self._writer is not None:
-            itt = self._next_itt()
-            self._send(
-                _pack(OP_LOGOUT | 0x40, 0x80, 0, bytes(8), itt, 0, self.cmdsn, self.exp_statsn)
-            )
+            req = P.LogoutRequest(itt=self._next_itt(), cmdsn=self.cmdsn,
+                                  exp_statsn=self.exp_statsn, immediate=True)  # fmt: skip
+            self._send(req.pack())
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._drain_until_closed(), 2)
         await self.close()
@@ -273,23 +255,19 @@ class Initiator:
     def _send(self, hdr: bytes, data: bytes | memoryview = b"") -> None:
         if self._writer is None or self._writer.transport.is_closing():
             raise ConnectionLost("not connected")
-        pad = -len(data) % 4
-        self._writer.write(hdr)
-        if data:
-            self._writer.write(data)
-            if pad:
-                self._writer.write(bytes(pad))
+        parts: list[Buffer] = []
+        append_pdu(parts, hdr, data)  # no digests: this initiator offers None
+        self._writer.writelines(parts)
 
     async def _recv_pdu(self) -> tuple[bytes, bytes]:
         assert self._reader is not None
-        hdr = await self._reader.readexactly(48)
-        ahs = hdr[4] * 4
-        dlen = int.from_bytes(hdr[5:8], "big")
+        hdr = await self._reader.readexactly(P.BHS_LEN)
+        ahs, dlen, _ = lengths(hdr)
         if ahs:
             await self._reader.readexactly(ahs)
         data = b""
         if dlen:
-            data = (await self._reader.readexactly(dlen + (-dlen % 4)))[:dlen]
+            data = (await self._reader.readexactly(dlen + pad_len(dlen)))[:dlen]
         return hdr, data
 
     async def _read_loop(self) -> None:
@@ -310,53 +288,57 @@ class Initiator:
             self._fail_all(why)
 
     def _on_pdu(self, hdr: bytes, data: bytes) -> None:
-        f = BHS.unpack(hdr)
-        op = f[0] & 0x3F
-        itt, w20, statsn, expcmdsn, maxcmdsn = f[6], f[7], f[8], f[9], f[10]
-        if op in (OP_RSP, OP_NOP_IN, OP_LOGOUT_RSP, OP_R2T, OP_ASYNC, OP_REJECT, OP_DATA_IN):
-            if maxcmdsn != 0 or expcmdsn != 0:
-                if (maxcmdsn - self.max_cmdsn) & 0x80000000 == 0:
-                    self.max_cmdsn = maxcmdsn
-                self._window.set()
-        if op in (OP_RSP, OP_LOGOUT_RSP, OP_ASYNC, OP_REJECT) or (
-            op == OP_NOP_IN and itt != NO_TAG
+        try:
+            rsp = P.parse_response(hdr)
+        except P.PduError:
+            return  # not something a target sends: ignored
+        if isinstance(rsp, (P.LoginResponse, P.TextResponse, P.TaskManagementResponse)):
+            return  # never asked for in full feature phase
+        if rsp.max_cmdsn != 0 or rsp.exp_cmdsn != 0:
+            if (rsp.max_cmdsn - self.max_cmdsn) & 0x80000000 == 0:
+                self.max_cmdsn = rsp.max_cmdsn
+            self._window.set()
+        if isinstance(rsp, (P.ScsiResponse, P.LogoutResponse, P.AsyncMessage, P.Reject)) or (
+            isinstance(rsp, P.NopIn) and rsp.itt != P.RESERVED_TAG
         ):
-            self.exp_statsn = (statsn + 1) & 0xFFFFFFFF
-        if op == OP_DATA_IN:
-            c = self._cmds.get(itt)
-            if c is None:
-                return
-            off = f[12]
-            c.read_buf[off : off + len(data)] = data
-            if f[1] & 0x01:  # status in the last Data-In
-                self.exp_statsn = (statsn + 1) & 0xFFFFFFFF
-                self._finish(c, f[3], b"")
-        elif op == OP_RSP:
-            c = self._cmds.get(itt)
-            if c is not None:
-                sense = data[2 : 2 + int.from_bytes(data[:2], "big")] if len(data) >= 2 else b""
-                self._finish(c, f[3] if f[2] == 0 else 0x100 | f[2], sense)
-        elif op == OP_R2T:
-            c = self._cmds.get(itt)
-            if c is not None:
-                self._data_out(c, ttt=w20, off=f[12], length=f[13])
-        elif op == OP_NOP_IN:
-            if w20 != NO_TAG:  # a ping from the target: answer with the same TTT
-                hdr = _pack(OP_NOP_OUT | 0x40, 0x80, 0, bytes(8), NO_TAG, w20, self.cmdsn,
-                            self.exp_statsn)  # fmt: skip
-                self._send(hdr)
-        elif op == OP_ASYNC:
-            if hdr[36] == 1:  # the target asks us to log out: just drop and let the user reconnect
-                raise ConnectionError("target requested logout")
-        elif op == OP_REJECT:
-            rej = data[:48]
-            if len(rej) == 48:
-                c = self._cmds.get(BHS.unpack(rej)[6])
-                if c is not None and not c.fut.done():
-                    c.fut.set_exception(IscsiError(f"command rejected, reason {hdr[2]:#x}"))
-                    self._cmds.pop(c.itt, None)
-        elif op == OP_LOGOUT_RSP:
-            raise ConnectionError("logged out")
+            self.exp_statsn = (rsp.statsn + 1) & SN_MASK
+        match rsp:
+            case P.DataIn():
+                c = self._cmds.get(rsp.itt)
+                if c is None:
+                    return
+                c.read_buf[rsp.offset : rsp.offset + len(data)] = data
+                if rsp.flags & P.STATUS:  # status in the last Data-In
+                    self.exp_statsn = (rsp.statsn + 1) & SN_MASK
+                    self._finish(c, rsp.status, b"")
+            case P.ScsiResponse():
+                c = self._cmds.get(rsp.itt)
+                if c is not None:
+                    sense = data[2 : 2 + int.from_bytes(data[:2], "big")] if len(data) >= 2 else b""
+                    status = rsp.status if rsp.response == 0 else 0x100 | rsp.response
+                    self._finish(c, status, sense)
+            case P.R2T():
+                c = self._cmds.get(rsp.itt)
+                if c is not None:
+                    self._data_out(c, ttt=rsp.ttt, off=rsp.offset, length=rsp.length)
+            case P.NopIn():
+                if rsp.ttt != P.RESERVED_TAG:  # a ping from the target: answer with the same TTT
+                    ping = P.NopOut(itt=P.RESERVED_TAG, ttt=rsp.ttt, cmdsn=self.cmdsn,
+                                    exp_statsn=self.exp_statsn, immediate=True)  # fmt: skip
+                    self._send(ping.pack())
+            case P.AsyncMessage():
+                if rsp.event == P.AsyncEvent.LOGOUT_REQUESTED:
+                    # the target asks us to log out: just drop and let the user reconnect
+                    raise ConnectionError("target requested logout")
+            case P.Reject():
+                rejected = data[: P.BHS_LEN]
+                if len(rejected) == P.BHS_LEN:
+                    c = self._cmds.get(int.from_bytes(rejected[16:20], "big"))  # its ITT
+                    if c is not None and not c.fut.done():
+                        c.fut.set_exception(IscsiError(f"command rejected, reason {rsp.reason:#x}"))
+                        self._cmds.pop(c.itt, None)
+            case P.LogoutResponse():
+                raise ConnectionError("logged out")
 
     def _finish(self, c: _Cmd, status: int, sense: bytes) -> None:
         self._cmds.pop(c.itt, None)
@@ -372,9 +354,9 @@ class Initiator:
         end = off + length
         while off < end:
             n = min(end - off, self.target_max_recv)
-            final = 0x80 if off + n == end else 0
-            hdr = _pack(OP_DATA_OUT, final, n, bytes(8), c.itt, ttt, 0, self.exp_statsn, 0, sn, off)
-            self._send(hdr, memoryview(c.data_out)[off : off + n])
+            d = P.DataOut(itt=c.itt, ttt=ttt, offset=off, datasn=sn, exp_statsn=self.exp_statsn,
+                          final=off + n == end, data_len=n)  # fmt: skip
+            self._send(d.pack(), memoryview(c.data_out)[off : off + n])
             off += n
             sn += 1
 
@@ -391,16 +373,15 @@ class Initiator:
         itt = self._next_itt()
         c = _Cmd(itt, data_out, read_len)
         self._cmds[itt] = c
-        flags = 0x80 | 0x01 | (0x40 if read_len else 0) | (0x20 if data_out else 0)
+        flags = P.FINAL | SIMPLE | (P.READ if read_len else 0) | (P.WRITE if data_out else 0)
         imm = b""
         if data_out and self.immediate:
             imm = data_out[: min(self.first_burst, self.target_max_recv)]
-        edtl = read_len or len(data_out)
-        words = struct.unpack(">IIII", cdb.ljust(16, b"\0"))
-        hdr = _pack(OP_CMD, flags, len(imm), bytes(8), itt, edtl, self.cmdsn, self.exp_statsn,
-                    *words)  # fmt: skip
-        self.cmdsn = (self.cmdsn + 1) & 0xFFFFFFFF
-        self._send(hdr, imm)
+        req = P.ScsiCommand(itt=itt, cdb=cdb, edtl=read_len or len(data_out), flags=flags,
+                            cmdsn=self.cmdsn, exp_statsn=self.exp_statsn,
+                            data_len=len(imm))  # fmt: skip
+        self.cmdsn = (self.cmdsn + 1) & SN_MASK
+        self._send(req.pack(), imm)
         try:
             return await asyncio.wait_for(asyncio.shield(c.fut), self.timeout)
         except TimeoutError:

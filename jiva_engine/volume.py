@@ -27,11 +27,24 @@ class OutOfRange(VolumeError):
 
 @runtime_checkable
 class BlockVolume(Protocol):
-    """What a SCSI logical unit needs from the storage behind it (see docs/DESIGN.md §1)."""
+    """What a SCSI logical unit needs from the storage behind it (see docs/DESIGN.md §1).
 
-    name: str
-    size: int
-    block_size: int
+    The frontend only reads `name`, `size` and `block_size`: a volume may hold them in plain
+    attributes or serve them as read-only properties.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def size(self) -> int:
+        """Bytes, a multiple of `block_size`."""
+        ...
+
+    @property
+    def block_size(self) -> int:
+        """The logical block size the target reports (512)."""
+        ...
 
     async def read(self, offset: int, length: int) -> bytes | bytearray | memoryview: ...
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from jiva_engine.filevolume import FileVolume
 from jiva_engine.iscsi.target import IQN_PREFIX, TargetConfig, start_target
-from jiva_engine.util import parse_hostport, parse_size
+from jiva_engine.util import parse_hostport, parse_size, read_secret
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,10 +45,7 @@ def add_access_arguments(p: argparse.ArgumentParser) -> None:
 def _chap_secret(path: str | None, what: str) -> str | None:
     if path is None:
         return None
-    try:
-        text = Path(path).read_text().strip()
-    except OSError as e:
-        raise ValueError(f"cannot read {what} file {path}: {e.strerror}") from None
+    text = read_secret(path, what)
     if not 12 <= len(text) <= 255:
         raise ValueError(f"{what} in {path} must be 12 to 255 characters (RFC 7143 §12.1.3)")
     return text

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+_fast: Callable[[bytes | bytearray | memoryview], int] | None
 try:  # a maintained C implementation (SSE4.2 / ARMv8 CRC instructions when available)
-    from crc32c import crc32c as _fast
+    import crc32c as _crc32c
+
+    _fast = _crc32c.crc32c
 except ImportError:  # pragma: no cover - exercised only without the optional package
     _fast = None
 

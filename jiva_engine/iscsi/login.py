@@ -1,7 +1,7 @@
 """The login phase (RFC 7143 §6, §13): security (CHAP, RFC 1994) and operational negotiation.
 
-`LoginMachine` is transport-free: feed it each Login Request (BHS + text) and it returns the
-Login Response to send, so the parser and state machine can be fuzzed without sockets.
+`LoginMachine` is transport-free: feed it each Login Request (header + text) and it returns
+what the Login Response says, so the parser and state machine can be fuzzed without sockets.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import base64
 import hashlib
 import hmac
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from jiva_engine.iscsi import pdu as P
 
@@ -23,8 +23,6 @@ NOT_FOUND = 0x0203
 UNSUPPORTED_VERSION = 0x0205
 MISSING_PARAMETER = 0x0207
 SESSION_NOT_FOUND = 0x020A
-INVALID_REQUEST = 0x020B
-TARGET_ERROR = 0x0300
 
 OUR_MAX_RECV = 262144
 OUR_MAX_BURST = 16776192
@@ -75,8 +73,6 @@ class AuthConfig:
     mutual_secret: str | None = None
     allowed_initiators: tuple[str, ...] = ()
     tpgt: int = 1
-    portal: str = ""  # host:port for SendTargets
-    extra: dict = field(default_factory=dict)
 
 
 def _chap_decode(v: str) -> bytes:
@@ -105,10 +101,8 @@ class LoginMachine:
         self.params = Params()
         self.initiator: str | None = None
         self.session_type = "Normal"
-        self.target: str | None = None
         self.isid = bytes(6)
         self.tsih = 0
-        self.cid = 0
         self.stage = 0
         self.authenticated = not cfg.chap_user
         self.chap_state = 0  # 0 none, 1 method agreed, 2 challenge sent, 3 done
@@ -117,13 +111,15 @@ class LoginMachine:
         self.first = True
         self.pending_text = b""
         self.declared_tpgt = False
+        self.declared_max_recv = False
+        self.declared_alias = False
         self.offered: dict[str, str] = {}
 
     # --------------------------------------------------------------------------------
-    def handle(self, bhs: P.Bhs, data: bytes) -> LoginResult:
+    def handle(self, req: P.LoginRequest, data: bytes) -> LoginResult:
         """Process one Login Request; never raises for bad input (returns an error status)."""
         try:
-            return self._handle(bhs, data)
+            return self._handle(req, data)
         except P.PduError:
             return self._fail(INITIATOR_ERROR)
         except (ValueError, KeyError, UnicodeError):
@@ -132,23 +128,15 @@ class LoginMachine:
     def _fail(self, status: int) -> LoginResult:
         return LoginResult(False, self.stage, 0, status, b"", close=True)
 
-    def _handle(self, bhs: P.Bhs, data: bytes) -> LoginResult:
-        if bhs.opcode != P.LOGIN_REQ:
-            return self._fail(INVALID_REQUEST)
-        transit = bool(bhs.flags & 0x80)
-        cont = bool(bhs.flags & 0x40)
-        csg = (bhs.flags >> 2) & 0x03
-        nsg = bhs.flags & 0x03
+    def _handle(self, req: P.LoginRequest, data: bytes) -> LoginResult:
+        transit, cont, csg, nsg = req.transit, req.cont, req.csg, req.nsg
         if transit and cont:
             return self._fail(INITIATOR_ERROR)
         if self.first:
-            vmax, vmin = bhs.b2, bhs.b3
-            if vmin > 0:
+            if req.version_min > 0:
                 return self._fail(UNSUPPORTED_VERSION)
-            del vmax
-            self.isid = bhs.lun[:6]
-            self.tsih = int.from_bytes(bhs.lun[6:8], "big")
-            self.cid = bhs.w20 >> 16
+            self.isid = req.isid
+            self.tsih = req.tsih
         if csg == 2 or (transit and (nsg == 2 or nsg <= csg)):
             return self._fail(INITIATOR_ERROR)
         if csg < self.stage:
@@ -215,7 +203,6 @@ class LoginMachine:
                 return MISSING_PARAMETER
             if tn.lower() != self.cfg.iqn.lower():
                 return NOT_FOUND
-            self.target = self.cfg.iqn
             if allowed and name.lower() not in {a.lower() for a in allowed}:
                 return AUTHORIZATION_FAILURE
         if self.tsih != 0:
@@ -390,13 +377,13 @@ class LoginMachine:
     def _declare(self, reply: list[tuple[str, str]]) -> None:
         """Keys the target declares once, before full feature phase."""
         have = {k for k, _ in reply}
-        if "MaxRecvDataSegmentLength" not in have and not getattr(self, "_declared", False):
+        if "MaxRecvDataSegmentLength" not in have and not self.declared_max_recv:
             reply.append(("MaxRecvDataSegmentLength", str(OUR_MAX_RECV)))
-            self._declared = True
-        if self.session_type == "Normal" and "TargetAlias" not in have:
-            if not getattr(self, "_alias", False):
-                reply.append(("TargetAlias", self.cfg.iqn.rsplit(":", 1)[-1]))
-                self._alias = True
+            self.declared_max_recv = True
+        normal = self.session_type == "Normal"
+        if normal and "TargetAlias" not in have and not self.declared_alias:
+            reply.append(("TargetAlias", self.cfg.iqn.rsplit(":", 1)[-1]))
+            self.declared_alias = True
         p = self.params
         if self.session_type == "Normal":
             # defaults the initiator did not negotiate (RFC 7143 §13): InitialR2T=Yes etc.

@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import socket
-import struct
 import time
 import urllib.request
 
@@ -16,6 +15,7 @@ import aiohttp
 
 from jiva_engine.filevolume import FileVolume
 from jiva_engine.initiator import Initiator
+from jiva_engine.iscsi import pdu as P
 from jiva_engine.iscsi.target import TargetConfig, start_target
 from jiva_engine.protocol import wire
 from tests.procs import free_port, wait_port
@@ -36,8 +36,9 @@ def rss_mib(pid: int) -> float:
 
 def login_pdu(dlen: int) -> bytes:
     """A Login Request header announcing `dlen` data bytes (no data follows)."""
-    return struct.pack(">BBBBI8sIIIIIIII", 0x43, 0x87, 0, 0, dlen & 0xFFFFFF,
-                       b"\x80\1\2\3\4\5\0\0", 1, 0, 1, 0, 0, 0, 0, 0)  # fmt: skip
+    req = P.LoginRequest(itt=1, isid=b"\x80\1\2\3\4\5", csg=1, nsg=3, transit=True, cmdsn=1,
+                         data_len=dlen & P.DSL_MASK)  # fmt: skip
+    return req.pack()
 
 
 def closed_within(s: socket.socket, seconds: float) -> bool:

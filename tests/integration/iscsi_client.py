@@ -1,45 +1,30 @@
 """A minimal blocking iSCSI initiator for tests: login (with CHAP), digests, SCSI commands, raw PDUs.
 
 Only what the tests need to poke at the target in ways qemu and libiscsi do not (data digests,
-immediate NOP-Out numbering, malformed PDUs). Not used by the product.
+immediate NOP-Out numbering, malformed PDUs). Not used by the product; it builds and parses
+headers with the product's own PDU classes (jiva_engine/iscsi/pdu.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import socket
-import struct
+from typing import NamedTuple
 
+from jiva_engine.iscsi import pdu as P
 from jiva_engine.iscsi.crc import crc32c
-
-HDR = struct.Struct(">BBBBI8sIIIIIIII")
-
-
-def pack(op: int, flags: int, data_len: int = 0, b8: bytes = bytes(8), itt: int = 0,
-         w20: int = 0, w24: int = 0, w28: int = 0, w32: int = 0, w36: int = 0, w40: int = 0,
-         w44: int = 0, b2: int = 0, b3: int = 0) -> bytes:  # fmt: skip
-    """Pack a 48-byte BHS."""
-    return HDR.pack(op, flags, b2, b3, data_len, b8, itt, w20, w24, w28, w32, w36, w40, w44)
+from jiva_engine.iscsi.framing import append_pdu, lengths, pad_len
 
 
-class Pdu:
-    """A received PDU: header fields and data segment."""
+class Received(NamedTuple):
+    """A PDU from the target: its parsed header and its data segment."""
 
-    def __init__(self, hdr: bytes, data: bytes) -> None:
-        (b0, self.flags, self.b2, self.b3, lens, self.b8, self.itt, self.w20, self.w24,
-         self.w28, self.w32, self.w36, self.w40, self.w44) = HDR.unpack(hdr)  # fmt: skip
-        self.op = b0 & 0x3F
-        self.data = data
-        self.raw = hdr
+    header: P.Response
+    data: bytes
 
     def text(self) -> dict[str, str]:
         """Decode a login/text data segment."""
-        out = {}
-        for item in self.data.split(b"\0"):
-            if item:
-                k, _, v = item.decode().partition("=")
-                out[k] = v
-        return out
+        return dict(P.parse_text(self.data))
 
 
 class LoginFailed(Exception):
@@ -68,17 +53,15 @@ class Initiator:
         """Write raw bytes."""
         self.sock.sendall(b)
 
+    def frame(self, hdr: bytes, data: bytes = b"") -> bytes:
+        """A PDU's bytes with padding and whatever digests the session negotiated."""
+        parts: list = []
+        append_pdu(parts, hdr, data, self.hd, self.dd)
+        return b"".join(parts)
+
     def send(self, hdr: bytes, data: bytes = b"") -> None:
-        """Send one PDU with padding and whatever digests are on."""
-        parts = [hdr]
-        if self.hd:
-            parts.append(crc32c(hdr).to_bytes(4, "little"))
-        if data:
-            padded = data + bytes(-len(data) % 4)
-            parts.append(padded)
-            if self.dd:
-                parts.append(crc32c(padded).to_bytes(4, "little"))
-        self.sock.sendall(b"".join(parts))
+        """Send one PDU."""
+        self.sock.sendall(self.frame(hdr, data))
 
     def _recv_exact(self, n: int) -> bytes:
         buf = b""
@@ -89,11 +72,10 @@ class Initiator:
             buf += chunk
         return buf
 
-    def recv(self) -> Pdu:
+    def recv(self) -> Received:
         """Read one PDU (checking digests)."""
-        hdr = self._recv_exact(48)
-        ahs = hdr[4] * 4
-        dlen = int.from_bytes(hdr[5:8], "big")
+        hdr = self._recv_exact(P.BHS_LEN)
+        ahs, dlen, _ = lengths(hdr)
         if ahs:
             self._recv_exact(ahs)
         if self.hd:
@@ -101,16 +83,17 @@ class Initiator:
             assert crc32c(hdr) == int.from_bytes(dig, "little"), "bad header digest from target"
         data = b""
         if dlen:
-            padded = self._recv_exact(dlen + (-dlen % 4))
+            padded = self._recv_exact(dlen + pad_len(dlen))
             if self.dd:
                 dig = self._recv_exact(4)
                 assert crc32c(padded) == int.from_bytes(dig, "little"), "bad data digest"
             data = padded[:dlen]
-        p = Pdu(hdr, data)
-        if p.op in (0x21, 0x23, 0x24, 0x26, 0x20) or (p.op == 0x25 and p.flags & 0x01):
-            if p.itt != 0xFFFFFFFF:
-                self.exp_statsn = (p.w24 + 1) & 0xFFFFFFFF
-        return p
+        h = P.parse_response(hdr)
+        numbered = (P.ScsiResponse, P.LoginResponse, P.TextResponse, P.LogoutResponse, P.NopIn)
+        if isinstance(h, numbered) or (isinstance(h, P.DataIn) and h.flags & P.STATUS):
+            if h.itt != P.RESERVED_TAG:
+                self.exp_statsn = (h.statsn + 1) & 0xFFFFFFFF
+        return Received(h, data)
 
     def next_itt(self) -> int:
         """A fresh initiator task tag."""
@@ -136,93 +119,102 @@ class Initiator:
             resp = hashlib.md5(bytes([ident]) + chap[1].encode() + chal).hexdigest()
             r = self._login_pdu(itt, 0, 1, True, {"CHAP_N": chap[0], "CHAP_R": "0x" + resp})
             got.update(r.text())
-            first = {}
         else:
             base["AuthMethod"] = "None"
             r = self._login_pdu(itt, 0, 1, True, base)
             got.update(r.text())
-            first = {}
-        op = {"HeaderDigest": "None", "DataDigest": "None", **(keys or {}), **first}
+        op = {"HeaderDigest": "None", "DataDigest": "None", **(keys or {})}
         r = self._login_pdu(itt, 1, 3, True, op)
         got.update(r.text())
-        assert r.flags & 0x80, "target did not move to full feature phase"
+        assert isinstance(r.header, P.LoginResponse)
+        assert r.header.transit, "target did not move to full feature phase"
         self.hd = got.get("HeaderDigest") == "CRC32C"
         self.dd = got.get("DataDigest") == "CRC32C"
-        self.cmdsn = r.w28
+        self.cmdsn = r.header.exp_cmdsn
         return got
 
-    def _login_pdu(self, itt: int, csg: int, nsg: int, transit: bool, keys: dict) -> Pdu:
-        data = b"".join(f"{k}={v}".encode() + b"\0" for k, v in keys.items())
-        flags = (0x80 if transit else 0) | (csg << 2) | (nsg if transit else 0)
-        hdr = pack(0x43, flags, len(data), self.isid + b"\0\0", itt, 0, self.cmdsn,
-                   self.exp_statsn, b2=0, b3=0)  # fmt: skip
-        self.send(hdr, data)
+    def _login_pdu(self, itt: int, csg: int, nsg: int, transit: bool, keys: dict) -> Received:
+        data = P.build_text(list(keys.items()))
+        req = P.LoginRequest(itt=itt, isid=self.isid, csg=csg, nsg=nsg, transit=transit,
+                             cmdsn=self.cmdsn, exp_statsn=self.exp_statsn, data_len=len(data))  # fmt: skip
+        self.send(req.pack(), data)
         r = self.recv()
-        status = r.w36 >> 16
-        if status:
-            raise LoginFailed(status)
+        assert isinstance(r.header, P.LoginResponse)
+        if r.header.status:
+            raise LoginFailed(r.header.status)
         return r
 
     # ------------------------------------------------------------- commands
-    def scsi(self, cdb: bytes, read_len: int = 0, data_out: bytes = b"",
-             immediate_len: int | None = None) -> tuple[int, bytes, bytes, Pdu]:  # fmt: skip
-        """Run one command; returns (status, data-in, sense, final PDU). Handles R2T."""
+    def command_pdu(self, cdb: bytes, read_len: int = 0, data: bytes = b"",
+                    immediate_len: int | None = None) -> tuple[int, bytes]:  # fmt: skip
+        """A SCSI Command PDU (with immediate data) numbered next; returns (ITT, its bytes)."""
         itt = self.next_itt()
-        flags = 0x80 | (0x40 if read_len else 0) | (0x20 if data_out else 0)
-        edtl = read_len or len(data_out)
-        imm = data_out[: immediate_len if immediate_len is not None else 8192]
-        hdr = pack(0x01, flags, len(imm), bytes(8), itt, edtl, self.cmdsn, self.exp_statsn,
-                   *struct.unpack(">IIII", cdb.ljust(16, b"\0")))  # fmt: skip
+        flags = P.FINAL | (P.READ if read_len else 0) | (P.WRITE if data else 0)
+        imm = data[: immediate_len if immediate_len is not None else 8192]
+        cmd = P.ScsiCommand(itt=itt, cdb=cdb, edtl=read_len or len(data), flags=flags,
+                            cmdsn=self.cmdsn, exp_statsn=self.exp_statsn, data_len=len(imm))  # fmt: skip
         self.cmdsn += 1
-        self.send(hdr, imm)
+        return itt, self.frame(cmd.pack(), imm)
+
+    def scsi(self, cdb: bytes, read_len: int = 0, data_out: bytes = b"",
+             immediate_len: int | None = None) -> tuple[int, bytes, bytes, P.Response]:  # fmt: skip
+        """Run one command; returns (status, data-in, sense, final header). Handles R2T."""
+        itt, pdu = self.command_pdu(cdb, read_len, data_out, immediate_len)
+        self.send_raw(pdu)
         data = bytearray()
         while True:
-            p = self.recv()
-            if p.op == 0x31:  # R2T
-                off, length = p.w40, p.w44
+            h, seg = self.recv()
+            if isinstance(h, P.R2T):
+                off, length = h.offset, h.length
                 sn = 0
                 while length > 0:
                     n = min(length, 8192)
-                    final = 0x80 if n == length else 0
-                    h = pack(0x05, final, n, bytes(8), itt, p.w20, 0, self.exp_statsn, 0, sn,
-                             off)  # fmt: skip
-                    self.send(h, data_out[off : off + n])
+                    d = P.DataOut(itt=itt, ttt=h.ttt, offset=off, datasn=sn,
+                                  exp_statsn=self.exp_statsn, final=n == length, data_len=n)  # fmt: skip
+                    self.send(d.pack(), data_out[off : off + n])
                     off += n
                     length -= n
                     sn += 1
                 continue
-            if p.op == 0x25:
-                data[p.w40 : p.w40 + len(p.data)] = p.data
-                if p.flags & 0x01:
-                    return p.b3, bytes(data), b"", p
+            if isinstance(h, P.DataIn):
+                data[h.offset : h.offset + len(seg)] = seg
+                if h.flags & P.STATUS:
+                    return h.status, bytes(data), b"", h
                 continue
-            if p.op == 0x21:
-                sense = p.data[2 : 2 + int.from_bytes(p.data[:2], "big")] if p.data else b""
-                return p.b3, bytes(data), sense, p
-            if p.op == 0x20:  # target NOP-In ping: answer it
-                if p.w20 != 0xFFFFFFFF:
-                    self.send(pack(0x40, 0x80, 0, bytes(8), 0xFFFFFFFF, p.w20, self.cmdsn,
-                                   self.exp_statsn))  # fmt: skip
+            if isinstance(h, P.ScsiResponse):
+                sense = seg[2 : 2 + int.from_bytes(seg[:2], "big")] if seg else b""
+                return h.status, bytes(data), sense, h
+            if isinstance(h, P.NopIn):  # target NOP-In ping: answer it
+                if h.ttt != P.RESERVED_TAG:
+                    pong = P.NopOut(itt=P.RESERVED_TAG, ttt=h.ttt, cmdsn=self.cmdsn,
+                                    exp_statsn=self.exp_statsn, immediate=True)  # fmt: skip
+                    self.send(pong.pack())
                 continue
-            raise AssertionError(f"unexpected PDU opcode {p.op:#x}")
+            raise AssertionError(f"unexpected PDU {h}")
 
-    def nop(self, immediate: bool = True, data: bytes = b"") -> Pdu:
+    def nop(self, immediate: bool = True, data: bytes = b"") -> Received:
         """NOP-Out ping; with `immediate` the CmdSN is not consumed."""
         itt = self.next_itt()
-        hdr = pack(0x00 | (0x40 if immediate else 0), 0x80, len(data), bytes(8), itt,
-                   0xFFFFFFFF, self.cmdsn, self.exp_statsn)  # fmt: skip
+        ping = P.NopOut(itt=itt, cmdsn=self.cmdsn, exp_statsn=self.exp_statsn,
+                        immediate=immediate, data_len=len(data))  # fmt: skip
         if not immediate:
             self.cmdsn += 1
-        self.send(hdr, data)
+        self.send(ping.pack(), data)
         while True:
-            p = self.recv()
-            if p.op == 0x20 and p.itt == itt:
-                return p
+            r = self.recv()
+            if isinstance(r.header, P.NopIn) and r.header.itt == itt:
+                return r
 
-    def logout(self) -> Pdu:
-        """Close the session."""
+    def logout_pdu(self, immediate: bool = True) -> tuple[int, bytes]:
+        """A Logout Request (close the session); returns (ITT, its bytes)."""
         itt = self.next_itt()
-        self.send(pack(0x46, 0x80, 0, bytes(8), itt, 0, self.cmdsn, self.exp_statsn))
+        req = P.LogoutRequest(itt=itt, cmdsn=self.cmdsn, exp_statsn=self.exp_statsn,
+                              immediate=immediate)  # fmt: skip
+        return itt, self.frame(req.pack())
+
+    def logout(self) -> Received:
+        """Close the session."""
+        self.send_raw(self.logout_pdu()[1])
         return self.recv()
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from jiva_engine.iscsi import pdu as P
 from tests.integration.iscsi_client import Initiator, LoginFailed
 from tests.procs import free_port, wait_port
 
@@ -188,12 +189,12 @@ def test_data_digest_and_immediate_nop(procs, tmp_path):
     for _ in range(5):
         p = c.nop(immediate=True, data=b"ping")
         assert p.data == b"ping"
-        assert p.w28 == before, "ExpCmdSN moved on an immediate NOP-Out"
+        assert p.header.exp_cmdsn == before, "ExpCmdSN moved on an immediate NOP-Out"
     p = c.nop(immediate=False)
-    assert p.w28 == before + 1, "a non-immediate NOP-Out must consume one CmdSN"
+    assert p.header.exp_cmdsn == before + 1, "a non-immediate NOP-Out must consume one CmdSN"
     st, _, _, _ = c.scsi(bytes(6))  # TEST UNIT READY still accepted at the right CmdSN
     assert st == 0
-    assert c.logout().op == 0x26
+    assert isinstance(c.logout().header, P.LogoutResponse)
     c.close()
 
 
@@ -203,8 +204,9 @@ def test_target_keepalive_nop_in(procs, tmp_path):
     c = Initiator("127.0.0.1", t.port)
     c.login(t.iqn)
     c.sock.settimeout(5)
-    p = c.recv()
-    assert p.op == 0x20 and p.itt == 0xFFFFFFFF and p.w20 != 0xFFFFFFFF
+    ping = c.recv().header
+    assert isinstance(ping, P.NopIn)
+    assert ping.itt == P.RESERVED_TAG and ping.ttt != P.RESERVED_TAG
     st, _, _, _ = c.scsi(bytes(6))  # answer pending pings inside scsi()
     assert st == 0
     c.close()

@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from jiva_engine.iscsi.crc import crc32c
+from jiva_engine.iscsi import pdu as P
 from jiva_engine.iscsi.target import TargetConfig, start_target
-from tests.integration.iscsi_client import Initiator, pack
+from tests.integration.iscsi_client import Initiator
 from tests.unit.memvolume import MemVolume
 
 IQN = "iqn.2026-11.org.jiva-py:batch"
@@ -66,29 +66,6 @@ def target():
         loop.close()
 
 
-def _cmd(c: Initiator, cdb: bytes, read_len: int = 0, data: bytes = b"") -> tuple[int, bytes]:
-    """One SCSI Command PDU (immediate data for writes); returns (itt, bytes to send)."""
-    itt = c.next_itt()
-    flags = 0x80 | (0x40 if read_len else 0) | (0x20 if data else 0)
-    hdr = pack(0x01, flags, len(data), bytes(8), itt, read_len or len(data), c.cmdsn,
-               c.exp_statsn, *struct.unpack(">IIII", cdb.ljust(16, b"\0")))  # fmt: skip
-    c.cmdsn += 1
-    return itt, _frame(c, hdr, data)
-
-
-def _frame(c: Initiator, hdr: bytes, data: bytes = b"") -> bytes:
-    """A PDU's bytes with padding and whatever digests the session negotiated."""
-    parts = [hdr]
-    if c.hd:
-        parts.append(crc32c(hdr).to_bytes(4, "little"))
-    if data:
-        padded = data + bytes(-len(data) % 4)
-        parts.append(padded)
-        if c.dd:
-            parts.append(crc32c(padded).to_bytes(4, "little"))
-    return b"".join(parts)
-
-
 def _read10(lba: int, blocks: int) -> bytes:
     return struct.pack(">BBIBHB", 0x28, 0, lba, 0, blocks, 0)
 
@@ -134,9 +111,9 @@ def test_async_completions_share_one_write(target, digests):
     burst = []
     for i in range(N):
         if i % 2:
-            itt, b = _cmd(c, _read10(i, 1), read_len=BS)
+            itt, b = c.command_pdu(_read10(i, 1), read_len=BS)
         else:
-            itt, b = _cmd(c, _write10(i, 1), data=bytes([i]) * BS)
+            itt, b = c.command_pdu(_write10(i, 1), data=bytes([i]) * BS)
         order.append(itt)
         burst.append(b)
     c.send_raw(b"".join(burst))
@@ -147,16 +124,16 @@ def test_async_completions_share_one_write(target, digests):
     seen = []
     stat = None
     for _ in range(N):
-        p = c.recv()  # checks digests when they are on
-        assert p.op in (0x21, 0x25), hex(p.op)
-        assert p.flags & 0x01 or p.op == 0x21, "response without status"
-        assert p.b3 == 0, f"status {p.b3:#x}"
+        p, data = c.recv()  # checks digests when they are on
+        assert isinstance(p, (P.ScsiResponse, P.DataIn)), p
+        assert isinstance(p, P.ScsiResponse) or p.flags & P.STATUS, "response without status"
+        assert p.status == 0, f"status {p.status:#x}"
         if stat is not None:
-            assert p.w24 == (stat + 1) & 0xFFFFFFFF, "StatSN not consecutive in stream order"
-        stat = p.w24
+            assert p.statsn == (stat + 1) & 0xFFFFFFFF, "StatSN not consecutive in stream order"
+        stat = p.statsn
         i = order.index(p.itt)
         if i % 2:
-            assert p.data == pattern[i * BS : (i + 1) * BS], f"Data-In of command {i} wrong"
+            assert data == pattern[i * BS : (i + 1) * BS], f"Data-In of command {i} wrong"
         seen.append(p.itt)
     assert seen == order, "responses left in a different order than the commands completed"
     _wait_for(lambda: conn.tx_pdus - pdus0 == N)
@@ -178,14 +155,15 @@ def test_receive_burst_answered_in_few_writes(target):
     order = []
     burst = []
     for i in range(N):
-        itt, b = _cmd(c, _read10(i, 2), read_len=2 * BS)
+        itt, b = c.command_pdu(_read10(i, 2), read_len=2 * BS)
         order.append(itt)
         burst.append(b)
     c.send_raw(b"".join(burst))
     got = [c.recv() for _ in range(N)]
-    assert [p.itt for p in got] == order
-    assert all(p.op == 0x25 and p.flags & 0x01 and len(p.data) == 2 * BS for p in got)
-    stats = [p.w24 for p in got]
+    assert [p.header.itt for p in got] == order
+    assert all(isinstance(p.header, P.DataIn) and p.header.flags & P.STATUS for p in got)
+    assert all(len(p.data) == 2 * BS for p in got)
+    stats = [p.header.statsn for p in got]
     assert stats == list(range(stats[0], stats[0] + N))
     _wait_for(lambda: conn.tx_pdus - pdus0 == N)
     assert conn.tx_writes - writes0 < N // 4, f"{conn.tx_writes - writes0} writes for {N} PDUs"
@@ -202,18 +180,18 @@ def test_logout_flushes_queued_responses_first(target):
     order = []
     burst = []
     for i in range(8):
-        itt, b = _cmd(c, _write10(i, 1), data=bytes([0xA0 + i]) * BS)
+        itt, b = c.command_pdu(_write10(i, 1), data=bytes([0xA0 + i]) * BS)
         order.append(itt)
         burst.append(b)
-    logout_itt = c.next_itt()
-    burst.append(_frame(c, pack(0x06, 0x80, 0, bytes(8), logout_itt, 0, c.cmdsn, c.exp_statsn)))
+    logout_itt, logout = c.logout_pdu(immediate=False)
+    burst.append(logout)
     c.send_raw(b"".join(burst))
     _wait_for(lambda: vol.waiting == 8)
     loop.call_soon_threadsafe(vol.gate.set)
-    got = [c.recv() for _ in range(9)]
+    got = [c.recv().header for _ in range(9)]
     assert [p.itt for p in got] == [*order, logout_itt]
-    assert [p.op for p in got] == [0x21] * 8 + [0x26]
-    assert got[-1].b2 == 0, "logout refused"
+    assert [type(p) for p in got] == [P.ScsiResponse] * 8 + [P.LogoutResponse]
+    assert got[-1].response == P.LogoutResponseCode.SUCCESS, "logout refused"
     c.sock.settimeout(5)
     assert c.sock.recv(1) == b"", "target kept the connection open (or sent more) after logout"
     assert bytes(vol.data[7 * BS : 8 * BS]) == bytes([0xA7]) * BS

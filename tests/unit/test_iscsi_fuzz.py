@@ -16,8 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jiva_engine.iscsi import pdu as P
-from jiva_engine.iscsi.target import Connection, TargetConfig, TargetServer, start_target
-from tests.integration.iscsi_client import Initiator, pack
+from jiva_engine.iscsi.protocol import TargetProtocol
+from jiva_engine.iscsi.target import TargetConfig, TargetServer, start_target
+from tests.integration.iscsi_client import Initiator
 from tests.unit.memvolume import MemVolume
 
 IQN = "iqn.2026-11.org.jiva-py:fuzz"
@@ -57,29 +58,31 @@ class FakeTransport(asyncio.Transport):
         pass
 
 
-def login_bytes(flags: int = 0x87, keys: str | None = None) -> bytes:
+def login_bytes() -> bytes:
     """A Login Request going straight to full feature phase without authentication."""
-    text = (keys or f"InitiatorName=iqn.x:y\0TargetName={IQN}\0AuthMethod=None\0").encode()
+    text = f"InitiatorName=iqn.x:y\0TargetName={IQN}\0AuthMethod=None\0".encode()
     text += bytes(-len(text) % 4)
     raw_len = len(text.rstrip(b"\0")) + 1
-    hdr = pack(0x43, flags, raw_len, b"\x80\0\0\0\0\1\0\0", 1, 0, 0, 0)
-    return hdr + text
+    req = P.LoginRequest(itt=1, isid=b"\x80\0\0\0\0\1", csg=1, nsg=3, transit=True,
+                         data_len=raw_len)  # fmt: skip
+    return req.pack() + text
 
 
 def templates() -> list[bytes]:
     """Valid full-feature PDUs to mutate."""
-    cdb_read = struct.pack(">BBIBHB", 0x28, 0, 0, 0, 1, 0).ljust(16, b"\0")
-    cdb_write = struct.pack(">BBIBHB", 0x2A, 0, 0, 0, 1, 0).ljust(16, b"\0")
-    words = lambda c: struct.unpack(">IIII", c)  # noqa: E731
+    cdb_read = struct.pack(">BBIBHB", 0x28, 0, 0, 0, 1, 0)
+    cdb_write = struct.pack(">BBIBHB", 0x2A, 0, 0, 0, 1, 0)
+    snack = bytes([P.Opcode.SNACK, P.FINAL]) + bytes(14) + (10).to_bytes(4, "big") + bytes(28)
     return [
-        pack(0x01, 0xC0, 0, bytes(8), 5, 512, 0, 0, *words(cdb_read)),
-        pack(0x01, 0xA0, 512, bytes(8), 6, 1024, 0, 0, *words(cdb_write)) + b"\xab" * 512,
-        pack(0x05, 0x80, 512, bytes(8), 6, 0xFFFFFFFF, 0, 0, 0, 0, 512) + b"\xcd" * 512,
-        pack(0x40, 0x80, 4, bytes(8), 7, 0xFFFFFFFF, 0, 0) + b"ping",
-        pack(0x02, 0x81, 0, bytes(8), 8, 5, 0, 0),
-        pack(0x04, 0x80, 16, bytes(8), 9, 0xFFFFFFFF, 0, 0) + b"SendTargets=All\0",
-        pack(0x10, 0x80, 0, bytes(8), 10),
-        pack(0x46, 0x80, 0, bytes(8), 11, 0, 0, 0),
+        P.ScsiCommand(itt=5, cdb=cdb_read, edtl=512, flags=P.FINAL | P.READ).pack(),
+        P.ScsiCommand(itt=6, cdb=cdb_write, edtl=1024, flags=P.FINAL | P.WRITE, data_len=512).pack()
+        + b"\xab" * 512,
+        P.DataOut(itt=6, offset=512, data_len=512).pack() + b"\xcd" * 512,
+        P.NopOut(itt=7, immediate=True, data_len=4).pack() + b"ping",
+        P.TaskManagementRequest(itt=8, function=P.TmfFunction.ABORT_TASK, rtt=5).pack(),
+        P.TextRequest(itt=9, data_len=16).pack() + b"SendTargets=All\0",
+        snack,
+        P.LogoutRequest(itt=11, immediate=True).pack(),
     ]
 
 
@@ -88,7 +91,7 @@ def feed(server: TargetServer, chunks: list[bytes]) -> FakeTransport:
     t = FakeTransport()
 
     async def go() -> None:
-        c = Connection(server)
+        c = TargetProtocol(server)
         c.connection_made(t)
         for ch in chunks:
             if t.closed:
@@ -139,7 +142,7 @@ def test_mutated_pdus_after_login(server, which, flips, split):
 
 def test_oversized_pdu_closes_connection(server):
     """A header announcing more than the hard limit closes the connection immediately."""
-    big = bytearray(pack(0x40, 0x80, 0, bytes(8), 7, 0xFFFFFFFF))
+    big = bytearray(P.NopOut(itt=7, immediate=True).pack())
     big[4] = 255  # 1020 bytes of AHS
     big[5:8] = (0xFFFFFF).to_bytes(3, "big")
     t = feed(server, [login_bytes(), bytes(big)])
@@ -149,7 +152,7 @@ def test_oversized_pdu_closes_connection(server):
 def test_data_segment_above_negotiated_limit_is_rejected(server):
     """Data beyond MaxRecvDataSegmentLength (but under the hard cap) gets a Reject PDU."""
     n = 300 * 1024
-    hdr = pack(0x40, 0x80, n, bytes(8), 7, 0xFFFFFFFF)
+    hdr = P.NopOut(itt=7, immediate=True, data_len=n).pack()
     t = feed(server, [login_bytes(), hdr + bytes(n)])
     ops = []
     out = bytes(t.out)
@@ -158,7 +161,7 @@ def test_data_segment_above_negotiated_limit_is_rejected(server):
         dl = int.from_bytes(out[pos + 5 : pos + 8], "big")
         ops.append(out[pos] & 0x3F)
         pos += 48 + dl + (-dl % 4)
-    assert P.REJECT in ops
+    assert P.Opcode.REJECT in ops
 
 
 # ---------------------------------------------------------------- real TCP, threaded server

@@ -14,10 +14,9 @@ IQN = "iqn.2026-11.org.jiva-py:vol"
 INIT = "iqn.2026-11.org.test:init"
 
 
-def req(csg: int, nsg: int, transit: bool, keys: dict[str, str], cont: bool = False) -> P.Bhs:
-    """A Login Request BHS (text goes separately)."""
-    flags = (0x80 if transit else 0) | (0x40 if cont else 0) | (csg << 2) | nsg
-    return P.Bhs(P.header(0x43, flags, 0, 0, 0, b"\x80\x01\x02\x03\x04\x05\0\0", 1))
+def req(csg: int, nsg: int, transit: bool, cont: bool = False) -> P.LoginRequest:
+    """A Login Request header (the text goes separately)."""
+    return P.LoginRequest(1, b"\x80\x01\x02\x03\x04\x05", csg, nsg, transit, cont)
 
 
 def text(keys: dict[str, str]) -> bytes:
@@ -27,7 +26,7 @@ def text(keys: dict[str, str]) -> bytes:
 
 def step(m: L.LoginMachine, csg: int, nsg: int, transit: bool, keys: dict) -> L.LoginResult:
     """Feed one request."""
-    return m.handle(req(csg, nsg, transit, keys), text(keys))
+    return m.handle(req(csg, nsg, transit), text(keys))
 
 
 def decode(r: L.LoginResult) -> dict[str, str]:
@@ -174,7 +173,7 @@ def test_login_machine_fuzz(steps):
     m = L.LoginMachine(cfg)
     for flags, pairs, raw in steps:
         body = "".join(f"{k}={v}\0" for k, v in pairs if "\0" not in v).encode() + raw
-        r = m.handle(P.Bhs(P.header(0x43, flags, 0, 0, 0, bytes(8), 1)), body)
+        r = m.handle(P.LoginRequest.parse(bytes([0x43, flags]) + bytes(46)), body)
         assert isinstance(r, L.LoginResult)
         assert r.status in (0, *range(0x0200, 0x0210), 0x0300)
         if r.close:

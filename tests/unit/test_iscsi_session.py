@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import struct
 import threading
 import time
 
 import pytest
 
+from jiva_engine.iscsi import pdu as P
 from jiva_engine.iscsi.target import TargetConfig, start_target
-from tests.integration.iscsi_client import Initiator, pack
+from tests.integration.iscsi_client import Initiator
 from tests.unit.memvolume import MemVolume
 
 IQN = "iqn.2026-11.org.jiva-py:sess"
@@ -84,11 +84,11 @@ def test_cmdsn_window(target_factory):
     port, _ = target_factory()
     c = Initiator("127.0.0.1", port)
     c.login(IQN)
-    p = c.nop(immediate=True)
-    max_cmdsn = p.w32
-    assert max_cmdsn - p.w28 >= 31, "window too small for QD32"
-    cdb = struct.unpack(">IIII", bytes(16))
-    c.send(pack(0x01, 0x80, 0, bytes(8), 999, 0, max_cmdsn + 1, c.exp_statsn, *cdb))
+    p = c.nop(immediate=True).header
+    max_cmdsn = p.max_cmdsn
+    assert max_cmdsn - p.exp_cmdsn >= 31, "window too small for QD32"
+    beyond = P.ScsiCommand(itt=999, cdb=bytes(16), cmdsn=max_cmdsn + 1, exp_statsn=c.exp_statsn)
+    c.send(beyond.pack())
     c.sock.settimeout(0.5)
     with pytest.raises(TimeoutError):
         c.recv()
@@ -103,14 +103,18 @@ def test_abort_unknown_task_and_lun_reset(target_factory):
     port, _ = target_factory()
     c = Initiator("127.0.0.1", port)
     c.login(IQN)
-    itt = c.next_itt()
-    c.send(pack(0x42, 0x81, 0, bytes(8), itt, 12345, c.cmdsn, c.exp_statsn))
-    r = c.recv()
-    assert r.op == 0x22 and r.b2 == 1
-    itt = c.next_itt()
-    c.send(pack(0x42, 0x85, 0, bytes(8), itt, 0xFFFFFFFF, c.cmdsn, c.exp_statsn))
-    r = c.recv()
-    assert r.op == 0x22 and r.b2 == 0
+    abort = P.TaskManagementRequest(itt=c.next_itt(), function=P.TmfFunction.ABORT_TASK,
+                                    rtt=12345, cmdsn=c.cmdsn, exp_statsn=c.exp_statsn,
+                                    immediate=True)  # fmt: skip
+    c.send(abort.pack())
+    r = c.recv().header
+    assert isinstance(r, P.TaskManagementResponse)
+    assert r.response == P.TmfResponse.NO_SUCH_TASK
+    reset = P.TaskManagementRequest(itt=c.next_itt(), function=P.TmfFunction.LOGICAL_UNIT_RESET,
+                                    cmdsn=c.cmdsn, exp_statsn=c.exp_statsn, immediate=True)  # fmt: skip
+    c.send(reset.pack())
+    r = c.recv().header
+    assert isinstance(r, P.TaskManagementResponse) and r.response == P.TmfResponse.COMPLETE
     st, _, sense, _ = c.scsi(bytes(6))  # the reset's unit attention
     assert st == 2 and sense[2] & 0x0F == 6 and sense[12] == 0x29
     c.close()
@@ -121,13 +125,15 @@ def test_huge_write_refused_without_buffering(target_factory):
     port, _ = target_factory()
     c = Initiator("127.0.0.1", port)
     c.login(IQN)
-    cdb = struct.pack(">BBIBHB", 0x2A, 0, 0, 0, 0xFFFF, 0).ljust(16, b"\0")
+    cdb = bytes([0x2A, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0])  # WRITE(10) of 65535 blocks
     itt = c.next_itt()
-    c.send(pack(0x01, 0xA0, 0, bytes(8), itt, 1 << 30, c.cmdsn, c.exp_statsn,
-                *struct.unpack(">IIII", cdb)))  # fmt: skip
+    huge = P.ScsiCommand(itt=itt, cdb=cdb, edtl=1 << 30, flags=P.FINAL | P.WRITE,
+                         cmdsn=c.cmdsn, exp_statsn=c.exp_statsn)  # fmt: skip
+    c.send(huge.pack())
     c.cmdsn += 1
-    r = c.recv()
-    assert r.op == 0x21 and r.itt == itt and r.b3 == 2  # CHECK CONDITION, not an R2T
+    r = c.recv().header
+    assert isinstance(r, P.ScsiResponse)  # not an R2T
+    assert r.itt == itt and r.status == 2  # CHECK CONDITION
     st, _, _, _ = c.scsi(bytes(6))
     assert st == 0
     c.close()

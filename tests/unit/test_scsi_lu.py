@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jiva_engine.scsi import sense as S
-from jiva_engine.scsi.lu import LogicalUnit, Nexus
+from jiva_engine.scsi.command import Nexus
+from jiva_engine.scsi.lu import LogicalUnit
 from tests.unit.memvolume import MemVolume
 
 A = Nexus("iqn.test:a", b"\x80\0\0\0\0\1")
@@ -226,7 +227,7 @@ def test_lun_reset_unit_attention_for_every_nexus():
     lu, _ = lu_pair()
 
     async def go():
-        lu.reset(cold=False, by=A)
+        lu.reset(cold=False)
         for nx in (A, B):
             r = await lu.execute(nx, bytes(6), None)
             assert sense_of(r) == (6, 0x29, 0x03)
