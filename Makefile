@@ -19,9 +19,11 @@ venv: $(VENV)/.installed
 debs:
 	bash scripts/install-debs.sh
 
+# style and static checks; mypy type-checks the engine (pyproject.toml [tool.mypy])
 lint: venv
 	$(VENV)/bin/ruff check jiva_engine tests bench
 	$(VENV)/bin/ruff format --check jiva_engine tests bench
+	$(VENV)/bin/mypy
 
 # The whole suite: Debian tools, the venv, lint, then every default test.
 test: debs venv lint ansible-checks

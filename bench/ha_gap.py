@@ -25,7 +25,7 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.faults.ha_harness import (  # noqa: E402
+from tests.faults.ha_harness import (
     QEMU_OFFSET,
     BackgroundWorkload,
     Cluster,
@@ -35,7 +35,7 @@ from tests.faults.ha_harness import (  # noqa: E402
 )
 
 
-def measure(c: Cluster, inject, recovered) -> dict:  # noqa: ANN001
+def measure(c: Cluster, inject, recovered) -> dict:
     """Run one scenario under the workload and a qemu-io session; return gap, failed writes,
     recovery time, checks, and qemu-io's longest pause and failed writes (`qemu`)."""
     wl = BackgroundWorkload(c.portal_host, 3260, history=c.history)
@@ -66,7 +66,7 @@ def measure(c: Cluster, inject, recovered) -> dict:  # noqa: ANN001
     return out
 
 
-def rebuild_of(c: Cluster, host: str, vol=None) -> dict:  # noqa: ANN001
+def rebuild_of(c: Cluster, host: str, vol=None) -> dict:
     """last_rebuild of the replica on `host` (of volume `vol`, default ha3)."""
     st = c.status(vol.api if vol is not None else None) or {}
     for r in st.get("replicas", []):

@@ -29,7 +29,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from iscsi_bench import free_port, start_tgtd, wait_port  # noqa: E402  (reuse, same folder)
+from iscsi_bench import free_port, start_tgtd, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20

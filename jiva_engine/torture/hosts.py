@@ -27,7 +27,7 @@ PORTAL_PORT = 3260
 _ROOT = Path(__file__).resolve().parents[2]
 
 
-def load_sandbox():  # noqa: ANN201 - the class from scripts/sandbox.py
+def load_sandbox():
     """Import the project's test-host harness (scripts/sandbox.py) by path."""
     spec = importlib.util.spec_from_file_location("jiva_sandbox", _ROOT / "scripts" / "sandbox.py")
     assert spec is not None and spec.loader is not None

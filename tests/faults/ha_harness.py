@@ -10,6 +10,7 @@ outcome (`eventually`: every wait is for a condition, bounded by a timeout)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -197,7 +198,7 @@ class Cluster:
         )
 
     # ---- Ansible ---------------------------------------------------------------------------
-    def play(self, name: str, *args: str):  # noqa: ANN201 - tests.sandbox.PlaybookRun
+    def play(self, name: str, *args: str):
         """Run a playbook against the test hosts (frozen wheelhouse, our state file)."""
         return run_playbook(
             name,
@@ -216,7 +217,7 @@ class Cluster:
         r = self.play("failover.yml")
         assert r.rc == 0, r.output[-4000:] + self.host_logs()
 
-    def health(self, out: Path, fail_on_degraded: bool = True):  # noqa: ANN201
+    def health(self, out: Path, fail_on_degraded: bool = True):
         """health.yml writing JSON to `out`; returns (PlaybookRun, the JSON document or None)."""
         args = ["-e", f"jiva_health_file={out}"]
         if fail_on_degraded:
@@ -530,13 +531,13 @@ class BackgroundWorkload:
 
         try:
             self._call(fin(), timeout=30)
-        except Exception:  # noqa: BLE001, S110 - best effort on a failed test's way out
+        except Exception:
             pass
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
 
-    def _call(self, coro, timeout: float = 300):  # noqa: ANN001, ANN202
+    def _call(self, coro, timeout: float = 300):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     async def _start(self) -> None:
@@ -779,8 +780,6 @@ class QemuIoSession:
     def abandon(self) -> None:
         """Stop at once (a test failed): kill qemu-io by its PID."""
         self._stop.set()
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self._finish()

@@ -5,11 +5,13 @@ cut off, and the volume keeps serving a well-behaved client meanwhile (checked b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
 import time
 import urllib.request
+from pathlib import Path
 
 import aiohttp
 
@@ -28,7 +30,7 @@ MiB = 1 << 20
 
 def rss_mib(pid: int) -> float:
     """Resident set size of a process, from /proc."""
-    for line in open(f"/proc/{pid}/status"):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
@@ -126,10 +128,8 @@ async def test_idle_slow_and_oversized_clients(procs, tmp_path):
         t0 = time.monotonic()
         for i in range(20):
             for s in slow:
-                try:
+                with contextlib.suppress(OSError):
                     s.send(payload[i : i + 1])
-                except OSError:
-                    pass
             await asyncio.sleep(0.1)
         await io_ok(init, 30, 3)
         assert time.monotonic() - t0 < 20
@@ -239,11 +239,11 @@ async def test_flooding_replica_is_contained(procs, tmp_path):
     fake = FloodingReplica()
     fport = await fake.start()
     try:
-        async with aiohttp.ClientSession() as s:
-            async with s.post(f"http://127.0.0.1:{api}/v1/replicas",
-                              json={"address": f"127.0.0.1:{fport}"},
-                              headers={"Authorization": f"Bearer {TOKEN}"}) as r:  # fmt: skip
-                assert r.status == 202, await r.text()
+        async with aiohttp.ClientSession() as s, s.post(
+            f"http://127.0.0.1:{api}/v1/replicas", json={"address": f"127.0.0.1:{fport}"},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        ) as r:  # fmt: skip
+            assert r.status == 202, await r.text()
         t0 = time.monotonic()
         while time.monotonic() - t0 < 6:  # I/O keeps working while the flood goes on
             await io_ok(init, 10, 6)
@@ -281,10 +281,8 @@ async def test_replica_drops_connections_that_never_authenticate(tmp_path):
         t0 = time.monotonic()
         while time.monotonic() - t0 < 3.0:  # one of them trickles bytes: no excuse
             if not slow_w.is_closing():
-                try:
+                with contextlib.suppress(ConnectionResetError, BrokenPipeError):
                     slow_w.write(b"J")
-                except (ConnectionResetError, BrokenPipeError):
-                    pass
             await asyncio.sleep(0.1)
             await good.write(0, b"\x01" * 4096, 0)
         closed = 0

@@ -59,9 +59,9 @@ class StaleControllers:
     def sample(self) -> None:
         for v in self.c.vols:
             st = self.c.status_on(self.old, v)
-            if st and st["term"] < self.new_terms[v.name]:
-                if not self.seen[v.name] or self.seen[v.name][-1] != st["state"]:
-                    self.seen[v.name].append(st["state"])
+            if (st and st["term"] < self.new_terms[v.name]
+                    and (not self.seen[v.name] or self.seen[v.name][-1] != st["state"])):  # fmt: skip
+                self.seen[v.name].append(st["state"])
 
     def wait_gone(self, timeout: float = 120) -> None:
         def check() -> bool:

@@ -53,9 +53,8 @@ class Rep:
 
 def drop_caches() -> None:
     """Drop clean page-cache pages (root only; best effort elsewhere)."""
-    with contextlib.suppress(OSError):
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("1\n")
+    with contextlib.suppress(OSError), open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("1\n")
 
 
 async def wait_rw(vol: Volume, n: int, timeout: float = 30.0) -> None:

@@ -90,9 +90,9 @@ class Initiator:
             data = padded[:dlen]
         h = P.parse_response(hdr)
         numbered = (P.ScsiResponse, P.LoginResponse, P.TextResponse, P.LogoutResponse, P.NopIn)
-        if isinstance(h, numbered) or (isinstance(h, P.DataIn) and h.flags & P.STATUS):
-            if h.itt != P.RESERVED_TAG:
-                self.exp_statsn = (h.statsn + 1) & 0xFFFFFFFF
+        status = isinstance(h, numbered) or (isinstance(h, P.DataIn) and h.flags & P.STATUS)
+        if status and h.itt != P.RESERVED_TAG:
+            self.exp_statsn = (h.statsn + 1) & 0xFFFFFFFF
         return Received(h, data)
 
     def next_itt(self) -> int:

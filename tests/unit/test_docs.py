@@ -42,7 +42,7 @@ def test_paths_named_in_the_docs_exist(doc):
 @pytest.mark.parametrize("src", DOCS + CODE, ids=lambda p: str(p.relative_to(ROOT)))
 def test_rules_cited_are_defined(src):
     text = src.read_text()
-    assert RULES == set(range(1, 9)) and QRULES == set(range(1, 10))
+    assert set(range(1, 9)) == RULES and set(range(1, 10)) == QRULES
     cited = {int(n) for n in re.findall(r"\b[Rr]ules? (\d+)", text)}
     cited |= {int(b) for a, b in re.findall(r"\b[Rr]ules (\d+)[-–](\d+)", text)}
     assert cited <= RULES, f"{src.name} cites rules {sorted(cited - RULES)}"

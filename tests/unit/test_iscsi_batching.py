@@ -40,7 +40,7 @@ class GatedVolume(MemVolume):
         await self._wait()
         return await super().read(offset, length)
 
-    async def write(self, offset: int, data, fua: bool = False) -> None:  # noqa: ANN001
+    async def write(self, offset: int, data, fua: bool = False) -> None:
         await self._wait()
         await super().write(offset, data, fua)
 
@@ -82,12 +82,12 @@ def _digests(c: Initiator, with_digest: bool) -> None:
     assert (got.get("HeaderDigest") == "CRC32C") == with_digest
 
 
-def _conn(srv):  # noqa: ANN001, ANN202
+def _conn(srv):
     (conn,) = list(srv.conns)
     return conn
 
 
-def _wait_for(pred, timeout: float = 10.0) -> None:  # noqa: ANN001
+def _wait_for(pred, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not pred():
         assert time.monotonic() < deadline, "condition not reached"

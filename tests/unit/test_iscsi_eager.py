@@ -9,10 +9,10 @@ import pytest
 from jiva_engine.iscsi.eager import start_eagerly
 
 
-def spawner(tasks: list[asyncio.Task[None]]):  # noqa: ANN201
+def spawner(tasks: list[asyncio.Task[None]]):
     """A spawn() that records the tasks it creates."""
 
-    def spawn(coro):  # noqa: ANN001, ANN202
+    def spawn(coro):
         task = asyncio.get_running_loop().create_task(coro)
         tasks.append(task)
         return task

@@ -32,13 +32,13 @@ class FakeTransport(asyncio.Transport):
         self.out = bytearray()
         self.closed = False
 
-    def get_extra_info(self, name, default=None):  # noqa: ANN001, ANN201
+    def get_extra_info(self, name, default=None):
         return {"peername": ("127.0.0.1", 1), "sockname": ("127.0.0.1", 3260)}.get(name, default)
 
-    def write(self, data) -> None:  # noqa: ANN001
+    def write(self, data) -> None:
         self.out += data
 
-    def writelines(self, parts) -> None:  # noqa: ANN001
+    def writelines(self, parts) -> None:
         for p in parts:
             self.out += p
 

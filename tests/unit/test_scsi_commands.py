@@ -144,7 +144,7 @@ def test_absent_lun_answers():
     assert dev.has_unit(bytes(8)) and not dev.has_unit(lun1)
     unit = dev.unit(lun1)
 
-    def run(cdb: bytes):  # noqa: ANN202
+    def run(cdb: bytes):
         return asyncio.run(unit.execute(A, cdb.ljust(16, b"\0"), None))
 
     inq = run(bytes([Op.INQUIRY, 0, 0, 0, 36]))

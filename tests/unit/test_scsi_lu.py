@@ -26,7 +26,7 @@ def lu_pair(size: int = 1 << 20) -> tuple[LogicalUnit, MemVolume]:
     return lu, v
 
 
-def run(coro):  # noqa: ANN001, ANN201
+def run(coro):
     """Run a coroutine to completion."""
     return asyncio.run(coro)
 
@@ -36,7 +36,7 @@ def rw10(op: int, lba: int, n: int, flags: int = 0) -> bytes:
     return struct.pack(">BBIBHB", op, flags, lba, 0, n, 0)
 
 
-def sense_of(res) -> tuple[int, int, int]:  # noqa: ANN001
+def sense_of(res) -> tuple[int, int, int]:
     """(key, asc, ascq) of fixed-format sense data."""
     return res.sense[2] & 0x0F, res.sense[12], res.sense[13]
 
@@ -209,7 +209,7 @@ def test_fenced_volume_reports_not_ready_and_drops_sessions():
     dropped = []
     lu.on_fenced = lambda: dropped.append(True)
 
-    async def fenced_read(offset, length):  # noqa: ANN001, ANN202
+    async def fenced_read(offset, length):
         raise VolumeFenced("newer epoch")
 
     v.read = fenced_read  # type: ignore[method-assign]
