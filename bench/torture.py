@@ -7,8 +7,11 @@ Usage: .venv/bin/python bench/torture.py [--faults 200] [--seed N] [--hosts] [--
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from jiva_engine.torture.run import main
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: tests.torture
+
+from tests.torture.run import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -15,16 +15,17 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 _spec = importlib.util.spec_from_file_location("jiva_sandbox", ROOT / "scripts" / "sandbox.py")
+assert _spec is not None and _spec.loader is not None
 sandbox_mod = importlib.util.module_from_spec(_spec)
-assert _spec.loader is not None
 _spec.loader.exec_module(sandbox_mod)
-Sandbox = sandbox_mod.Sandbox
+Sandbox: Any = sandbox_mod.Sandbox  # scripts/sandbox.py: the test hosts (loaded by path)
 _counter = itertools.count()
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="test hosts need root (netns, mounts)")
@@ -98,7 +99,7 @@ class HostsFactory:
     def __init__(self) -> None:
         self.made: list = []
 
-    def __call__(self, nodes: int) -> Sandbox:
+    def __call__(self, nodes: int) -> Any:
         """Bring up `nodes` test hosts in a fresh short folder under /tmp."""
         d = Path(tempfile.mkdtemp(prefix="jvsb", dir="/tmp"))
         sb = Sandbox(d)

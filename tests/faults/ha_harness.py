@@ -33,8 +33,8 @@ import pytest
 import yaml
 
 from jiva_engine.initiator import Initiator
-from jiva_engine.torture.workload import Workload
 from tests.sandbox import ROOT, HostsFactory, ansible_env, frozen_wheelhouse, run_playbook
+from tests.torture.workload import Workload
 
 VOLUME = "ha3"
 VOLUME2 = "ha2"

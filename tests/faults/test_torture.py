@@ -9,9 +9,9 @@ import random
 
 import pytest
 
-from jiva_engine.torture.failover import CONTROLLER_HOST_FAULTS
-from jiva_engine.torture.hosts import HOST_FAULTS
-from jiva_engine.torture.run import PROCESS_FAULTS, torture
+from tests.torture.failover import CONTROLLER_HOST_FAULTS
+from tests.torture.hosts import HOST_FAULTS
+from tests.torture.run import PROCESS_FAULTS, torture
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="test hosts need root (netns)")
 

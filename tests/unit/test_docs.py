@@ -10,12 +10,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
-CODE = sorted((ROOT / "jiva_engine").rglob("*.py"))
+CODE = sorted((ROOT / "jiva_engine").rglob("*.py")) + sorted(
+    (ROOT / "tests" / "torture").glob("*.py")
+)
 TOP = "jiva_engine|tests|playbooks|scripts|bench|roles|collections|docs|inventory|molecule"
 PATH_RE = re.compile(rf"`((?:{TOP})/[A-Za-z0-9_./*-]*)`")
-PKG_RE = re.compile(
-    r"`((?:controller|replica|protocol|api|iscsi|scsi|witness|torture)/[a-z_]+\.py)`"
-)
+PKG_RE = re.compile(r"`((?:controller|replica|protocol|api|iscsi|scsi|witness)/[a-z_]+\.py)`")
 ENGINE = (ROOT / "docs" / "ENGINE.md").read_text()
 RULES = {int(n) for n in re.findall(r"^(\d)\. ", ENGINE.split("## The correctness rules")[1]
                                     .split("\n## ")[0], re.M)}  # fmt: skip

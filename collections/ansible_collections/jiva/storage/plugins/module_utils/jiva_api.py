@@ -10,11 +10,7 @@ __metaclass__ = type
 import json
 import socket
 
-try:
-    from http.client import HTTPConnection, HTTPException
-except ImportError:  # pragma: no cover - only Python 3 targets are supported
-    HTTPConnection = None
-    HTTPException = Exception
+from http.client import HTTPConnection, HTTPException
 
 
 class ApiError(Exception):

@@ -408,7 +408,7 @@ def plan(volumes, nodes, node_state, hosts_down, docs, ha_state, relocate=False)
                     actions.append({"host": ctl, "action": "announce_portal", "volume": name,
                                     "why": "portal address also seen on %s" % h})
         # ---- replicas ---------------------------------------------------------------------
-        new_replicas = []
+        new_replicas = []  # type: list[dict]
         for h in replicas:
             if h in hosts_down:
                 why_not = ""

@@ -9,6 +9,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import json
+from functools import partial
 
 from ansible_collections.jiva.storage.plugins.module_utils.jiva_ha import (
     HEALTH_HEADERS,
@@ -81,9 +82,9 @@ def health(p):
     node_address = dict((n["name"], n["address"]) for n in p["nodes"])
     # The host probes and the API reads run side by side: a dead host costs one probe round
     # (with its retry) instead of that plus an API timeout after it.
-    calls = [(lambda v=vol: read_volume(v["api"], p["token"], p["timeout"])) for vol in volumes]
+    calls = [partial(read_volume, v["api"], p["token"], p["timeout"]) for v in volumes]  # type: list
     if p["probe_hosts"]:
-        calls.append(lambda: probe_hosts(p["nodes"], timeout=min(p["timeout"], 0.8)))
+        calls.append(partial(probe_hosts, p["nodes"], timeout=min(p["timeout"], 0.8)))
     results = parallel(calls)
     reads = results[: len(volumes)]
     down = {}

@@ -99,7 +99,7 @@ def validate_nodes(nodes):
             "the inventory group 'jiva_nodes' is empty or missing: list the storage hosts in it"
         )
     out = {}
-    addresses = {}
+    addresses = {}  # type: dict[str, str]
     for node in nodes:
         name = node.get("name")
         if not name:
@@ -148,7 +148,7 @@ def validate_volumes(
             "'jiva_volumes' must be a list of volumes, got %s" % type(volumes).__name__
         )
     out = []
-    seen = {}
+    seen = {}  # type: dict[str, int]
     for index, vol in enumerate(volumes):
         where = "jiva_volumes[%d]" % index
         if not isinstance(vol, dict):
@@ -291,7 +291,7 @@ def validate_volumes(
 
 def _check_ports(volumes, nodes):
     """Fail when two listeners would bind the same HOST:PORT (replica ports must be unique per volume)."""
-    by_replica_port = {}
+    by_replica_port = {}  # type: dict[int, str]
     for vol in volumes:
         other = by_replica_port.get(vol["replica_port"])
         if other is not None:
@@ -300,7 +300,7 @@ def _check_ports(volumes, nodes):
                 % (vol["index"], vol["name"], vol["replica_port"], other)
             )
         by_replica_port[vol["replica_port"]] = vol["name"]
-    bindings = {}
+    bindings = {}  # type: dict[tuple[str, int], str]
 
     def bind(host, port, what):
         key = (host, port)

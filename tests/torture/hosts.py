@@ -11,29 +11,19 @@ portal address that is held by the controller's host and moves with the controll
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import random
 import tempfile
 from pathlib import Path
 
-from jiva_engine.torture.cluster import Cluster, Proc
+from tests.sandbox import Sandbox
+from tests.torture.cluster import Cluster, Proc
 
 # faults of a host that holds a replica but not the controller (controller-host faults:
 # failover.CONTROLLER_HOST_FAULTS)
 HOST_FAULTS = ("host-crash", "host-link-down", "host-blackhole")
 API_PORT = 9800
 PORTAL_PORT = 3260
-_ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_sandbox():
-    """Import the project's test-host harness (scripts/sandbox.py) by path."""
-    spec = importlib.util.spec_from_file_location("jiva_sandbox", _ROOT / "scripts" / "sandbox.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.Sandbox
 
 
 class HostCluster(Cluster):
@@ -44,8 +34,7 @@ class HostCluster(Cluster):
     def __init__(self, root: Path, replicas: int = 3, **kw) -> None:
         if os.geteuid() != 0:
             raise RuntimeError("host faults need root (network namespaces)")
-        sandbox_cls = load_sandbox()
-        self.sb = sandbox_cls(Path(tempfile.mkdtemp(prefix="jvtt", dir="/tmp")))
+        self.sb = Sandbox(Path(tempfile.mkdtemp(prefix="jvtt", dir="/tmp")))
         self.sb.up(f"tt{os.getpid() % 100000}"[:8], replicas)
         try:
             self.host_of: list[str] = self.sb.hosts()[:replicas]

@@ -29,11 +29,12 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from jiva_engine.initiator import Initiator
-from jiva_engine.torture.cluster import api_status
-from jiva_engine.torture.hosts import API_PORT, PORTAL_PORT, HostCluster
-from jiva_engine.torture.workload import BLOCK, Workload, parse_block
+from tests.torture.cluster import api_status
+from tests.torture.hosts import API_PORT, PORTAL_PORT, HostCluster
+from tests.torture.workload import BLOCK, Workload, parse_block
 
 CONTROLLER_HOST_FAULTS = ("ctlhost-crash", "ctlhost-link-down", "ctlhost-blackhole")
 PROBE_SEQ = 1 << 48  # sequence numbers of probe writes start here (the workload's stay below)
@@ -105,7 +106,7 @@ async def run_probe(
 ) -> dict:
     """Run probe.py inside `host`'s network namespace against the controller there."""
     addr = cl.sb.address(host)
-    cmd = [*cl.netns(host), sys.executable, "-m", "jiva_engine.torture.probe",
+    cmd = [*cl.netns(host), sys.executable, "-m", "tests.torture.probe",
            "--portal", f"{addr}:{PORTAL_PORT}", "--iqn", cl.iqn, "--api", f"{addr}:{API_PORT}",
            "--write-lba", str(write_lba), "--seq", str(seq),
            "--timeout", str(PROBE_TIMEOUT)]  # fmt: skip
@@ -117,6 +118,7 @@ async def run_probe(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
+        cwd=Path(__file__).resolve().parents[2],  # the checkout: `-m tests.torture.probe`
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), PROBE_TIMEOUT * 4 + 20)

@@ -1,6 +1,6 @@
 """The torture loop: workload running, one random fault per round, recovery, then verification.
 
-`python -m jiva_engine.torture.run --faults 200 --seed N` (or `make torture`) prints a summary
+`python -m tests.torture.run --faults 200 --seed N` (or `make torture`) prints a summary
 table and the seed; the same seed replays the same fault sequence. With `--hosts` (root) the
 replicas and the controller run on network-namespace test hosts (hosts.py), and host faults
 (hosts.py) and controller-host faults with failover (failover.py) join the process faults.
@@ -26,15 +26,15 @@ from typing import Any
 from tabulate import tabulate
 
 from jiva_engine.initiator import Initiator, IscsiError
-from jiva_engine.torture.cluster import Cluster
-from jiva_engine.torture.failover import (
+from tests.torture.cluster import Cluster
+from tests.torture.failover import (
     CONTROLLER_HOST_FAULTS,
     FailoverStats,
     check_probe_blocks,
     inject_controller_host_fault,
 )
-from jiva_engine.torture.hosts import HOST_FAULTS, HostCluster, inject_host_fault
-from jiva_engine.torture.workload import BLOCK, Workload, parse_block
+from tests.torture.hosts import HOST_FAULTS, HostCluster, inject_host_fault
+from tests.torture.workload import BLOCK, Workload, parse_block
 
 PROCESS_FAULTS = (
     "replica-kill9",

@@ -2,7 +2,7 @@
 controller that a newer one has replaced, and say what happened (JSON on stdout).
 
 The torture run starts it inside the old controller's test host (`ip netns exec HOST python -m
-jiva_engine.torture.probe ...`), so it reaches that controller even while its host is
+tests.torture.probe ...`), so it reaches that controller even while its host is
 partitioned from everything else. A superseded controller must never acknowledge the write, and
 a read it serves must not be older than what the new controller acknowledged.
 """
@@ -16,7 +16,7 @@ import sys
 import urllib.request
 
 from jiva_engine.initiator import Initiator, IscsiError
-from jiva_engine.torture.workload import BLOCK, make_block, parse_block
+from tests.torture.workload import BLOCK, make_block, parse_block
 
 SECTORS = BLOCK // 512
 
