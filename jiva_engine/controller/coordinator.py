@@ -49,7 +49,6 @@ from jiva_engine.volume import VolumeFenced
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REGION = 1 << 20
 PING_INTERVAL = 0.5  # seconds between pings of every connected voter (failures, read lease)
 
 
@@ -87,7 +86,7 @@ class Coordinator:
         self.mem = Membership(policy=Policy(policy))
         self.size = size or 0
         self.want_size = size
-        self.region_size = DEFAULT_REGION
+        self.region_size = wire.DEFAULT_REGION
         self.replica_timeout = replica_timeout
         self.secret = secret
         self.retry_interval = retry_interval
@@ -407,7 +406,7 @@ class Coordinator:
     async def _resync(self, members: list[Peer], epoch: int) -> list[int]:
         """Rule 5: copy every region dirty on any member from one member to the others."""
         maps = await asyncio.gather(*(p.link.dirty_map() for p in members))
-        self.region_size = int(maps[0].get("region_size") or DEFAULT_REGION)
+        self.region_size = int(maps[0].get("region_size") or wire.DEFAULT_REGION)
         dirty = sorted(set().union(*(set(d.get("dirty") or []) for d in maps)))
         if dirty and len(members) > 1:
             src = members[0]

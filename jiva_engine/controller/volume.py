@@ -42,7 +42,7 @@ from jiva_engine.volume import (
 SERVING, WAITING = Phase.SERVING.value, Phase.WAITING.value
 FENCED, NO_QUORUM = Phase.FENCED.value, Phase.NO_QUORUM.value
 MAX_IO = wire.MAX_IO  # largest READ/WRITE in one frame; bigger requests are split
-SECTOR = 512
+SECTOR = wire.SECTOR
 SPLIT_READ = 128 << 10  # reads from this size on are served by several members in parallel
 SPLIT_PART = 64 << 10  # smallest part of a split read
 DEFAULT_HOLD = 15.0  # seconds I/O waits for a quorum before it fails with NOT READY

@@ -20,7 +20,7 @@ from jiva_engine.iscsi import pdu as P
 from jiva_engine.iscsi.crc import crc32c
 from jiva_engine.iscsi.eager import start_eagerly
 from jiva_engine.iscsi.framing import Buffer, append_pdu, lengths, pad_len
-from jiva_engine.iscsi.login import AuthConfig, LoginMachine, Params
+from jiva_engine.iscsi.login import LoginMachine, Params
 from jiva_engine.iscsi.pdu import RejectReason as Rej
 from jiva_engine.iscsi.pdu import TmfFunction as Tmf
 from jiva_engine.iscsi.pdu import TmfResponse
@@ -113,18 +113,7 @@ class Connection(ABC):
     def opened(self, peer: str, local: tuple[str, int]) -> None:
         """The transport is up: start the login phase."""
         self.peer, self.local = peer, local
-        cfg = self.server.config
-        self.login = LoginMachine(
-            AuthConfig(
-                iqn=cfg.iqn,
-                chap_user=cfg.chap_user,
-                chap_secret=cfg.chap_secret,
-                mutual_user=cfg.mutual_user,
-                mutual_secret=cfg.mutual_secret,
-                allowed_initiators=tuple(cfg.allowed_initiators),
-                tpgt=cfg.tpgt,
-            )
-        )
+        self.login = LoginMachine(self.server.config)  # a TargetConfig is an AuthConfig
         self.state = IN_LOGIN
 
     def lost(self) -> None:

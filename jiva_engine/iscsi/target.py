@@ -12,6 +12,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from jiva_engine.iscsi.login import AuthConfig
 from jiva_engine.iscsi.protocol import TargetProtocol
 from jiva_engine.iscsi.session import Session
 from jiva_engine.scsi.command import NexusKey
@@ -24,20 +25,14 @@ IQN_PREFIX = "iqn.2026-11.org.jiva-py:"
 
 
 @dataclass
-class TargetConfig:
-    """How the target presents itself and whom it lets in."""
+class TargetConfig(AuthConfig):
+    """How the target presents itself and whom it lets in (the login machine's AuthConfig:
+    name, CHAP, allowed initiators, portal group tag) plus the connections' timers."""
 
-    iqn: str
-    chap_user: str | None = None
-    chap_secret: str | None = None
-    mutual_user: str | None = None
-    mutual_secret: str | None = None
-    allowed_initiators: tuple[str, ...] = ()
     nop_interval: float = 10.0  # seconds of silence before a NOP-In keepalive (0 = never)
     nop_timeout: float = 30.0  # no answer to a keepalive for this long: drop the connection
     login_timeout: float = 30.0  # a connection must finish login within this
     idle_timeout: float = 0.0  # full-feature sessions silent this long are dropped (0 = never)
-    tpgt: int = 1
 
 
 class TargetServer:

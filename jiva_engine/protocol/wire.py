@@ -15,6 +15,7 @@ MAGIC = 0x4A56  # "JV"
 MAX_IO = 16 * 1024 * 1024  # largest READ/WRITE/UNMAP length in one frame
 MAX_PAYLOAD = MAX_IO + 4096  # larger payload_len = malformed frame
 SECTOR = 512
+DEFAULT_REGION = 1 << 20  # a replica's dirty-region size unless it says otherwise (DIRTY_MAP)
 
 # operation codes
 HELLO = 1

@@ -15,13 +15,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from jiva_engine.protocol import voting
+from jiva_engine.protocol import voting, wire
 
 log = logging.getLogger(__name__)
 
 FORMAT = 2  # 1: membership by address, "uuid"; 2: voter id, view_epoch, voters (migrated at open)
-SECTOR = 512
-DEFAULT_REGION = 1 << 20
+SECTOR = wire.SECTOR
 META = "meta.json"
 DATA = "volume.img"
 DIRTY = "dirty.map"
@@ -187,7 +186,7 @@ class ReplicaStore:
     """
 
     def __init__(
-        self, path: str | Path, volume: str, size: int, region_size: int = DEFAULT_REGION
+        self, path: str | Path, volume: str, size: int, region_size: int = wire.DEFAULT_REGION
     ) -> None:
         self.dir = Path(path)
         self.volume = volume
