@@ -29,6 +29,7 @@ from jiva_engine.controller.membership import (
     Takeover,
     View,
     Wait,
+    majority,
 )
 from jiva_engine.controller.peers import ERR, REPLICA, RW, WITNESS, WO, Peer
 from jiva_engine.controller.rangelock import RangeLock
@@ -49,6 +50,7 @@ from jiva_engine.volume import VolumeFenced
 
 log = logging.getLogger(__name__)
 
+START_GRACE = 0.5  # s a start-up waits for the other voters once a majority answered
 PING_INTERVAL = 0.5  # seconds between pings of every connected voter (failures, read lease)
 
 
@@ -113,6 +115,7 @@ class Coordinator:
             "lease_wait_seconds": 0.0,
         }
         self._tasks: set[asyncio.Task] = set()
+        self._connects: dict[str, asyncio.Task] = {}  # connect() running per voter (start-up)
         self._failing: dict[Peer, str] = {}  # failed replicas waiting for their ejection
         self.duplicates: set[str] = set()  # voter ids found at two addresses before serving
         # who claims: voters keep it, so a controller restarted here after this one died knows
@@ -194,6 +197,39 @@ class Coordinator:
             self.mem.names.setdefault(vid, addr)
 
     # ------------------------------------------------------------------ connections
+    def _connect_task(self, p: Peer) -> asyncio.Task:
+        """connect(p) as a background task, one at a time per voter (a start-up attempt may
+        leave one running: it is reused, and `connecting` keeps tend() from starting another)."""
+        t = self._connects.get(p.key)
+        if t is None or t.done():
+            p.connecting = True
+            t = self._connects[p.key] = self.spawn(self.connect(p))
+            t.add_done_callback(lambda _t: setattr(p, "connecting", False))
+        return t
+
+    async def _answers(
+        self, peers: list[Peer], tasks: list[asyncio.Task], early: bool
+    ) -> list[dict[str, Any] | None]:
+        """The INFO of each peer (None: unreachable or still connecting). With `early`, return
+        as soon as a majority of the configured voters answered: a voter whose host is down costs
+        a connect timeout, and deciding without it is what the rules allow anyway (any voter may
+        be unreachable, Q4); its connect goes on in the background (tend() picks it up)."""
+        need = majority(sum(1 for p in peers if p.configured))
+        pending = {t for t in tasks if not t.done()}
+        while pending:
+            answered = sum(
+                1
+                for p, t in zip(peers, tasks, strict=True)
+                if p.configured and t.done() and t.result() is not None
+            )
+            if early and answered >= need:
+                # a short grace for the others: a live voter answers within it, and one left
+                # out would only catch up afterwards
+                await asyncio.wait(pending, timeout=min(START_GRACE, self.replica_timeout / 3))
+                break
+            _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        return [t.result() if t.done() else None for t in tasks]
+
     async def drop_client(self, p: Peer) -> None:
         c, p.client = p.client, None
         if c is not None:
@@ -305,23 +341,31 @@ class Coordinator:
     async def try_start(self) -> None:
         """One start-up attempt: find the voters, claim, commit, resynchronise, serve."""
         peers = list(self.peers.values())
-        infos = await asyncio.gather(*(self.connect(p) for p in peers))
-        # peers named by a view but not configured were added by connect(): reach them too
-        for vid, addr in list(self.addresses.items()):
-            if addr and self.by_id(vid) is None and addr not in self.peers:
-                q = self.known(addr)
-                peers.append(q)
-                infos.append(await self.connect(q))
-        self._names()
-        records = {p.key: self._record(p, i) for p, i in zip(peers, infos, strict=True) if i}
-        if self.mem.phase is not Phase.WAITING:
-            return
-        if not records:
-            self.mem.reason = "no voter reachable: " + "; ".join(
-                f"{p.address}: {p.last_error}" for p in peers
-            )
-            return
-        decision = self.mem.plan(records, self.configured_ids())
+        tasks = [self._connect_task(p) for p in peers]
+        for early in (True, False):
+            infos = await self._answers(peers, tasks, early)
+            # peers named by a view but not configured were added by connect(): reach them too
+            for vid, addr in list(self.addresses.items()):
+                if addr and self.by_id(vid) is None and addr not in self.peers:
+                    q = self.known(addr)
+                    peers.append(q)
+                    tasks.append(self._connect_task(q))
+                    infos.append(await tasks[-1])
+            self._names()
+            records = {p.key: self._record(p, i) for p, i in zip(peers, infos, strict=True) if i}
+            if self.mem.phase is not Phase.WAITING:
+                return
+            if not records:
+                if early and not all(t.done() for t in tasks):
+                    continue
+                self.mem.reason = "no voter reachable: " + "; ".join(
+                    f"{p.address}: {p.last_error}" for p in peers
+                )
+                return
+            decision = self.mem.plan(records, self.configured_ids())
+            if isinstance(decision, Wait) and early and not all(t.done() for t in tasks):
+                continue  # what a majority said is not enough: hear the slower ones too
+            break
         if isinstance(decision, Fence):
             return await self.fence(decision.reason)
         if isinstance(decision, Wait):
@@ -803,8 +847,6 @@ class Coordinator:
     # ------------------------------------------------------------------ status
     def quorum(self) -> dict[str, Any]:
         """The `quorum` object of the status JSON."""
-        from jiva_engine.controller.membership import majority
-
         voters = self.mem.voters
         if not voters:
             voters = frozenset(self.configured_ids())

@@ -539,3 +539,32 @@ async def test_claim_never_serves_an_uncommitted_minority_view(procs, tmp_path):
         assert await new.read(0, 4096) in (block(100), block(7))
     finally:
         await new.close()
+
+
+async def test_a_start_does_not_wait_for_a_hung_voter_once_a_majority_answered(procs, tmp_path):
+    """A voter whose host hangs (SIGSTOP: the kernel accepts the connection, nothing answers)
+    costs a connect timeout; a starting controller decides on the majority that answered (plus
+    a short grace) instead of waiting it out, and the hung one catches up when it is back."""
+    a, b, c = reps = replicas(procs, tmp_path, 3)
+    vol = await serving(reps)
+    try:
+        await vol.write(0, block(1))
+    finally:
+        await vol.close()
+    c.kill(signal.SIGSTOP)
+    vol = Volume(VOL, [r.addr for r in reps], replica_timeout=20, retry_interval=0.2)
+    await vol.start()
+    try:
+        await vol.wait_serving(10)  # well before the 20 s connect timeout of the hung voter
+        assert sorted(vol.membership()) == sorted([a.addr, b.addr])
+        await vol.write(4096, block(2))
+        c.kill(signal.SIGCONT)
+        await all_current(vol, 3, timeout=60)
+        for i in (1, 2):
+            assert await vol.read((i - 1) * 4096, 4096) == block(i)
+        await vol.flush()
+    finally:
+        await vol.close()
+    for r in reps:
+        r.stop()
+    identical(reps)
