@@ -1,4 +1,4 @@
-"""The `jiva` command: replica, controller, target and status subcommands."""
+"""The `jiva` command: replica, witness, controller, target, status, grow, supervise and ha."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "controller": ("jiva_engine.controller.cli", "run a volume's controller and iSCSI target"),
     "target": ("jiva_engine.iscsi.cli", "serve one local file as an iSCSI target"),
     "status": ("jiva_engine.api.cli", "show a volume's state from its management API"),
+    "grow": ("jiva_engine.api.grow", "grow a volume online through its management API"),
     "supervise": ("jiva_engine.supervise", "keep one jiva process running (hosts without systemd)"),
     "ha": ("jiva_engine.ha", "run the failover play periodically (control node)"),
 }
@@ -21,7 +22,7 @@ SUBCOMMANDS = {
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser; each subcommand's module adds its own options."""
     parser = argparse.ArgumentParser(prog="jiva", description="replicated iSCSI block storage")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)

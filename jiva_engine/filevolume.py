@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from jiva_engine.volume import VolumeIOError, check_range
+from jiva_engine.volume import ResizeCallback, VolumeIOError, check_range
 
 # Requests up to this size are served inline (page-cache hits cost less than a thread hop).
 _INLINE_MAX = 256 * 1024
@@ -42,6 +42,10 @@ class FileVolume:
     def ready(self) -> bool:
         """A local file is always ready while open."""
         return not self._closed
+
+    def on_resize(self, _callback: ResizeCallback) -> Callable[[], None]:
+        """The file's size is fixed while it is served: the callback is never called."""
+        return lambda: None
 
     async def read(self, offset: int, length: int) -> bytes:
         """Read `length` bytes at `offset` (holes read as zeroes)."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
+
+ResizeCallback = Callable[[int, int], None]  # (old size, new size) in bytes
 
 
 class VolumeError(Exception):
@@ -30,7 +33,8 @@ class BlockVolume(Protocol):
     """What a SCSI logical unit needs from the storage behind it (see docs/DESIGN.md §1).
 
     The frontend only reads `name`, `size` and `block_size`: a volume may hold them in plain
-    attributes or serve them as read-only properties.
+    attributes or serve them as read-only properties. A volume whose size changes while it is
+    served (the replicated volume grows online) says so through `on_resize`.
     """
 
     @property
@@ -57,6 +61,34 @@ class BlockVolume(Protocol):
     async def allocated(self, offset: int, length: int) -> list[tuple[int, int, bool]]: ...
 
     def ready(self) -> bool: ...
+
+    def on_resize(self, callback: ResizeCallback) -> Callable[[], None]:
+        """Call `callback(old, new)` each time `size` has changed (after the change: I/O up to
+        the new size is allowed by then); returns a function that unregisters it."""
+        ...
+
+
+class ResizeListeners:
+    """The callbacks registered with a volume's `on_resize`; the volume calls `notify` once its
+    size has changed."""
+
+    def __init__(self) -> None:
+        self._callbacks: list[ResizeCallback] = []
+
+    def add(self, callback: ResizeCallback) -> Callable[[], None]:
+        """Register `callback`; returns the function that unregisters it."""
+        self._callbacks.append(callback)
+
+        def remove() -> None:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
+
+        return remove
+
+    def notify(self, old: int, new: int) -> None:
+        """Tell every registered callback that the size went from `old` to `new` bytes."""
+        for callback in list(self._callbacks):
+            callback(old, new)
 
 
 def check_range(size: int, offset: int, length: int) -> None:

@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the API")
 
 
-def _human(n: float) -> str:
+def human_size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -34,7 +34,7 @@ def render(status: dict[str, Any]) -> str:
         ["volume", status.get("name")],
         ["state", status.get("state")],
         ["degraded", "yes" if status.get("degraded") else "no"],
-        ["size", _human(int(status.get("size") or 0))],
+        ["size", human_size(int(status.get("size") or 0))],
         ["epoch", epoch_text(status.get("epoch"))],
         ["portal", status.get("portal") or "-"],
         ["iqn", status.get("iqn") or "-"],
@@ -52,7 +52,7 @@ def render(status: dict[str, Any]) -> str:
         if rb:
             total = rb.get("total") or 0
             pct = 100.0 * rb.get("done", 0) / total if total else 0.0
-            progress = f"{pct:.0f}% ({_human(rb.get('done', 0))}/{_human(total)})"
+            progress = f"{pct:.0f}% ({human_size(rb.get('done', 0))}/{human_size(total)})"
         else:
             progress = "-"
         state = {"RW": "healthy", "WO": "rebuilding", "ERR": "failed"}.get(r.get("mode"), "?")

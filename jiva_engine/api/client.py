@@ -1,8 +1,9 @@
 """The one client of a controller's management API that the engine uses (`jiva status`,
-`jiva ha watch`): GET /v1/volume over plain HTTP, never through a proxy."""
+`jiva grow`, `jiva ha watch`): plain HTTP, never through a proxy."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.error
 import urllib.request
@@ -18,22 +19,49 @@ class ApiError(RuntimeError):
     """The API could not be used; the message is one line saying why."""
 
 
-def fetch_status(api: str, timeout: float = 5.0) -> dict[str, Any]:
-    """The status JSON (DESIGN.md §5) of the controller whose API is at `api` (HOST:PORT)."""
+def _call(
+    api: str,
+    path: str,
+    timeout: float,
+    body: dict[str, Any] | None = None,
+    token: str | None = None,
+) -> dict[str, Any]:
+    """GET (or POST `body` as JSON, with `token` as bearer) `path` on the API at `api`
+    (HOST:PORT); the JSON object it answered. ApiError with the API's own message on refusal."""
     host, port = parse_hostport(api)
-    url = f"http://{host if ':' not in host else '[' + host + ']'}:{port}/v1/volume"
+    url = f"http://{host if ':' not in host else '[' + host + ']'}:{port}{path}"
+    req = urllib.request.Request(url)
+    if body is not None:
+        req.data = json.dumps(body).encode()
+        req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
     try:
-        with _OPENER.open(url, timeout=timeout) as resp:
-            body = resp.read()
+        with _OPENER.open(req, timeout=timeout) as resp:
+            raw = resp.read()
     except urllib.error.HTTPError as e:
-        raise ApiError(f"API {host}:{port} answered HTTP {e.code}: {e.reason}") from None
+        why = e.reason
+        with contextlib.suppress(ValueError, KeyError, TypeError, OSError):
+            why = json.loads(e.read())["error"]  # the API's own message
+        raise ApiError(f"API {host}:{port} answered HTTP {e.code}: {why}") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise ApiError(f"cannot reach the API at {host}:{port}: {reason}") from None
     try:
-        status = json.loads(body)
+        doc = json.loads(raw)
     except ValueError:
         raise ApiError(f"API {host}:{port} did not answer with JSON") from None
-    if not isinstance(status, dict) or "replicas" not in status:
+    if not isinstance(doc, dict) or "replicas" not in doc:
         raise ApiError(f"API {host}:{port} answered with an unexpected document")
-    return status
+    return doc
+
+
+def fetch_status(api: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The status JSON (DESIGN.md §5) of the controller whose API is at `api` (HOST:PORT)."""
+    return _call(api, "/v1/volume", timeout)
+
+
+def grow(api: str, size: int | str, token: str | None = None, timeout: float = 60.0) -> dict:
+    """POST /v1/volume/grow: grow the volume online to `size` (bytes or "10G"); the status JSON
+    after the grow, with `old_size`. ApiError naming the API's reason when it refuses."""
+    return _call(api, "/v1/volume/grow", timeout, {"size": size}, token)

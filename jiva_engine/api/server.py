@@ -1,4 +1,5 @@
-"""Management HTTP API of a controller (DESIGN.md §5): status, stats, metrics, replica add/remove."""
+"""Management HTTP API of a controller (DESIGN.md §5): status, stats, metrics, replica add/remove,
+online grow."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from typing import Any
 
 from aiohttp import web
 
+from jiva_engine.controller.grow import GrowRefused
 from jiva_engine.controller.volume import Volume
+from jiva_engine.util import parse_size
+from jiva_engine.volume import VolumeFenced, VolumeNotReady
 
 _VOLUME = web.AppKey("volume", Volume)
 _CONF = web.AppKey("conf", dict)
@@ -236,6 +240,30 @@ async def delete_replica(request: web.Request) -> web.Response:
     return web.json_response({"removed": address, "epoch": vol.epoch})
 
 
+async def post_grow(request: web.Request) -> web.Response:
+    """POST /v1/volume/grow {"size": bytes or "10G"}: grow the volume online (every replica
+    first, then the size served); answers the status with `old_size`."""
+    if not _authorised(request):
+        return _unauthorised()
+    try:
+        body = json.loads(await request.text() or "null")
+    except ValueError as e:
+        return _error(400, f"request body is not valid JSON: {e}")
+    if not isinstance(body, dict) or "size" not in body:
+        return _error(400, 'expected a JSON object {"size": bytes or a size such as "10G"}')
+    vol = request.app[_VOLUME]
+    try:
+        size = parse_size(body["size"])
+        old = await vol.grow(size)
+    except ValueError as e:
+        return _error(400, str(e))
+    except GrowRefused as e:
+        return _error(409, str(e))
+    except (VolumeNotReady, VolumeFenced) as e:
+        return _error(409, f"volume {vol.name} does not serve: {e}")
+    return web.json_response({**volume_status(request.app), "old_size": old})
+
+
 def make_app(
     volume: Volume, token: str | None = None, portal: str | None = None, iqn: str | None = None
 ) -> web.Application:
@@ -248,6 +276,7 @@ def make_app(
     app.router.add_get("/metrics", get_metrics)
     app.router.add_post("/v1/replicas", post_replica)
     app.router.add_delete("/v1/replicas/{address}", delete_replica)
+    app.router.add_post("/v1/volume/grow", post_grow)
     return app
 
 

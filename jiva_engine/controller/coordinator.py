@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any
 
 from jiva_engine.controller.backend import Connector, tcp_connector
+from jiva_engine.controller.grow import fit
 from jiva_engine.controller.membership import (
     Fence,
     Membership,
@@ -31,7 +32,7 @@ from jiva_engine.controller.membership import (
     Wait,
     majority,
 )
-from jiva_engine.controller.peers import ERR, REPLICA, RW, WITNESS, WO, Peer
+from jiva_engine.controller.peers import ERR, REPLICA, RW, WITNESS, WO, Peer, meta_of
 from jiva_engine.controller.rangelock import RangeLock
 from jiva_engine.controller.rebuild import (
     REBUILD_PARALLEL,
@@ -46,20 +47,12 @@ from jiva_engine.protocol import voting, wire
 from jiva_engine.protocol.client import ReplicaError, ReplicaUnavailable
 from jiva_engine.protocol.voting import epoch_text, term_of
 from jiva_engine.util import parse_hostport
-from jiva_engine.volume import VolumeFenced
+from jiva_engine.volume import ResizeListeners, VolumeFenced
 
 log = logging.getLogger(__name__)
 
 START_GRACE = 0.5  # s a start-up waits for the other voters once a majority answered
 PING_INTERVAL = 0.5  # seconds between pings of every connected voter (failures, read lease)
-
-
-def _meta(info: dict[str, Any] | None) -> dict[str, Any]:
-    """The metadata part of an INFO answer (accepts flat or {"meta": {...}} layouts)."""
-    if not info:
-        return {}
-    meta = info.get("meta")
-    return meta if isinstance(meta, dict) else info
 
 
 def _stale(e: BaseException) -> bool:
@@ -86,8 +79,11 @@ class Coordinator:
     ) -> None:
         self.name = name
         self.mem = Membership(policy=Policy(policy))
+        # the size served: --size until the claim, then the largest of that and what the members
+        # recorded (grow.py); it only grows, through `resize`
         self.size = size or 0
-        self.want_size = size
+        self.resized = ResizeListeners()  # the SCSI unit follows the size (Volume.on_resize)
+        self.sizing = asyncio.Lock()  # one grow at a time; no replica starts taking writes then
         self.region_size = wire.DEFAULT_REGION
         self.replica_timeout = replica_timeout
         self.secret = secret
@@ -259,7 +255,7 @@ class Coordinator:
         return await self._check_peer(p, info)
 
     async def _check_peer(self, p: Peer, info: dict[str, Any]) -> dict[str, Any] | None:
-        meta = _meta(info)
+        meta = meta_of(info)
         kind = str(info.get("kind") or p.link.kind or REPLICA)
         vid = str(meta.get("id") or meta.get("uuid") or "") or None
         why = None
@@ -290,11 +286,6 @@ class Coordinator:
                 p.last_rebuild = twin.last_rebuild
                 if not twin.configured:
                     self.peers.pop(twin.address, None)
-        if why is None and kind == REPLICA:
-            size = int(meta.get("size") or 0)
-            want = self.want_size or self.size
-            if want and size != want:
-                why = f"replica size {size} differs from the volume size {want}"
         if why is not None:
             if p.last_error != why:
                 log.error("volume %s: %s", self.name, why)
@@ -311,7 +302,7 @@ class Coordinator:
 
     def _record(self, p: Peer, info: dict[str, Any]) -> Record:
         """The membership machine's view of one voter's answer."""
-        meta = _meta(info)
+        meta = meta_of(info)
         view = None
         ve = int(meta.get("view_epoch", meta.get("epoch")) or 0)
         if ve > 0:
@@ -370,7 +361,7 @@ class Coordinator:
             return await self.fence(decision.reason)
         if isinstance(decision, Wait):
             return
-        owners = [_meta(i).get("owner") for i in infos if i]
+        owners = [meta_of(i).get("owner") for i in infos if i]
         gone = bool(owners) and all(voting.owner_gone(o, self.host) for o in owners)
         await self._claim(decision.epoch, gone)
 
@@ -413,8 +404,12 @@ class Coordinator:
         if not await self.commit(view, tracking):
             return False
         self.stats["epoch_changes"] += 1
-        if not self.size:
-            self.size = int(_meta(members[0].info).get("size") or 0)
+        # the size to serve: the largest of --size (or what was served before) and what the
+        # members recorded; one that missed (part of) a grow is grown before anything is copied
+        size = max([self.size, *(p.size for p in members)])
+        for p in members:
+            await fit(p, size)
+        self.resize(size)
         self.mem.reason = f"resynchronising members {', '.join(p.address for p in members)}"
         t_resync = time.monotonic()
         dirty = await self._resync(members, view.epoch)
@@ -557,6 +552,19 @@ class Coordinator:
             self.stats["epoch_changes"] += 1
         self._signal()
         return ok
+
+    def resize(self, size: int) -> None:
+        """Serve `size` bytes from now on (every replica that takes writes has that much: the
+        caller grew them); the SCSI unit is told when a known size changed. Never smaller."""
+        old = self.size
+        if size < old:
+            raise ValueError(f"volume {self.name} is {old} bytes: it cannot shrink to {size}")
+        if size == old:
+            return
+        self.size = size
+        if old:
+            log.info("volume %s grown from %d to %d bytes", self.name, old, size)
+            self.resized.notify(old, size)
 
     # ------------------------------------------------------------------ failures and ejection
     async def failures(self, failed: list[tuple[Peer, BaseException]]) -> None:
@@ -706,7 +714,7 @@ class Coordinator:
         """Every known replica is current: nobody needs the missed-write maps any more."""
         for x in self.rw_peers():
             try:
-                meta = _meta(await x.link.info())
+                meta = meta_of(await x.link.info())
                 since = [
                     int(t["since"]) if isinstance(t, dict) else int(t)
                     for t in meta.get("tracking") or []
@@ -803,7 +811,7 @@ class Coordinator:
             if p.witness:
                 p.last_error = None
                 return
-            p.rebuild_task = self.spawn(self.rebuilder.run(p, _meta(info)))
+            p.rebuild_task = self.spawn(self.rebuilder.run(p, meta_of(info)))
         finally:
             p.connecting = False
 

@@ -13,6 +13,14 @@ RW, WO, ERR = "RW", "WO", "ERR"  # replica modes: member, being rebuilt, failed/
 REPLICA, WITNESS = "replica", "witness"
 
 
+def meta_of(info: dict[str, Any] | None) -> dict[str, Any]:
+    """The metadata part of an INFO answer (accepts flat or {"meta": {...}} layouts)."""
+    if not info:
+        return {}
+    meta = info.get("meta")
+    return meta if isinstance(meta, dict) else info
+
+
 @dataclass(eq=False)
 class Peer:
     """One voter address. Replicas have a mode (RW/WO/ERR); a witness is reachable or not."""
@@ -53,6 +61,11 @@ class Peer:
     @property
     def connected(self) -> bool:
         return self.client is not None and self.client.connected
+
+    @property
+    def size(self) -> int:
+        """The size a replica recorded, as its last INFO or GROW answer said (0: not known)."""
+        return int(meta_of(self.info).get("size") or 0)
 
     def view(self) -> dict[str, Any]:
         """The replica/witness entry of the status JSON (DESIGN.md §5)."""

@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from jiva_engine.controller.grow import fit
 from jiva_engine.controller.peers import ERR, RW, WO, Peer
 from jiva_engine.controller.rangelock import RangeLock
 from jiva_engine.protocol import wire
@@ -174,7 +175,9 @@ class Rebuilder:
             await c.set_mode("WO")  # persisted first: a crash from here on means a full rebuild
             # then raise its epoch so frames still queued from an old connection are refused
             await c.set_meta(**coord.view_fields(coord.mem.view))
-            m.mode = WO  # every write issued from now on also goes to this replica
+            async with coord.sizing:  # not during a grow: it is grown to the size served first
+                await fit(m, coord.size)
+                m.mode = WO  # every write issued from now on also goes to this replica
             m.rebuild = {"done": 0, "total": 0}
             m.last_error = None
             for op in self.inflight():  # writes issued before the switch land on the source

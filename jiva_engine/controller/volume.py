@@ -12,11 +12,12 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from jiva_engine.controller.backend import Connector, tcp_connector
 from jiva_engine.controller.coordinator import Coordinator
+from jiva_engine.controller.grow import Grower
 from jiva_engine.controller.membership import Phase, Policy
 from jiva_engine.controller.peers import ERR, RW, WO, Peer
 from jiva_engine.controller.rangelock import RangeLock
@@ -33,6 +34,7 @@ from jiva_engine.protocol.voting import term_of, version_of
 from jiva_engine.util import parse_hostport
 from jiva_engine.volume import (
     OutOfRange,
+    ResizeCallback,
     VolumeFenced,
     VolumeIOError,
     VolumeNotReady,
@@ -126,6 +128,7 @@ class Volume:
             self.coord, self.ranges, lambda: list(self._inflight.values()), self.io_stats,
             rebuild_rate,
         )  # fmt: skip
+        self.grower = Grower(self.coord, self._admit)
         self._task: asyncio.Task | None = None
         self.started_at = time.time()
 
@@ -174,7 +177,12 @@ class Volume:
 
     @property
     def size(self) -> int:
+        """Bytes served: requests past it are refused (OutOfRange) until a grow raises it."""
         return self.coord.size
+
+    def on_resize(self, callback: ResizeCallback) -> Callable[[], None]:
+        """Call `callback(old, new)` after each grow (BlockVolume; the SCSI unit attention)."""
+        return self.coord.resized.add(callback)
 
     @property
     def members(self) -> dict[str, Peer]:
@@ -480,6 +488,11 @@ class Volume:
         m = self.coord.known(addr, configured=True)  # wanted: it stays a voter once it joins
         self.coord.wake.set()
         return m
+
+    async def grow(self, size: int) -> int:
+        """Grow the volume online to `size` bytes: every RW and WO replica first, then the size
+        served (grow.py). Returns the size before; ValueError / GrowRefused when refused."""
+        return await self.grower.grow(size)
 
     async def remove_replica(self, address: str) -> None:
         """Forget a replica; a member or voter leaves under a new view (not the last copy)."""

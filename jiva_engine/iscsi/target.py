@@ -111,6 +111,7 @@ class TargetServer:
         if self.server is not None:
             self.server.close()
         self.drop_all()
+        self.device.close()
         if self.server is not None:
             await self.server.wait_closed()
 

@@ -460,6 +460,11 @@ class ReplicaClient:
         """Tell the replica it is "WO" (being rebuilt, not current) or "RW" (current)."""
         return await self._json(wire.SET_MODE, {"mode": mode}, epoch)
 
+    async def grow(self, size: int) -> dict[str, Any]:
+        """Grow the replica to `size` bytes (never shrinks: EINVAL), persisted before the
+        answer, which is the INFO object (its `size` is the recorded size)."""
+        return await self._json(wire.GROW, {"size": size})
+
     async def dirty_map(self) -> dict[str, Any]:
         """{"region_size", "dirty": [regions], "missed_granularity", "missed": {"E": [[off, len]..]}}."""
         return await self._json(wire.DIRTY_MAP)

@@ -35,6 +35,7 @@ BYE = 14  # orderly close: nothing of this client is in flight; the replica answ
 READV = 15  # payload JSON [[offset, length], ..] -> the ranges' data, concatenated
 WRITEV = 16  # payload: u32 JSON length, JSON [[offset, length], ..], the data concatenated
 CLAIM = 17  # promise the header's epoch (a new controller term): strictly above the stored one
+GROW = 18  # payload JSON {"size": bytes}: extend the replica (never shrink), persisted -> INFO
 MAX_VEC = 4096  # most ranges in one READV/WRITEV
 
 OP_NAMES = {
@@ -55,10 +56,13 @@ OP_NAMES = {
     READV: "READV",
     WRITEV: "WRITEV",
     CLAIM: "CLAIM",
+    GROW: "GROW",
 }
 
 # operations refused with STALE_EPOCH when their header epoch is below the replica's
-FENCED_OPS = frozenset({READ, WRITE, FLUSH, UNMAP, READV, WRITEV, SET_META, SET_MODE, CLEAR_DIRTY})
+FENCED_OPS = frozenset(
+    {READ, WRITE, FLUSH, UNMAP, READV, WRITEV, SET_META, SET_MODE, CLEAR_DIRTY, GROW}
+)
 
 # WRITE flags (carried in the `length` field)
 FLAG_FUA = 1

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from jiva_engine.protocol import auth, voting, wire
 from jiva_engine.protocol.wire import Frame
+from jiva_engine.replica.store import StoreError
 
 if TYPE_CHECKING:
     from jiva_engine.replica.server import ReplicaServer
@@ -156,6 +157,7 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
             wire.SET_MODE: self._set_mode,
             wire.CLEAR_DIRTY: self._clear_dirty,
             wire.CLAIM: self._claim,
+            wire.GROW: self._grow,
         }
 
     # ------------------------------------------------------------------ transport callbacks
@@ -714,6 +716,26 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
             return self._error(f, wire.EIO, f"{wire.OP_NAMES[f.op]} could not be persisted: {e}")
         info = self.server.info(claimer=self if claimer else None)
         self._reply(f.op, f.req_id, wire.dumps(info))
+
+    def _grow(self, f: Frame) -> None:
+        body = self._json(f.payload)
+        size = body.get("size") if isinstance(body, dict) and set(body) == {"size"} else None
+        why = self.store.check_grow(size) if size is not None else 'needs {"size": bytes}'
+        if why is not None or not isinstance(size, int):
+            return self._error(f, wire.EINVAL, f"GROW refused: {why}")
+        self.server.spawn(self._grow_job(f, size))
+
+    async def _grow_job(self, f: Frame, size: int) -> None:
+        old = self.store.size
+        try:
+            changed = await self.server.grow(size)
+        except StoreError as e:
+            return self._error(f, wire.EINVAL, f"GROW refused: {e}")
+        except Exception as e:
+            return self._error(f, wire.EIO, f"GROW failed: {e}")
+        if changed:
+            log.info("grown from %d to %d bytes by %s", old, size, self.peer)
+        self._reply(f.op, f.req_id, wire.dumps(self.server.info()))
 
     def _set_mode(self, f: Frame) -> None:
         body = self._json(f.payload)

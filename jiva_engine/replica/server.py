@@ -104,6 +104,7 @@ class ReplicaServer:
         self.stats = Stats()
         self.conns: set[ReplicaConnection] = set()
         self.meta_lock = asyncio.Lock()
+        self.grow_lock = asyncio.Lock()  # one grow at a time (each records what it synced)
         self.persist = Coalescer(self._persist_job, "dirty-map write")
         self.syncer = Coalescer(self._sync_job, "fdatasync")
         self._server: asyncio.base_events.Server | None = None
@@ -199,6 +200,20 @@ class ReplicaServer:
             if kept:
                 log.info("writer %s silent for %.1fs: %d dirty region(s) kept until CLEAR_DIRTY",
                          silent[0].peer, now - (silent[0].active or now), kept)  # fmt: skip
+
+    async def grow(self, size: int) -> bool:
+        """Grow the store to `size` bytes (GROW): extend the data file, make that durable, then
+        record the size (bitmaps at their new length, then meta.json). Frames keep flowing
+        meanwhile: writes inside the old size are unaffected, and the controller sends none
+        past it before this answered. False when already that size (still persisted: a grow
+        whose answer was lost is repeated). StoreError when refused, OSError from the disk."""
+        async with self.grow_lock:
+            changed = self.store.extend(size)
+            await self.syncer.request()
+            self.store.commit_size()
+            await self.persist.request()
+            await self.write_meta()
+        return changed
 
     async def write_meta(self) -> None:
         """Persist meta.json (atomically) from the current in-memory meta."""

@@ -26,6 +26,10 @@ DATA = "volume.img"
 DIRTY = "dirty.map"
 MISSED_MIN = 4096  # finest change-map granularity
 MISSED_MAX_BITS = 32 << 20  # one change map stays <= 4 MiB of bits
+# a grow keeps the granularity of change maps that exist (their bits keep their meaning on disk):
+# they may grow up to 8 times the usual size, no further
+MISSED_GROW_MAX_BITS = 8 * MISSED_MAX_BITS
+MAX_SIZE = 1 << 50  # the largest volume a replica grows to (1 PiB: a 128 MiB dirty map)
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
@@ -190,7 +194,7 @@ class ReplicaStore:
     ) -> None:
         self.dir = Path(path)
         self.volume = volume
-        self.size = size
+        self.size = size  # the size asked for until meta.json is read, then the recorded one
         if size <= 0 or size % SECTOR:
             raise StoreError(f"size {size} must be a positive multiple of {SECTOR} bytes")
         if region_size < SECTOR or region_size & (region_size - 1):
@@ -200,9 +204,10 @@ class ReplicaStore:
         except OSError as e:
             raise StoreError(f"cannot create {self.dir}: {e.strerror}") from None
         self.meta, found = self._load_or_init_meta(region_size)
+        self.size = int(self.meta["size"])  # <= the size asked for: grown at the end
         self.region_size = int(self.meta["region_size"])
         self.shift = self.region_size.bit_length() - 1
-        self.nregions = (size + self.region_size - 1) >> self.shift
+        self.nregions = (self.size + self.region_size - 1) >> self.shift
         self.fd = self._open_data()
         # region bitmaps held as sets; files mirror them (written on 0->1, lazily on clear)
         self.dirty: set[int] = self._load_map(DIRTY)
@@ -215,9 +220,9 @@ class ReplicaStore:
         # format 1 shipped with region-granular change maps first, 4 KiB ones later (with
         # `missed_granularity`): the former are widened to chunks at open, then format 2 is written
         old_gran = found == 1 and "missed_granularity" not in self.meta
-        self.mgran = int(self.meta.get("missed_granularity") or missed_granularity(size))
+        self.mgran = int(self.meta.get("missed_granularity") or missed_granularity(self.size))
         self.mshift = self.mgran.bit_length() - 1
-        self.nchunks = (size + self.mgran - 1) >> self.mshift
+        self.nchunks = (self.size + self.mgran - 1) >> self.mshift
         self.missed: dict[int, bytearray] = {}
         # per change map, the regions dirty when it started (writes possibly in flight then);
         # dropped by SET_META drop_seed once the controller has re-sent its in-flight writes
@@ -253,6 +258,14 @@ class ReplicaStore:
         if self.meta.get("clean", True):
             self.meta["clean"] = False
             self.write_meta(self.meta_snapshot())
+        if size > self.size:  # started with a larger --size: the folder grows (never shrinks)
+            recorded = self.size
+            why = self.check_grow(size)
+            if why is not None:
+                os.close(self.fd)
+                raise StoreError(f"{self.dir}: {why}")
+            self.grow(size)
+            log.info("%s grown from %d to %d bytes (--size)", self.dir, recorded, size)
 
     # ------------------------------------------------------------------ open / meta
     def _load_or_init_meta(self, region_size: int) -> tuple[dict[str, Any], int]:
@@ -273,14 +286,21 @@ class ReplicaStore:
                 raise StoreError(
                     f"{meta_path} is unreadable ({e}); refusing to touch {self.dir}"
                 ) from None
-            if vol != self.volume or size != self.size:
+            if vol != self.volume:
                 raise StoreError(
                     f"{self.dir} belongs to volume {vol!r} of size {size} bytes; refusing to "
                     f"use it for volume {self.volume!r} of size {self.size} bytes"
                 )
+            if size > self.size:
+                raise StoreError(
+                    f"{self.dir} belongs to volume {vol!r} of size {size} bytes; refusing to "
+                    f"shrink it to {self.size} bytes (a volume only grows)"
+                )
             if meta.get("format") not in (1, FORMAT):
                 raise StoreError(f"{meta_path} has unsupported format {meta.get('format')!r}")
-            if data_path.exists() and data_path.stat().st_size != size:
+            # a longer data file is a grow interrupted before meta recorded it (_open_data cuts
+            # it back); a shorter one lost data behind our back
+            if data_path.exists() and data_path.stat().st_size < size:
                 raise StoreError(
                     f"{data_path} is {data_path.stat().st_size} bytes but meta says {size}; "
                     "refusing to use it"
@@ -310,7 +330,12 @@ class ReplicaStore:
     def _open_data(self) -> int:
         path = self.dir / DATA
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        if os.fstat(fd).st_size != self.size:
+        have = os.fstat(fd).st_size
+        if have != self.size:
+            if have > self.size:  # a grow extends the data file before meta records the size
+                log.warning("%s is %d bytes but meta says %d: a grow was interrupted before it "
+                            "was recorded; cutting the file back (nothing past %d bytes was "
+                            "ever acknowledged)", path, have, self.size, self.size)  # fmt: skip
             os.ftruncate(fd, self.size)  # sparse
             os.fsync(fd)
             _fsync_dir(self.dir)
@@ -697,6 +722,8 @@ class ReplicaStore:
         the members `excluded` (ids) removed at that epoch."""
         if since in self.missed:
             return
+        if not self.missed and not self._dropped:  # the first map: the granularity of its size
+            self._set_granularity(missed_granularity(self.size))
         self.missed[since] = bytearray((self.nchunks + 7) // 8)
         self.seeds[since] = set(self.dirty)
         self.excluded[since] = list(excluded or [])
@@ -728,6 +755,73 @@ class ReplicaStore:
             self.seeds.pop(e, None)
             self.excluded.pop(e, None)
         self._tracking_meta()
+
+    # ------------------------------------------------------------------ growing
+    def check_grow(self, size: Any) -> str | None:
+        """Why the volume cannot grow to `size` bytes, or None (also when it is that size)."""
+        if not isinstance(size, int) or isinstance(size, bool) or size <= 0 or size % SECTOR:
+            return f"size {size!r} must be a positive multiple of {SECTOR} bytes"
+        if size < self.size:
+            return (
+                f"refusing to shrink volume {self.volume!r} from {self.size} to {size} bytes "
+                "(a volume only grows)"
+            )
+        if size > MAX_SIZE:
+            return f"size {size} is above the largest volume a replica holds ({MAX_SIZE} bytes)"
+        if self.missed and (size + self.mgran - 1) >> self.mshift > MISSED_GROW_MAX_BITS:
+            return (
+                f"cannot grow to {size} bytes while change maps exist (a replica is away): at "
+                f"their {self.mgran}-byte granularity each would take more than "
+                f"{MISSED_GROW_MAX_BITS >> 23} MiB; grow once every replica is back"
+            )
+        return None
+
+    def extend(self, size: int) -> bool:
+        """The first step of a grow: the data file is extended (sparse: the new part reads as
+        zeroes) and the bitmaps sized for `size`. meta.json keeps the old size until
+        `commit_size`, called once the extension is durable: a crash in between leaves a data
+        file longer than meta says, cut back at open. StoreError when `check_grow` refuses
+        (nothing changed); OSError from the filesystem (nothing changed); False when the volume
+        has that size already."""
+        why = self.check_grow(size)
+        if why is not None:
+            raise StoreError(why)
+        if size == self.size:
+            return False
+        os.ftruncate(self.fd, size)
+        self.size = size
+        self.nregions = (size + self.region_size - 1) >> self.shift
+        if not self.missed and not self._dropped:  # no change map a granularity change misreads
+            self._set_granularity(missed_granularity(size))
+        else:  # existing maps keep their granularity and get zero bits for the new chunks
+            self.nchunks = (size + self.mgran - 1) >> self.mshift
+            need = (self.nchunks + 7) // 8
+            for m in self.missed.values():
+                m.extend(bytes(need - len(m)))
+        return True
+
+    def commit_size(self) -> None:
+        """Record the size `extend` reached (once the data file's extension is durable); it is
+        persisted with the next meta write."""
+        self.meta["size"] = self.size
+
+    def grow(self, size: int) -> bool:
+        """A whole grow, synchronously (at open; tests): extend, sync the data file, record the
+        size, write the bitmaps at their new length, then meta. False when already that size."""
+        if not self.extend(size):
+            return False
+        self.datasync()
+        self.commit_size()
+        self.persist_bitmaps()
+        self.write_meta(self.meta_snapshot())
+        return True
+
+    def _set_granularity(self, gran: int) -> None:
+        """Change maps one bit per `gran` bytes from now on (only while none exists)."""
+        self.mgran = gran
+        self.mshift = gran.bit_length() - 1
+        self.nchunks = (self.size + gran - 1) >> self.mshift
+        self.meta["missed_granularity"] = gran
 
     # ------------------------------------------------------------------ shutdown / writes for tests
     def write(self, offset: int, data: bytes | None, length: int = 0) -> None:

@@ -53,6 +53,10 @@ class TargetDevice:
         """What serves commands addressed to the 8-byte LUN field `lun`."""
         return self.lu if lun == LUN0 or lun_number(lun) == 0 else self._absent
 
+    def close(self) -> None:
+        """The target is closing: its logical unit lets go of the volume."""
+        self.lu.close()
+
     def has_unit(self, lun: bytes) -> bool:
         """True if a logical unit exists at `lun` (task management refuses the others)."""
         return lun_number(lun) == 0

@@ -45,6 +45,7 @@ class LogicalUnit:
         self.prevent: set[NexusKey] = set()  # nexuses that sent PREVENT MEDIUM REMOVAL
         self.caw_lock = asyncio.Lock()  # COMPARE AND WRITE / ORWRITE read-modify-write
         self.on_fenced: Callable[[], None] | None = None  # the transport drops its sessions
+        self._unwatch = volume.on_resize(self.capacity_changed)
 
     @property
     def nblocks(self) -> int:
@@ -62,6 +63,17 @@ class LogicalUnit:
         self.prevent.discard(nexus.key)
         if nexus.key not in self.reservations.registrations:
             self.ua.forget(nexus.key)
+
+    def capacity_changed(self, old: int, new: int) -> None:
+        """The volume's size changed (an online grow): every I_T nexus is told with a unit
+        attention, CAPACITY DATA HAS CHANGED, so initiators read the capacity again (SBC-3
+        §4.10); READ CAPACITY reports the new size from now on."""
+        log.info("%s: capacity changed from %d to %d bytes", self.volume.name, old, new)
+        self.ua.add_all(S.CAPACITY_DATA_CHANGED)
+
+    def close(self) -> None:
+        """Stop following the volume's size (the target is closing)."""
+        self._unwatch()
 
     def reset(self, cold: bool = False) -> None:
         """Logical unit or target reset: SPC-2 reservations and PREVENT state are cleared, and

@@ -493,7 +493,7 @@ async def test_kill_9_during_writes_leaves_in_flight_regions_dirty(procs, tmp_pa
     await c2.close()
 
 
-@pytest.mark.parametrize("volume,size", [("vol2", "64M"), ("vol1", "128M")])
+@pytest.mark.parametrize("volume,size", [("vol2", "64M"), ("vol1", "32M")])
 def test_dir_of_another_volume_or_size_is_refused(procs, tmp_path, volume, size):
     r = Replica(procs, tmp_path / "r").start()
     os.kill(r.proc.pid, signal.SIGTERM)

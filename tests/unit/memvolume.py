@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from jiva_engine.volume import VolumeIOError, VolumeNotReady, check_range
+from collections.abc import Callable
+
+from jiva_engine.volume import (
+    ResizeCallback,
+    ResizeListeners,
+    VolumeIOError,
+    VolumeNotReady,
+    check_range,
+)
 
 
 class MemVolume:
@@ -18,9 +26,21 @@ class MemVolume:
         self.fua_writes = 0
         self.fail = False
         self.not_ready = False
+        self.resized = ResizeListeners()
 
     def ready(self) -> bool:
         return not self.not_ready
+
+    def on_resize(self, callback: ResizeCallback) -> Callable[[], None]:
+        return self.resized.add(callback)
+
+    def grow(self, size: int) -> None:
+        """Grow to `size` bytes (zeroes, unmapped) and tell the listeners, as an online grow."""
+        old = self.size
+        self.data += bytes(size - old)
+        self.mapped += bytes(size // self.block_size - len(self.mapped))
+        self.size = size
+        self.resized.notify(old, size)
 
     def _check(self, offset: int, length: int) -> None:
         check_range(self.size, offset, length)

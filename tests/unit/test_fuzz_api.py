@@ -34,17 +34,21 @@ json_val = st.recursive(
 address = st.sampled_from(
     ["127.0.0.1:1", "localhost:99999", ":", "", "[::1]:5", "a:b:c"]
 ) | st.text(max_size=30)
+size = st.integers(-1024, 64 * MiB) | st.sampled_from(["16M", "1G", "12Q", "", "1.5G", "-8M"])
 body = (
     st.none()
     | json_val.map(json.dumps)
     | st.fixed_dictionaries({"address": address | json_val}).map(json.dumps)
+    | st.fixed_dictionaries({"size": size}).map(json.dumps)
     | st.binary(max_size=300)
     | st.text(max_size=100)
 )
 path_seg = st.text(
     st.characters(blacklist_categories=("Cs",), blacklist_characters="?#"), max_size=20
 )
-path = st.sampled_from(["/v1/volume", "/v1/stats", "/metrics", "/v1/replicas", "/v1/replicas/"]) | (
+path = st.sampled_from(
+    ["/v1/volume", "/v1/stats", "/metrics", "/v1/replicas", "/v1/replicas/", "/v1/volume/grow"]
+) | (
     st.tuples(st.sampled_from(["/v1/replicas/", "/v1/", "/", "/v2/"]), path_seg).map(
         lambda t: t[0] + t[1]
     )

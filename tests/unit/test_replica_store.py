@@ -413,3 +413,133 @@ def test_unknown_format_and_a_witness_folder_are_refused(tmp_path):
     (d / "meta.json").write_text(json.dumps({**meta, "kind": "witness"}))
     with pytest.raises(StoreError, match="witness's metadata"):
         ReplicaStore(d, "vol1", 64 * MiB)
+
+
+# ---------------------------------------------------------------------------------------------
+# growing (online grow: GROW, or `jiva replica --size` larger than the recorded size)
+
+
+def test_grow_extends_sparse_keeps_data_and_records_the_size(tmp_path):
+    d = tmp_path / "r"
+    s = ReplicaStore(d, "v", 4 * MiB)
+    s.write(4 * MiB - 4096, b"e" * 4096)
+    s.write(0, b"a" * 4096)
+    assert "past the end" in (s.check_range(4 * MiB, 4096) or "")
+    assert s.grow(6 * MiB + 512) is True  # need not be region-aligned
+    assert os.stat(d / "volume.img").st_size == 6 * MiB + 512
+    assert json.loads((d / "meta.json").read_text())["size"] == 6 * MiB + 512
+    assert s.nregions == 7 and len((d / "dirty.map").read_bytes()) == 1
+    assert s.pread(0, 4096) == b"a" * 4096 and s.pread(4 * MiB - 4096, 4096) == b"e" * 4096
+    assert s.pread(4 * MiB, 2 * MiB + 512) == bytes(2 * MiB + 512)  # the new part: zeroes
+    assert s.check_range(6 * MiB, 512) is None
+    s.write(6 * MiB, b"n" * 512)  # the last (partial) new region takes writes
+    assert s.extents(4 * MiB, 2 * MiB + 512) == [[6 * MiB, 512]]  # the rest stays a hole
+    assert s.grow(6 * MiB + 512) is False  # idempotent
+    s.close()
+    s2 = ReplicaStore(d, "v", 6 * MiB + 512)  # reopened at the new size
+    assert s2.pread(6 * MiB, 512) == b"n" * 512 and s2.pread(0, 4096) == b"a" * 4096
+    s2.close()
+
+
+@pytest.mark.parametrize(
+    "size,why",
+    [
+        (2 * MiB, "refusing to shrink volume 'v' from 4194304 to 2097152 bytes"),
+        (4 * MiB + 100, "must be a positive multiple of 512"),
+        (0, "must be a positive multiple of 512"),
+        (True, "must be a positive multiple of 512"),
+        ("8M", "must be a positive multiple of 512"),
+        (store_mod.MAX_SIZE + 512, "above the largest volume"),
+    ],
+)
+def test_grow_refuses_shrinking_and_bad_sizes_changing_nothing(tmp_path, size, why):
+    d = tmp_path / "r"
+    s = ReplicaStore(d, "v", 4 * MiB)
+    meta = (d / "meta.json").read_bytes()
+    assert why in (s.check_grow(size) or "")
+    with pytest.raises(StoreError, match=why.split(" (")[0]):
+        s.extend(size)
+    assert s.size == 4 * MiB and os.stat(d / "volume.img").st_size == 4 * MiB
+    assert (d / "meta.json").read_bytes() == meta
+    s.close()
+
+
+def test_grow_extends_change_maps_keeping_their_bits(tmp_path):
+    """A replica away during a grow catches up from its peers' change maps: they keep the runs
+    written before the grow and record the writes past the old end."""
+    d = tmp_path / "r"
+    s = ReplicaStore(d, "v", 4 * MiB)
+    s.start_tracking(5, ["away"])
+    s.drop_seed([5])
+    s.write(8192, b"x" * 4096)
+    s.grow(8 * MiB)
+    s.write(7 * MiB, b"y" * 8192)
+    assert s.missed_runs(5) == [[8192, 4096], [7 * MiB, 8192]]
+    s.persist_bitmaps()
+    s.write_meta(s.meta_snapshot())
+    s.close()
+    assert len((d / "missed-5.map").read_bytes()) == 8 * MiB // 4096 // 8
+    s2 = ReplicaStore(d, "v", 8 * MiB)  # the map is read at its new length (not "all changed")
+    assert s2.missed_runs(5) == [[8192, 4096], [7 * MiB, 8192]]
+    assert s2.dirty_report()["excluded"] == {"5": ["away"]}
+    s2.close()
+
+
+def test_grow_keeps_the_granularity_of_existing_change_maps(tmp_path, monkeypatch):
+    """Change-map bits mean `missed_granularity` bytes as meta.json says: a grow never changes
+    that while maps exist (a map read at another granularity would name the wrong chunks). With
+    no map the granularity follows the new size; maps too big at the old one are refused."""
+    monkeypatch.setattr(store_mod, "MISSED_MAX_BITS", 1024)  # 4 KiB chunks up to 4 MiB volumes
+    monkeypatch.setattr(store_mod, "MISSED_GROW_MAX_BITS", 4096)
+    s = ReplicaStore(tmp_path / "a", "v", 4 * MiB)
+    assert s.mgran == 4096
+    s.grow(8 * MiB)  # no change map: coarser, the map stays small
+    assert s.mgran == 8192 and s.meta["missed_granularity"] == 8192
+    s.close()
+    t = ReplicaStore(tmp_path / "b", "v", 4 * MiB)
+    t.start_tracking(3, ["away"])
+    t.grow(8 * MiB)
+    assert t.mgran == 4096 and len(t.missed[3]) == 8 * MiB // 4096 // 8
+    assert "while change maps exist" in (t.check_grow(32 * MiB) or "")
+    t.stop_tracking([3])
+    t.persist_bitmaps()  # the dropped map's file is gone
+    t.start_tracking(4, ["away"])  # the next first map takes the granularity of the size
+    assert t.mgran == 8192 and len(t.missed[4]) == 8 * MiB // 8192 // 8
+    t.close()
+
+
+def test_started_with_a_larger_size_the_folder_grows_a_smaller_one_is_refused(tmp_path):
+    d = tmp_path / "r"
+    s = ReplicaStore(d, "v", 4 * MiB)
+    s.write(0, b"k" * 4096)
+    s.close()
+    s2 = ReplicaStore(d, "v", 16 * MiB)
+    assert s2.size == 16 * MiB and s2.meta["size"] == 16 * MiB
+    assert s2.pread(0, 4096) == b"k" * 4096
+    s2.close()
+    meta = (d / "meta.json").read_bytes()
+    with pytest.raises(
+        StoreError, match="of size 16777216 bytes; refusing to shrink it to 4194304"
+    ):
+        ReplicaStore(d, "v", 4 * MiB)
+    assert (d / "meta.json").read_bytes() == meta
+    assert os.stat(d / "volume.img").st_size == 16 * MiB
+
+
+def test_grow_interrupted_before_meta_recorded_it_is_cut_back(tmp_path):
+    """A grow extends the data file and syncs it before meta.json names the new size: a crash
+    in between leaves a longer file, whose tail was never acknowledged; it is cut back."""
+    d = tmp_path / "r"
+    s = ReplicaStore(d, "v", 4 * MiB)
+    s.write(0, b"q" * 4096)
+    s.extend(8 * MiB)  # crash here: data file extended, meta still 4 MiB
+    s.close(clean=False)
+    assert json.loads((d / "meta.json").read_text())["size"] == 4 * MiB
+    assert os.stat(d / "volume.img").st_size == 8 * MiB
+    s2 = ReplicaStore(d, "v", 4 * MiB)
+    assert os.stat(d / "volume.img").st_size == 4 * MiB and s2.pread(0, 4096) == b"q" * 4096
+    s2.close()
+    with open(d / "volume.img", "r+b") as f:  # shorter than meta says: data lost, refused
+        f.truncate(2 * MiB)
+    with pytest.raises(StoreError, match="is 2097152 bytes but meta says 4194304"):
+        ReplicaStore(d, "v", 4 * MiB)

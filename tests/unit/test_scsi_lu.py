@@ -239,3 +239,44 @@ def test_lun_reset_unit_attention_for_every_nexus():
         assert sense_of(await lu.execute(A, bytes(6), None)) == (6, 0x29, 0x00)
 
     run(go())
+
+
+def test_grown_volume_raises_capacity_data_has_changed_once_per_nexus():
+    """After the volume's size changes every I_T nexus (not one that logs in later) gets one
+    UNIT ATTENTION, CAPACITY DATA HAS CHANGED, on its next command; READ CAPACITY(10)/(16)
+    then report the new size, and LBAs past the old end are allowed."""
+    lu, v = lu_pair(1 << 20)
+    late = Nexus("iqn.test:late", b"\x80\0\0\0\0\3")
+    rc10 = bytes([0x25]) + bytes(9)
+    rc16 = bytes([0x9E, 0x10]) + bytes(8) + (32).to_bytes(4, "big") + bytes(2)
+
+    async def go():
+        r = await lu.execute(A, rc10, None)
+        assert r.data[:4] == (2047).to_bytes(4, "big")  # last LBA of 1 MiB
+        r = await lu.execute(A, rw10(0x2A, 2048, 1), b"n" * 512)  # past the end
+        assert sense_of(r) == (5, 0x21, 0x00)
+        v.grow(3 << 20)
+        lu.nexus_added(late)
+        # INQUIRY neither reports nor consumes it
+        assert (await lu.execute(A, bytes([0x12, 0, 0, 0, 36, 0]), None)).status == S.GOOD
+        for nx in (A, B):
+            r = await lu.execute(nx, rc10, None)
+            assert sense_of(r) == (6, 0x2A, 0x09), nx
+            r = await lu.execute(nx, rc10, None)
+            assert r.status == S.GOOD and r.data[:4] == (6143).to_bytes(4, "big")
+        r = await lu.execute(B, rc16, None)
+        assert r.status == S.GOOD and r.data[:8] == (6143).to_bytes(8, "big")
+        assert (await lu.execute(late, rc10, None)).status == S.GOOD  # logged in after it
+        r = await lu.execute(A, rw10(0x2A, 2048, 1), b"n" * 512)
+        assert r.status == S.GOOD and v.data[2048 * 512 : 2049 * 512] == b"n" * 512
+        # REQUEST SENSE reports a pending one as its data (and consumes it)
+        v.grow(4 << 20)
+        r = await lu.execute(A, bytes([0x03, 0, 0, 0, 18, 0]), None)
+        assert r.status == S.GOOD and (r.data[2] & 0x0F, r.data[12], r.data[13]) == (6, 0x2A, 9)
+        assert (await lu.execute(A, bytes(6), None)).status == S.GOOD
+        # a closed unit no longer follows the volume
+        lu.close()
+        v.grow(5 << 20)
+        assert (await lu.execute(A, bytes(6), None)).status == S.GOOD
+
+    run(go())
