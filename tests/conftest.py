@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# The engine runs on uvloop when it is installed (`make bench` installs it; deployed hosts do
+# not). The suite runs every daemon on the stdlib loop, as deployed; the tests that start them
+# on uvloop say so (tests/integration/test_iscsi_target.py::test_uvloop_*).
+os.environ.setdefault("JIVA_NO_UVLOOP", "1")
 
 from tests.procs import Procs
 

@@ -38,9 +38,9 @@ class Procs:
         self.procs.append(p)
         return p
 
-    def jiva(self, *args: str, name: str) -> subprocess.Popen:
+    def jiva(self, *args: str, name: str, env: dict | None = None) -> subprocess.Popen:
         """Start `jiva ARGS...` from this checkout's interpreter."""
-        return self.start([*JIVA, *args], name)
+        return self.start([*JIVA, *args], name, env)
 
     def log(self, name: str) -> str:
         """Return what the process called `name` has printed so far."""

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import os
 import signal
-import sys
 from pathlib import Path
 
 from jiva_engine.filevolume import FileVolume
 from jiva_engine.iscsi.target import IQN_PREFIX, TargetConfig, start_target
-from jiva_engine.util import parse_hostport, parse_size, read_secret
+from jiva_engine.util import (
+    config_error,
+    parse_hostport,
+    parse_size,
+    read_secret,
+    run_loop,
+    setup_logging,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -105,22 +109,8 @@ async def _serve(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `jiva target`; returns the exit status."""
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(args.log_level, "target")
     try:
-        if os.environ.get("JIVA_NO_UVLOOP") != "1":
-            import uvloop  # optional: measured faster on the 4K path
-
-            return uvloop.run(_serve(args))
-    except ImportError:
-        pass
+        return run_loop(_serve(args))
     except (ValueError, OSError) as e:
-        print(f"jiva target: error: {e}", file=sys.stderr)
-        return 2
-    try:
-        return asyncio.run(_serve(args))
-    except (ValueError, OSError) as e:
-        print(f"jiva target: error: {e}", file=sys.stderr)
-        return 2
+        return config_error("target", str(e))

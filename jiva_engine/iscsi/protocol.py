@@ -9,7 +9,7 @@ import logging
 import socket
 import time
 from collections.abc import Coroutine, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from jiva_engine.iscsi.connection import FREE, Connection
 from jiva_engine.iscsi.framing import Buffer
@@ -45,8 +45,8 @@ class TargetProtocol(Connection, asyncio.Protocol):
     # ------------------------------------------------------------------ transport events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Start the login phase and the timer."""
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a stream transport (uvloop's is not an asyncio.Transport subclass: no isinstance)
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname") or ("", 0)
         sock = transport.get_extra_info("socket")
