@@ -12,16 +12,16 @@ DOCUMENTATION = r"""
 ---
 module: volume_grow
 short_description: Grow jiva volumes online to the sizes given (never shrink)
-version_added: "0.2.0"
+version_added: "0.3.0"
 description:
   - Reads each volume's size from its controller (C(GET /v1/volume)), all volumes at once. When
-    the size given is larger, calls C(POST /v1/volume/grow): the controller grows every replica
+    the size given is larger, calls C(POST /v1/volume/grow) - the controller grows every replica
     that takes writes, then serves the new size and raises the unit attention CAPACITY DATA HAS
     CHANGED, so initiators rescan. Nothing is restarted and I/O keeps flowing.
   - A smaller size fails the task before anything is grown, with a message naming every such
     volume and both sizes (a volume never shrinks). The same size changes nothing.
   - A volume whose API cannot be reached (not deployed yet, or its controller is down) is left
-    alone and reported with RV(volumes[].reachable=false).
+    alone and reported with C(reachable=false) in RV(volumes).
   - Uses only the Python standard library on the host it runs on.
 author:
   - jiva-py contributors (@jiva-py)
