@@ -589,7 +589,7 @@ async def test_every_replica_restarted_at_once_holds_io_then_resumes(procs, tmp_
             off = (n % 512) * 4096
             try:
                 await vol.write(off, block(n))
-            except Exception as e:  # noqa: BLE001 - every failure is what the test looks for
+            except Exception as e:  # every failure is what the test looks for
                 errors.append(e)
                 return
             acked.append((n, off))
