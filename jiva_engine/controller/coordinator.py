@@ -73,7 +73,7 @@ class Coordinator:
         size: int | None = None,
         policy: Policy = Policy.MAJORITY,
         replica_timeout: float = 3.0,
-        secret: str | bytes | None = None,
+        secret: str | bytes | tuple[str | bytes, ...] | None = None,
         retry_interval: float = 1.0,
         connector: Connector = tcp_connector,
     ) -> None:

@@ -85,7 +85,7 @@ class Volume:
         witnesses: list[str] | tuple[str, ...] = (),
         size: int | None = None,
         replica_timeout: float = 3.0,
-        secret: str | bytes | None = None,
+        secret: str | bytes | tuple[str | bytes, ...] | None = None,
         rebuild_rate: float | None = None,
         retry_interval: float = 1.0,
         quorum: str | Policy = Policy.MAJORITY,
