@@ -389,7 +389,7 @@ def running_ports(by_host, recorded=None):
                 if port is not None and not isinstance(port, bool):
                     counts = seen.setdefault(name, {}).setdefault(key, {})
                     counts[port] = counts.get(port, 0) + 1
-    out = {}
+    out = {}  # type: dict[str, dict]
     for name, keys in seen.items():
         rec = (recorded or {}).get(name) or {}
         for key, counts in keys.items():
@@ -486,7 +486,7 @@ def _merge_down_layout(existing, layout, down):
     `unknown` are the volumes that run somewhere but have no layout record while hosts are down,
     so a down host may hold a part of them that nobody can see."""
     merged = dict((k, dict(v, replicas=list(v.get("replicas") or []))) for k, v in existing.items())
-    unknown = set()
+    unknown = set()  # type: set[str]
     if not down:
         return merged, unknown
     for name in merged:
@@ -582,8 +582,8 @@ def plan_volumes(
             )
         )
     # ports of volumes that are not listed but still exist somewhere stay taken
-    reserved = set()
-    keep_record = {}
+    reserved = set()  # type: set[int]
+    keep_record = {}  # type: dict[str, dict]
     for name in sorted(set(stray) | set(recorded_ports)):
         if name in set(v["name"] for v in all_vols):
             continue
