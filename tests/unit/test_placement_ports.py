@@ -194,3 +194,13 @@ def test_new_parts_go_to_reachable_hosts_while_a_host_is_down():
             layout=record,
         )[1]
         assert down not in new["replica_nodes"] and new["controller"] != down
+
+
+def test_two_controller_configs_the_recorded_one_wins():
+    # n1 was cut off, failover.yml started the controller on n2 and recorded it; n1 is back with
+    # its old config: the controller stays on n2 (site.yml then removes n1's)
+    services = {"n1": ["controller-v.env", "replica-v.env"], "n2": ["controller-v.env"]}
+    existing = P.parse_existing_services(services)
+    layout = {"v": {"controller": "n2", "replicas": ["n1", "n2", "n3"], "witness": None}}
+    for record, want in ((layout, "n2"), (None, existing["v"]["controller"])):
+        assert P.place(nodes(3), [vol("v")], existing, layout=record)[0]["controller"] == want

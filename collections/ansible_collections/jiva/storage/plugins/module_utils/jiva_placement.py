@@ -486,6 +486,13 @@ def _merge_down_layout(existing, layout, down):
     `unknown` are the volumes that run somewhere but have no layout record while hosts are down,
     so a down host may hold a part of them that nobody can see."""
     merged = dict((k, dict(v, replicas=list(v.get("replicas") or []))) for k, v in existing.items())
+    for name, entry in merged.items():
+        # two hosts with a controller config of one volume (a host that was cut off came back
+        # with the one failover.yml replaced): the recorded one is the controller
+        rec = (layout or {}).get(name)
+        if (len(entry.get("controllers") or []) > 1 and isinstance(rec, dict)
+                and rec.get("controller") in entry["controllers"]):
+            entry["controller"] = rec["controller"]
     unknown = set()  # type: set[str]
     if not down:
         return merged, unknown
@@ -775,6 +782,9 @@ def parse_existing_services(existing_services, existing=None):
             if kind == "replica" and host not in entry.setdefault("replicas", []):
                 entry["replicas"].append(host)
             elif kind == "controller":
+                if entry.get("controller") not in (None, host):
+                    # (more than one: `controllers` lists them all; the layout record decides)
+                    entry["controllers"] = sorted(set(entry.get("controllers", []) + [entry["controller"], host]))
                 entry["controller"] = host
             elif kind == "witness" and (
                 entry.get("witness") is None
