@@ -181,3 +181,13 @@ def test_remove_a_volume_from_the_middle_keeps_the_others(tmp_path):
     assert dropped.rc != 0 and "volumes run that are not in jiva_volumes: volume 'pv3'" in " ".join(
         dropped.output.split()
     ), dropped.output
+
+    # on request the unlisted volume is stopped and unconfigured everywhere, its data kept
+    stop = run_playbook("site.yml", cfg, home, *args, "-e", "jiva_remove_unlisted_volumes=true")
+    assert stop.rc == 0, stop.output
+    assert "pv3 (data kept)" in stop.output, stop.output
+    assert not list(tmp_path.glob("nodes/*/etc/*-pv3.*")) and not pids(tmp_path, "pv3")
+    eventually_sync(lambda: not serving(f"{NET}.53:{ABASE + 2}"), what="pv3's controller gone")
+    assert len(list(tmp_path.glob("nodes/*/data/pv3/meta.json"))) == 3, "pv3's data went"
+    assert pids(tmp_path, "pv1") == keep["pv1"], "pv1 was restarted"
+    qemu_io(f"{NET}.51:3260", "pv1", "read -P 0x11 1M 256k")
