@@ -28,14 +28,16 @@ HEADERS = [
 ]
 
 
-def _replica_cell(vol, state):
+def _replica_cell(vol, state, down=()):
     if not state:
-        return ", ".join(vol.get("replica_nodes", []))
+        return ", ".join("%s%s" % (n, ":unreachable" if n in down else "") for n in vol.get("replica_nodes", []))
     by_addr = dict((r.get("address"), r) for r in state.get("replicas", []))
     cells = []
     for node, addr in zip(vol.get("replica_nodes", []), vol.get("replica_addresses", [])):
         r = by_addr.get(addr)
         mode = r.get("mode", "?") if r else "missing"
+        if node in down and mode != "RW":
+            mode = "unreachable"
         if r and r.get("rebuild"):
             done, total = r["rebuild"].get("done", 0), r["rebuild"].get("total", 0) or 1
             mode += " %d%%" % (100 * done // total)
@@ -43,37 +45,43 @@ def _replica_cell(vol, state):
     return ", ".join(cells)
 
 
-def _witness_cell(vol, state):
+def _witness_cell(vol, state, down=()):
     """`host:STATE` of the placed witness (`host` without live state, `-` without a witness)."""
     host = vol.get("witness")
     if not host:
         return "-"
     if not state:
-        return host
+        return host + (":unreachable" if host in down else "")
     found = [w for w in state.get("witnesses") or [] if w.get("address") == vol.get("witness_address")]
-    return "%s:%s" % (host, found[0].get("state", "?") if found else "missing")
+    wstate = found[0].get("state", "?") if found else "missing"
+    if host in down and wstate != "ok":
+        wstate = "unreachable"
+    return "%s:%s" % (host, wstate)
 
 
-def volume_table(volumes, states=None, tablefmt="simple"):
-    """Return the volumes with their controller, replicas, witness and live state as a tabulate table."""
+def volume_table(volumes, states=None, tablefmt="simple", hosts_down=None):
+    """Return the volumes with their controller, replicas, witness and live state as a tabulate
+    table; hosts in `hosts_down` (not reached in this run) are marked unreachable."""
     if tabulate is None:
         raise AnsibleFilterError(
             "jiva.storage.volume_table needs the Python package 'tabulate' on the control node"
         )
     states = states or {}
+    down = set(hosts_down or ())
     rows = []
     for vol in volumes:
         st = states.get(vol["name"]) or {}
+        ctl_down = vol.get("controller") in down
         rows.append(
             [
                 vol["name"],
                 vol.get("size"),
                 vol.get("portal"),
                 vol.get("iqn"),
-                vol.get("controller"),
-                _replica_cell(vol, st),
-                _witness_cell(vol, st),
-                st.get("state", "unknown"),
+                "%s%s" % (vol.get("controller"), " (unreachable)" if ctl_down else ""),
+                _replica_cell(vol, st, down),
+                _witness_cell(vol, st, down),
+                st.get("state", "controller host down" if ctl_down else "unknown"),
                 st.get("epoch", ""),
                 st.get("degraded", ""),
             ]

@@ -197,16 +197,46 @@ def health_table_rows(rows):
 HEALTH_HEADERS = ["volume", "controller", "portal", "state", "epoch", "replicas", "witness", "degraded"]
 
 
-def load_state(path):
-    """The `volumes` of the failover state file ({} when there is none yet); ValueError naming
-    the file when it cannot be read or parsed."""
+def load_state_doc(path):
+    """The whole HA state file as a dict ({} when there is none yet): `volumes` (where each
+    volume's controller, replicas and witness run), `ports` (each volume's replica and API port),
+    and whatever other playbooks keep there. ValueError naming the file when it cannot be read
+    or parsed."""
     if not path or not os.path.exists(path):
         return {}
     try:
         with open(path) as f:
-            return json.load(f).get("volumes", {})
-    except (IOError, OSError, ValueError, AttributeError) as exc:
+            doc = json.load(f)
+    except (IOError, OSError, ValueError) as exc:
         raise ValueError("cannot read the failover state file %s: %s" % (path, exc))
+    if not isinstance(doc, dict):
+        raise ValueError("cannot read the failover state file %s: not a JSON object" % path)
+    return doc
+
+
+def load_state(path):
+    """The `volumes` of the failover state file ({} when there is none yet); ValueError naming
+    the file when it cannot be read or parsed."""
+    return load_state_doc(path).get("volumes") or {}
+
+
+def save_state_doc(path, updates):
+    """Set the top-level keys in `updates` in the HA state file, keeping every other key (written
+    atomically: a temporary file renamed over it). Returns True when the content changed."""
+    doc = load_state_doc(path)
+    new = dict(doc)
+    new.update(updates)
+    if new == doc and os.path.exists(path):
+        return False
+    directory = os.path.dirname(path)
+    if directory and not os.path.isdir(directory):
+        os.makedirs(directory)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(new, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.rename(tmp, path)
+    return True
 
 
 def _claims(name, node_state, running):

@@ -14,7 +14,7 @@ from functools import partial
 from ansible_collections.jiva.storage.plugins.module_utils.jiva_ha import (
     HEALTH_HEADERS,
     health_table_rows,
-    load_state,
+    load_state_doc,
     parallel,
     probe_hosts,
     read_volume,
@@ -66,19 +66,22 @@ def health(p):
     ansible-playbook on the control node (no module start-up on the failover's critical path).
     """
     volumes = p["volumes"]
+    try:
+        doc = load_state_doc(p["state_file"])
+    except ValueError:
+        doc = {}  # health only reads: an unreadable state file is no reason to fail
+    saved = doc.get("volumes") or {}
     if p["place"]:
         nodes = [dict(name=n["name"], address=n["address"], eligible=n.get("eligible", True)) for n in p["nodes"]]
         try:
-            volumes = place(nodes, volumes, None, p["replica_port_base"], p["api_port_base"])
+            # the ports site.yml recorded (volumes with state: absent are not placed)
+            volumes = place(nodes, volumes, None, p["replica_port_base"], p["api_port_base"],
+                            recorded_ports=doc.get("ports") or {})
         except PlacementError as exc:
             raise HealthError("invalid jiva inventory: %s" % exc)
         for vol in volumes:
             vol.pop("chap_secret", None)
             vol.pop("want_witness", None)
-    try:
-        saved = load_state(p["state_file"])
-    except ValueError:
-        saved = {}  # health only reads: an unreadable state file is no reason to fail
     node_address = dict((n["name"], n["address"]) for n in p["nodes"])
     # The host probes and the API reads run side by side: a dead host costs one probe round
     # (with its retry) instead of that plus an API timeout after it.

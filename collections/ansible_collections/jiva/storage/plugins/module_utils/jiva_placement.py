@@ -17,6 +17,8 @@ DEFAULT_PORTAL_PORT = 3260
 DEFAULT_REPLICA_PORT_BASE = 9700
 DEFAULT_API_PORT_BASE = 9800
 QUORUM_POLICIES = ("majority", "off")
+VOLUME_STATES = ("present", "absent")
+UNLISTED_POLICIES = ("ignore", "refuse", "remove")
 # A witness's metadata folder on its host: JIVA_DATA_DIR/_witness/VOLUME. A volume name starts with
 # a lower-case letter or a digit, so no replica folder (JIVA_DATA_DIR/VOLUME) can ever be this one.
 WITNESS_SUBDIR = "_witness"
@@ -134,11 +136,15 @@ def validate_nodes(nodes):
 def validate_volumes(
     volumes, replica_port_base=DEFAULT_REPLICA_PORT_BASE, api_port_base=DEFAULT_API_PORT_BASE
 ):
-    """Normalise `jiva_volumes`: sizes in bytes, portal split, ports derived; PlacementError on bad input.
+    """Normalise `jiva_volumes`: sizes in bytes, portal split; PlacementError on bad input.
 
-    Ports not given are derived from the volume's position in the list: replica_port =
-    replica_port_base + index, api_port = api_port_base + index (append new volumes at the end).
+    Ports are those given (`replica_port`, `api_port`); the others are None here and filled in by
+    `assign_ports` (recorded, running, or the lowest free port from the bases). `state` is
+    `present` (default) or `absent`; `delete_data: true` is allowed only with `state: absent`.
+    The bases are checked here and used by `assign_ports`.
     """
+    _port(replica_port_base, "jiva_replica_port_base")
+    _port(api_port_base, "jiva_api_port_base")
     if volumes is None:
         raise PlacementError(
             "'jiva_volumes' is not defined: give the volumes as a list in group vars"
@@ -168,6 +174,8 @@ def validate_volumes(
             "api_port",
             "witness",
             "quorum",
+            "state",
+            "delete_data",
         }
         unknown = sorted(set(vol) - known)
         if unknown:
@@ -208,10 +216,26 @@ def validate_volumes(
             portal_host, portal_port = split_hostport(portal, DEFAULT_PORTAL_PORT)
         except ValueError as exc:
             raise PlacementError("%s.portal: %s" % (where, exc))
-        replica_port = _port(
-            vol.get("replica_port", replica_port_base + index), "%s.replica_port" % where
-        )
-        api_port = _port(vol.get("api_port", api_port_base + index), "%s.api_port" % where)
+        replica_port = api_port = None
+        if vol.get("replica_port") is not None:
+            replica_port = _port(vol["replica_port"], "%s.replica_port" % where)
+        if vol.get("api_port") is not None:
+            api_port = _port(vol["api_port"], "%s.api_port" % where)
+        state = vol.get("state", "present")
+        if state not in VOLUME_STATES:
+            raise PlacementError(
+                "%s.state must be 'present' or 'absent', got %r" % (where, state)
+            )
+        delete_data = vol.get("delete_data", False)
+        if not isinstance(delete_data, bool):
+            raise PlacementError(
+                "%s.delete_data must be true or false (a YAML boolean), got %r" % (where, delete_data)
+            )
+        if delete_data and state != "absent":
+            raise PlacementError(
+                "%s.delete_data is true but the volume is not 'state: absent': data is deleted "
+                "only for a volume being removed (set state: absent as well)" % where
+            )
         chap = vol.get("chap")
         if chap is not None:
             if not isinstance(chap, dict) or not chap.get("user") or not chap.get("secret"):
@@ -275,7 +299,13 @@ def validate_volumes(
                 "portal_port": portal_port,
                 "replica_port": replica_port,
                 "api_port": api_port,
-                "api": join_hostport(portal_host, api_port),
+                "api": join_hostport(portal_host, api_port) if api_port else None,
+                "state": state,
+                "delete_data": delete_data,
+                "port_source": {
+                    "replica_port": "explicit" if replica_port else None,
+                    "api_port": "explicit" if api_port else None,
+                },
                 "chap_user": chap["user"] if chap else None,
                 "chap_secret": chap["secret"] if chap else None,
                 "allowed_initiators": list(initiators),
@@ -289,15 +319,31 @@ def validate_volumes(
     return out
 
 
+PORT_SOURCES = {
+    "explicit": "",
+    "running": " (what the volume's services on the hosts use)",
+    "recorded": " (recorded in the HA state file)",
+    "assigned": " (assigned now)",
+}
+
+
+def _port_label(vol, key):
+    """`replica_port 9701 (recorded in the HA state file)`: a port with where it comes from."""
+    src = (vol.get("port_source") or {}).get(key) or "explicit"
+    return "%s %d%s" % (key, vol[key], PORT_SOURCES.get(src, ""))
+
+
 def _check_ports(volumes, nodes):
     """Fail when two listeners would bind the same HOST:PORT (replica ports must be unique per volume)."""
     by_replica_port = {}  # type: dict[int, str]
     for vol in volumes:
+        if vol["replica_port"] is None:
+            continue
         other = by_replica_port.get(vol["replica_port"])
         if other is not None:
             raise PlacementError(
-                "port clash: jiva_volumes[%d] (volume %r) replica_port %d is also the replica_port of volume %r"
-                % (vol["index"], vol["name"], vol["replica_port"], other)
+                "port clash: jiva_volumes[%d] (volume %r) %s is also the replica_port of volume %r"
+                % (vol["index"], vol["name"], _port_label(vol, "replica_port"), other)
             )
         by_replica_port[vol["replica_port"]] = vol["name"]
     bindings = {}  # type: dict[tuple[str, int], str]
@@ -314,8 +360,12 @@ def _check_ports(volumes, nodes):
     for vol in volumes:
         label = "jiva_volumes[%d] (volume %r)" % (vol["index"], vol["name"])
         bind(vol["portal_host"], vol["portal_port"], "%s.portal" % label)
-        bind(vol["portal_host"], vol["api_port"], "%s.api_port" % label)
+        if vol["api_port"] is not None:
+            src = PORT_SOURCES.get(vol["port_source"].get("api_port") or "explicit", "")
+            bind(vol["portal_host"], vol["api_port"], "%s.api_port%s" % (label, src))
     for vol in volumes:
+        if vol["replica_port"] is None:
+            continue
         label = "jiva_volumes[%d] (volume %r)" % (vol["index"], vol["name"])
         for node in nodes.values():
             key = (node["address"], vol["replica_port"])
@@ -324,6 +374,92 @@ def _check_ports(volumes, nodes):
                     "port clash: %s.replica_port and %s both use %s on host %r"
                     % (label, bindings[key], join_hostport(*key), node["name"])
                 )
+
+
+def running_ports(by_host, recorded=None):
+    """{volume: {replica_port, api_port, portal_host}} the services on the hosts use, from
+    {host: {volume: {replica_port, api_port, portal_host}}} (jiva.storage.node_state `ports`). Hosts that
+    disagree (a partial earlier run): the recorded port when one of them uses it, else the port
+    most hosts use (the lowest on a tie)."""
+    seen = {}  # type: dict[str, dict[str, dict[int, int]]]
+    for _host, vols in sorted((by_host or {}).items()):
+        for name, ports in sorted((vols or {}).items()):
+            for key in ("replica_port", "api_port", "portal_host"):
+                port = (ports or {}).get(key)
+                if port is not None and not isinstance(port, bool):
+                    counts = seen.setdefault(name, {}).setdefault(key, {})
+                    counts[port] = counts.get(port, 0) + 1
+    out = {}  # type: dict[str, dict]
+    for name, keys in seen.items():
+        rec = (recorded or {}).get(name) or {}
+        for key, counts in keys.items():
+            if rec.get(key) in counts:
+                port = rec[key]
+            else:
+                port = max(sorted(counts), key=lambda p: counts[p])
+            out.setdefault(name, {})[key] = port
+    return out
+
+
+def assign_ports(vols, recorded=None, running=None, replica_port_base=DEFAULT_REPLICA_PORT_BASE,
+                 api_port_base=DEFAULT_API_PORT_BASE, reserved=()):
+    """Fill in each validated volume's missing ports, in place; return the volumes.
+
+    A port given in the inventory wins; else what the volume's running services use (`running`,
+    {volume: {replica_port, api_port}}); else what the HA state file recorded (`recorded`, same
+    shape); else a new one: BASE + the volume's index when that port is free (what clusters
+    deployed before ports were recorded use), else the lowest free port from BASE. "Free" means
+    used by no volume of the list (any kind of port, absent volumes included: a port is reused
+    only once its old volume is gone) and not in `reserved` (ports of volumes still being removed).
+    So a volume keeps its ports when others are removed or reordered.
+    """
+    recorded = recorded or {}
+    running = running or {}
+    taken = set(reserved)
+    for vol in vols:
+        for key in ("replica_port", "api_port"):
+            if vol[key] is None:
+                for source, table in (("running", running), ("recorded", recorded)):
+                    port = (table.get(vol["name"]) or {}).get(key)
+                    if isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536:
+                        vol[key] = port
+                        vol["port_source"][key] = source
+                        break
+            if vol[key] is not None:
+                taken.add(vol[key])
+    for vol in vols:
+        for key, base in (("replica_port", replica_port_base), ("api_port", api_port_base)):
+            if vol[key] is not None or vol.get("state") == "absent":
+                continue
+            port = base + vol["index"]
+            if port in taken or port > 65535:
+                port = base
+                while port in taken:
+                    port += 1
+            if port > 65535:
+                raise PlacementError(
+                    "jiva_volumes[%d] (volume %r): no free %s left above %s"
+                    % (vol["index"], vol["name"], key,
+                       "jiva_replica_port_base" if key == "replica_port" else "jiva_api_port_base")
+                )
+            vol[key] = port
+            vol["port_source"][key] = "assigned"
+            taken.add(port)
+        if vol["api_port"] is not None:
+            vol["api"] = join_hostport(vol["portal_host"], vol["api_port"])
+    return vols
+
+
+def unlisted_volumes(vols, found):
+    """{volume: [hosts]} of volumes whose services were found on hosts (`found`: {host: [volume]})
+    but that are not in the list at all."""
+    listed = set(v["name"] for v in vols)
+    out = {}  # type: dict[str, list[str]]
+    for host, names in sorted((found or {}).items()):
+        for name in names or []:
+            if name not in listed and host not in out.setdefault(name, []):
+                out[name].append(host)
+    return out
 
 
 def wants_witness(vol):
@@ -338,8 +474,67 @@ def place(
     existing=None,
     replica_port_base=DEFAULT_REPLICA_PORT_BASE,
     api_port_base=DEFAULT_API_PORT_BASE,
+    **kwargs
 ):
-    """Validate everything, then place each volume's replicas, controller and witness; return the volume list.
+    """The placed volumes of `plan_volumes` (the volumes with state present, in list order)."""
+    return plan_volumes(nodes, volumes, existing, replica_port_base, api_port_base, **kwargs)["volumes"]
+
+
+def _merge_down_layout(existing, layout, down):
+    """`existing` (what reachable hosts run) plus what the HA state file's layout record says runs
+    on the hosts in `down` (their services cannot be seen this run). Returns (merged, unknown):
+    `unknown` are the volumes that run somewhere but have no layout record while hosts are down,
+    so a down host may hold a part of them that nobody can see."""
+    merged = dict((k, dict(v, replicas=list(v.get("replicas") or []))) for k, v in existing.items())
+    for name, entry in merged.items():
+        # two hosts with a controller config of one volume (a host that was cut off came back
+        # with the one failover.yml replaced): the recorded one is the controller
+        rec = (layout or {}).get(name)
+        if (len(entry.get("controllers") or []) > 1 and isinstance(rec, dict)
+                and rec.get("controller") in entry["controllers"]):
+            entry["controller"] = rec["controller"]
+    unknown = set()  # type: set[str]
+    if not down:
+        return merged, unknown
+    for name in merged:
+        if name not in (layout or {}):
+            unknown.add(name)
+    for name, rec in sorted((layout or {}).items()):
+        if not isinstance(rec, dict):
+            continue
+        entry = merged.setdefault(name, {"replicas": [], "controller": None})
+        for h in rec.get("replicas") or []:
+            if h in down and h not in entry["replicas"]:
+                entry["replicas"].append(h)
+        if rec.get("controller") in down and not entry.get("controller"):
+            entry["controller"] = rec["controller"]
+        if rec.get("witness") in down and not entry.get("witness"):
+            entry["witness"] = rec["witness"]
+    return merged, unknown
+
+
+def plan_volumes(
+    nodes,
+    volumes,
+    existing=None,
+    replica_port_base=DEFAULT_REPLICA_PORT_BASE,
+    api_port_base=DEFAULT_API_PORT_BASE,
+    recorded_ports=None,
+    running=None,
+    down=None,
+    layout=None,
+    unlisted="ignore",
+):
+    """Validate everything, then place each volume's replicas, controller and witness.
+
+    Returns {"volumes": the placed volumes with state present, "removed": the volumes to stop and
+    unconfigure everywhere, "ports": the port record to keep, "unlisted": {volume: [hosts]}}.
+
+    Ports: see `assign_ports` (`recorded_ports` from the HA state file, `running` from the
+    services' env files). Volumes with `state: absent` are not placed; they are in "removed"
+    (with `delete_data`). Volumes that run (in `existing`) but are not in the list at all:
+    `unlisted="refuse"` fails naming them, "remove" adds them to "removed" (data kept), "ignore"
+    leaves them alone.
 
     Replicas: pinned nodes first, then replicas that already exist (from `existing`, a mapping
     volume -> {"replicas": [node..], "controller": node, "witness": node}) on eligible nodes, then
@@ -347,6 +542,12 @@ def place(
     volume last). Never two replicas of one volume on one node; adding nodes never moves an
     existing replica. The controller stays where it is, else the pinned one, else the replica node
     with the highest controller weight (a pinned controller may share a host with a replica).
+
+    Hosts in `down` are unreachable this run: what they run is unknown, so `layout` (the HA state
+    file's {volume: {controller, replicas, witness}}) stands in for them, and nothing moves off
+    them. New replicas, controllers and witnesses go to reachable hosts first; but a volume that
+    runs without a layout record (the state file is new or lost) may have a part on a down host,
+    so there a down host is taken first (never a second copy on a reachable one).
 
     Witness (a metadata-only third voter; volumes with exactly 2 replicas and quorum majority,
     unless `witness: false`): an eligible host that holds no replica of the volume. An existing
@@ -357,10 +558,73 @@ def place(
 
     Raises PlacementError before anything is returned when any volume cannot be placed.
     """
+    if unlisted not in UNLISTED_POLICIES:
+        raise PlacementError("unlisted must be one of %s" % ", ".join(UNLISTED_POLICIES))
     nodes_by_name = validate_nodes(nodes)
-    vols = validate_volumes(volumes, replica_port_base, api_port_base)
-    _check_ports(vols, nodes_by_name)
+    all_vols = validate_volumes(volumes, replica_port_base, api_port_base)
     existing = existing or {}
+    down = set(down or ())
+    recorded_ports = dict(recorded_ports or {})
+    running = running or {}
+    found = {}  # type: dict[str, list[str]]
+    for name, entry in existing.items():
+        hosts = list(entry.get("replicas") or [])
+        for h in (entry.get("controller"), entry.get("witness")):
+            if h and h not in hosts:
+                hosts.append(h)
+        for h in hosts:
+            found.setdefault(h, []).append(name)
+    stray = unlisted_volumes(all_vols, found)
+    if stray and unlisted == "refuse":
+        listed_none = not [v for v in all_vols if v["state"] == "present"]
+        raise PlacementError(
+            "%s: %s; to remove a volume on purpose keep its entry in jiva_volumes with "
+            "'state: absent' (its data is kept; add 'delete_data: true' to delete it too), or run "
+            "with -e jiva_remove_unlisted_volumes=true to stop every volume that is not listed "
+            "(data kept)"
+            % (
+                "jiva_volumes lists no volume but volumes run" if listed_none
+                else "volumes run that are not in jiva_volumes",
+                "; ".join("volume %r on %s" % (n, ", ".join(sorted(h))) for n, h in sorted(stray.items())),
+            )
+        )
+    # ports of volumes that are not listed but still exist somewhere stay taken
+    reserved = set()  # type: set[int]
+    keep_record = {}  # type: dict[str, dict]
+    for name in sorted(set(stray) | set(recorded_ports)):
+        if name in set(v["name"] for v in all_vols):
+            continue
+        if name in stray or down:
+            rec = dict(recorded_ports.get(name) or {})
+            rec.update(dict((k, v) for k, v in (running.get(name) or {}).items() if k != "portal_host"))
+            rec["state"] = "absent"
+            keep_record[name] = rec
+            reserved.update(p for k, p in rec.items() if k in ("replica_port", "api_port"))
+    assign_ports(all_vols, recorded_ports, running, replica_port_base, api_port_base, reserved)
+    _check_ports([v for v in all_vols if v["replica_port"] is not None or v["api_port"] is not None],
+                 nodes_by_name)
+    vols = [v for v in all_vols if v["state"] == "present"]
+    removed = []
+    for v in all_vols:
+        if v["state"] == "absent":
+            removed.append({"name": v["name"], "index": v["index"], "listed": True,
+                            "portal_host": v["portal_host"], "replica_port": v["replica_port"],
+                            "api_port": v["api_port"], "delete_data": v["delete_data"]})
+    if unlisted == "remove":
+        for name in sorted(stray):
+            run = running.get(name) or {}
+            removed.append({"name": name, "index": None, "listed": False,
+                            "portal_host": run.get("portal_host"),
+                            "replica_port": keep_record[name].get("replica_port"),
+                            "api_port": keep_record[name].get("api_port"), "delete_data": False})
+    ports = dict(keep_record)
+    for v in all_vols:
+        if v["replica_port"] is None and v["api_port"] is None:
+            continue
+        ports[v["name"]] = {"replica_port": v["replica_port"], "api_port": v["api_port"]}
+        if v["state"] == "absent":
+            ports[v["name"]]["state"] = "absent"
+    existing, unknown = _merge_down_layout(existing, layout, down)
     eligible = [n for n in nodes_by_name.values() if n["eligible"]]
     for vol in vols:
         where = "jiva_volumes[%d] (volume %r)" % (vol["index"], vol["name"])
@@ -406,19 +670,32 @@ def place(
         before = existing.get(name) or {}
         wanted = wants_witness(vol)
         old_witness = before.get("witness") if wanted else None
+        # a new part goes to a reachable host first; but when a down host may already hold a part
+        # nobody can see (no layout record), that host first
+        down_first = name in unknown
+
+        def pref(n, down_first=down_first):
+            return (n in down) if down_first else (n not in down)
+
         kept = [
             n
             for n in before.get("replicas", [])
             if n in nodes_by_name and nodes_by_name[n]["eligible"] and n not in chosen
         ]
         kept.sort(key=lambda n: hrw_score(name, n), reverse=True)
-        for n in kept:
-            if len(chosen) < vol["replicas"]:
-                chosen.append(n)
+        kept = kept[: max(0, vol["replicas"] - len(chosen))]
+        if down_first:
+            # the down hosts may hold the replicas nobody can see: count them as kept
+            maybe = [n for n in sorted(down) if n in nodes_by_name and nodes_by_name[n]["eligible"]
+                     and n not in chosen and n not in kept]
+            maybe.sort(key=lambda n: hrw_score(name, n), reverse=True)
+            kept += maybe[: max(0, vol["replicas"] - len(chosen) - len(kept))]
+            kept.sort(key=lambda n: hrw_score(name, n), reverse=True)
+        chosen += kept
         # the host of an existing witness takes a new replica only when no other host can
         ranked = sorted(
             eligible,
-            key=lambda n: (n["name"] != old_witness, hrw_score(name, n["name"])),
+            key=lambda n: (n["name"] != old_witness, pref(n["name"]), hrw_score(name, n["name"])),
             reverse=True,
         )
         for n in ranked:
@@ -431,7 +708,10 @@ def place(
         if controller is None and old_ctl in nodes_by_name and nodes_by_name[old_ctl]["eligible"]:
             controller = old_ctl
         if controller is None:
-            controller = max(chosen, key=lambda n: hrw_score(name, n, "controller"))
+            controller = max(
+                chosen,
+                key=lambda n: (name in unknown or n not in down, hrw_score(name, n, "controller")),
+            )
         moved = sorted(set(before.get("replicas", [])) - set(chosen))
         witness = None
         if wanted:
@@ -441,7 +721,8 @@ def place(
             elif free:
                 witness = max(
                     free,
-                    key=lambda n: (n not in moved, n != controller, hrw_score(name, n, "witness")),
+                    key=lambda n: (n not in moved, pref(n), n != controller,
+                                   hrw_score(name, n, "witness")),
                 )
         vol["replica_nodes"] = chosen
         vol["replica_addresses"] = [
@@ -455,7 +736,17 @@ def place(
             else None
         )
         vol["moved"] = moved
-    return vols
+    return {"volumes": vols, "removed": removed, "ports": ports, "unlisted": stray}
+
+
+def layout_record(vols):
+    """The HA state file's layout entries ({controller, replicas, witness, api}, as failover.yml
+    writes them) of placed volumes."""
+    return dict(
+        (v["name"], {"controller": v["controller"], "replicas": list(v["replica_nodes"]),
+                     "witness": v.get("witness"), "api": v.get("api")})
+        for v in vols
+    )
 
 
 def placement_warnings(vols):
@@ -491,6 +782,9 @@ def parse_existing_services(existing_services, existing=None):
             if kind == "replica" and host not in entry.setdefault("replicas", []):
                 entry["replicas"].append(host)
             elif kind == "controller":
+                if entry.get("controller") not in (None, host):
+                    # (more than one: `controllers` lists them all; the layout record decides)
+                    entry["controllers"] = sorted(set(entry.get("controllers", []) + [entry["controller"], host]))
                 entry["controller"] = host
             elif kind == "witness" and (
                 entry.get("witness") is None

@@ -44,6 +44,10 @@ options:
     type: str
     choices: [auto, systemd, daemon]
     default: auto
+  controller_status:
+    description: Ask every running controller for its state (RV(controller_status)).
+    type: bool
+    default: true
 attributes:
   check_mode:
     support: full
@@ -124,6 +128,14 @@ controller_status:
   returned: always
   type: dict
   sample: {db: {state: serving, epoch: 7}}
+ports:
+  description:
+    - For every volume with a service config here, the ports its env files name - C(replica_port)
+      (C(--listen) of a replica or witness), C(api_port) and C(portal_host) (C(--api) and
+      C(--portal) of a controller). Placement keeps a volume's ports from these.
+  returned: always
+  type: dict
+  sample: {db: {replica_port: 9700, api_port: 9800, portal_host: 10.0.0.100}}
 service_manager:
   description: The service manager in use (C(systemd) or C(daemon)).
   returned: always
@@ -154,6 +166,27 @@ def _api_of(env_path):
     return words[words.index("--api") + 1] if "--api" in words[:-1] else None
 
 
+def _port_of(text):
+    """The port of HOST:PORT / [V6]:PORT (None when there is none)."""
+    port = (text or "").rsplit(":", 1)[-1] if ":" in (text or "") else ""
+    return int(port) if port.isdigit() else None
+
+
+def _ports_of(kind, env_path):
+    """{replica_port} of a replica/witness env file, {api_port, portal_host} of a controller's."""
+    words = env_args(env_path) or []
+    opts = dict((w, words[i + 1]) for i, w in enumerate(words[:-1]) if w.startswith("--"))
+    out = {}
+    if kind in ("replica", "witness") and _port_of(opts.get("--listen")):
+        out["replica_port"] = _port_of(opts["--listen"])
+    if kind == "controller":
+        if _port_of(opts.get("--api")):
+            out["api_port"] = _port_of(opts["--api"])
+        if opts.get("--portal"):
+            out["portal_host"] = opts["--portal"].rsplit(":", 1)[0].strip("[]")
+    return out
+
+
 def _controller_status(api):
     """{state, epoch} of the controller answering on `api` (asked from this host)."""
     if not api:
@@ -175,6 +208,7 @@ def main():
             data_dir=dict(type="path", default="/var/lib/jiva"),
             interface=dict(type="str", default=""),
             service_manager=dict(type="str", default="auto", choices=["auto", "systemd", "daemon"]),
+            controller_status=dict(type="bool", default=True),
         ),
         supports_check_mode=True,
     )
@@ -184,7 +218,7 @@ def main():
         manager = "systemd" if os.path.isdir("/run/systemd/system") else "daemon"
     out = dict(controllers=[], controllers_running=[], replicas=[], replicas_running=[], replica_data=[],
                witnesses=[], witnesses_running=[], witness_data=[],
-               portals=[], revision="", service_manager=manager, controller_status={})
+               portals=[], revision="", service_manager=manager, controller_status={}, ports={})
     try:
         names = sorted(os.listdir(p["config_dir"]))
     except OSError:
@@ -196,6 +230,7 @@ def main():
         if kind not in KINDS:
             continue
         out[KINDS[kind]].append(vol)
+        out["ports"].setdefault(vol, {}).update(_ports_of(kind, os.path.join(p["config_dir"], fname)))
         if not out["revision"]:
             try:
                 with open(os.path.join(p["config_dir"], fname)) as f:
@@ -215,7 +250,7 @@ def main():
                 up = supervisor_pid(os.path.join(p["run_dir"], name + ".pid")) is not None
             if up:
                 out[key + "_running"].append(vol)
-    for vol in out["controllers_running"]:
+    for vol in out["controllers_running"] if p["controller_status"] else []:
         env = os.path.join(p["config_dir"], "controller-%s.env" % vol)
         out["controller_status"][vol] = _controller_status(_api_of(env))
     for key, folder in (("replica_data", p["data_dir"]),

@@ -38,7 +38,19 @@ description:
   - Fails before anything is changed, with a message naming the volume and the variable, when the
     inventory is invalid, a volume asks for more replicas than there are eligible nodes, or a
     volume asks for a witness (C(witness=true)) that no eligible node can hold.
-  - Pure computation on the control node; it changes nothing.
+  - Ports - a volume keeps the ports it was given once - C(replica_port)/C(api_port) from the
+    inventory win; else what its running services use (O(node_state)); else what O(state_file)
+    recorded; else a new port - the base plus the volume's index when that port is free (what
+    clusters deployed before ports were recorded use), else the lowest free port from the base.
+    Removing or reordering volumes moves no port.
+  - Volumes with C(state=absent) are not placed; they are returned in RV(removed) (with their
+    C(delete_data) flag) for the playbook to stop and unconfigure everywhere.
+  - Volumes that run on a host (O(node_state), O(existing_services)) but are not in O(volumes) at
+    all are refused with O(unlisted=refuse), removed (data kept) with O(unlisted=remove).
+  - Hosts in O(hosts_down) are unreachable this run - what they run is taken from the layout
+    O(state_file) recorded, and nothing moves off them.
+  - Pure computation on the control node; it changes nothing on the hosts. With
+    O(write_state=true) it records the ports and the layout in O(state_file) (not in check mode).
 author:
   - jiva-py contributors (@jiva-py)
 options:
@@ -84,14 +96,46 @@ options:
         as site.yml collects them.
     type: dict
     default: {}
+  node_state:
+    description:
+      - M(jiva.storage.node_state) results by host, for the reachable hosts - the services they
+        run (like O(existing_services)) and the ports in their env files (C(ports)).
+    type: dict
+    default: {}
+  hosts_down:
+    description:
+      - Hosts that could not be reached this run; their services are unknown.
+    type: list
+    elements: str
+    default: []
+  state_file:
+    description:
+      - The HA state file on the control node - C(ports) (recorded ports) and C(volumes) (the
+        layout, used for O(hosts_down)).
+    type: path
+  write_state:
+    description:
+      - Record the ports and the layout in O(state_file), keeping its other keys (not in check
+        mode). The task reports no change either way - it changes nothing on a host.
+    type: bool
+    default: false
+  unlisted:
+    description:
+      - What to do about volumes that run but are not in O(volumes) - C(ignore), C(refuse)
+        (fail, naming them), C(remove) (return them in RV(removed), data kept).
+    type: str
+    choices: [ignore, refuse, remove]
+    default: ignore
   replica_port_base:
     description:
-      - A volume without C(replica_port) listens on this port plus its index in C(jiva_volumes).
+      - A new volume without C(replica_port) listens on this port plus its index in
+        C(jiva_volumes) when that port is free, else on the lowest free port from here.
     type: int
     default: 9700
   api_port_base:
     description:
-      - A volume without C(api_port) serves its management API on this port plus its index.
+      - A new volume without C(api_port) serves its management API on this port plus its index
+        when free, else on the lowest free port from here.
     type: int
     default: 9800
 attributes:
@@ -102,8 +146,8 @@ attributes:
     support: none
     description: Nothing changes, so there is nothing to diff.
 notes:
-  - Append new volumes at the end of C(jiva_volumes) or give their ports explicitly; derived
-    ports follow the position in the list.
+  - Ports are stable once recorded; keep O(state_file) with the inventory (the running services'
+    env files are the authority when it is lost).
 """
 
 EXAMPLES = r"""
@@ -149,6 +193,25 @@ volumes:
       quorum: majority
       iqn: "iqn.2026-11.org.jiva-py:db"
       moved: []
+removed:
+  description: Volumes to stop and unconfigure on every host - C(state=absent) entries and, with
+    O(unlisted=remove), volumes that are not listed.
+  returned: success
+  type: list
+  elements: dict
+  sample:
+    - {name: old, index: 2, listed: true, portal_host: 10.0.0.102, replica_port: 9702,
+       api_port: 9802, delete_data: false}
+ports:
+  description: The port record (C(replica_port), C(api_port), and C(state=absent) for volumes
+    being removed) by volume.
+  returned: success
+  type: dict
+hosts_down:
+  description: O(hosts_down).
+  returned: success
+  type: list
+  elements: str
 by_node:
   description: For every node, the volumes whose replicas, controllers and witnesses it runs.
   returned: success
@@ -160,12 +223,31 @@ by_node:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.jiva.storage.plugins.module_utils.jiva_ha import (
+    load_state_doc,
+    save_state_doc,
+)
 from ansible_collections.jiva.storage.plugins.module_utils.jiva_placement import (
     PlacementError,
+    layout_record,
     parse_existing_services,
-    place,
     placement_warnings,
+    plan_volumes,
+    running_ports,
 )
+
+
+def services_of(node_state):
+    """{host: [KIND-VOLUME.env]} from node_state results (the form of existing_services)."""
+    out = {}
+    for host, st in (node_state or {}).items():
+        if not isinstance(st, dict):
+            continue
+        names = []
+        for kind, key in (("replica", "replicas"), ("controller", "controllers"), ("witness", "witnesses")):
+            names += ["%s-%s.env" % (kind, v) for v in st.get(key) or []]
+        out[host] = names
+    return out
 
 
 def main():
@@ -185,19 +267,38 @@ def main():
             volumes=dict(type="list", elements="raw"),
             existing=dict(type="dict", default={}),
             existing_services=dict(type="dict", default={}),
+            node_state=dict(type="dict", default={}),
+            hosts_down=dict(type="list", elements="str", default=[]),
+            state_file=dict(type="path"),
+            write_state=dict(type="bool", default=False),
+            unlisted=dict(type="str", default="ignore", choices=["ignore", "refuse", "remove"]),
             replica_port_base=dict(type="int", default=9700),
             api_port_base=dict(type="int", default=9800),
         ),
         supports_check_mode=True,
     )
     p = module.params
-    existing = parse_existing_services(p["existing_services"], p["existing"])
     try:
-        volumes = place(
-            p["nodes"], p["volumes"], existing, p["replica_port_base"], p["api_port_base"]
+        doc = load_state_doc(p["state_file"])
+    except ValueError as exc:
+        module.fail_json(msg=str(exc))
+    recorded = doc.get("ports") or {}
+    services = dict(p["existing_services"])
+    services.update(services_of(p["node_state"]))
+    existing = parse_existing_services(services, p["existing"])
+    running = running_ports(
+        dict((h, st.get("ports")) for h, st in p["node_state"].items() if isinstance(st, dict)),
+        recorded,
+    )
+    try:
+        result = plan_volumes(
+            p["nodes"], p["volumes"], existing, p["replica_port_base"], p["api_port_base"],
+            recorded_ports=recorded, running=running, down=p["hosts_down"],
+            layout=doc.get("volumes") or {}, unlisted=p["unlisted"],
         )
     except PlacementError as exc:
         module.fail_json(msg="invalid jiva inventory: %s" % exc)
+    volumes = result["volumes"]
     by_node = dict(
         (n["name"], {"replicas": [], "controllers": [], "witnesses": []}) for n in p["nodes"]
     )
@@ -209,10 +310,13 @@ def main():
             by_node[vol["witness"]]["witnesses"].append(vol["name"])
     for msg in placement_warnings(volumes):
         module.warn(msg)
+    if p["write_state"] and p["state_file"] and not module.check_mode:
+        save_state_doc(p["state_file"], {"ports": result["ports"], "volumes": layout_record(volumes)})
     for vol in volumes:
         vol.pop("chap_secret", None)
         vol.pop("want_witness", None)
-    module.exit_json(changed=False, volumes=volumes, by_node=by_node)
+    module.exit_json(changed=False, volumes=volumes, by_node=by_node, removed=result["removed"],
+                     ports=result["ports"], hosts_down=p["hosts_down"])
 
 
 if __name__ == "__main__":
