@@ -20,7 +20,7 @@ description:
     metadata (C(DATA_DIR/_witness/VOL/meta.json)) and which addresses the portal interface holds.
     The failover play uses it to tell a dead process from a dead host.
   - It also lists the running services that still run an older config than their files say
-    (RV(controllers_stale), RV(replicas_stale), RV(witnesses_stale)): their restart was deferred
+    (RV(controllers_stale), RV(replicas_stale), RV(witnesses_stale)), whose restart was deferred
     (O(jiva.storage.replica#module:restart=false)); the rolling play restarts them.
   - Read-only.
 author:
