@@ -1,9 +1,9 @@
 """Rolling restart and upgrade on three local "nodes" (loopback addresses, local connection).
 
 site.yml never restarts the running services of a changed config at once: a changed controller
-setting is applied by its rolling play, one controller at a time; `upgrade.yml -e
-jiva_force_restart=true` replaces every replica, witness and controller process one at a time
-(PIDs checked) while a qemu-io session per volume writes through the portals: no failed write,
+setting is applied by its rolling play, one controller at a time; a new engine build +
+`upgrade.yml`, and `upgrade.yml -e jiva_force_restart=true` with nothing changed, each replace
+every replica, witness and controller process one at a time (PIDs checked) while a qemu-io session per volume writes through the portals: no failed write,
 every write reads back, and no volume ever has two voters down at once (sampled from the APIs).
 A degraded volume stops the roll before its first step, naming the volume."""
 
@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
+import tarfile
 import threading
 import time
 import urllib.request
@@ -149,6 +151,19 @@ def qemu(vol: str) -> QemuIoSession:
     return s
 
 
+def new_wheelhouse(base: Path) -> Path:
+    """A copy of the test's wheelhouse with one more file: another archive, so another engine
+    revision (its sha256), installing the same wheels."""
+    src, out = base / "wheelhouse", base / "wheelhouse2"
+    shutil.copytree(src, out)
+    (out / "BUILD-NOTE").write_text("a rebuilt engine\n")
+    with tarfile.open(f"{out}.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name in sorted(os.listdir(out)):
+            if name.endswith(".whl") or name == "BUILD-NOTE":
+                tar.add(out / name, arcname=name)
+    return out
+
+
 def restarts(base: Path) -> list[tuple[float, str]]:
     """(monotonic time, "NODE/KIND-VOL") of each service's last (re)start, from its start record."""
     shift = time.time() - time.monotonic()
@@ -216,35 +231,40 @@ def test_rolling_restart_and_upgrade(tmp_path):
         again = run_playbook("site.yml", cfg, home, *base_args, "-e", "jiva_replica_timeout=4")
         assert again.rc == 0 and again.changed() == 0, again.output
 
-        # 2. upgrade.yml -e jiva_force_restart=true: every process replaced, one at a time
-        before = services(tmp_path)
-        sessions = {v: qemu(v) for v in APIS}
-        t0 = time.monotonic()
-        with Sampler() as smp:
-            up = run_playbook(
-                "upgrade.yml", cfg, home, *base_args, "-e", "jiva_replica_timeout=4",
-                "-e", "jiva_force_restart=true",
-            )  # fmt: skip
-        t1 = time.monotonic()
-        assert up.rc == 0, up.output
-        gaps = check(sessions, t0, t1, tmp_path)
-        after = services(tmp_path)
-        assert after.keys() == before.keys(), (before, after)
-        same = [k for k in before if before[k] == after[k]]
-        assert same == [], f"not restarted: {same}"
-        assert smp.max_down == {"uv1": 1, "uv2": 1}, (smp.max_down, smp.worst)
-        assert smp.both_down == 0
-        assert all(healthy(v) for v in APIS)
-        print(
-            f"upgrade.yml -e jiva_force_restart=true: {up.seconds:.1f} s, {len(before)} processes, "
-            f"longest pause {gaps}, API samples {smp.samples}"
-        )
-        assert (
-            run_playbook(
-                "upgrade.yml", cfg, home, *base_args, "-e", "jiva_replica_timeout=4"
-            ).changed()
-            == 0
-        )
+        # 2. a new engine build (another wheelhouse archive: another revision), upgrade.yml:
+        # every process replaced, one at a time; then the same with jiva_force_restart=true and
+        # nothing changed (after OS patches)
+        args = [
+            *base_args,
+            "-e",
+            "jiva_replica_timeout=4",
+            "-e",
+            f"jiva_control_wheelhouse={new_wheelhouse(tmp_path)}",
+        ]
+        for what, extra in (
+            ("new engine revision", []),
+            ("jiva_force_restart=true", ["-e", "jiva_force_restart=true"]),
+        ):
+            before = services(tmp_path)
+            sessions = {v: qemu(v) for v in APIS}
+            t0 = time.monotonic()
+            with Sampler() as smp:
+                up = run_playbook("upgrade.yml", cfg, home, *args, *extra)
+            t1 = time.monotonic()
+            assert up.rc == 0, up.output
+            gaps = check(sessions, t0, t1, tmp_path)
+            after = services(tmp_path)
+            assert after.keys() == before.keys(), (before, after)
+            same = [k for k in before if before[k] == after[k]]
+            assert same == [], f"{what}: not restarted: {same}"
+            assert smp.max_down == {"uv1": 1, "uv2": 1}, (what, smp.max_down, smp.worst)
+            assert smp.both_down == 0, what
+            assert all(healthy(v) for v in APIS)
+            print(
+                f"upgrade.yml ({what}): {up.seconds:.1f} s, {len(before)} processes, "
+                f"longest pause {gaps}, API samples {smp.samples}"
+            )
+        assert run_playbook("upgrade.yml", cfg, home, *args).changed() == 0
 
         # 3. a degraded volume (a replica that hangs: SIGSTOP) stops the roll before its first step
         frozen = int(next(tmp_path.glob("nodes/n2/run/replica-uv1.pid.child")).read_text())
@@ -252,7 +272,7 @@ def test_rolling_restart_and_upgrade(tmp_path):
         eventually_sync(lambda: not healthy("uv1"), timeout=30, what="uv1 degraded")
         before = services(tmp_path)
         stopped = run_playbook(
-            "upgrade.yml", cfg, home, *base_args, "-e", "jiva_replica_timeout=4",
+            "upgrade.yml", cfg, home, *args,
             "-e", "jiva_force_restart=true", "-e", "jiva_rolling_gate_retries=2",
         )  # fmt: skip
         assert stopped.rc != 0
