@@ -106,7 +106,15 @@ KINDS = ("replica", "witness", "controller")
 def main():
     """Run the module."""
     spec = dict(services=dict(type="list", elements="str", required=True))
-    for key in ("config_dir", "run_dir", "log_dir", "venv", "service_manager", "start_timeout", "alive_check"):
+    for key in (
+        "config_dir",
+        "run_dir",
+        "log_dir",
+        "venv",
+        "service_manager",
+        "start_timeout",
+        "alive_check",
+    ):
         spec[key] = SERVICE_COMMON_ARGS[key]
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
     p = module.params
@@ -114,7 +122,10 @@ def main():
     for name in p["services"]:
         kind, _sep, volume = name.partition("-")
         if kind not in KINDS or not volume:
-            module.fail_json(msg="%r is not a jiva service name (KIND-VOLUME, KIND: %s)" % (name, ", ".join(KINDS)))
+            module.fail_json(
+                msg="%r is not a jiva service name (KIND-VOLUME, KIND: %s)"
+                % (name, ", ".join(KINDS))
+            )
         svc = Service(module, kind, volume)
         if not os.path.exists(svc.env_path):
             module.fail_json(msg="%s is not configured on this host (no %s)" % (name, svc.env_path))
@@ -131,8 +142,11 @@ def main():
             pid = svc._pid()
             if pid is None or read_file(svc.pidfile + ".crashes") is not None:
                 tail = (read_file(svc.logfile) or "")[-2000:]
-                module.fail_json(msg="%s is not running after its restart; log tail:\n%s" % (svc.name, tail),
-                                 restarted=[s.name for s in svcs], pids=pids)
+                module.fail_json(
+                    msg="%s is not running after its restart; log tail:\n%s" % (svc.name, tail),
+                    restarted=[s.name for s in svcs],
+                    pids=pids,
+                )
             pids[svc.name] = pid
     module.exit_json(changed=bool(svcs), restarted=[s.name for s in svcs], pids=pids)
 
