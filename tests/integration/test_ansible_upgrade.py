@@ -5,7 +5,9 @@ setting is applied by its rolling play, one controller at a time; a new engine b
 `upgrade.yml`, and `upgrade.yml -e jiva_force_restart=true` with nothing changed, each replace
 every replica, witness and controller process one at a time (PIDs checked) while a qemu-io session per volume writes through the portals: no failed write,
 every write reads back, and no volume ever has two voters down at once (sampled from the APIs).
-A degraded volume stops the roll before its first step, naming the volume."""
+A degraded volume stops the roll before its first step, naming the volume; with a config change
+the roll stops before the step that needs it, leaves the rest stale (node_state) and the next run
+finishes it."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 import tarfile
 import threading
 import time
@@ -25,7 +28,9 @@ import yaml
 
 from tests.faults.ha_harness import QemuIoSession, abandon_workloads, longest_gap
 from tests.sandbox import (  # noqa: F401 - local_daemons_fixture provides the fixture
+    BIN,
     ROOT,
+    ansible_env,
     frozen_wheelhouse,
     local_daemons_fixture,
     run_playbook,
@@ -149,6 +154,22 @@ def qemu(vol: str) -> QemuIoSession:
     s.start()
     s.wait_writes(5)
     return s
+
+
+def node_state(base: Path, node: str) -> dict:
+    """jiva.storage.node_state of one local node (an ad-hoc run; its JSON result)."""
+    n = base / "nodes" / node
+    args = f"config_dir={n}/etc run_dir={n}/run data_dir={n}/data service_manager=daemon"
+    env = {
+        **ansible_env(ROOT / "ansible.cfg", base / "ansible-home"),
+        "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
+    }
+    p = subprocess.run(
+        [str(BIN / "ansible"), "localhost", "-m", "jiva.storage.node_state", "-a", args, "-o"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    return json.loads(p.stdout.split("=>", 1)[1])
 
 
 def new_wheelhouse(base: Path) -> Path:
@@ -279,9 +300,30 @@ def test_rolling_restart_and_upgrade(tmp_path):
         assert "rolling restart stopped before restarting" in stopped.output, stopped.output
         assert "volume(s) uv1 still degraded" in stopped.output, stopped.output
         assert services(tmp_path) == before, "a process was restarted although uv1 was degraded"
+
+        # 4. the same with a config change (site.yml): n1's controller of uv1 may restart (its gate
+        # leaves uv1 out: that restart takes no voter away), n2's of uv2 is stopped by uv1; its
+        # new config is written, the process is left stale (node_state says so) and the next
+        # run, once uv1 is healthy, finishes the roll
+        ctl2 = "n2/controller-uv2"
+        changed = [*args, "-e", "jiva_replica_timeout=5"]
+        half = run_playbook(
+            "site.yml", cfg, home, *changed, "-e", "jiva_rolling_gate_retries=2"
+        )  # fmt: skip
+        assert half.rc != 0
+        assert "before restarting the controller of uv2 on n2" in half.output, half.output
+        assert "volume(s) uv1 still degraded" in half.output, half.output
+        assert services(tmp_path)[ctl2] == before[ctl2]
+        assert "--replica-timeout 5" in (tmp_path / "nodes/n2/etc/controller-uv2.env").read_text()
+        assert node_state(tmp_path, "n2")["controllers_stale"] == ["uv2"]
         os.kill(frozen, signal.SIGCONT)
         frozen = 0
         eventually_sync(lambda: healthy("uv1"), timeout=60, what="uv1 healthy again")
+        rest = run_playbook("site.yml", cfg, home, *changed)
+        assert rest.rc == 0, rest.output
+        assert services(tmp_path)[ctl2] != before[ctl2]
+        assert node_state(tmp_path, "n2")["controllers_stale"] == []
+        assert run_playbook("site.yml", cfg, home, *changed).changed() == 0
     finally:
         if frozen:
             os.kill(frozen, signal.SIGCONT)
