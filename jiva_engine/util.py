@@ -109,6 +109,18 @@ def read_secret(path: str | Path, what: str = "secret") -> str:
     return text
 
 
+def read_secret_pair(
+    path: str | None, previous_path: str | None, what: str = "secret", option: str = "--secret-file"
+) -> tuple[str | None, str | None]:
+    """(current, previous) from `option` and its `--previous-...` twin: the previous secret is
+    the one being rotated out, accepted but never presented, so it needs a current one."""
+    if previous_path and not path:
+        raise ValueError(f"--previous-{option[2:]} needs {option}")
+    current = read_secret(path, what) if path else None
+    previous = read_secret(previous_path, f"previous {what}") if previous_path else None
+    return current, previous
+
+
 def setup_logging(level: str, tag: str) -> None:
     """Log to stderr as `TIME TAG LEVEL message` (a daemon's output goes to its log file)."""
     logging.basicConfig(

@@ -37,14 +37,16 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
 
 
 def _authorised(request: web.Request) -> bool:
-    token = request.app[_CONF]["token"]
-    if not token:
+    tokens = request.app[_CONF]["tokens"]  # the token, then (a rotation) the previous one
+    if not tokens:
         return True
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        given.strip().encode(), token.encode()
-    )
+    if scheme.lower() != "bearer":
+        return False
+    # compare with every token, so the time taken does not tell which one nearly matched
+    matches = [hmac.compare_digest(given.strip().encode(), t.encode()) for t in tokens]
+    return any(matches)
 
 
 def _unauthorised() -> web.Response:
@@ -265,12 +267,18 @@ async def post_grow(request: web.Request) -> web.Response:
 
 
 def make_app(
-    volume: Volume, token: str | None = None, portal: str | None = None, iqn: str | None = None
+    volume: Volume,
+    token: str | None = None,
+    portal: str | None = None,
+    iqn: str | None = None,
+    previous_token: str | None = None,
 ) -> web.Application:
-    """Build the aiohttp application for one volume."""
+    """Build the aiohttp application for one volume; mutating calls need `token` (or, during a
+    rotation, `previous_token`) when one is set."""
     app = web.Application(middlewares=[_json_errors])
     app[_VOLUME] = volume
-    app[_CONF] = {"token": token, "portal": portal, "iqn": iqn}
+    tokens = [t for t in (token, previous_token if token else None) if t]
+    app[_CONF] = {"tokens": tokens, "portal": portal, "iqn": iqn}
     app.router.add_get("/v1/volume", get_volume)
     app.router.add_get("/v1/stats", get_stats)
     app.router.add_get("/metrics", get_metrics)
@@ -301,9 +309,10 @@ async def start_api(
     token: str | None = None,
     portal: str | None = None,
     iqn: str | None = None,
+    previous_token: str | None = None,
 ) -> ApiServer:
     """Serve the API on host:port (port 0 picks a free one, see ApiServer.port)."""
-    runner = web.AppRunner(make_app(volume, token, portal, iqn), access_log=None)
+    runner = web.AppRunner(make_app(volume, token, portal, iqn, previous_token), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

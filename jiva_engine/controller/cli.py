@@ -14,7 +14,7 @@ from jiva_engine.util import (
     config_error,
     parse_hostport,
     parse_size,
-    read_secret,
+    read_secret_pair,
     run_loop,
     setup_logging,
 )
@@ -61,7 +61,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", help="expected volume size (512M, 10G, ...); checked on replicas")
     p.add_argument("--replica-timeout", type=float, default=3.0, help="seconds (default 3)")
     p.add_argument("--secret-file", help="file holding the controller<->replica shared secret")
+    p.add_argument(
+        "--previous-secret-file",
+        help="the shared secret being rotated out: presented to a replica or witness that refuses"
+        " the current one",
+    )
     p.add_argument("--token-file", help="file holding the API bearer token for mutating calls")
+    p.add_argument(
+        "--previous-token-file",
+        help="the API token being rotated out: also accepted until the rotation ends",
+    )
     add_access_arguments(p)
     p.add_argument("--rebuild-rate", type=float, help="rebuild throttle in MiB/s (default none)")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
@@ -105,6 +114,10 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
     if args.rebuild_rate is not None and args.rebuild_rate <= 0:
         raise ValueError("--rebuild-rate must be positive (MiB/s)")
     access = access_options(args)
+    secret, previous = read_secret_pair(args.secret_file, args.previous_secret_file)
+    token, previous_token = read_secret_pair(
+        args.token_file, args.previous_token_file, "API token", "--token-file"
+    )
     return {
         "volume": args.volume,
         "api": parse_hostport(args.api),
@@ -115,8 +128,10 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         "hold": args.quorum_hold,
         "size": parse_size(args.size) if args.size else None,
         "timeout": args.replica_timeout,
-        "secret": read_secret(args.secret_file).encode() if args.secret_file else None,
-        "token": read_secret(args.token_file, "API token") if args.token_file else None,
+        # presented in this order: the current secret, then (a rotation) the previous one
+        "secret": tuple(s.encode() for s in (secret, previous) if s) or None,
+        "token": token,
+        "previous_token": previous_token,
         "access": access,
         "rebuild_rate": args.rebuild_rate * (1 << 20) if args.rebuild_rate else None,
     }
@@ -146,7 +161,14 @@ async def _serve(cfg: dict) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await volume.start()
-    api = await start_api(volume, *cfg["api"], token=cfg["token"], portal=portal, iqn=iqn)
+    api = await start_api(
+        volume,
+        *cfg["api"],
+        token=cfg["token"],
+        previous_token=cfg["previous_token"],
+        portal=portal,
+        iqn=iqn,
+    )
     try:
         if cfg["portal"]:
             tcfg = TargetConfig(iqn, **cfg["access"])

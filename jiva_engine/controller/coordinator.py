@@ -73,7 +73,7 @@ class Coordinator:
         size: int | None = None,
         policy: Policy = Policy.MAJORITY,
         replica_timeout: float = 3.0,
-        secret: str | bytes | None = None,
+        secret: str | bytes | tuple[str | bytes, ...] | None = None,
         retry_interval: float = 1.0,
         connector: Connector = tcp_connector,
     ) -> None:
@@ -460,7 +460,11 @@ class Coordinator:
 
             async def resync(off: int, ln: int) -> None:
                 async with gate:
-                    await copy_range(self.ranges, src, others, off, ln, epoch, rebuild=False)
+                    # past writes parked in the range lock: writes in flight when every member
+                    # was lost wait there for this claim (they re-send themselves afterwards)
+                    await copy_range(
+                        self.ranges, src, others, off, ln, epoch, rebuild=False, past_parked=True
+                    )
 
             await wait_all([asyncio.ensure_future(resync(o, n)) for o, n in spans])
         for p in members:

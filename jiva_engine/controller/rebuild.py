@@ -108,7 +108,14 @@ def plan_copy(
 
 
 async def copy_range(
-    ranges: RangeLock, src: Peer, dsts: list[Peer], off: int, ln: int, epoch: int, rebuild: bool
+    ranges: RangeLock,
+    src: Peer,
+    dsts: list[Peer],
+    off: int,
+    ln: int,
+    epoch: int,
+    rebuild: bool,
+    past_parked: bool = False,
 ) -> int:
     """Copy [off, off+ln) from src to dsts under the range lock; holes become holes.
 
@@ -116,7 +123,7 @@ async def copy_range(
     hole, so the copy costs a few round trips whatever the layout (random 4K writes leave
     thousands of extents in a span; one round trip each made a 9 MiB resync take 14 s)."""
     end = off + ln
-    async with ranges.hold(off, ln):
+    async with ranges.hold(off, ln, past_parked=past_parked):
         data = clip(await src.link.extents(off, ln), off, end)
         work: list[Awaitable[Any]] = [
             d.link.unmap(h, n, epoch) for h, n in holes(data, off, end) for d in dsts

@@ -20,7 +20,7 @@ from jiva_engine.controller.coordinator import Coordinator
 from jiva_engine.controller.grow import Grower
 from jiva_engine.controller.membership import Phase, Policy
 from jiva_engine.controller.peers import ERR, RW, WO, Peer
-from jiva_engine.controller.rangelock import RangeLock
+from jiva_engine.controller.rangelock import Lease, RangeLock
 from jiva_engine.controller.rebuild import Rebuilder, clip
 from jiva_engine.protocol import wire
 from jiva_engine.protocol.client import (
@@ -53,10 +53,13 @@ DEFAULT_HOLD = 15.0  # seconds I/O waits for a quorum before it fails with NOT R
 class _Op:
     """One replicated write/unmap in flight (kept so it can be re-sent after a view change)."""
 
-    __slots__ = ("kind", "offset", "data", "length", "fua", "on", "done")
+    __slots__ = ("kind", "offset", "data", "length", "fua", "on", "done", "lease")
 
-    def __init__(self, kind: str, offset: int, data: Any, length: int, fua: bool) -> None:
+    def __init__(
+        self, kind: str, offset: int, data: Any, length: int, fua: bool, lease: Lease | None = None
+    ) -> None:
         self.kind = kind
+        self.lease = lease  # its range lock (None for a flush)
         self.offset = offset
         self.data = data
         self.length = length
@@ -82,7 +85,7 @@ class Volume:
         witnesses: list[str] | tuple[str, ...] = (),
         size: int | None = None,
         replica_timeout: float = 3.0,
-        secret: str | bytes | None = None,
+        secret: str | bytes | tuple[str | bytes, ...] | None = None,
         rebuild_rate: float | None = None,
         retry_interval: float = 1.0,
         quorum: str | Policy = Policy.MAJORITY,
@@ -348,8 +351,8 @@ class Volume:
         # admitted before the range lock: a write held while the controller starts must not
         # hold the range its start-up resynchronisation copies (that waited out the hold)
         await self._admit(False)
-        async with self.ranges.hold(offset, n):
-            await self._replicate(_Op("write", offset, data, n, fua))
+        async with self.ranges.hold(offset, n) as lease:
+            await self._replicate(_Op("write", offset, data, n, fua, lease))
         st = self.io_stats
         st["writes"] += 1
         st["write_bytes"] += n
@@ -361,8 +364,8 @@ class Volume:
         if length == 0:
             return
         await self._admit(False)  # before the range lock (see write)
-        async with self.ranges.hold(offset, length):
-            await self._replicate(_Op("unmap", offset, None, length, False))
+        async with self.ranges.hold(offset, length) as lease:
+            await self._replicate(_Op("unmap", offset, None, length, False, lease))
         self.io_stats["unmaps"] += 1
 
     async def flush(self) -> None:
@@ -422,19 +425,28 @@ class Volume:
     async def _replicate(self, op: _Op) -> None:
         """Send `op` to every RW and WO replica in one synchronous step; acknowledge it once
         every member of the committed view holds it (rules 1 and Q3)."""
-        await self._admit(False)
+        await self._readmit(op)
         coord = self.coord
         targets = [m for m in coord.replicas() if m.mode in (RW, WO) and m.client]
+        failed: list[tuple[Peer, BaseException]] = []
         if not any(m.mode == RW for m in targets):
-            raise VolumeIOError(f"{op.kind}: no current replica")
-        issued = self._issue(targets, op, coord.mem.epoch)  # all frames queued right here
+            # members whose connection is gone but whose failure is not decided yet (every
+            # replica restarting at once): they fail now, and the op waits for the view change
+            # (held, not failed) like one that found them gone in flight
+            away = [m for m in coord.replicas() if m.mode == RW]
+            if not away:
+                raise VolumeIOError(f"{op.kind}: no current replica")
+            failed = [
+                (m, ReplicaUnavailable(f"replica {m.address} is not connected")) for m in away
+            ]
+            targets = []
+        issued = self._issue(targets, op, coord.mem.epoch) if targets else None  # queued here
         op.done = asyncio.get_running_loop().create_future()
         oid = next(self._op_ids)
         # stays "in flight" until acknowledged, so a view change re-sends it
         self._inflight[oid] = op
         try:
-            failed: list[tuple[Peer, BaseException]] = []
-            for m, r in zip(targets, await issued, strict=True):
+            for m, r in zip(targets, await issued if issued else [], strict=True):
                 if r is not None:
                     failed.append((m, r))
                 else:
@@ -443,21 +455,41 @@ class Volume:
             while failed or not coord.open:  # else every target, so every member, has it
                 if failed:
                     await coord.failures(failed)
-                await self._admit(False)
+                await self._readmit(op)
                 missing = [p for p in coord.rw_peers() if p.key not in op.on]
                 if coord.mem.covers(op.on) and not missing:
                     break
-                # a member without it (its answer was lost in a view change): it leaves too
-                failed = [(p, ReplicaUnavailable(f"{op.kind} not confirmed")) for p in missing]
-                if not failed:
+                if not missing:
                     self.io_stats["write_errors"] += 1
                     raise VolumeIOError(f"{op.kind} {op.offset}+{op.length}: no member holds it")
+                # a member without it (it returned, or its answer was lost in a view change): it
+                # gets it now; the op still holds its range, so nothing overlapping went between
+                res = await self._issue(missing, op, coord.mem.epoch)
+                failed = [(m, r) for m, r in zip(missing, res, strict=True) if r is not None]
+                op.on.update(m.key for m, r in zip(missing, res, strict=True) if r is None)
         except VolumeNotReady:
             self.io_stats["write_errors"] += 1
             raise
         finally:
             del self._inflight[oid]
             op.done.set_result(None)
+
+    async def _readmit(self, op: _Op) -> None:
+        """Wait for admission again (a view change or a lost quorum) while holding `op`'s range.
+
+        Parked meanwhile: when every member was lost, the controller claims the volume again
+        and resynchronises the dirty regions before it serves, and this range is one of them;
+        that copy goes past the parked op, which then re-sends itself to every member (the copy
+        may have replaced what it wrote on one of them)."""
+        coord = self.coord
+        if coord.open or op.lease is None:
+            await self._admit(False)
+            return
+        term = coord.mem.epoch >> 32
+        async with self.ranges.parked(op.lease):
+            await self._admit(False)
+        if coord.mem.epoch >> 32 != term:  # claimed again: the resync may have copied over it
+            op.on.clear()
 
     async def _resend(self) -> list[tuple[Peer, BaseException]]:
         """After a view change: re-send every write/unmap in flight to the current targets

@@ -57,11 +57,16 @@ def hello_body(volume: str, nonce: str, secret: bytes | None, kind: str, voter_i
             "id": voter_id}  # fmt: skip
 
 
-def answer_auth(secret: bytes | None, volume: str, nonce: str, body: object) -> str:
+def answer_auth(
+    secret: bytes | None, volume: str, nonce: str, body: object, previous: bytes | None = None
+) -> str:
     """Check a client's AUTH body; return the server's proof ("" without a secret).
 
-    Raises Refused for another volume's controller or a wrong/missing MAC, ValueError when the
-    body is not a JSON object (a malformed frame).
+    `previous` is a second secret accepted during a rotation (ENGINE.md "Authentication and
+    secret rotation"): a client proving either one is in, and the proof returned is made with the
+    secret the client proved, so the client can check it. Raises Refused for another volume's
+    controller or a wrong/missing MAC, ValueError when the body is not a JSON object (a malformed
+    frame).
     """
     if not isinstance(body, dict):
         raise ValueError("AUTH payload must be a JSON object")
@@ -74,11 +79,12 @@ def answer_auth(secret: bytes | None, volume: str, nonce: str, body: object) -> 
     cnonce = body.get("cnonce")
     if not isinstance(cnonce, str):
         raise Refused("authentication failed")
-    try:
-        ok = verify(client_mac(secret, volume, nonce, cnonce), body.get("mac"))
-        answer = server_mac(secret, volume, nonce, cnonce)
-    except (TypeError, ValueError, AttributeError):
-        ok = False
-    if not ok:
-        raise Refused("authentication failed")
-    return answer
+    for accepted in (secret, previous):
+        if accepted is None:
+            continue
+        try:
+            if verify(client_mac(accepted, volume, nonce, cnonce), body.get("mac")):
+                return server_mac(accepted, volume, nonce, cnonce)
+        except (TypeError, ValueError, AttributeError):
+            break  # a malformed cnonce fails with either secret
+    raise Refused("authentication failed")

@@ -63,6 +63,8 @@ class _ClientProtocol(wire.RecvBuffer, asyncio.BufferedProtocol):
         self.big_hdr: tuple[int, int, int] = (0, 0, 0)  # op, status, req_id
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.client._protocol is not self:
+            return  # a connection this client closed itself (and may have replaced: connect())
         self.client._lost(f"connection lost: {exc}" if exc else "connection closed by the replica")
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -138,8 +140,16 @@ class _ClientProtocol(wire.RecvBuffer, asyncio.BufferedProtocol):
             self.start = pos
 
 
+class _SecretRefused(ReplicaError):
+    """The replica answered AUTH with AUTH_FAILED: it does not accept the secret presented."""
+
+
 class ReplicaClient:
     """One connection to one replica; see DESIGN.md §3 for the operations.
+
+    `secret` is one secret, or a tuple of them to present in turn (a rotation: the current one,
+    then the previous): when the replica refuses one (AUTH_FAILED), `connect` opens a new
+    connection with the next (ENGINE.md "Authentication and secret rotation").
 
     `read`, `write`, `flush` and `unmap` are plain methods returning an awaitable future, so the
     frame is queued at call time (issue order == wire order == apply order). A request that gets no
@@ -152,19 +162,22 @@ class ReplicaClient:
         host: str,
         port: int,
         volume: str,
-        secret: str | bytes | None = None,
+        secret: str | bytes | tuple[str | bytes, ...] | None = None,
         timeout: float = 3.0,
     ) -> None:
         self.host = host
         self.port = port
         self.volume = volume
-        self.secret = secret
+        candidates = secret if isinstance(secret, tuple) else (secret,)
+        self.secrets: tuple[str | bytes, ...] = tuple(s for s in candidates if s)
+        self.secret: str | bytes | None = self.secrets[0] if self.secrets else None  # presented
         self.timeout = timeout
         self.address = f"{host}:{port}"
         self.epoch = 0  # highest epoch this client has used; default for fenced control ops
         self.hello: dict[str, Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._transport: asyncio.Transport | None = None
+        self._protocol: _ClientProtocol | None = None
         self._pending: dict[int, asyncio.Future] = {}
         self._into: dict[int, memoryview] = {}  # read_into destinations by request id
         # (deadline, last req_id) per flushed batch: one entry per send, not per request
@@ -184,12 +197,30 @@ class ReplicaClient:
         return self._ready and self._transport is not None and self._closed_reason is None
 
     async def connect(self) -> None:
-        """Open the connection and run the HELLO/AUTH handshake (ReplicaError on refusal)."""
+        """Open the connection and run the HELLO/AUTH handshake (ReplicaError on refusal).
+
+        A replica that refuses the secret is tried again with the next one in `secrets`."""
+        for i, secret in enumerate(self.secrets or (None,)):
+            self.secret = secret
+            try:
+                return await self._connect_once()
+            except _SecretRefused as e:
+                if i + 1 == len(self.secrets):
+                    raise ReplicaError(e.status, e.message) from None
+                log.info(
+                    "replica %s refused secret %d of %d (a rotation in progress): presenting the"
+                    " next",
+                    self.address,
+                    i + 1,
+                    len(self.secrets),
+                )
+
+    async def _connect_once(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
         self._hello_fut = loop.create_future()
         try:
             transport, _ = await asyncio.wait_for(
-                loop.create_connection(lambda: _ClientProtocol(self), self.host, self.port),
+                loop.create_connection(self._new_protocol, self.host, self.port),
                 self.timeout,
             )
         except (TimeoutError, OSError) as e:
@@ -203,6 +234,10 @@ class ReplicaClient:
             await self.close()
             raise
         self._ready = True
+
+    def _new_protocol(self) -> _ClientProtocol:
+        self._protocol = _ClientProtocol(self)  # the only one whose loss is this client's
+        return self._protocol
 
     async def _handshake(self) -> None:
         assert self._hello_fut is not None  # made by connect()
@@ -229,7 +264,14 @@ class ReplicaClient:
         mac = (
             auth.client_mac(self.secret, self.volume, hello["nonce"], cnonce) if self.secret else ""
         )
-        answer = await self._json(wire.AUTH, {"volume": self.volume, "mac": mac, "cnonce": cnonce})
+        try:
+            answer = await self._json(
+                wire.AUTH, {"volume": self.volume, "mac": mac, "cnonce": cnonce}
+            )
+        except ReplicaError as e:
+            if e.status == wire.AUTH_FAILED and self.secret:
+                raise _SecretRefused(e.status, e.message) from None
+            raise
         if self.secret:
             want = auth.server_mac(self.secret, self.volume, hello["nonce"], cnonce)
             if not isinstance(answer, dict) or not auth.verify(want, answer.get("mac")):
@@ -260,6 +302,7 @@ class ReplicaClient:
         if self._closed_reason is None:
             self._closed_reason = reason
         self._transport = None
+        self._protocol = None  # its connection_lost, still to come after a close, is ignored
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None

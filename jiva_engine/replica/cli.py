@@ -14,7 +14,7 @@ from jiva_engine.util import (
     config_error,
     parse_hostport,
     parse_size,
-    read_secret,
+    read_secret_pair,
     run_loop,
     setup_logging,
 )
@@ -29,6 +29,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dir", required=True, help="data directory (created if missing)")
     p.add_argument("--size", required=True, help="volume size: 512M, 10G, 1T or bytes")
     p.add_argument("--secret-file", help="shared secret the controller must prove")
+    p.add_argument(
+        "--previous-secret-file",
+        help="the secret being rotated out: also accepted until the rotation ends",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument(
         "--sync-interval",
@@ -56,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         size = parse_size(args.size)
         region = parse_size(args.region_size)
         host, port = parse_hostport(args.listen)
-        secret = read_secret(args.secret_file).encode() if args.secret_file else None
+        secret, previous = read_secret_pair(args.secret_file, args.previous_secret_file)
     except ValueError as e:
         return config_error("replica", str(e))
     if args.sync_interval <= 0:
@@ -69,7 +73,13 @@ def run(args: argparse.Namespace) -> int:
         return config_error("replica", str(e))
     except OSError as e:
         return config_error("replica", f"cannot open {args.dir}: {e}")
-    server = ReplicaServer(store, secret, args.sync_interval, args.writer_silence)
+    server = ReplicaServer(
+        store,
+        secret.encode() if secret else None,
+        args.sync_interval,
+        args.writer_silence,
+        previous.encode() if previous else None,
+    )
     return run_loop(_serve(server, host, port))
 
 

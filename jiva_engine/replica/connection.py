@@ -615,7 +615,9 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
         store = self.store
         try:
             body = wire.loads(bytes(f.payload))
-            answer = auth.answer_auth(self.server.secret, store.volume, self.nonce, body)
+            answer = auth.answer_auth(
+                self.server.secret, store.volume, self.nonce, body, self.server.previous_secret
+            )
         except (ValueError, wire.FrameError) as e:
             raise _Malformed(str(e)) from None
         except auth.Refused as e:

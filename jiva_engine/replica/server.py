@@ -94,9 +94,11 @@ class ReplicaServer:
         secret: bytes | None = None,
         sync_interval: float = 5.0,
         writer_silence: float = 1.5,
+        previous_secret: bytes | None = None,
     ) -> None:
         self.store = store
         self.secret = secret
+        self.previous_secret = previous_secret  # also accepted, during a rotation
         self.sync_interval = sync_interval
         # a writing controller not heard from for this long may be cut off from its other
         # replicas with writes in flight: its regions are pinned before the lazy clearing runs

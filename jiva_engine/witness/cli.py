@@ -10,7 +10,13 @@ import signal
 
 from jiva_engine.protocol import voting
 from jiva_engine.replica.store import StoreError
-from jiva_engine.util import config_error, parse_hostport, read_secret, run_loop, setup_logging
+from jiva_engine.util import (
+    config_error,
+    parse_hostport,
+    read_secret_pair,
+    run_loop,
+    setup_logging,
+)
 from jiva_engine.witness.server import WitnessServer
 from jiva_engine.witness.store import WitnessStore
 
@@ -23,6 +29,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to serve on")
     p.add_argument("--dir", required=True, help="folder for its metadata (a few KiB; created)")
     p.add_argument("--secret-file", help="shared secret the controller must prove (as replicas)")
+    p.add_argument(
+        "--previous-secret-file",
+        help="the secret being rotated out: also accepted until the rotation ends",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -31,15 +41,25 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, f"witness[{args.volume}@{args.listen}]")
     try:
         host, port = parse_hostport(args.listen)
-        secret = read_secret(args.secret_file).encode() if args.secret_file else None
+        secret, previous = read_secret_pair(args.secret_file, args.previous_secret_file)
         store = WitnessStore(args.dir, args.volume)
     except (ValueError, StoreError) as e:
         return config_error("witness", str(e))
-    return run_loop(_serve(store, host, port, secret))
+    return run_loop(
+        _serve(
+            store,
+            host,
+            port,
+            secret.encode() if secret else None,
+            previous.encode() if previous else None,
+        )
+    )
 
 
-async def _serve(store: WitnessStore, host: str, port: int, secret: bytes | None) -> int:
-    server = WitnessServer(store, secret)
+async def _serve(
+    store: WitnessStore, host: str, port: int, secret: bytes | None, previous: bytes | None = None
+) -> int:
+    server = WitnessServer(store, secret, previous)
     try:
         await server.start(host, port)
     except OSError as e:

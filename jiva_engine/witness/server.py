@@ -36,9 +36,12 @@ class _Conn:
 class WitnessServer:
     """Accepts controller connections for one WitnessStore."""
 
-    def __init__(self, store: WitnessStore, secret: bytes | None = None) -> None:
+    def __init__(
+        self, store: WitnessStore, secret: bytes | None = None, previous_secret: bytes | None = None
+    ) -> None:
         self.store = store
         self.secret = secret
+        self.previous_secret = previous_secret  # also accepted, during a rotation
         self.auth_timeout = 10.0
         self.conns: dict[asyncio.StreamWriter, _Conn] = {}
         self.last_closed_active: float | None = None
@@ -128,7 +131,9 @@ class WitnessServer:
             if op != wire.AUTH:
                 return wire.AUTH_REQUIRED, b"authenticate first (AUTH)", False
             try:
-                mac = auth.answer_auth(self.secret, store.volume, conn.nonce, wire.loads(payload))
+                mac = auth.answer_auth(
+                    self.secret, store.volume, conn.nonce, wire.loads(payload), self.previous_secret
+                )
             except auth.Refused as e:
                 log.warning("refused %s: %s", conn.name, e)
                 status = wire.WRONG_VOLUME if e.wrong_volume else wire.AUTH_FAILED

@@ -568,3 +568,52 @@ async def test_a_start_does_not_wait_for_a_hung_voter_once_a_majority_answered(p
     for r in reps:
         r.stop()
     identical(reps)
+
+
+async def test_every_replica_restarted_at_once_holds_io_then_resumes(procs, tmp_path):
+    """All replicas of a volume restarted together (a config change applied everywhere at
+    once, or the replica hosts rebooting while the controller's stays up): writes are held,
+    never failed, while the members are away, and resume once they are back; nothing
+    acknowledged is lost. (Writes used to fail with "no current replica" when every member's
+    connection was gone before the ejection was decided.)"""
+    reps = replicas(procs, tmp_path, 3)
+    vol = await serving(reps, hold=30)
+    acked: list[tuple[int, int]] = []
+    errors: list[BaseException] = []
+    stop = asyncio.Event()
+
+    async def writer() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            off = (n % 512) * 4096
+            try:
+                await vol.write(off, block(n))
+            except Exception as e:  # every failure is what the test looks for
+                errors.append(e)
+                return
+            acked.append((n, off))
+
+    try:
+        task = asyncio.create_task(writer())
+        await eventually(lambda: len(acked) > 50, 20, "writes flowing")
+        for r in reps:
+            r.kill()
+        for r in reps:
+            r.start()
+        count = len(acked)
+        await eventually(lambda: len(acked) > count + 50 or errors, 40, "writes after the restart")
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        assert errors == [], errors
+        assert vol.state == SERVING
+        await all_current(vol, 3)
+        latest = dict((off, n) for n, off in acked)
+        await verify_acked(vol, [(n, off) for off, n in latest.items()])
+        await vol.flush()
+    finally:
+        stop.set()
+        await vol.close()
+    for r in reps:
+        r.stop()
+    identical(reps)

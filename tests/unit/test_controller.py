@@ -39,6 +39,75 @@ async def test_overlapping_holders_run_in_arrival_order():
     assert len(lock) == 0
 
 
+async def test_parked_holder_is_passed_only_by_past_parked_holders_and_waits_for_them():
+    """The start-up resync after every member was lost (past_parked) copies a range whose write
+    is parked waiting for that very claim; an ordinary later holder (a newer overlapping write)
+    never passes it, and the parked write resumes only after the copy is done."""
+    lock = RangeLock()
+    order: list[str] = []
+    parked, admitted, copying = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    copy_may_end = asyncio.Event()
+
+    async def write(name: str) -> None:
+        async with lock.hold(0, 4096) as lease:
+            order.append(f"{name}+")
+            if name == "w1":
+                async with lock.parked(lease):
+                    parked.set()
+                    await admitted.wait()
+                order.append("w1 resumed")
+            order.append(f"{name}-")
+
+    async def resync() -> None:
+        async with lock.hold(0, 8192, past_parked=True):
+            order.append("copy+")
+            copying.set()
+            await copy_may_end.wait()
+            order.append("copy-")
+
+    w1 = asyncio.create_task(write("w1"))
+    await parked.wait()
+    w2 = asyncio.create_task(write("w2"))  # overlaps w1: waits, parked or not
+    r = asyncio.create_task(resync())  # passes the parked w1 and the not yet granted w2
+    await copying.wait()
+    assert order == ["w1+", "copy+"]
+    admitted.set()  # w1's admission returns while the copy still runs: it waits for the copy
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert order == ["w1+", "copy+"]
+    copy_may_end.set()
+    await asyncio.gather(w1, w2, r)
+    assert order == ["w1+", "copy+", "copy-", "w1 resumed", "w1-", "w2+", "w2-"]
+    assert len(lock) == 0
+
+
+async def test_ordinary_holders_do_not_pass_a_parked_one():
+    lock = RangeLock()
+    order: list[str] = []
+    parked, release = asyncio.Event(), asyncio.Event()
+
+    async def first() -> None:
+        async with lock.hold(0, 100) as lease:
+            async with lock.parked(lease):
+                parked.set()
+                await release.wait()
+            order.append("first")
+
+    async def later() -> None:
+        async with lock.hold(50, 100):
+            order.append("later")
+
+    t1 = asyncio.create_task(first())
+    await parked.wait()
+    t2 = asyncio.create_task(later())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert order == []
+    release.set()
+    await asyncio.gather(t1, t2)
+    assert order == ["first", "later"] and len(lock) == 0
+
+
 async def test_waiter_cancelled_does_not_block_later_ones():
     lock = RangeLock()
     gate = asyncio.Event()

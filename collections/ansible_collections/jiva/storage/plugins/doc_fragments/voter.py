@@ -41,6 +41,13 @@ options:
       - Shared controller/replica/witness secret; written to a 0600 file
         (C(CONFIG_DIR/KIND-NAME.secret)), never to the env file, never logged.
     type: str
+  previous_secret:
+    description:
+      - The shared secret being rotated out, accepted next to O(secret) until it is removed;
+        written to C(CONFIG_DIR/KIND-NAME.previous-secret) (0600), removed when empty. Needs
+        O(secret). See "Rotating the replica secret or the API token" in docs/ANSIBLE.md.
+    type: str
+    version_added: "0.3.0"
   delete_data:
     description: With O(state=absent), also delete O(data_dir). Nothing else deletes data.
     type: bool

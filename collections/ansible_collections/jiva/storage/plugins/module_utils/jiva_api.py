@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: jiva-py contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
-"""Minimal client of the jiva management API (GET /v1/volume) with the standard library only."""
+"""Minimal client of the jiva management API (GET /v1/volume, POST /v1/volume/grow) with the
+standard library only."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -14,7 +15,11 @@ from http.client import HTTPConnection, HTTPException
 
 
 class ApiError(Exception):
-    """The API could not be reached or answered with an error."""
+    """The API could not be reached (status None) or answered with an error (its HTTP status)."""
+
+    def __init__(self, msg, status=None):
+        super(ApiError, self).__init__(msg)
+        self.status = status
 
 
 def api_url(address, path):
@@ -30,27 +35,49 @@ def split_address(address):
     return host.strip("[]"), int(port)
 
 
-def get_json(address, path, token=None, timeout=3.0):
-    """GET a JSON document from the API (standard library only); raise ApiError with the reason."""
+def request_json(address, method, path, body=None, token=None, timeout=3.0):
+    """Send one request to the API (standard library only) and return its JSON answer; raise
+    ApiError with the reason (unreachable, an HTTP status other than 200/202 with the API's
+    message, invalid JSON). `body` is sent as JSON."""
     host, port = split_address(address)
     headers = {"Accept": "application/json"}
     if token:
         headers["Authorization"] = "Bearer %s" % token
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode("utf-8")
+        headers["Content-Type"] = "application/json"
     url = api_url(address, path)
     conn = HTTPConnection(host, port, timeout=timeout)
     try:
-        conn.request("GET", "/" + path.lstrip("/"), headers=headers)
+        conn.request(method, "/" + path.lstrip("/"), body=data, headers=headers)
         resp = conn.getresponse()
-        body = resp.read()
+        answer = resp.read()
     except (socket.timeout, OSError, HTTPException) as exc:
         raise ApiError("cannot reach %s: %s" % (url, exc))
     finally:
         conn.close()
-    if resp.status != 200:
+    if resp.status not in (200, 202):
         raise ApiError(
-            "%s answered HTTP %s: %s" % (url, resp.status, body[:200].decode("utf-8", "replace"))
+            "%s %s answered HTTP %s: %s" % (method, url, resp.status, _message(answer)),
+            status=resp.status,
         )
     try:
-        return json.loads(body.decode("utf-8"))
+        return json.loads(answer.decode("utf-8"))
     except ValueError as exc:
         raise ApiError("%s returned invalid JSON: %s" % (url, exc))
+
+
+def _message(answer):
+    """The API's error message ({"error": ...}) or the start of the body."""
+    text = answer[:300].decode("utf-8", "replace")
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return text
+    return doc.get("error", text) if isinstance(doc, dict) else text
+
+
+def get_json(address, path, token=None, timeout=3.0):
+    """GET a JSON document from the API; raise ApiError with the reason."""
+    return request_json(address, "GET", path, token=token, timeout=timeout)

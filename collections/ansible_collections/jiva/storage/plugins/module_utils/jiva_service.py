@@ -495,6 +495,7 @@ VOTER_ARGS = dict(
     listen=dict(type="str"),
     data_dir=dict(type="path"),
     secret=dict(type="str", no_log=True),
+    previous_secret=dict(type="str", no_log=True),
     delete_data=dict(type="bool", default=False),
 )
 
@@ -515,23 +516,53 @@ def voter_module_kwargs(extra_spec=None, required=()):
     )
 
 
+def secret_files(module, svc, specs):
+    """Arguments and wanted files of a service's secrets: `specs` lists (what, flag, value); a set
+    value becomes a 0600 file CONFIG_DIR/KIND-NAME.WHAT passed with `flag`, an empty one (or
+    state=absent) a file that must not exist. Returns (args, files)."""
+    args, files = [], {}
+    for what, flag, value in specs:
+        path = svc.secret_path(what)
+        if value and module.params["state"] != "absent":
+            args += [flag, path]
+            files[path] = (value, 0o600, True)
+        else:
+            files[path] = (None, 0o600, True)
+    return args, files
+
+
+def check_previous(module, pairs):
+    """Fail when a `previous_*` secret (accepted during a rotation) is set without its current
+    one: `pairs` lists (current option, previous option)."""
+    p = module.params
+    for current, previous in pairs:
+        if p[previous] and not p[current] and p["state"] != "absent":
+            module.fail_json(
+                msg="%s: %s is set but %s is not (the previous one is only accepted next to a"
+                " current one)" % (p["name"], previous, current)
+            )
+
+
 def ensure_voter(module, kind, extra_args=()):
-    """Bring a voter service (`jiva KIND --volume NAME --listen L --dir D EXTRA [--secret-file F]`)
-    to its state and exit the module. The data folder is created (0700) unless state=absent, and
-    deleted only with state=absent and delete_data=true."""
+    """Bring a voter service (`jiva KIND --volume NAME --listen L --dir D EXTRA [--secret-file F]
+    [--previous-secret-file F2]`) to its state and exit the module. The data folder is created
+    (0700) unless state=absent, and deleted only with state=absent and delete_data=true."""
     p = module.params
     name = p["name"]
     svc = Service(module, kind, name)
-    files = {}
+    check_previous(module, [("secret", "previous_secret")])
     args = []
     if p["state"] != "absent":
         args = ["--volume", name, "--listen", p["listen"], "--dir", p["data_dir"]] + list(extra_args)
-    secret_path = svc.secret_path("secret")
-    if p["secret"] and p["state"] != "absent":
-        args += ["--secret-file", secret_path]
-        files[secret_path] = (p["secret"], 0o600, True)
-    else:
-        files[secret_path] = (None, 0o600, True)
+    secret_args, files = secret_files(
+        module,
+        svc,
+        [
+            ("secret", "--secret-file", p["secret"]),
+            ("previous-secret", "--previous-secret-file", p["previous_secret"]),
+        ],
+    )
+    args += secret_args
 
     def cleanup(check=False):
         data_dir = p["data_dir"]

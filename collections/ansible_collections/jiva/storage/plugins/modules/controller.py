@@ -77,9 +77,23 @@ options:
   secret:
     description: Shared controller/replica secret (0600 file).
     type: str
+  previous_secret:
+    description:
+      - The shared secret being rotated out (0600 file C(CONFIG_DIR/controller-NAME.previous-secret),
+        removed when empty). The controller presents O(secret) and, to a replica or witness that
+        refuses it, this one. Needs O(secret). See "Rotating the replica secret or the API token"
+        in docs/ANSIBLE.md.
+    type: str
+    version_added: "0.3.0"
   token:
     description: Bearer token that mutating API calls must carry (0600 file).
     type: str
+  previous_token:
+    description:
+      - The API token being rotated out (0600 file C(CONFIG_DIR/controller-NAME.previous-token),
+        removed when empty); accepted next to O(token) until it is removed. Needs O(token).
+    type: str
+    version_added: "0.3.0"
   chap_user:
     description: CHAP user name initiators must log in with.
     type: str
@@ -196,7 +210,9 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.jiva.storage.plugins.module_utils.jiva_service import (
     SERVICE_COMMON_ARGS,
     Service,
+    check_previous,
     ensure,
+    secret_files,
 )
 
 
@@ -216,7 +232,9 @@ def main():
         replica_timeout=dict(type="float"),
         rebuild_rate=dict(type="int"),
         secret=dict(type="str", no_log=True),
+        previous_secret=dict(type="str", no_log=True),
         token=dict(type="str", no_log=True),
+        previous_token=dict(type="str", no_log=True),
         chap_user=dict(type="str"),
         chap_secret=dict(type="str", no_log=True),
         allowed_initiators=dict(type="list", elements="str", default=[]),
@@ -240,9 +258,9 @@ def main():
         module.fail_json(
             msg="controller %s: chap_secret must be 12 to 255 characters (RFC 7143)" % name
         )
+    check_previous(module, [("secret", "previous_secret"), ("token", "previous_token")])
     svc = Service(module, "controller", name)
     args = []
-    files = {}
     if p["state"] != "absent":
         args = ["--volume", name, "--api", p["api"], "--portal", p["portal"]]
         for r in p["replicas"]:
@@ -261,17 +279,18 @@ def main():
             args += ["--chap-user", p["chap_user"]]
         for iqn in p["allowed_initiators"]:
             args += ["--allow-initiator", iqn]
-    for what, flag, value in (
-        ("secret", "--secret-file", p["secret"]),
-        ("token", "--token-file", p["token"]),
-        ("chap", "--chap-secret-file", p["chap_secret"]),
-    ):
-        path = svc.secret_path(what)
-        if value and p["state"] != "absent":
-            args += [flag, path]
-            files[path] = (value, 0o600, True)
-        else:
-            files[path] = (None, 0o600, True)
+    secret_args, files = secret_files(
+        module,
+        svc,
+        [
+            ("secret", "--secret-file", p["secret"]),
+            ("previous-secret", "--previous-secret-file", p["previous_secret"]),
+            ("token", "--token-file", p["token"]),
+            ("previous-token", "--previous-token-file", p["previous_token"]),
+            ("chap", "--chap-secret-file", p["chap_secret"]),
+        ],
+    )
+    args += secret_args
     ensure(module, "controller", name, args, files)
 
 

@@ -21,6 +21,8 @@ description:
     restarts the replica after a crash with backoff and keeps a pidfile in O(run_dir).
   - Idempotent; reports changed only when the config or the service state changed. A config
     change of a running replica restarts it.
+  - A O(size) smaller than the size the replica in O(data_dir) recorded (a volume only grows,
+    online, through the controller's API) fails before anything changes.
 author:
   - jiva-py contributors (@jiva-py)
 options:
@@ -116,19 +118,45 @@ args:
   sample: [replica, --volume, db, --listen, "10.0.0.1:9700", --dir, /var/lib/jiva/db, --size, 10G]
 """
 
+import json
+import os
+
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.jiva.storage.plugins.module_utils.jiva_placement import parse_size
 from ansible_collections.jiva.storage.plugins.module_utils.jiva_service import (
     ensure_voter,
     voter_module_kwargs,
 )
 
 
+def recorded_size(data_dir):
+    """The size the replica in `data_dir` recorded (meta.json), or None."""
+    try:
+        with open(os.path.join(data_dir, "meta.json")) as f:
+            return int(json.load(f)["size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def main():
     """Run the module."""
     module = AnsibleModule(**voter_module_kwargs(dict(size=dict(type="str")), required=("size",)))
+    p = module.params
     args = []
-    if module.params["state"] != "absent":
-        args = ["--size", module.params["size"]]
+    if p["state"] != "absent":
+        try:
+            want = parse_size(p["size"])
+        except ValueError as exc:
+            module.fail_json(msg="volume %r: size: %s" % (p["name"], exc))
+        have = recorded_size(p["data_dir"])
+        if have is not None and have > want:
+            # the engine would refuse to start on it; say so before the config changes
+            module.fail_json(
+                msg="volume %r: the replica in %s holds %d bytes, more than the size given (%s, "
+                "%d bytes): a volume never shrinks; nothing was changed"
+                % (p["name"], p["data_dir"], have, p["size"], want)
+            )
+        args = ["--size", p["size"]]
     ensure_voter(module, "replica", args)
 
 
