@@ -46,6 +46,17 @@ options:
     description: Seconds to watch a freshly started process for a crash before reporting success (0 = off).
     type: float
     default: 1.0
+  restart:
+    description:
+      - Whether a running service whose config changed is restarted. With C(false) its files are
+        written but it keeps running, and the result says RV(restart_pending=true); a later
+        M(jiva.storage.restart) (the rolling play of C(site.yml)/C(upgrade.yml)) restarts it.
+      - What a process was started with is recorded in C(RUN_DIR/KIND-VOLUME.started) (a hash of
+        its env file and the secret files it names); RV(restart_pending) is also true when the
+        files are unchanged but the process still runs an older config (an earlier run deferred
+        its restart). A change of C(--size) alone never calls for a restart (volumes grow online).
+    type: bool
+    default: true
 attributes:
   check_mode:
     support: full

@@ -13,6 +13,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import hashlib
+import json
 import os
 import shlex
 import shutil
@@ -30,7 +32,12 @@ SERVICE_COMMON_ARGS = dict(
     engine_revision=dict(type="str", default=""),
     start_timeout=dict(type="float", default=15.0),
     alive_check=dict(type="float", default=1.0),
+    restart=dict(type="bool", default=True),
 )
+
+# Arguments a running process takes online (the controller grows a volume through its API, then
+# the env file gets the new size): a change of only these never calls for a restart.
+ONLINE_ARGS = ("--size",)
 
 
 def render_env(kind, volume, args, revision):
@@ -50,10 +57,9 @@ def render_env(kind, volume, args, revision):
     return "\n".join(lines)
 
 
-def env_args(path):
-    """The words of the JIVA_ARGS line of an env file written by render_env (the subcommand
-    first), or None when the file or the line is missing or malformed."""
-    text = read_file(path)
+def parse_env_args(text):
+    """The words of the JIVA_ARGS line of an env file's text written by render_env (the
+    subcommand first), or None when the line is missing or malformed."""
     for line in (text or "").split("\n"):  # not splitlines(): \x1c-\x1e are no line breaks
         if line.startswith("JIVA_ARGS="):
             try:
@@ -61,6 +67,61 @@ def env_args(path):
             except (ValueError, IndexError):
                 return None
     return None
+
+
+def env_args(path):
+    """The words of the JIVA_ARGS line of the env file `path`, or None (see parse_env_args)."""
+    return parse_env_args(read_file(path))
+
+
+def config_fingerprint(env_text, read):
+    """What a process started from this env file runs with, as a sha256 hex string (None when
+    there is no env file): the file's other lines (the engine revision), its arguments without
+    those applied online (ONLINE_ARGS with their values), and the content of every file named by
+    a `--*-file` argument (secrets), read with `read(path)` (text or None). Two configs with the
+    same fingerprint need no restart to go from one to the other."""
+    if env_text is None:
+        return None
+    words = parse_env_args(env_text)
+    other = [line for line in env_text.split("\n") if line.strip() and not line.startswith("JIVA_ARGS=")]
+    if words is None:
+        words = [line for line in env_text.split("\n") if line.startswith("JIVA_ARGS=")]
+    kept, files = [], []
+    i = 0
+    while i < len(words):
+        w = words[i]
+        if w in ONLINE_ARGS and i + 1 < len(words):
+            i += 2
+            continue
+        kept.append(w)
+        if w.startswith("--") and w.endswith("-file") and i + 1 < len(words):
+            files.append([words[i + 1], read(words[i + 1])])
+        i += 1
+    doc = json.dumps({"lines": other, "args": kept, "files": files}, sort_keys=True)
+    return hashlib.sha256(doc.encode("utf-8")).hexdigest()
+
+
+def plan_actions(state, running, orphan, started_with, wanted, restart):
+    """(service actions, restart_pending) for one service.
+
+    `running`: its supervisor/unit is up; `orphan`: a child without a supervisor is left;
+    `started_with`: the fingerprint (config_fingerprint) the running process was started with;
+    `wanted`: the fingerprint of the config being written. A running service whose fingerprint
+    differs is restarted, or with `restart` false left running and reported pending (the
+    rolling play restarts it later, one host at a time)."""
+    actions = []
+    pending = False
+    if state in ("absent", "stopped") and (running or orphan):
+        actions.append("stop")
+    if state == "started":
+        if not running:
+            actions.append("start")
+        elif started_with != wanted:
+            if restart:
+                actions.append("restart")
+            else:
+                pending = True
+    return actions, pending
 
 
 def process_args(pid):
@@ -143,6 +204,35 @@ class Service(object):
             manager = "systemd" if os.path.isdir("/run/systemd/system") else "daemon"
         self.manager = manager
         self.unit = "jiva@%s.service" % self.name
+        self.stamp = os.path.join(self.run_dir, self.name + ".started")
+
+    # ---- what the running process was started with ------------------------------------------
+    def fingerprint_on_disk(self):
+        """config_fingerprint of the env and secret files as they are on disk now."""
+        return config_fingerprint(read_file(self.env_path), read_file)
+
+    def started_with(self):
+        """The fingerprint the running process was started with: the one recorded at its start
+        (RUN_DIR/NAME.started), else the files on disk (it was started before fingerprints were
+        kept, or RUN_DIR was wiped under a running unit: it read them then)."""
+        text = read_file(self.stamp)
+        if text and text.strip():
+            return text.strip()
+        return self.fingerprint_on_disk()
+
+    def record_started(self):
+        """Record the fingerprint of the files the process was just started from."""
+        fp = self.fingerprint_on_disk()
+        if fp is None:
+            return
+        if not os.path.isdir(self.run_dir):
+            os.makedirs(self.run_dir, 0o755)
+        write_atomic(self.stamp, fp + "\n", 0o644)
+
+    def forget_started(self):
+        """Drop the record (the process is stopped)."""
+        if os.path.exists(self.stamp):
+            os.unlink(self.stamp)
 
     # ---- files -----------------------------------------------------------------------------
     def secret_path(self, what):
@@ -232,6 +322,7 @@ class Service(object):
         """Start the service; with daemons, wait until the supervisor has written its pidfile."""
         if self.manager == "systemd":
             self._systemctl("enable", "--now")
+            self.record_started()
             return
         for d in (self.run_dir, self.log_dir):
             if not os.path.isdir(d):
@@ -268,6 +359,7 @@ class Service(object):
         deadline = time.time() + self.module.params["start_timeout"]
         while time.time() < deadline:
             if self._pid() is not None:
+                self.record_started()
                 return
             time.sleep(0.05)
         self.module.fail_json(
@@ -276,6 +368,7 @@ class Service(object):
 
     def stop(self):
         """Stop the service: SIGTERM the supervisor (it stops its child), SIGKILL after a wait."""
+        self.forget_started()
         if self.manager == "systemd":
             self._systemctl("disable", "--now")
             return
@@ -343,16 +436,22 @@ def ensure(module, kind, volume, args, files_extra, data_cleanup=None, dirs=None
     new_dirs = [d for d in (dirs or []) if state != "absent" and not os.path.isdir(d)]
     running = svc.running()
     orphan = svc.manager == "daemon" and svc._orphan_pid() is not None
-    actions = []
-    if state in ("absent", "stopped") and (running or orphan):
-        actions.append("stop")
-    if state == "started":
-        if not running:
-            actions.append("start")
-        elif changed_files:
-            actions.append("restart")
+    started_with = wanted = None
+    if state == "started" and running:
+        started_with = svc.started_with()
+        wanted = config_fingerprint(
+            files[svc.env_path][0], lambda path: files[path][0] if path in files else read_file(path)
+        )
+    actions, restart_pending = plan_actions(
+        state, running, orphan, started_with, wanted, module.params["restart"]
+    )
     data_removed = False
     if not module.check_mode:
+        if running and not actions and not os.path.exists(svc.stamp) and started_with is not None:
+            # started before fingerprints were kept: record what it runs before the files change
+            if not os.path.isdir(svc.run_dir):
+                os.makedirs(svc.run_dir, 0o755)
+            write_atomic(svc.stamp, started_with + "\n", 0o644)
         if "stop" in actions:
             svc.stop()
         for d in new_dirs:
@@ -378,6 +477,7 @@ def ensure(module, kind, volume, args, files_extra, data_cleanup=None, dirs=None
         pidfile=svc.pidfile if svc.manager == "daemon" else None,
         log_file=svc.logfile if svc.manager == "daemon" else None,
         actions=actions,
+        restart_pending=restart_pending,
         changed_files=changed_files,
         created_dirs=new_dirs,
         data_removed=data_removed,

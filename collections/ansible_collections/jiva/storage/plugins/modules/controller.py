@@ -173,6 +173,13 @@ actions:
   type: list
   elements: str
   sample: [restart]
+restart_pending:
+  description:
+    - The service runs but was started with another config than the one written (O(restart=false)
+      deferred the restart, now or in an earlier run); a C(--size) change alone does not count.
+  returned: always
+  type: bool
+  sample: false
 changed_files:
   description: Config files written or removed.
   returned: always

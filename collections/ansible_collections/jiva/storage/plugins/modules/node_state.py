@@ -19,6 +19,9 @@ description:
     active unit (systemd), which volumes have replica data (C(DATA_DIR/VOL/meta.json)) or witness
     metadata (C(DATA_DIR/_witness/VOL/meta.json)) and which addresses the portal interface holds.
     The failover play uses it to tell a dead process from a dead host.
+  - It also lists the running services that still run an older config than their files say
+    (RV(controllers_stale), RV(replicas_stale), RV(witnesses_stale)), whose restart was deferred
+    (O(jiva.storage.replica#module:restart=false)); the rolling play restarts them.
   - Read-only.
 author:
   - jiva-py contributors (@jiva-py)
@@ -89,6 +92,27 @@ replicas_running:
   type: list
   elements: str
   sample: [db]
+controllers_stale:
+  description:
+    - Volumes whose controller runs but was started with another config than its files hold now
+      (compared by the fingerprint recorded in C(RUN_DIR/controller-VOL.started); a C(--size)
+      change alone does not count).
+  returned: always
+  type: list
+  elements: str
+  sample: []
+replicas_stale:
+  description: Volumes whose replica runs an older config than its files (like RV(controllers_stale)).
+  returned: always
+  type: list
+  elements: str
+  sample: [db]
+witnesses_stale:
+  description: Volumes whose witness runs an older config than its files (like RV(controllers_stale)).
+  returned: always
+  type: list
+  elements: str
+  sample: []
 replica_data:
   description: Volumes with replica data (meta.json) on this host.
   returned: always
@@ -154,7 +178,12 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import open_url
 from ansible_collections.jiva.storage.plugins.module_utils.jiva_placement import WITNESS_SUBDIR
-from ansible_collections.jiva.storage.plugins.module_utils.jiva_service import env_args, supervisor_pid
+from ansible_collections.jiva.storage.plugins.module_utils.jiva_service import (
+    config_fingerprint,
+    env_args,
+    read_file,
+    supervisor_pid,
+)
 
 # service kind -> the result keys of its configured volumes (KEY) and running ones (KEY_running)
 KINDS = {"controller": "controllers", "replica": "replicas", "witness": "witnesses"}
@@ -218,6 +247,7 @@ def main():
         manager = "systemd" if os.path.isdir("/run/systemd/system") else "daemon"
     out = dict(controllers=[], controllers_running=[], replicas=[], replicas_running=[], replica_data=[],
                witnesses=[], witnesses_running=[], witness_data=[],
+               controllers_stale=[], replicas_stale=[], witnesses_stale=[],
                portals=[], revision="", service_manager=manager, controller_status={}, ports={})
     try:
         names = sorted(os.listdir(p["config_dir"]))
@@ -250,6 +280,10 @@ def main():
                 up = supervisor_pid(os.path.join(p["run_dir"], name + ".pid")) is not None
             if up:
                 out[key + "_running"].append(vol)
+                recorded = (read_file(os.path.join(p["run_dir"], name + ".started")) or "").strip()
+                now = config_fingerprint(read_file(os.path.join(p["config_dir"], name + ".env")), read_file)
+                if recorded and now and recorded != now:
+                    out[key + "_stale"].append(vol)
     for vol in out["controllers_running"] if p["controller_status"] else []:
         env = os.path.join(p["config_dir"], "controller-%s.env" % vol)
         out["controller_status"][vol] = _controller_status(_api_of(env))
