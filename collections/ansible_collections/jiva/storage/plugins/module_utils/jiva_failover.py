@@ -8,10 +8,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import json
-import os
-
-from ansible_collections.jiva.storage.plugins.module_utils.jiva_ha import load_state, plan
+from ansible_collections.jiva.storage.plugins.module_utils.jiva_ha import load_state, plan, write_state_doc
 
 try:
     from tabulate import tabulate
@@ -52,14 +49,8 @@ def make_plan(p, check_mode):
     if p["write_state"] and p["state_file"] and result["state"] != saved:
         result["changed"] = True  # the state file changes (or would, in check mode)
         if not check_mode:
-            directory = os.path.dirname(p["state_file"])
-            if directory and not os.path.isdir(directory):
-                os.makedirs(directory)
-            tmp = p["state_file"] + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump({"volumes": result["state"]}, f, indent=2, sort_keys=True)
-                f.write("\n")
-            os.rename(tmp, p["state_file"])
+            # (only `volumes`: the file's other keys, e.g. drain.yml's `drained`, stay)
+            write_state_doc(p["state_file"], volumes=result["state"])
     rows = [[r["volume"], r["controller"], "; ".join(r["found"]), "; ".join(r["did"])] for r in result["report"]]
     if tabulate is not None:
         result["report_table"] = tabulate(rows, headers=["volume", "controller", "found", "did"])

@@ -209,6 +209,44 @@ def load_state(path):
         raise ValueError("cannot read the failover state file %s: %s" % (path, exc))
 
 
+def read_state_doc(path):
+    """The whole failover state file as a dict ({} when there is none yet): `volumes` (where each
+    volume runs), `drained` (hosts drain.yml emptied) and whatever other plays keep there;
+    ValueError naming the file when it cannot be read or parsed."""
+    if not path or not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except (IOError, OSError, ValueError) as exc:
+        raise ValueError("cannot read the failover state file %s: %s" % (path, exc))
+    if not isinstance(doc, dict):
+        raise ValueError("cannot read the failover state file %s: not a JSON object" % path)
+    return doc
+
+
+def write_state_doc(path, **keys):
+    """Set top-level `keys` of the state file (atomically: temp file + rename), keeping the
+    others (each play owns its keys: failover.yml `volumes`, drain.yml `drained`)."""
+    doc = read_state_doc(path)
+    doc.update(keys)
+    directory = os.path.dirname(path)
+    if directory and not os.path.isdir(directory):
+        os.makedirs(directory)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.rename(tmp, path)
+
+
+def load_drained(path):
+    """The hosts drain.yml has drained (the state file's `drained` list; [] without a file).
+    Every play that places volumes treats them as ineligible."""
+    drained = read_state_doc(path).get("drained") or []
+    return sorted(str(h) for h in drained) if isinstance(drained, list) else []
+
+
 def _claims(name, node_state, running):
     """{host: epoch} of the running controllers of `name` that answer as serving (not fenced),
     from each host's own view (node_state controller_status)."""
