@@ -332,6 +332,13 @@ def wants_witness(vol):
     return vol["replicas"] == 2 and vol["quorum"] == "majority" and vol["want_witness"] is not False
 
 
+def _eligible_first(chosen, found, nodes_by_name):
+    """`chosen` unless it is not an eligible node and another host in `found` is: a drained
+    host that comes back still has the configs of what was moved off it (drain.yml)."""
+    ok = [h for h in [chosen] + list(found or []) if h in nodes_by_name and nodes_by_name[h]["eligible"]]
+    return ok[0] if ok else chosen
+
+
 def place(
     nodes,
     volumes,
@@ -405,7 +412,8 @@ def place(
         chosen = list(vol["pinned"])
         before = existing.get(name) or {}
         wanted = wants_witness(vol)
-        old_witness = before.get("witness") if wanted else None
+        old_witness = _eligible_first(before.get("witness"), before.get("witnesses"), nodes_by_name)
+        old_witness = old_witness if wanted else None
         kept = [
             n
             for n in before.get("replicas", [])
@@ -427,7 +435,7 @@ def place(
             if n["name"] not in chosen:
                 chosen.append(n["name"])
         controller = vol["pinned_controller"]
-        old_ctl = before.get("controller")
+        old_ctl = _eligible_first(before.get("controller"), before.get("controllers"), nodes_by_name)
         if controller is None and old_ctl in nodes_by_name and nodes_by_name[old_ctl]["eligible"]:
             controller = old_ctl
         if controller is None:
@@ -491,11 +499,15 @@ def parse_existing_services(existing_services, existing=None):
             if kind == "replica" and host not in entry.setdefault("replicas", []):
                 entry["replicas"].append(host)
             elif kind == "controller":
+                if entry.get("controller") not in (None, host):  # (a drained host came back)
+                    entry["controllers"] = entry.get("controllers", [entry["controller"]]) + [host]
                 entry["controller"] = host
-            elif kind == "witness" and (
-                entry.get("witness") is None
-                or hrw_score(vol, host, "witness") > hrw_score(vol, entry["witness"], "witness")
-            ):
-                # (two hosts with a witness of one volume: keep the one placement would choose)
-                entry["witness"] = host
+            elif kind == "witness":
+                if entry.get("witness") not in (None, host):
+                    entry["witnesses"] = entry.get("witnesses", [entry["witness"]]) + [host]
+                if entry.get("witness") is None or hrw_score(vol, host, "witness") > hrw_score(
+                    vol, entry["witness"], "witness"
+                ):
+                    # (two hosts with a witness of one volume: keep the one placement would choose)
+                    entry["witness"] = host
     return existing
