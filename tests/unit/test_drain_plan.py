@@ -61,6 +61,7 @@ def node_state(placed: list[dict], n: int = 4, down: tuple[str, ...] = ()) -> di
         ctls = [v["name"] for v in placed if v["controller"] == h]
         wits = [v["name"] for v in placed if v["witness"] == h]
         out[h] = {
+            "revision": "r1" if reps or ctls or wits else "",
             "replicas": reps, "replicas_running": reps, "replica_data": reps,
             "controllers": ctls, "controllers_running": ctls,
             "witnesses": wits, "witnesses_running": wits, "witness_data": wits,
@@ -198,3 +199,33 @@ def test_state_file_keeps_drained_across_failover_writes(tmp_path):
     r = D.make_drain(dict(params, undrain=True), check_mode=False)
     assert r["changed"] and H.load_drained(path) == []
     assert H.load_drained(str(tmp_path / "none.json")) == []
+
+
+def test_site_yml_keeps_the_moved_controller_and_witness_when_the_drained_host_returns():
+    """A drained host that comes back still has the configs of the controller and the witness
+    that moved off it: site.yml's placement keeps the ones on eligible hosts (the real ones)."""
+    placed = deployed()
+    ha2 = placed[1]
+    host = ha2["witness"]  # ha2's witness host; make it hold ha2's controller config too
+    others = [h for h in ("h1", "h2", "h3", "h4") if h not in ha2["replica_nodes"] and h != host]
+    services = {h: [] for h in ("h1", "h2", "h3", "h4")}
+    for h in ha2["replica_nodes"]:
+        services[h].append("replica-ha2.env")
+    services[host] += ["witness-ha2.env", "controller-ha2.env"]  # stale, on the drained host
+    services[others[0]] += ["witness-ha2.env", "controller-ha2.env"]  # where the drain put them
+    existing = P.parse_existing_services(services)
+    after = [dict(n, eligible=n["name"] != host) for n in nodes()]
+    again = P.place(after, volumes()[1:], existing)[0]
+    assert (again["witness"], again["controller"]) == (others[0], others[0])
+
+
+def test_a_moved_controller_prefers_a_host_that_has_the_engine():
+    """The free host of a 4-host cluster runs nothing (no engine yet, as far as the play knows):
+    the controller of the drained host goes to a host with services, the new replica there."""
+    placed = deployed()
+    host = placed[0]["controller"]
+    p = plan(host, placed, down=(host,))
+    entry = next(e for e in p["volumes"] if e["name"] == "ha3")
+    (fresh,) = [h for h, st in node_state(placed).items() if not st["revision"]]
+    assert [r["host"] for r in entry["new_replicas"]] == [fresh]
+    assert entry["controller_to"] not in (host, fresh)

@@ -190,7 +190,12 @@ def drain_plan(host, volumes, nodes, node_state, hosts_down, docs, ha_state, dra
             raise DrainRefused("volume %r: the new witness host %s is not reachable" % (name, new_witness))
         new_ctl = ctl
         if ctl == host or ctl not in eligible_after:
-            new_ctl = new_controller_host(name, live, host, fin["replica_nodes"], new_witness)
+            # hosts that run jiva services (they have the engine) first: a host without any
+            # gets the engine installed before its controller can start, which would lengthen
+            # the I/O pause (after an unreachable host: the whole outage) by that install
+            ready = [h for h in live if (node_state.get(h) or {}).get("revision")]
+            new_ctl = (new_controller_host(name, ready, host, fin["replica_nodes"], new_witness)
+                       or new_controller_host(name, live, host, fin["replica_nodes"], new_witness))
             if new_ctl is None:
                 raise DrainRefused("volume %r: no reachable eligible host is left for its controller" % name)
         removed = [h for h in replicas if h == host]  # (after a resumed drain: none new, one to remove)
@@ -246,7 +251,7 @@ def drain_plan(host, volumes, nodes, node_state, hosts_down, docs, ha_state, dra
                                "please report it" % (entry["name"], fin["replica_nodes"]))
         fin["controller"] = want["controller"]
         entry["final"] = _public(fin)
-    revisions = [st.get("revision") for st in node_state.values() if isinstance(st, dict) and st.get("revision")]
+    revisions = [str(st["revision"]) for st in node_state.values() if isinstance(st, dict) and st.get("revision")]
     return {
         # the engine revision the cluster's services were configured with (the most common one):
         # the configs of what starts elsewhere get the same (site.yml would restart them else)
@@ -279,7 +284,7 @@ def make_drain(p, check_mode):
         after = [h for h in before if h != p["host"]]
         result = {"volumes": [], "final": [], "actions": [], "act_on": [], "drained": after, "revision": "",
                   "report": [[p["host"], "eligible again (nothing moves back; new placements may use it)"]],
-                  "node_live": False}
+                  "node_live": False}  # type: dict
     else:
         try:
             result = drain_plan(p["host"], p["volumes"], p["nodes"], p["node_state"], p["hosts_down"],
@@ -291,8 +296,9 @@ def make_drain(p, check_mode):
     result["changed"] = after != before
     if result["changed"] and not check_mode:
         write_state_doc(path, drained=after)
+    rows = result["report"]
     if tabulate is not None:
-        result["report_table"] = tabulate(result["report"], headers=["volume", "moves off %s" % p["host"]])
+        result["report_table"] = tabulate(rows, headers=["volume", "moves off %s" % p["host"]])
     else:  # pragma: no cover
-        result["report_table"] = "\n".join(" | ".join(r) for r in result["report"])
+        result["report_table"] = "\n".join(" | ".join(r) for r in rows)
     return result
