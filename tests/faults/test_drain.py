@@ -164,12 +164,15 @@ def report(what: str, fig: dict) -> None:
 
 
 def check_figures(fig: dict, held: list[str], bound: float = 30) -> None:
-    """No failed write in the guest's view (qemu-io); no failed write at all in the workload of a
-    volume whose controller stayed (its replica or witness moved); the I/O pause bounded."""
+    """No failed write in the guest's view (qemu-io: libiscsi re-issues what a stopped controller
+    did not answer); no failed write at all in the workload of a volume whose controller kept
+    running (only a replica moved); the I/O pause bounded. A volume whose controller moved, or
+    restarted with a new witness, may see writes that were in flight at the stop fail (not
+    acknowledged, retried by the workload): SCSI semantics, every acknowledged one is verified."""
     assert fig["qemu"]["errors"] == [], fig["qemu"]
     for name in (VOLUME, VOLUME2):
         assert fig[name]["gap"] < bound, fig[name]
-        if f"controller {name}" not in held:
+        if f"controller {name}" not in held and f"witness {name}" not in held:
             assert fig[name]["errors"] == 0, fig[name]
 
 
