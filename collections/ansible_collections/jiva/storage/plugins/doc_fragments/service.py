@@ -57,6 +57,13 @@ options:
         its restart). A change of C(--size) alone never calls for a restart (volumes grow online).
     type: bool
     default: true
+  applied_online:
+    description:
+      - The running process already runs the config being written (it was changed through the
+        management API, e.g. replicas added and removed by C(drain.yml)). The files are written and
+        recorded as what it was started with, without a restart (not RV(restart_pending)).
+    type: bool
+    default: false
 attributes:
   check_mode:
     support: full

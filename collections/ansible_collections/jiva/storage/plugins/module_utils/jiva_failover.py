@@ -53,7 +53,7 @@ def make_plan(p, check_mode):
     if p["write_state"] and p["state_file"] and result["state"] != saved:
         result["changed"] = True  # the state file changes (or would, in check mode)
         if not check_mode:
-            # (only `volumes`: the other keys, e.g. the `ports` site.yml records, are kept)
+            # (only `volumes`: the other keys, e.g. site.yml's `ports`, drain.yml's `drained`, are kept)
             save_state_doc(p["state_file"], {"volumes": result["state"]})
     rows = [[r["volume"], r["controller"], "; ".join(r["found"]), "; ".join(r["did"])] for r in result["report"]]
     if tabulate is not None:

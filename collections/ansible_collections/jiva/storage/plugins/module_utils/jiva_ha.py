@@ -200,7 +200,8 @@ HEALTH_HEADERS = ["volume", "controller", "portal", "state", "epoch", "replicas"
 def load_state_doc(path):
     """The whole HA state file as a dict ({} when there is none yet): `volumes` (where each
     volume's controller, replicas and witness run), `ports` (each volume's replica and API port),
-    and whatever other playbooks keep there. ValueError naming the file when it cannot be read
+    `drained` (hosts drain.yml emptied) and whatever other playbooks keep there (each play owns
+    its keys and rewrites only those: save_state_doc). ValueError naming the file when it cannot be read
     or parsed."""
     if not path or not os.path.exists(path):
         return {}
@@ -237,6 +238,13 @@ def save_state_doc(path, updates):
         f.write("\n")
     os.rename(tmp, path)
     return True
+
+
+def load_drained(path):
+    """The hosts drain.yml has drained (the state file's `drained` list; [] without a file).
+    Every play that places volumes treats them as ineligible."""
+    drained = load_state_doc(path).get("drained") or []
+    return sorted(str(h) for h in drained) if isinstance(drained, list) else []
 
 
 def _claims(name, node_state, running):

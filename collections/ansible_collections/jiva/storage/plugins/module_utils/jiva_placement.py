@@ -468,6 +468,13 @@ def wants_witness(vol):
     return vol["replicas"] == 2 and vol["quorum"] == "majority" and vol["want_witness"] is not False
 
 
+def _eligible_first(chosen, found, nodes_by_name):
+    """`chosen` unless it is not an eligible node and another host in `found` is: a drained
+    host that comes back still has the configs of what was moved off it (drain.yml)."""
+    ok = [h for h in [chosen] + list(found or []) if h in nodes_by_name and nodes_by_name[h]["eligible"]]
+    return ok[0] if ok else chosen
+
+
 def place(
     nodes,
     volumes,
@@ -669,7 +676,8 @@ def plan_volumes(
         chosen = list(vol["pinned"])
         before = existing.get(name) or {}
         wanted = wants_witness(vol)
-        old_witness = before.get("witness") if wanted else None
+        old_witness = _eligible_first(before.get("witness"), before.get("witnesses"), nodes_by_name)
+        old_witness = old_witness if wanted else None
         # a new part goes to a reachable host first; but when a down host may already hold a part
         # nobody can see (no layout record), that host first
         down_first = name in unknown
@@ -704,7 +712,7 @@ def plan_volumes(
             if n["name"] not in chosen:
                 chosen.append(n["name"])
         controller = vol["pinned_controller"]
-        old_ctl = before.get("controller")
+        old_ctl = _eligible_first(before.get("controller"), before.get("controllers"), nodes_by_name)
         if controller is None and old_ctl in nodes_by_name and nodes_by_name[old_ctl]["eligible"]:
             controller = old_ctl
         if controller is None:
@@ -783,13 +791,16 @@ def parse_existing_services(existing_services, existing=None):
                 entry["replicas"].append(host)
             elif kind == "controller":
                 if entry.get("controller") not in (None, host):
-                    # (more than one: `controllers` lists them all; the layout record decides)
+                    # (more than one: `controllers` lists them all; the layout record decides;
+                    # a drained host that came back has one too)
                     entry["controllers"] = sorted(set(entry.get("controllers", []) + [entry["controller"], host]))
                 entry["controller"] = host
-            elif kind == "witness" and (
-                entry.get("witness") is None
-                or hrw_score(vol, host, "witness") > hrw_score(vol, entry["witness"], "witness")
-            ):
-                # (two hosts with a witness of one volume: keep the one placement would choose)
-                entry["witness"] = host
+            elif kind == "witness":
+                if entry.get("witness") not in (None, host):
+                    entry["witnesses"] = entry.get("witnesses", [entry["witness"]]) + [host]
+                if entry.get("witness") is None or hrw_score(vol, host, "witness") > hrw_score(
+                    vol, entry["witness"], "witness"
+                ):
+                    # (two hosts with a witness of one volume: keep the one placement would choose)
+                    entry["witness"] = host
     return existing

@@ -33,6 +33,7 @@ SERVICE_COMMON_ARGS = dict(
     start_timeout=dict(type="float", default=15.0),
     alive_check=dict(type="float", default=1.0),
     restart=dict(type="bool", default=True),
+    applied_online=dict(type="bool", default=False),
 )
 
 # Arguments a running process takes online (the controller grows a volume through its API, then
@@ -442,6 +443,9 @@ def ensure(module, kind, volume, args, files_extra, data_cleanup=None, dirs=None
         wanted = config_fingerprint(
             files[svc.env_path][0], lambda path: files[path][0] if path in files else read_file(path)
         )
+    online = module.params["applied_online"] and running and state in ("present", "started")
+    if online:
+        started_with = wanted  # the running process already has it (changed through its API)
     actions, restart_pending = plan_actions(
         state, running, orphan, started_with, wanted, module.params["restart"]
     )
@@ -459,6 +463,8 @@ def ensure(module, kind, volume, args, files_extra, data_cleanup=None, dirs=None
         if state == "absent" and data_cleanup is not None:
             data_removed = bool(data_cleanup())
         svc.apply_files(files, changed_files)
+        if online:
+            svc.record_started()
         if "start" in actions:
             svc.start()
         if "restart" in actions:
