@@ -148,9 +148,9 @@ def drain_plan(host, volumes, nodes, node_state, hosts_down, docs, ha_state, dra
                                    % (name, h, "witness" if h == witness else "replica"))
         if doc is not None:
             if doc.get("state") != "serving":
+                why = (name, ctl, doc.get("state"), doc.get("reason") or "")
                 raise DrainRefused("volume %r is degraded: its controller on %s says %r (%s): repair it first "
-                                   "(failover.yml, health.yml), then drain" % (name, ctl, doc.get("state"),
-                                                                            doc.get("reason") or ""))
+                                   "(failover.yml, health.yml), then drain" % why)
             for r in doc.get("replicas") or []:
                 rhost = next((h for h, a in address.items() if r.get("address", "").startswith(a + ":")), None)
                 if rhost != host and r.get("mode") != "RW":
