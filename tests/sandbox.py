@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import itertools
+import json
 import os
 import re
 import shutil
@@ -129,6 +130,33 @@ def sandbox_hosts_fixture():
         yield factory
     finally:
         factory.teardown()
+
+
+def local_inventory(base: Path, addresses: list[str], volumes: list[dict], **group: Any) -> Path:
+    """Write (or rewrite) an inventory of local "nodes" n1..nN under `base`: one loopback address
+    each, the local connection, one venv for all (installed one host at a time), per-node
+    folders under base/nodes/NODE, supervised daemons; `group` adds or overrides group vars.
+    Returns the inventory folder (written as JSON, which YAML reads as it is)."""
+    inv = base / "inventory"
+    (inv / "group_vars").mkdir(parents=True, exist_ok=True)
+    hosts = {f"n{i}": {"jiva_address": a} for i, a in enumerate(addresses, 1)}
+    (inv / "hosts.yml").write_text(json.dumps({"jiva_nodes": {"hosts": hosts}}, indent=1))
+    node = f"{base}/nodes/{{{{ inventory_hostname }}}}"
+    values = {
+        "ansible_connection": "local",
+        "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+        "jiva_venv": f"{base}/venv",
+        "jiva_install_throttle": 1,
+        "jiva_config_dir": f"{node}/etc",
+        "jiva_data_dir": f"{node}/data",
+        "jiva_run_dir": f"{node}/run",
+        "jiva_log_dir": f"{node}/log",
+        "jiva_service_manager": "daemon",
+        "jiva_volumes": volumes,
+        **group,
+    }
+    (inv / "group_vars" / "jiva_nodes.yml").write_text(json.dumps(values, indent=1))
+    return inv
 
 
 def frozen_wheelhouse(base: Path) -> list[str]:

@@ -15,13 +15,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.faults.ha_harness import QemuIoSession, abandon_workloads, longest_gap
 from tests.sandbox import (  # noqa: F401 - local_daemons_fixture provides the fixture
     ROOT,
     frozen_wheelhouse,
     local_daemons_fixture,
+    local_inventory,
     run_playbook,
 )
 
@@ -34,29 +34,9 @@ NEW = {"secret": "new-replica-secret-4567", "token": "new-api-token-4567890"}
 
 
 def write_inventory(base: Path, **secrets: str) -> Path:
-    inv = base / "inventory"
-    (inv / "group_vars").mkdir(parents=True, exist_ok=True)
-    hosts = {f"n{i}": {"jiva_address": f"{NET}.{70 + i}"} for i in range(1, 4)}
-    (inv / "hosts.yml").write_text(yaml.safe_dump({"jiva_nodes": {"hosts": hosts}}))
-    node = f"{base}/nodes/{{{{ inventory_hostname }}}}"
-    group = {
-        "ansible_connection": "local",
-        "ansible_python_interpreter": "{{ ansible_playbook_python }}",
-        "jiva_venv": f"{base}/venv",
-        "jiva_install_throttle": 1,
-        "jiva_config_dir": f"{node}/etc",
-        "jiva_data_dir": f"{node}/data",
-        "jiva_run_dir": f"{node}/run",
-        "jiva_log_dir": f"{node}/log",
-        "jiva_service_manager": "daemon",
-        "jiva_volumes": [
-            {"name": "rv", "size": "16M", "replicas": 3, "portal": f"{PORTAL}:3260",
-             "replica_port": 9781, "api_port": 9881},
-        ],
-        **secrets,
-    }  # fmt: skip
-    (inv / "group_vars" / "jiva_nodes.yml").write_text(yaml.safe_dump(group))
-    return inv
+    volume = {"name": "rv", "size": "16M", "replicas": 3, "portal": f"{PORTAL}:3260",
+              "replica_port": 9781, "api_port": 9881}  # fmt: skip
+    return local_inventory(base, [f"{NET}.{70 + i}" for i in range(1, 4)], [volume], **secrets)
 
 
 def api_post(token: str) -> int:
