@@ -14,12 +14,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.sandbox import (  # noqa: F401 - local_daemons_fixture provides the fixture
     ROOT,
     frozen_wheelhouse,
     local_daemons_fixture,
+    local_inventory,
     run_playbook,
 )
 from tests.waiting import eventually_sync
@@ -38,27 +38,10 @@ def volumes() -> list[dict]:
 
 
 def write_inventory(base: Path, vols: list[dict]) -> Path:
-    inv = base / "inventory"
-    (inv / "group_vars").mkdir(parents=True, exist_ok=True)
-    hosts = {f"n{i}": {"jiva_address": f"{NET}.{30 + i}"} for i in range(1, 4)}
-    (inv / "hosts.yml").write_text(yaml.safe_dump({"jiva_nodes": {"hosts": hosts}}))
-    node = f"{base}/nodes/{{{{ inventory_hostname }}}}"
-    group = {
-        "ansible_connection": "local",
-        "ansible_python_interpreter": "{{ ansible_playbook_python }}",
-        "jiva_venv": f"{base}/venv",
-        "jiva_install_throttle": 1,
-        "jiva_config_dir": f"{node}/etc",
-        "jiva_data_dir": f"{node}/data",
-        "jiva_run_dir": f"{node}/run",
-        "jiva_log_dir": f"{node}/log",
-        "jiva_service_manager": "daemon",
-        "jiva_replica_port_base": RBASE,
-        "jiva_api_port_base": ABASE,
-        "jiva_volumes": vols,
-    }
-    (inv / "group_vars" / "jiva_nodes.yml").write_text(yaml.safe_dump(group))
-    return inv
+    return local_inventory(
+        base, [f"{NET}.{30 + i}" for i in range(1, 4)], vols,
+        jiva_replica_port_base=RBASE, jiva_api_port_base=ABASE,
+    )  # fmt: skip
 
 
 def api_state(api: str) -> dict:

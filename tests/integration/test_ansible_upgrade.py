@@ -24,7 +24,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.faults.ha_harness import QemuIoSession, abandon_workloads, longest_gap
 from tests.sandbox import (  # noqa: F401 - local_daemons_fixture provides the fixture
@@ -33,6 +32,7 @@ from tests.sandbox import (  # noqa: F401 - local_daemons_fixture provides the f
     ansible_env,
     frozen_wheelhouse,
     local_daemons_fixture,
+    local_inventory,
     run_playbook,
 )
 from tests.waiting import eventually_sync
@@ -44,45 +44,18 @@ APIS = {"uv1": f"{NET}.41:9870", "uv2": f"{NET}.42:9871"}
 
 
 def write_inventory(base: Path) -> Path:
-    inv = base / "inventory"
-    (inv / "group_vars").mkdir(parents=True)
-    hosts = {f"n{i}": {"jiva_address": f"{NET}.{30 + i}"} for i in range(1, 4)}
-    (inv / "hosts.yml").write_text(yaml.safe_dump({"jiva_nodes": {"hosts": hosts}}))
-    node = f"{base}/nodes/{{{{ inventory_hostname }}}}"
-    group = {
-        "ansible_connection": "local",
-        "ansible_python_interpreter": "{{ ansible_playbook_python }}",
-        "jiva_venv": f"{base}/venv",  # one venv for the three local nodes
-        "jiva_install_throttle": 1,
-        "jiva_config_dir": f"{node}/etc",
-        "jiva_data_dir": f"{node}/data",
-        "jiva_run_dir": f"{node}/run",
-        "jiva_log_dir": f"{node}/log",
-        "jiva_service_manager": "daemon",
-        "jiva_replica_port_base": 9770,
-        "jiva_api_port_base": 9870,
-        "jiva_volumes": [
-            # controllers on different nodes, so "one at a time" is not just one host's loop
-            {
-                "name": "uv1",
-                "size": "16M",
-                "replicas": 3,
-                "portal": f"{PORTALS['uv1']}:3260",
-                "controller": "n1",
-            },
-            # 2 replicas on 3 nodes: a witness on the third node
-            {
-                "name": "uv2",
-                "size": "16M",
-                "replicas": 2,
-                "portal": f"{PORTALS['uv2']}:3260",
-                "nodes": ["n2", "n3"],
-                "controller": "n2",
-            },
-        ],  # fmt: skip
-    }
-    (inv / "group_vars" / "jiva_nodes.yml").write_text(yaml.safe_dump(group))
-    return inv
+    volumes = [
+        # controllers on different nodes, so "one at a time" is not just one host's loop
+        {"name": "uv1", "size": "16M", "replicas": 3, "portal": f"{PORTALS['uv1']}:3260",
+         "controller": "n1"},
+        # 2 replicas on 3 nodes: a witness on the third node
+        {"name": "uv2", "size": "16M", "replicas": 2, "portal": f"{PORTALS['uv2']}:3260",
+         "nodes": ["n2", "n3"], "controller": "n2"},
+    ]  # fmt: skip
+    return local_inventory(
+        base, [f"{NET}.{30 + i}" for i in range(1, 4)], volumes,
+        jiva_replica_port_base=9770, jiva_api_port_base=9870,
+    )  # fmt: skip
 
 
 def api_state(vol: str) -> dict | None:
