@@ -22,6 +22,7 @@ from tests.sandbox import (  # noqa: F401 - local_daemons_fixture provides the f
     ROOT,
     frozen_wheelhouse,
     local_daemons_fixture,
+    local_inventory,
     run_playbook,
 )
 from tests.waiting import eventually_sync
@@ -35,37 +36,16 @@ API2 = f"{PORTAL2}:9851"
 
 
 def write_inventory(base: Path) -> Path:
-    inv = base / "inventory"
-    (inv / "group_vars").mkdir(parents=True)
-    hosts = {f"n{i}": {"jiva_address": f"{NET}.{30 + i}"} for i in range(1, 4)}
-    (inv / "hosts.yml").write_text(yaml.safe_dump({"jiva_nodes": {"hosts": hosts}}))
-    node = f"{base}/nodes/{{{{ inventory_hostname }}}}"
-    group = {
-        "ansible_connection": "local",
-        "ansible_python_interpreter": "{{ ansible_playbook_python }}",
-        "jiva_venv": f"{base}/venv",  # one venv for the three local nodes
-        "jiva_install_throttle": 1,
-        "jiva_config_dir": f"{node}/etc",
-        "jiva_data_dir": f"{node}/data",
-        "jiva_run_dir": f"{node}/run",
-        "jiva_log_dir": f"{node}/log",
-        "jiva_service_manager": "daemon",
-        "jiva_replica_port_base": 9750,
-        "jiva_api_port_base": 9850,
-        "jiva_volumes": [
-            {
-                "name": "lv1",
-                "size": "16M",
-                "replicas": 3,
-                "portal": f"{PORTAL}:3260",
-                "chap": {"user": "lv1user", "secret": CHAP_SECRET},
-            },
-            # 2 replicas on 3 nodes: placement adds a witness on the third node
-            {"name": "lv2", "size": "16M", "replicas": 2, "portal": f"{PORTAL2}:3260"},
-        ],
-    }
-    (inv / "group_vars" / "jiva_nodes.yml").write_text(yaml.safe_dump(group))
-    return inv
+    volumes = [
+        {"name": "lv1", "size": "16M", "replicas": 3, "portal": f"{PORTAL}:3260",
+         "chap": {"user": "lv1user", "secret": CHAP_SECRET}},
+        # 2 replicas on 3 nodes: placement adds a witness on the third node
+        {"name": "lv2", "size": "16M", "replicas": 2, "portal": f"{PORTAL2}:3260"},
+    ]  # fmt: skip
+    return local_inventory(
+        base, [f"{NET}.{30 + i}" for i in range(1, 4)], volumes,
+        jiva_replica_port_base=9750, jiva_api_port_base=9850,
+    )  # fmt: skip
 
 
 def api_state(api: str = f"{PORTAL}:9850") -> dict:
