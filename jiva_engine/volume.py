@@ -20,6 +20,14 @@ class VolumeIOError(VolumeError):
     """The I/O failed on every replica that could serve it."""
 
 
+class VolumeMediumError(VolumeIOError):
+    """Data at `offset` failed its checksum on every replica holding it: MEDIUM ERROR."""
+
+    def __init__(self, offset: int, message: str) -> None:
+        super().__init__(message)
+        self.offset = offset
+
+
 class VolumeFenced(VolumeError):
     """A newer controller (higher epoch) owns the volume; this one must stop serving."""
 

@@ -92,6 +92,7 @@ class Coordinator:
         self.ranges = ranges
         self.resend = resend  # re-send the writes in flight to the current targets (after Q3)
         self.rebuilder: Any = None  # set by the volume (rebuild.Rebuilder)
+        self.repairer: Any = None  # set by the volume (repair.Repairer)
         self.peers: dict[str, Peer] = {}
         self.addresses: dict[str, str] = {}  # voter id -> last known address (from views)
         for a in replicas:
@@ -463,8 +464,9 @@ class Coordinator:
                     # past writes parked in the range lock: writes in flight when every member
                     # was lost wait there for this claim (they re-send themselves afterwards)
                     await copy_range(
-                        self.ranges, src, others, off, ln, epoch, rebuild=False, past_parked=True
-                    )
+                        self.ranges, src, others, off, ln, epoch, rebuild=False, past_parked=True,
+                        repair=self.repairer,
+                    )  # fmt: skip
 
             await wait_all([asyncio.ensure_future(resync(o, n)) for o, n in spans])
         for p in members:

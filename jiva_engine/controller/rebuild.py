@@ -17,12 +17,13 @@ from jiva_engine.controller.grow import fit
 from jiva_engine.controller.peers import ERR, RW, WO, Peer
 from jiva_engine.controller.rangelock import RangeLock
 from jiva_engine.protocol import wire
-from jiva_engine.protocol.client import ReplicaError, ReplicaUnavailable
+from jiva_engine.protocol.client import BadBlocks, ReplicaError, ReplicaUnavailable
 from jiva_engine.protocol.voting import epoch_text
 from jiva_engine.volume import VolumeFenced
 
 if TYPE_CHECKING:
     from jiva_engine.controller.coordinator import Coordinator
+    from jiva_engine.controller.repair import Repairer
 
 log = logging.getLogger(__name__)
 
@@ -116,12 +117,17 @@ async def copy_range(
     epoch: int,
     rebuild: bool,
     past_parked: bool = False,
+    repair: Repairer | None = None,
 ) -> int:
     """Copy [off, off+ln) from src to dsts under the range lock; holes become holes.
 
     One EXTENTS, then every request at once: the data in READV/WRITEV batches and an UNMAP per
     hole, so the copy costs a few round trips whatever the layout (random 4K writes leave
-    thousands of extents in a span; one round trip each made a 9 MiB resync take 14 s)."""
+    thousands of extents in a span; one round trip each made a 9 MiB resync take 14 s).
+
+    The source checks every block it reads: blocks failing their checksum are never copied;
+    with `repair`, they are first rewritten on the source from another member (the targets
+    excluded), then read again (VolumeMediumError when no member has them good)."""
     end = off + ln
     async with ranges.hold(off, ln, past_parked=past_parked):
         data = clip(await src.link.extents(off, ln), off, end)
@@ -129,12 +135,23 @@ async def copy_range(
             d.link.unmap(h, n, epoch) for h, n in holes(data, off, end) for d in dsts
         ]
 
+        async def read(o: int, n: int, vec: list[tuple[int, int]] | None) -> Any:
+            try:
+                return await (src.link.read(o, n, epoch) if vec is None else src.link.readv(
+                    vec, epoch))  # fmt: skip
+            except BadBlocks as e:
+                if repair is None:
+                    raise
+                others = [p for p in repair.coord.rw_peers() if p is not src and p not in dsts]
+                await repair.repair(src, e.runs, locked=True, sources=others)
+            return await (src.link.read(o, n, epoch) if vec is None else src.link.readv(
+                vec, epoch))  # fmt: skip
+
         async def copy(o: int, n: int, vec: list[tuple[int, int]] | None) -> int:
+            buf = await read(o, n, vec)
             if vec is None:
-                buf = await src.link.read(o, n, epoch)
                 await wait_all([d.link.write(o, buf, epoch, rebuild=rebuild) for d in dsts])
             else:
-                buf = await src.link.readv(vec, epoch)
                 await wait_all([d.link.writev(vec, buf, epoch, rebuild=rebuild) for d in dsts])
             return len(buf)
 
@@ -294,10 +311,17 @@ class Rebuilder:
         try:
             if ranges is not None:
                 async with self.ranges.hold(off, ln):
-                    data = await src.link.readv(ranges, epoch)
+                    try:
+                        data = await src.link.readv(ranges, epoch)
+                    except BadBlocks as e:  # repaired on the source first (see copy_range)
+                        others = [p for p in self.coord.rw_peers() if p not in (src, dst)]
+                        await self.coord.repairer.repair(src, e.runs, locked=True, sources=others)
+                        data = await src.link.readv(ranges, epoch)
                     await dst.link.writev(ranges, data, epoch, rebuild=True)
                 return len(data)
-            return await copy_range(self.ranges, src, [dst], off, ln, epoch, rebuild=True)
+            return await copy_range(
+                self.ranges, src, [dst], off, ln, epoch, rebuild=True, repair=self.coord.repairer
+            )
         except (ReplicaError, ReplicaUnavailable) as e:
             # find out which side failed: the source's failure is a membership change
             if src.client is None or not src.client.connected:

@@ -22,8 +22,10 @@ from jiva_engine.controller.membership import Phase, Policy
 from jiva_engine.controller.peers import ERR, RW, WO, Peer
 from jiva_engine.controller.rangelock import Lease, RangeLock
 from jiva_engine.controller.rebuild import Rebuilder, clip
+from jiva_engine.controller.repair import Repairer
 from jiva_engine.protocol import wire
 from jiva_engine.protocol.client import (
+    BadBlocks,
     ReplicaError,
     ReplicaUnavailable,
     flush_all,
@@ -44,6 +46,7 @@ from jiva_engine.volume import (
 SERVING, WAITING = Phase.SERVING.value, Phase.WAITING.value
 FENCED, NO_QUORUM = Phase.FENCED.value, Phase.NO_QUORUM.value
 MAX_IO = wire.MAX_IO  # largest READ/WRITE in one frame; bigger requests are split
+MAX_REPAIRS = 2  # read repairs of one member per read before the read goes elsewhere
 SECTOR = wire.SECTOR
 SPLIT_READ = 128 << 10  # reads from this size on are served by several members in parallel
 SPLIT_PART = 64 << 10  # smallest part of a split read
@@ -127,6 +130,8 @@ class Volume:
             "rebuild_bytes_copied": 0,
             "held_seconds": 0.0,
         }
+        self.repairer = Repairer(self.coord, self.ranges, self.io_stats)
+        self.coord.repairer = self.repairer
         self.coord.rebuilder = Rebuilder(
             self.coord, self.ranges, lambda: list(self._inflight.values()), self.io_stats,
             rebuild_rate,
@@ -210,6 +215,7 @@ class Volume:
             self.state != SERVING
             or any(p.mode != RW for p in self.coord.replicas())
             or any(not p.connected for p in self.coord.witnesses())
+            or bool(self.repairer.unrepaired)
         )
 
     def status(self) -> dict[str, Any]:
@@ -226,6 +232,18 @@ class Volume:
             "witnesses": [p.view() for p in self.coord.witnesses()],
             "quorum": self.coord.quorum(),
             "degraded": self.degraded(),
+            "integrity": self.integrity(),
+        }
+
+    def integrity(self) -> dict[str, Any]:
+        """Checksum findings: bad block copies found and repaired, blocks with no good copy."""
+        st = self.io_stats
+        bad = sorted(self.repairer.unrepaired)
+        return {
+            "checksum_errors": int(st["checksum_errors"]),
+            "blocks_repaired": int(st["blocks_repaired"]),
+            "unrepaired_blocks": len(bad),
+            "unrepaired_offsets": bad[:32],
         }
 
     # ------------------------------------------------------------------ admission (Q3, Q8)
@@ -281,6 +299,7 @@ class Volume:
 
     async def _read_one(self, offset: int, length: int) -> bytes | bytearray:
         tried: set[str] = set()
+        repairs = 0
         while True:
             await self._admit(True)
             rw = [m for m in self.rw_members() if m.address not in tried]
@@ -291,6 +310,14 @@ class Volume:
             tried.add(m.address)
             try:
                 data = await m.link.read(offset, length, self.epoch)
+            except BadBlocks as e:
+                # blocks failed their checksum there: rewrite them from a good copy (or raise
+                # VolumeMediumError when there is none), then read again from the same member
+                await self.repairer.repair(m, e.runs)
+                repairs += 1
+                if repairs <= MAX_REPAIRS:
+                    tried.discard(m.address)
+                continue
             except (ReplicaError, ReplicaUnavailable) as e:
                 self.io_stats["read_retries"] += 1
                 await self.coord.failures([(m, e)])
@@ -313,6 +340,7 @@ class Volume:
         step += -step % 4096  # 4 KiB-aligned cuts
         todo = [(i, min(step, length - i)) for i in range(0, length, step)]
         tried: set[str] = set()
+        repairs = 0
         while todo:
             await self._admit(True)
             rw = [m for m in self.rw_members() if m.address not in tried]
@@ -328,7 +356,13 @@ class Volume:
             failed: dict[str, tuple[Peer, BaseException]] = {}
             todo = []
             for (m, i, n), r in zip(plan, res, strict=True):
-                if isinstance(r, BaseException):
+                if isinstance(r, BadBlocks):  # repaired from a good copy, then read again
+                    await self.repairer.repair(m, r.runs)
+                    repairs += 1
+                    if repairs > MAX_REPAIRS * len(plan):
+                        tried.add(m.address)
+                    todo.append((i, n))
+                elif isinstance(r, BaseException):
                     if not isinstance(r, (ReplicaError, ReplicaUnavailable)):
                         raise r
                     failed.setdefault(m.address, (m, r))
@@ -353,6 +387,7 @@ class Volume:
         await self._admit(False)
         async with self.ranges.hold(offset, n) as lease:
             await self._replicate(_Op("write", offset, data, n, fua, lease))
+            self.repairer.forget(offset, n)
         st = self.io_stats
         st["writes"] += 1
         st["write_bytes"] += n
@@ -366,6 +401,7 @@ class Volume:
         await self._admit(False)  # before the range lock (see write)
         async with self.ranges.hold(offset, length) as lease:
             await self._replicate(_Op("unmap", offset, None, length, False, lease))
+            self.repairer.forget(offset, length)
         self.io_stats["unmaps"] += 1
 
     async def flush(self) -> None:

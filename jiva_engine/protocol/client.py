@@ -38,6 +38,28 @@ class ReplicaError(Exception):
         super().__init__(f"{name}: {message}" if message else name)
 
 
+class BadBlocks(ReplicaError):
+    """A read met blocks failing their checksum on the replica (its data was withheld).
+
+    `runs` are the bad [offset, length] byte runs; the replica is otherwise healthy."""
+
+    def __init__(self, payload: bytes) -> None:
+        try:
+            body = wire.loads(payload)
+            runs = [(int(o), int(n)) for o, n in body["bad"]]
+            message = str(body.get("message", ""))
+        except (wire.FrameError, KeyError, TypeError, ValueError):
+            runs, message = [], f"unparseable BAD_BLOCKS answer {bytes(payload[:80])!r}"
+        self.runs = runs
+        super().__init__(wire.BAD_BLOCKS, message)
+
+
+def _error(status: int, payload: bytes) -> ReplicaError:
+    if status == wire.BAD_BLOCKS:
+        return BadBlocks(payload)
+    return ReplicaError(status, str(payload, "utf-8", "replace"))
+
+
 def _consume(fut: asyncio.Future) -> None:
     if not fut.cancelled():
         fut.exception()
@@ -86,7 +108,7 @@ class _ClientProtocol(wire.RecvBuffer, asyncio.BufferedProtocol):
             client._unsolicited(op, bytes(payload))
         elif status:
             if not fut.done():
-                fut.set_exception(ReplicaError(status, str(payload, "utf-8", "replace")))
+                fut.set_exception(_error(status, bytes(payload)))
         elif not fut.done():
             fut.set_result(payload)
 
@@ -515,6 +537,13 @@ class ReplicaClient:
     async def clear_dirty(self, regions: list[int] | None = None, epoch: int | None = None) -> None:
         """Clear dirty bits (all when `regions` is None) after syncing the data file."""
         await self._json(wire.CLEAR_DIRTY, {"regions": regions}, epoch)
+
+    async def checksums(self, offset: int, length: int, epoch: int) -> dict[str, Any]:
+        """Per-block checksums of a range of whole blocks and the blocks failing their check."""
+        body = await self._json(wire.CHECKSUMS, None, epoch, offset=offset, length=length)
+        if not isinstance(body, dict) or not isinstance(body.get("sums"), list):
+            raise ReplicaError(wire.EIO, f"bad CHECKSUMS answer from replica {self.address}")
+        return body
 
     async def extents(self, offset: int, length: int) -> list[list[int]]:
         """Allocated [offset, length] runs inside the range."""

@@ -36,6 +36,9 @@ READV = 15  # payload JSON [[offset, length], ..] -> the ranges' data, concatena
 WRITEV = 16  # payload: u32 JSON length, JSON [[offset, length], ..], the data concatenated
 CLAIM = 17  # promise the header's epoch (a new controller term): strictly above the stored one
 GROW = 18  # payload JSON {"size": bytes}: extend the replica (never shrink), persisted -> INFO
+# offset/length (whole 4 KiB blocks, or up to the end) -> JSON {"sums": [per block, the CRC32C
+# of its data as stored in volume.crc], "bad": [block numbers failing their check]} (scrub)
+CHECKSUMS = 19
 MAX_VEC = 4096  # most ranges in one READV/WRITEV
 
 OP_NAMES = {
@@ -57,11 +60,12 @@ OP_NAMES = {
     WRITEV: "WRITEV",
     CLAIM: "CLAIM",
     GROW: "GROW",
+    CHECKSUMS: "CHECKSUMS",
 }
 
 # operations refused with STALE_EPOCH when their header epoch is below the replica's
 FENCED_OPS = frozenset(
-    {READ, WRITE, FLUSH, UNMAP, READV, WRITEV, SET_META, SET_MODE, CLEAR_DIRTY, GROW}
+    {READ, WRITE, FLUSH, UNMAP, READV, WRITEV, SET_META, SET_MODE, CLEAR_DIRTY, GROW, CHECKSUMS}
 )
 
 # WRITE flags (carried in the `length` field)
@@ -77,6 +81,9 @@ AUTH_REQUIRED = 4
 AUTH_FAILED = 5
 WRONG_VOLUME = 6
 UNKNOWN_OP = 7
+# READ/READV: blocks failed their checksum (data withheld); payload JSON {"message": text,
+# "bad": [[offset, length], ..]}
+BAD_BLOCKS = 8
 
 STATUS_NAMES = {
     OK: "OK",
@@ -87,6 +94,7 @@ STATUS_NAMES = {
     AUTH_FAILED: "AUTH_FAILED",
     WRONG_VOLUME: "WRONG_VOLUME",
     UNKNOWN_OP: "UNKNOWN_OP",
+    BAD_BLOCKS: "BAD_BLOCKS",
 }
 
 _pack = HEADER.pack

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from jiva_engine.protocol import auth, voting, wire
 from jiva_engine.protocol.wire import Frame
+from jiva_engine.replica.checksums import block_sums
 from jiva_engine.replica.store import StoreError
 
 if TYPE_CHECKING:
@@ -158,6 +159,7 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
             wire.CLEAR_DIRTY: self._clear_dirty,
             wire.CLAIM: self._claim,
             wire.GROW: self._grow,
+            wire.CHECKSUMS: self._checksums,
         }
 
     # ------------------------------------------------------------------ transport callbacks
@@ -283,6 +285,7 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
         st = self.stats
         out = self.out
         cache_read = _cache_read
+        bad_sums = store.sums.bad
         n = len(src)
         pos = 0
         replies = 0
@@ -309,7 +312,8 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
                         st.rebuild_bytes_written += plen
                     out.append(_pack(_MAGIC, _WRITE, 0, 0, rid, 0, 0, epoch))
                 elif op == _READ:
-                    if ln <= 0 or ln > _MAX_IO or (off | ln) & 511 or off + ln > size or plen:
+                    # whole 4 KiB blocks only (the others are read widened, then checked)
+                    if ln <= 0 or ln > _MAX_IO or (off | ln) & 4095 or off + ln > size or plen:
                         break
                     data = bytearray(ln)
                     try:  # only from the page cache here; a disk read goes to a thread
@@ -317,6 +321,8 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
                             break
                     except OSError:
                         break
+                    if bad_sums(off, data):
+                        break  # the general path reads it again and answers BAD_BLOCKS
                     st.reads += 1
                     st.bytes_read += ln
                     out.append(_pack(_MAGIC, _READ, 0, ln, rid, 0, 0, epoch))
@@ -539,9 +545,10 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
         if n > wire.MAX_IO or n <= 0 or off % 512 or n % 512 or off + n > store.size:
             why = store.check_range(off, n) or f"length {n} exceeds {wire.MAX_IO}"
             return self._error(f, wire.EINVAL, f"READ refused: {why}")
-        data = bytearray(n)
+        a, b = store.span(off, n)  # whole blocks are read: each is checked
+        data = bytearray(b - a)
         try:
-            got = _cache_read(store.fd, data, off)
+            got = _cache_read(store.fd, data, a)
         except BlockingIOError:
             got = -1
         except OSError as e:
@@ -549,35 +556,79 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
                 return self._error(f, wire.EIO, f"read failed: {e}")
             _cache_read.disable()  # this filesystem has no RWF_NOWAIT: plain reads from now on
             got = -1
-        if got != n:  # not (all) in the page cache: read in a thread, keep serving meanwhile
+        if got != b - a:  # not (all) in the page cache: read in a thread, keep serving meanwhile
             self.stats.reads_offloaded += 1
-            self.server.spawn(self._read_slow(f))
+            self.server.spawn(self._read_slow(f, a, b))
             return
-        self._read_done(f, data)
+        self._read_done(f, a, data)
 
-    async def _read_slow(self, f: Frame) -> None:
+    async def _read_slow(self, f: Frame, a: int, b: int) -> None:
         loop = asyncio.get_running_loop()
         try:
-            data = await loop.run_in_executor(None, self.store.pread, f.offset, f.length)
+            data = await loop.run_in_executor(None, self.store.preadv, [(a, b - a)])
         except OSError as e:
             return self._error(f, wire.EIO, f"read failed: {e}")
-        self._read_done(f, data)
+        self._read_done(f, a, data)
 
-    def _read_done(self, f: Frame, data: bytes | bytearray) -> None:
+    def _read_done(self, f: Frame, a: int, data: bytearray) -> None:
+        """Check the blocks read at `a` (verify runs in the loop thread); answer the frame's
+        range, or BAD_BLOCKS."""
+        bad = self.store.verify(a, data)
+        if bad:
+            return self._bad_blocks(f, bad)
+        off, n = f.offset, f.length
+        self._served(f, data if (a, len(data)) == (off, n) else data[off - a : off - a + n])
+
+    def _served(self, f: Frame, data: bytes | bytearray) -> None:
         st = self.stats
         st.reads += 1
         st.bytes_read += len(data)
         self._reply(f.op, f.req_id, data)
+
+    def _bad_blocks(self, f: Frame, bad: list[int]) -> None:
+        """Blocks failed their checksum: their data is withheld; the answer names them."""
+        store = self.store
+        runs = store.block_runs(bad)
+        self.stats.checksum_errors += len(bad)
+        msg = f"{len(bad)} block(s) failed their checksum: " + ", ".join(
+            f"{o}+{n}" for o, n in runs[:8]) + (" ..." if len(runs) > 8 else "")  # fmt: skip
+        log.warning("%s: %s", store.dir, msg)
+        self._reply(f.op, f.req_id, wire.dumps({"message": msg, "bad": runs}), wire.BAD_BLOCKS)
 
     def _readv(self, f: Frame) -> None:
         ranges = self._ranges(f, self._json(f.payload))
         if ranges is None:
             return None
         try:
-            data = self.store.preadv(ranges)
+            data, bad = self.store.read_verified(ranges)
         except OSError as e:
             return self._error(f, wire.EIO, f"read failed: {e}")
-        self._read_done(f, data)
+        if bad:
+            return self._bad_blocks(f, bad)
+        self._served(f, data)
+
+    def _checksums(self, f: Frame) -> None:
+        store = self.store
+        off, n = f.offset, f.length
+        why = store.check_range(off, n)
+        if why is None and (off % 4096 or (n % 4096 and off + n != store.size)):
+            why = f"CHECKSUMS needs whole 4096-byte blocks, not {off}+{n}"
+        if why is None and n > wire.MAX_IO:
+            why = f"length {n} exceeds {wire.MAX_IO}"
+        if why:
+            return self._error(f, wire.EINVAL, f"CHECKSUMS refused: {why}")
+        self.server.spawn(self._checksums_job(f))
+
+    async def _checksums_job(self, f: Frame) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            data = await loop.run_in_executor(None, self.store.preadv, [(f.offset, f.length)])
+        except OSError as e:
+            return self._error(f, wire.EIO, f"read failed: {e}")
+        bad = self.store.verify(f.offset, data)
+        if bad:
+            self.stats.checksum_errors += len(bad)
+        self._reply(f.op, f.req_id, wire.dumps({"sums": block_sums(data), "bad": bad}))
 
     def _extents(self, f: Frame) -> None:
         why = self.store.check_range(f.offset, f.length)

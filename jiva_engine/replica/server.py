@@ -79,6 +79,7 @@ class Stats:
     rebuild_bytes_written: int = 0
     errors: int = 0
     reads_offloaded: int = 0
+    checksum_errors: int = 0  # blocks that failed their checksum when read (then repaired)
 
     def as_dict(self) -> dict[str, int]:
         """Counters as a JSON-able dict."""

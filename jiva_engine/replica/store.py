@@ -16,10 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from jiva_engine.protocol import voting, wire
+from jiva_engine.replica import checksums
+from jiva_engine.replica.checksums import BLOCK, BSHIFT, MASK, BlockSums
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # 1: membership by address, "uuid"; 2: voter id, view_epoch, voters (migrated at open)
+# 1: membership by address, "uuid"; 2: voter id, view_epoch, voters; 3: per-block checksums in
+# volume.crc (computed from the data when a format-2 folder is opened)
+FORMAT = 3
+CHECKSUMS = "crc32c/4096"
 SECTOR = wire.SECTOR
 META = "meta.json"
 DATA = "volume.img"
@@ -172,7 +177,7 @@ def migrate_v1(meta: dict[str, Any]) -> dict[str, Any]:
     accepted view (its entries stay addresses, which controllers match by address); change maps
     keep no list of excluded members (controllers then use the older epoch rule for them)."""
     out = dict(meta)
-    out["format"] = FORMAT
+    out["format"] = 2
     out["kind"] = "replica"
     out["id"] = str(out.pop("uuid", None) or voting.new_id())
     out["view_epoch"] = out["member_epoch"] = int(out.get("epoch") or 0)
@@ -209,6 +214,11 @@ class ReplicaStore:
         self.shift = self.region_size.bit_length() - 1
         self.nregions = (self.size + self.region_size - 1) >> self.shift
         self.fd = self._open_data()
+        try:
+            self.sums = BlockSums(self.dir, self.size)
+        except OSError as e:
+            os.close(self.fd)
+            raise StoreError(f"cannot open {self.dir / checksums.NAME}: {e.strerror}") from None
         # region bitmaps held as sets; files mirror them (written on 0->1, lazily on clear)
         self.dirty: set[int] = self._load_map(DIRTY)
         self.sticky: set[int] = set(self.dirty)  # left by a crash: only CLEAR_DIRTY clears them
@@ -247,11 +257,15 @@ class ReplicaStore:
         self.wseq = 0
         self.prev_clear_seq = 0
         self.closed = False
-        if found < FORMAT:
+        if found < 2:
             self.meta = migrate_v1(self.meta)
             self.meta["missed_granularity"] = self.mgran
             if old_gran and self.missed:  # maps at the new granularity before meta names it
                 self.persist_bitmaps()
+        self.rehashed = self._check_sums(found)
+        if found < FORMAT:
+            self.meta["format"] = FORMAT
+            self.meta["checksums"] = CHECKSUMS
             self.write_meta(self.meta_snapshot())
             log.info("%s migrated from format %d to %d (replica id %s)", self.dir / META, found,
                      FORMAT, self.meta["id"])  # fmt: skip
@@ -272,6 +286,7 @@ class ReplicaStore:
         """meta.json as found (or a new one) and its format (migrated by the caller)."""
         meta_path = self.dir / META
         data_path = self.dir / DATA
+        self._fresh = not meta_path.exists()
         if meta_path.exists():
             try:
                 meta = json.loads(meta_path.read_text())
@@ -296,7 +311,7 @@ class ReplicaStore:
                     f"{self.dir} belongs to volume {vol!r} of size {size} bytes; refusing to "
                     f"shrink it to {self.size} bytes (a volume only grows)"
                 )
-            if meta.get("format") not in (1, FORMAT):
+            if meta.get("format") not in (1, 2, FORMAT):
                 raise StoreError(f"{meta_path} has unsupported format {meta.get('format')!r}")
             # a longer data file is a grow interrupted before meta recorded it (_open_data cuts
             # it back); a shorter one lost data behind our back
@@ -320,6 +335,7 @@ class ReplicaStore:
             **voting.fresh_fields(),
             "clean": True,
             "region_size": region_size,
+            "checksums": CHECKSUMS,
             "missed_granularity": missed_granularity(self.size),
             "tracking": [],
             "rebuilding": False,
@@ -340,6 +356,40 @@ class ReplicaStore:
             os.fsync(fd)
             _fsync_dir(self.dir)
         return fd
+
+    def _check_sums(self, found: int) -> int:
+        """Make the checksum entries match the data where they cannot be trusted: every
+        allocated block of a folder from before checksums (or whose volume.crc was lost), and
+        the regions dirty at open (a crash may have left a block's data and its entry from
+        different writes; the controller resynchronises those regions from its peers, so a
+        torn write never reads as corrupt). Returns how many bytes were hashed."""
+        if found < FORMAT or self.sums.created:
+            if found == FORMAT and not self._fresh:
+                log.warning("%s was missing: computing every block's checksum from the data "
+                            "(damage already there is found only by a scrub comparing "
+                            "replicas)", self.sums.path)  # fmt: skip
+            runs = self._extents(0, self.size)
+        else:
+            shift = self.shift
+            runs = [[r << shift, min(self.size, (r + 1) << shift) - (r << shift)]
+                    for r in sorted(self.dirty)]  # fmt: skip
+        done = 0
+        for off, ln in runs:
+            done += self.rehash(off, ln)
+        if done:
+            self.sums.sync()
+            log.info("%s: checksums computed from the data for %d bytes", self.dir, done)
+        return done
+
+    def rehash(self, offset: int, length: int) -> int:
+        """Set the checksum entries of the blocks of a range from the data as it is."""
+        a = offset & ~MASK
+        end = min(self.size, (offset + length + MASK) & ~MASK)
+        step = 4 << 20
+        for pos in range(a, end, step):
+            n = min(step, end - pos)
+            self.sums.put(pos >> BSHIFT, checksums.block_sums(self.pread(pos, n)))
+        return end - a
 
     def _load_map(self, name: str) -> set[int]:
         path = self.dir / name
@@ -527,13 +577,21 @@ class ReplicaStore:
         n = len(data)
         shift = self.shift
         r = offset >> shift
-        if (offset + n - 1) >> shift != r or r not in self.dirty or r in self.undurable:
+        if (
+            (offset | n) & MASK
+            or (offset + n - 1) >> shift != r
+            or r not in self.dirty
+            or r in self.undurable
+        ):
             return False
+        sums = checksums.block_sums(data)
         try:
             if os.pwrite(self.fd, data, offset) != n:
+                self.sums.put(offset >> BSHIFT, sums)  # some of it may have landed
                 return False
         except OSError:
             return False
+        self.sums.put(offset >> BSHIFT, sums)
         if self.missed:
             self.note_missed(offset, n)
         self.wseq = seq = self.wseq + 1
@@ -567,7 +625,48 @@ class ReplicaStore:
             lw[r0] = seq
 
     def pwrite(self, offset: int, data: bytes | memoryview) -> None:
-        """Apply a write to the data file (the caller made its regions durably dirty first)."""
+        """Apply a write to the data file and its blocks' checksums (the caller made its regions
+        durably dirty first). A block only partly written is merged with its old contents; if
+        those failed their check, the block keeps its old checksum, so it still reads as corrupt
+        and the controller repairs it from a good copy (never blessing the damage)."""
+        end = offset + len(data)
+        if not (offset & MASK or (end & MASK and end != self.size)):
+            sums = checksums.block_sums(data)
+            self._pwrite(offset, data)
+            self.sums.put(offset >> BSHIFT, sums)
+            return
+        first, last = offset >> BSHIFT, (end - 1) >> BSHIFT
+        edges: dict[int, bytearray | None] = {}  # block -> merged new contents; None: was corrupt
+        for b in {first, last}:
+            start = b << BSHIFT
+            if offset <= start and (end >= start + BLOCK or end == self.size):
+                continue  # wholly written
+            old = bytearray(self.pread(start, min(BLOCK, self.size - start)))
+            if self.sums.bad(start, old):
+                edges[b] = None
+                continue
+            lo, hi = max(offset, start), min(end, start + len(old))
+            old[lo - start : hi - start] = data[lo - offset : hi - offset]
+            edges[b] = old
+        self._pwrite(offset, data)
+        mv = memoryview(data)
+        inner_a = (first + (first in edges)) << BSHIFT
+        inner_b = min(self.size, (last + 1 - (last in edges)) << BSHIFT)
+        if inner_b > inner_a:
+            self.sums.put(inner_a >> BSHIFT, checksums.block_sums(
+                mv[inner_a - offset : inner_b - offset]))  # fmt: skip
+        for b, merged in edges.items():
+            if merged is None:
+                log.warning(
+                    "%s: block %d failed its checksum before a partial write; it keeps "
+                    "the old checksum until the controller repairs it",
+                    self.dir,
+                    b,
+                )
+            else:
+                self.sums.put(b, checksums.block_sums(merged))
+
+    def _pwrite(self, offset: int, data: bytes | memoryview) -> None:
         fd = self.fd
         n = os.pwrite(fd, data, offset)
         if n != len(data):
@@ -594,8 +693,72 @@ class ReplicaStore:
                 pos += length
         return data
 
+    def span(self, offset: int, length: int) -> tuple[int, int]:
+        """The whole blocks [a, b) holding a range (b clipped to the end of the volume)."""
+        return offset & ~MASK, min(self.size, (offset + length + MASK) & ~MASK)
+
+    def verify(self, a: int, data: bytearray) -> list[int]:
+        """Block numbers of `data` (read at block-aligned `a`) that fail their checksum.
+
+        A failing block is read again here, in the loop thread, where no write is half-applied
+        (a read done in a worker thread may have met a write landing meanwhile): a good re-read
+        replaces it in `data`. Only blocks that fail again are returned."""
+        bad = self.sums.bad(a, data)
+        if not bad:
+            return bad
+        still = []
+        for b in bad:
+            s = b << BSHIFT
+            fresh = self.pread(s, min(BLOCK, self.size - s))
+            if self.sums.bad(s, fresh):
+                still.append(b)
+            else:
+                data[s - a : s - a + len(fresh)] = fresh
+        return still
+
+    def read_verified(self, ranges: list[tuple[int, int]]) -> tuple[bytearray, list[int]]:
+        """Several ranges' data, concatenated, and the blocks among them that fail their check
+        (their data must not be served)."""
+        out = bytearray()
+        bad: list[int] = []
+        for offset, length in ranges:
+            a, b = self.span(offset, length)
+            data = self.preadv([(a, b - a)])
+            bad += self.verify(a, data)
+            out += data if (a, b) == (offset, offset + length) else data[
+                offset - a : offset - a + length]  # fmt: skip
+        return out, bad
+
+    def block_runs(self, blocks: list[int]) -> list[list[int]]:
+        """[offset, length] byte runs of block numbers (clipped to the volume)."""
+        runs: list[list[int]] = []
+        for b in sorted(set(blocks)):
+            if runs and runs[-1][0] + runs[-1][1] == b << BSHIFT:
+                runs[-1][1] += BLOCK
+            else:
+                runs.append([b << BSHIFT, BLOCK])
+        if runs and runs[-1][0] + runs[-1][1] > self.size:
+            runs[-1][1] = self.size - runs[-1][0]
+        return runs
+
     def punch(self, offset: int, length: int) -> None:
-        """Deallocate a range: PUNCH_HOLE|KEEP_SIZE, or write zeroes where that is unsupported."""
+        """Deallocate a range (it reads as zeroes): whole blocks are punched and their
+        checksums cleared; parts of blocks are written with zeroes (see pwrite)."""
+        end = offset + length
+        a = (offset + MASK) & ~MASK
+        b = end if end == self.size else end & ~MASK
+        if b <= a:
+            self.pwrite(offset, bytes(length))
+            return
+        if a > offset:
+            self.pwrite(offset, bytes(a - offset))
+        if end > b:
+            self.pwrite(b, bytes(end - b))
+        self._punch(a, b - a)
+        self.sums.clear(a >> BSHIFT, ((b - a) + MASK) >> BSHIFT)
+
+    def _punch(self, offset: int, length: int) -> None:
+        """PUNCH_HOLE|KEEP_SIZE, or write zeroes where that is unsupported."""
         if _fallocate is not None:
             rc = _fallocate(self.fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length)
             if rc == 0:
@@ -607,7 +770,7 @@ class ReplicaStore:
         pos, end = offset, offset + length
         while pos < end:
             n = min(len(zero), end - pos)
-            self.pwrite(pos, zero[:n] if n < len(zero) else zero)
+            self._pwrite(pos, zero[:n] if n < len(zero) else zero)
             pos += n
 
     def extents(self, offset: int, length: int, max_runs: int = MAX_RUNS) -> list[list[int]]:
@@ -642,8 +805,9 @@ class ReplicaStore:
         return runs
 
     def datasync(self) -> None:
-        """fdatasync the data file (run in a worker thread)."""
+        """fdatasync the data file and its checksums (run in a worker thread)."""
         os.fdatasync(self.fd)
+        self.sums.sync()
 
     # ------------------------------------------------------------------ bitmaps
     def bitmap_snapshot(self) -> dict[str, Any]:
@@ -789,6 +953,7 @@ class ReplicaStore:
         if size == self.size:
             return False
         os.ftruncate(self.fd, size)
+        self.sums.resize(size)  # a short last block was checked padded with zeroes: still right
         self.size = size
         self.nregions = (size + self.region_size - 1) >> self.shift
         if not self.missed and not self._dropped:  # no change map a granularity change misreads
@@ -840,10 +1005,11 @@ class ReplicaStore:
         self.closed = True
         try:
             if clean:
-                os.fdatasync(self.fd)
+                self.datasync()
                 self.dirty = set(self.sticky)
                 self.persist_bitmaps()
                 self.meta["clean"] = not self.dirty
                 self.write_meta(self.meta_snapshot())
         finally:
             os.close(self.fd)
+            self.sums.close()

@@ -20,7 +20,14 @@ from jiva_engine.scsi.sense import Conflict, SenseError
 from jiva_engine.scsi.spc import ModeParameters
 from jiva_engine.scsi.table import COMMANDS, VPD_PAGES
 from jiva_engine.scsi.ua import UnitAttentions
-from jiva_engine.volume import BlockVolume, OutOfRange, VolumeFenced, VolumeIOError, VolumeNotReady
+from jiva_engine.volume import (
+    BlockVolume,
+    OutOfRange,
+    VolumeFenced,
+    VolumeIOError,
+    VolumeMediumError,
+    VolumeNotReady,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +121,12 @@ class LogicalUnit:
             return self._check(S.NOT_READY, S.LU_NOT_READY_BECOMING)
         except VolumeNotReady:
             return self._check(S.NOT_READY, S.LU_NOT_READY_BECOMING)
+        except VolumeMediumError as e:
+            # no replica holds a good copy: UNRECOVERED READ ERROR naming the first bad LBA
+            log.error("unrecoverable read on %s: %s", self.volume.name, e)
+            lba = e.offset // self.block_size
+            return Result(S.CHECK_CONDITION, sense=self.sense_bytes(
+                SenseError(S.MEDIUM_ERROR, S.UNRECOVERED_READ_ERROR, lba)))  # fmt: skip
         except VolumeIOError as e:
             log.warning("I/O error on %s: %s", self.volume.name, e)
             writes = cmd is not None and cmd.writes

@@ -23,7 +23,8 @@ def test_new_dir_is_epoch_0_sparse_and_meta_complete(tmp_path):
     s = ReplicaStore(d, "vol1", 64 * MiB)
     meta = json.loads((d / "meta.json").read_text())
     assert meta["volume"] == "vol1" and meta["size"] == 64 * MiB and meta["epoch"] == 0
-    assert meta["format"] == 2 and meta["sector_size"] == 512 and meta["region_size"] == MiB
+    assert meta["format"] == 3 and meta["sector_size"] == 512 and meta["region_size"] == MiB
+    assert meta["checksums"] == "crc32c/4096"
     assert meta["kind"] == "replica" and len(meta["id"]) == 36 and "uuid" not in meta
     assert meta["view_epoch"] == 0 and meta["membership"] == [] and meta["voters"] == {}
     assert meta["clean"] is False  # open = running = not clean
@@ -272,9 +273,9 @@ def test_old_region_granular_change_map_is_widened(tmp_path):
     s2 = ReplicaStore(d, "v", 4 * MiB)
     assert s2.missed_runs(3) == [[2 * MiB, MiB]]
     s2.close()
-    s3 = ReplicaStore(d, "v", 4 * MiB)  # converted on disk, granularity recorded: format 2
+    s3 = ReplicaStore(d, "v", 4 * MiB)  # converted on disk, granularity recorded: format 3
     assert s3.mgran == 4096 and s3.missed_runs(3) == [[2 * MiB, MiB]]
-    assert json.loads((d / "meta.json").read_text())["format"] == 2
+    assert json.loads((d / "meta.json").read_text())["format"] == 3
     s3.close()
 
 
@@ -374,7 +375,7 @@ def test_dirty_map_is_fdatasynced_before_the_data_write(tmp_path, monkeypatch):
 
 
 def test_format_1_folder_is_migrated_keeping_its_identity_data_and_maps(tmp_path):
-    """A folder written by the format-1 engine (membership by address, "uuid") opens as format 2:
+    """A folder written by the format-1 engine (membership by address, "uuid") opens as format 3:
     the uuid becomes the replica id, the stored membership the accepted view, change maps stay."""
     d = tmp_path / "r"
     s = ReplicaStore(d, "vol1", 64 * MiB)
@@ -390,7 +391,7 @@ def test_format_1_folder_is_migrated_keeping_its_identity_data_and_maps(tmp_path
     s = ReplicaStore(d, "vol1", 64 * MiB)
     try:
         assert s.id == "0b7c3cde-3f8f-4c43-9d0a-7e4dd3a1a001"
-        assert s.meta["format"] == 2 and "uuid" not in s.meta
+        assert s.meta["format"] == 3 and "uuid" not in s.meta
         assert s.meta["view_epoch"] == s.meta["member_epoch"] == 7 and s.epoch == 7
         assert s.mode == "RW"
         assert s.meta["membership"] == ["10.0.0.1:9700", "10.0.0.2:9700"]
@@ -400,15 +401,15 @@ def test_format_1_folder_is_migrated_keeping_its_identity_data_and_maps(tmp_path
     finally:
         s.close()
     on_disk = json.loads((d / "meta.json").read_text())
-    assert on_disk["format"] == 2 and on_disk["id"] == "0b7c3cde-3f8f-4c43-9d0a-7e4dd3a1a001"
+    assert on_disk["format"] == 3 and on_disk["id"] == "0b7c3cde-3f8f-4c43-9d0a-7e4dd3a1a001"
 
 
 def test_unknown_format_and_a_witness_folder_are_refused(tmp_path):
     d = tmp_path / "r"
     ReplicaStore(d, "vol1", 64 * MiB).close()
     meta = json.loads((d / "meta.json").read_text())
-    (d / "meta.json").write_text(json.dumps({**meta, "format": 3}))
-    with pytest.raises(StoreError, match="unsupported format 3"):
+    (d / "meta.json").write_text(json.dumps({**meta, "format": 4}))
+    with pytest.raises(StoreError, match="unsupported format 4"):
         ReplicaStore(d, "vol1", 64 * MiB)
     (d / "meta.json").write_text(json.dumps({**meta, "kind": "witness"}))
     with pytest.raises(StoreError, match="witness's metadata"):
