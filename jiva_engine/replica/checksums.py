@@ -73,6 +73,14 @@ class BlockSums:
         self.mm = mmap.mmap(self.fd, length)
         self.size = size
 
+    def reset(self) -> None:
+        """Every entry 0 (the file emptied, then sparse again at its length)."""
+        if self.mm is not None:
+            self.mm.close()
+            self.mm = None
+        os.ftruncate(self.fd, 0)
+        self.resize(self.size)
+
     # ------------------------------------------------------------------ entries
     def get(self, first: int, count: int) -> tuple[int, ...]:
         assert self.mm is not None

@@ -363,19 +363,26 @@ class ReplicaStore:
         the regions dirty at open (a crash may have left a block's data and its entry from
         different writes; the controller resynchronises those regions from its peers, so a
         torn write never reads as corrupt). Returns how many bytes were hashed."""
-        if found < FORMAT or self.sums.created:
+        full = found < FORMAT or self.sums.created
+        if full:
             if found == FORMAT and not self._fresh:
                 log.warning("%s was missing: computing every block's checksum from the data "
                             "(damage already there is found only by a scrub comparing "
                             "replicas)", self.sums.path)  # fmt: skip
-            runs = self._extents(0, self.size)
+            self.sums.reset()  # (a migration interrupted before may have left entries)
+            spans = [(0, self.size)]
         else:
             shift = self.shift
-            runs = [[r << shift, min(self.size, (r + 1) << shift) - (r << shift)]
-                    for r in sorted(self.dirty)]  # fmt: skip
+            spans = [(r << shift, min(self.size, (r + 1) << shift) - (r << shift))
+                     for r in sorted(self.dirty)]  # fmt: skip
         done = 0
-        for off, ln in runs:
-            done += self.rehash(off, ln)
+        for off, ln in spans:
+            # holes read as zeroes (entry 0), e.g. an unmap whose cleared entries were lost;
+            # only the allocated parts are read and hashed
+            if not full:
+                self.sums.clear(off >> BSHIFT, (ln + MASK) >> BSHIFT)
+            for eo, el in self._extents(off, ln):
+                done += self.rehash(eo, el)
         if done:
             self.sums.sync()
             log.info("%s: checksums computed from the data for %d bytes", self.dir, done)
