@@ -108,6 +108,33 @@ def plan_copy(
     return f"incremental since epoch {epoch_text(since)}", merge(ext, size)
 
 
+async def read_source(
+    src: Peer,
+    dsts: list[Peer],
+    off: int,
+    ln: int,
+    vec: list[tuple[int, int]] | None,
+    epoch: int,
+    repair: Repairer | None,
+) -> Any:
+    """Read what a copy sends (`vec` ranges, or [off, off+ln)) from `src`, which checks every
+    block: blocks failing their checksum are never copied; with `repair` they are first
+    rewritten on the source from another current member (not a target; the caller holds the
+    range lock), then read again (VolumeMediumError when no member has them good)."""
+
+    def read() -> Any:
+        return src.link.read(off, ln, epoch) if vec is None else src.link.readv(vec, epoch)
+
+    try:
+        return await read()
+    except BadBlocks as e:
+        if repair is None:
+            raise
+        others = [p for p in repair.coord.rw_peers() if p is not src and p not in dsts]
+        await repair.repair(src, e.runs, locked=True, sources=others)
+    return await read()
+
+
 async def copy_range(
     ranges: RangeLock,
     src: Peer,
@@ -125,9 +152,7 @@ async def copy_range(
     hole, so the copy costs a few round trips whatever the layout (random 4K writes leave
     thousands of extents in a span; one round trip each made a 9 MiB resync take 14 s).
 
-    The source checks every block it reads: blocks failing their checksum are never copied;
-    with `repair`, they are first rewritten on the source from another member (the targets
-    excluded), then read again (VolumeMediumError when no member has them good)."""
+    Source blocks failing their checksum are repaired first or fail the copy (read_source)."""
     end = off + ln
     async with ranges.hold(off, ln, past_parked=past_parked):
         data = clip(await src.link.extents(off, ln), off, end)
@@ -135,20 +160,8 @@ async def copy_range(
             d.link.unmap(h, n, epoch) for h, n in holes(data, off, end) for d in dsts
         ]
 
-        async def read(o: int, n: int, vec: list[tuple[int, int]] | None) -> Any:
-            try:
-                return await (src.link.read(o, n, epoch) if vec is None else src.link.readv(
-                    vec, epoch))  # fmt: skip
-            except BadBlocks as e:
-                if repair is None:
-                    raise
-                others = [p for p in repair.coord.rw_peers() if p is not src and p not in dsts]
-                await repair.repair(src, e.runs, locked=True, sources=others)
-            return await (src.link.read(o, n, epoch) if vec is None else src.link.readv(
-                vec, epoch))  # fmt: skip
-
         async def copy(o: int, n: int, vec: list[tuple[int, int]] | None) -> int:
-            buf = await read(o, n, vec)
+            buf = await read_source(src, dsts, o, n, vec, epoch, repair)
             if vec is None:
                 await wait_all([d.link.write(o, buf, epoch, rebuild=rebuild) for d in dsts])
             else:
@@ -311,12 +324,9 @@ class Rebuilder:
         try:
             if ranges is not None:
                 async with self.ranges.hold(off, ln):
-                    try:
-                        data = await src.link.readv(ranges, epoch)
-                    except BadBlocks as e:  # repaired on the source first (see copy_range)
-                        others = [p for p in self.coord.rw_peers() if p not in (src, dst)]
-                        await self.coord.repairer.repair(src, e.runs, locked=True, sources=others)
-                        data = await src.link.readv(ranges, epoch)
+                    data = await read_source(
+                        src, [dst], off, ln, ranges, epoch, self.coord.repairer
+                    )
                     await dst.link.writev(ranges, data, epoch, rebuild=True)
                 return len(data)
             return await copy_range(
