@@ -32,6 +32,7 @@ BSHIFT = 12
 MASK = BLOCK - 1
 NAME = "volume.crc"
 ZERO_SUM = crc32c(bytes(BLOCK))
+_U32 = struct.Struct("<I")
 
 
 def encode(crc: int) -> int:
@@ -41,8 +42,10 @@ def encode(crc: int) -> int:
 
 def block_sums(data: bytes | bytearray | memoryview) -> list[int]:
     """Encoded checksums of consecutive blocks of `data` (a short last block padded)."""
+    n = len(data)
+    if n == BLOCK:  # the common case, without the loop
+        return [crc32c(data) or ZERO_SUM]
     mv = data if isinstance(data, memoryview) else memoryview(data)
-    n = len(mv)
     out = [encode(crc32c(mv[i : i + BLOCK])) for i in range(0, n - n % BLOCK, BLOCK)]
     if n % BLOCK:
         out.append(encode(crc32c(bytes(mv[n - n % BLOCK :]) + bytes(BLOCK - n % BLOCK))))
@@ -88,6 +91,9 @@ class BlockSums:
 
     def put(self, first: int, sums: Sequence[int]) -> None:
         assert self.mm is not None
+        if len(sums) == 1:
+            _U32.pack_into(self.mm, first * 4, sums[0])
+            return
         struct.pack_into(f"<{len(sums)}I", self.mm, first * 4, *sums)
 
     def clear(self, first: int, count: int) -> None:
@@ -98,6 +104,10 @@ class BlockSums:
     def bad(self, offset: int, data: bytes | bytearray | memoryview) -> list[int]:
         """Block numbers of `data` (read at block-aligned `offset`) that fail their check."""
         first = offset >> BSHIFT
+        if len(data) == BLOCK:  # the common case, without lists
+            assert self.mm is not None
+            stored = _U32.unpack_from(self.mm, first * 4)[0] or ZERO_SUM
+            return [] if (crc32c(data) or ZERO_SUM) == stored else [first]
         sums = block_sums(data)
         stored = self.get(first, len(sums))
         if sums == [s or ZERO_SUM for s in stored]:
