@@ -88,6 +88,21 @@ CASES = {
         None,
         "jiva_volumes[0] (volume 'db').quorum must be 'majority' or 'off', got 'strict'",
     ),
+    "one machine listed twice": (
+        [good("db")],
+        {"n1": {"ansible_host": "127.0.0.1"}, "n3": {"ansible_host": "127.0.0.1"}},
+        "hosts 'n1' and 'n3' have the same ansible_host '127.0.0.1': they are one machine",
+    ),
+    "address out of range": (
+        [good("db")],
+        {"n2": {"jiva_address": "300.1.1.1"}},
+        "jiva_address of host 'n2' is not a valid IPv4 address: '300.1.1.1'",
+    ),
+    "host_vars volume list": (
+        [good("db")],
+        {"n2": {"jiva_volumes": [good("db"), good("other", portal="127.0.0.88:3260")]}},
+        "host 'n2' has a jiva_volumes that differs from the one of host 'n1': define jiva_volumes once",
+    ),
     "missing jiva_address": (
         [good("db")],
         {"n2": {"jiva_address": ""}},
