@@ -244,3 +244,40 @@ async def test_scrub_under_a_checking_workload(procs, tmp_path):
     finally:
         await vol.close()
     identical(reps)
+
+
+async def test_scrub_that_loses_the_quorum_fails(procs, tmp_path):
+    reps = replicas(procs, tmp_path, 3, SIZE)
+    vol = await open_volume(reps, hold=1.0, scrub_rate=2 * MiB)  # a pass takes 8 s
+    try:
+        await all_current(vol, 3)
+        st = vol.scrubber.start()
+        assert st["running"] and vol.scrubber.status()["pass"] == 1
+        await eventually(lambda: vol.scrubber.status()["done_bytes"] > 0, 10, "scrub progress")
+        reps[1].kill()
+        reps[2].kill()
+        await eventually(lambda: not vol.scrubber.running, 30, "the scrub ending")
+        sc = vol.scrubber.status()
+        assert sc["result"].startswith("failed: "), sc
+        assert sc["last_result"] == sc["result"] and 0 < sc["progress"] < 1
+    finally:
+        await vol.close()
+
+
+async def test_a_completed_pass_forgets_blocks_found_good_again(procs, tmp_path):
+    reps = replicas(procs, tmp_path, 2, SIZE)
+    vol = await open_volume(reps)
+    try:
+        await vol.write(0, block(1, 64 * BS))
+        for r in reps:
+            corrupt(r, 7)  # bad on both: no good copy
+        st = await vol.scrubber.run()
+        assert st["result"] == "unrepaired" and st["unrepaired"] == 1
+        assert list(vol.repairer.unrepaired) == [7 * BS] and vol.degraded()
+        for r in reps:
+            corrupt(r, 7)  # (flipped back: the data matches its checksum again)
+        st = await vol.scrubber.run()
+        assert st["result"] == "clean" and not vol.repairer.unrepaired and not vol.degraded()
+        assert await vol.read(7 * BS, BS) == block(1, 64 * BS)[7 * BS : 8 * BS]
+    finally:
+        await vol.close()
