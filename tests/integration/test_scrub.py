@@ -135,6 +135,11 @@ async def test_scrub_repairs_bad_and_outvoted_copies(procs, tmp_path):
     assert (await ctl.post("/v1/scrub", token="wrong"))[0] == 401
     assert (await ctl.post("/v1/scrub", {"rate": -1}))[0] == 400
     assert (await ctl.status())["scrub"]["pass"] == 0
+    for api in (f"127.0.0.1:{ctl.api}", f"127.0.0.1:{free_port()}"):  # no token; nobody there
+        res = subprocess.run([*JIVA, "scrub", "--api", api], capture_output=True, text=True)
+        assert res.returncode == 1 and res.stderr.startswith("jiva scrub: "), res.stderr
+        assert "HTTP 401" in res.stderr or "cannot reach the API" in res.stderr
+    assert (await ctl.status())["scrub"]["pass"] == 0
 
     res = ctl.scrub_cli("--json")
     assert res.returncode == 0, res.stderr + res.stdout
