@@ -186,6 +186,7 @@ class Scrubber:
     def begin(self) -> None:
         """Start the periodic scrubs (with an interval)."""
         if self.interval and self._periodic is None:
+            self._created = time.monotonic()  # the first pass is one interval after the start
             self._periodic = asyncio.get_running_loop().create_task(self._every())
 
     async def close(self) -> None:
