@@ -1,4 +1,4 @@
-"""The `jiva` command: replica, witness, controller, target, status, grow, supervise and ha."""
+"""The `jiva` command: replica, witness, controller, target, status, grow, scrub, supervise and ha."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "target": ("jiva_engine.iscsi.cli", "serve one local file as an iSCSI target"),
     "status": ("jiva_engine.api.cli", "show a volume's state from its management API"),
     "grow": ("jiva_engine.api.grow", "grow a volume online through its management API"),
+    "scrub": ("jiva_engine.api.scrub", "check every block copy of a volume, repair what is bad"),
     "supervise": ("jiva_engine.supervise", "keep one jiva process running (hosts without systemd)"),
     "ha": ("jiva_engine.ha", "run the failover play periodically (control node)"),
 }

@@ -39,6 +39,29 @@ def parse_size(text: str | int) -> int:
     return value
 
 
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str | float) -> float | None:
+    """Seconds from `30s`, `30m`, `12h`, `7d`, `2w` or a number of seconds; None for `0` and
+    `off` (nothing periodic). ValueError otherwise."""
+    if isinstance(text, bool):
+        raise ValueError(f"invalid duration {text!r}")
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        if str(text).strip().lower() in ("off", "none", "never", "no", "false"):
+            return None
+        m = _DURATION_RE.match(str(text))
+        if not m:
+            raise ValueError(f"invalid duration {text!r}: use e.g. 30m, 12h, 7d, or off")
+        value = float(m.group(1)) * _SECONDS[m.group(2).lower()]
+    if value < 0:
+        raise ValueError(f"duration must not be negative, got {text!r}")
+    return value or None
+
+
 def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int]:
     """Split `HOST:PORT` (or `[v6]:PORT`, or `HOST` when a default port is given)."""
     text = text.strip()

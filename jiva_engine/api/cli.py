@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 from tabulate import tabulate
@@ -28,6 +29,16 @@ def human_size(n: float) -> str:
     return str(n)
 
 
+def scrub_text(sc: dict[str, Any]) -> str:
+    """One line about the scrub: running (progress) or the last result and when it ended."""
+    if sc.get("running"):
+        return f"running, {100 * float(sc.get('progress') or 0):.0f}% done"
+    if not sc.get("last_result"):
+        return "never"
+    ended = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(sc.get("last_finished") or 0))
+    return f"{sc['last_result']} ({ended})"
+
+
 def render(status: dict[str, Any]) -> str:
     """The human view: a volume summary table and a replica table."""
     summary = [
@@ -46,6 +57,16 @@ def render(status: dict[str, Any]) -> str:
         summary.append(["quorum", f"{q.get('policy')}: {q.get('voters')} voters{need}{missing}"])
     if status.get("reason"):
         summary.append(["reason", status["reason"]])
+    integ = status.get("integrity")
+    if isinstance(integ, dict):
+        summary.append(
+            ["integrity", f"{integ.get('checksum_errors', 0)} checksum errors,"
+             f" {integ.get('blocks_repaired', 0)} repaired,"
+             f" {integ.get('unrepaired_blocks', 0)} unrepaired"]
+        )  # fmt: skip
+    sc = status.get("scrub")
+    if isinstance(sc, dict):
+        summary.append(["last scrub", scrub_text(sc)])
     rows = []
     for r in status.get("replicas", []):
         rb = r.get("rebuild")

@@ -16,7 +16,13 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class ApiError(RuntimeError):
-    """The API could not be used; the message is one line saying why."""
+    """The API could not be used; the message is one line saying why (`code`: the HTTP status
+    of a refusal, `doc`: its JSON body)."""
+
+    def __init__(self, message: str, code: int | None = None, doc: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.doc = doc
 
 
 def _call(
@@ -25,6 +31,7 @@ def _call(
     timeout: float,
     body: dict[str, Any] | None = None,
     token: str | None = None,
+    expect: str = "replicas",
 ) -> dict[str, Any]:
     """GET (or POST `body` as JSON, with `token` as bearer) `path` on the API at `api`
     (HOST:PORT); the JSON object it answered. ApiError with the API's own message on refusal."""
@@ -40,10 +47,11 @@ def _call(
         with _OPENER.open(req, timeout=timeout) as resp:
             raw = resp.read()
     except urllib.error.HTTPError as e:
-        why = e.reason
+        why, err = e.reason, None
         with contextlib.suppress(ValueError, KeyError, TypeError, OSError):
-            why = json.loads(e.read())["error"]  # the API's own message
-        raise ApiError(f"API {host}:{port} answered HTTP {e.code}: {why}") from None
+            err = json.loads(e.read())
+            why = err["error"]  # the API's own message
+        raise ApiError(f"API {host}:{port} answered HTTP {e.code}: {why}", e.code, err) from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise ApiError(f"cannot reach the API at {host}:{port}: {reason}") from None
@@ -51,7 +59,7 @@ def _call(
         doc = json.loads(raw)
     except ValueError:
         raise ApiError(f"API {host}:{port} did not answer with JSON") from None
-    if not isinstance(doc, dict) or "replicas" not in doc:
+    if not isinstance(doc, dict) or expect not in doc:
         raise ApiError(f"API {host}:{port} answered with an unexpected document")
     return doc
 
@@ -65,3 +73,13 @@ def grow(api: str, size: int | str, token: str | None = None, timeout: float = 6
     """POST /v1/volume/grow: grow the volume online to `size` (bytes or "10G"); the status JSON
     after the grow, with `old_size`. ApiError naming the API's reason when it refuses."""
     return _call(api, "/v1/volume/grow", timeout, {"size": size}, token)
+
+
+def scrub(
+    api: str, rate: float | None = None, token: str | None = None, timeout: float = 10.0
+) -> dict:
+    """POST /v1/scrub: start a scrub pass (`rate` MiB/s, default the controller's); the answer
+    {"name", "scrub": status}. ApiError with code 409 (and the running pass in `doc`) while one
+    runs."""
+    body: dict[str, Any] = {"rate": rate} if rate else {}
+    return _call(api, "/v1/scrub", timeout, body, token, expect="scrub")

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from jiva_engine.controller.grow import GrowRefused
+from jiva_engine.controller.scrub import ScrubRunning
 from jiva_engine.controller.volume import Volume
 from jiva_engine.util import parse_size
 from jiva_engine.volume import VolumeFenced, VolumeNotReady
@@ -162,6 +163,52 @@ def render_metrics(app: web.Application) -> str:
         ("write_seconds", "jiva_volume_write_seconds_total", "time spent in writes"),
     ]:
         metric(mname, "counter", help_text, [(vl, s[key])])
+    integ = vol.integrity()
+    for key, mname, help_text in [
+        ("checksum_errors", "jiva_volume_checksum_errors_total",
+         "corrupt block copies found (failing their checksum, or outvoted by a scrub)"),
+        ("blocks_repaired", "jiva_volume_blocks_repaired_total",
+         "corrupt block copies rewritten from a good copy"),
+        ("scrub_blocks_checked", "jiva_scrub_blocks_checked_total",
+         "block copies compared by scrubs"),
+        ("scrub_mismatched", "jiva_scrub_blocks_mismatched_total",
+         "blocks whose good copies disagreed in a scrub"),
+        ("scrub_bytes", "jiva_scrub_bytes_total", "volume bytes scrubbed"),
+        ("scrubs_done", "jiva_scrubs_total", "scrub passes ended (any result)"),
+    ]:  # fmt: skip
+        metric(mname, "counter", help_text, [(vl, s.get(key, 0))])
+    metric(
+        "jiva_volume_unrepaired_blocks",
+        "gauge",
+        "blocks with no good copy on any replica (or no majority)",
+        [(vl, integ["unrepaired_blocks"])],
+    )
+    sc = vol.scrubber.status()
+    metric("jiva_scrub_running", "gauge", "1 while a scrub runs", [(vl, sc["running"])])
+    metric("jiva_scrub_progress", "gauge", "progress of the current (else last) scrub, 0..1",
+           [(vl, sc["progress"])])  # fmt: skip
+    metric(
+        "jiva_scrub_last_completion_timestamp_seconds",
+        "gauge",
+        "when the last scrub ended (0: none yet)",
+        [(vl, sc["last_finished"] or 0)],
+    )
+    last = sc["last_result"] or ""
+    metric(
+        "jiva_scrub_last_result",
+        "gauge",
+        "1 for the result of the last scrub",
+        [
+            (f'{vl},result="{r}"', last.split(":")[0] == r)
+            for r in ("clean", "repaired", "unrepaired", "failed", "cancelled")
+        ],
+    )
+    metric(
+        "jiva_scrub_last_clean",
+        "gauge",
+        "1 when the last scrub found the volume clean or repaired everything",
+        [(vl, last in ("clean", "repaired"))],
+    )
     reps = list(vol.members.values())
     metric(
         "jiva_replica_mode",
@@ -266,6 +313,37 @@ async def post_grow(request: web.Request) -> web.Response:
     return web.json_response({**volume_status(request.app), "old_size": old})
 
 
+async def post_scrub(request: web.Request) -> web.Response:
+    """POST /v1/scrub [{"rate": MiB/s}]: start a scrub pass; 202 with the scrub status, 409 (with
+    the running pass's status) while one runs."""
+    if not _authorised(request):
+        return _unauthorised()
+    try:
+        body = json.loads(await request.text() or "null")
+    except ValueError as e:
+        return _error(400, f"request body is not valid JSON: {e}")
+    if body is None:
+        body = {}
+    rate = body.get("rate") if isinstance(body, dict) else None
+    if (
+        not isinstance(body, dict)
+        or isinstance(rate, bool)
+        or not (rate is None or (isinstance(rate, (int, float)) and rate > 0))
+    ):
+        return _error(400, 'expected no body or a JSON object {"rate": MiB/s (positive)}')
+    vol = request.app[_VOLUME]
+    if vol.state == "fenced":
+        return _error(409, f"volume {vol.name} does not serve: {vol.reason}")
+    try:
+        st = vol.scrubber.start(rate * (1 << 20) if rate else None)
+    except ScrubRunning as e:
+        return web.json_response(
+            {"error": str(e), "status": 409, "name": vol.name, "scrub": vol.scrubber.status()},
+            status=409,
+        )
+    return web.json_response({"name": vol.name, "scrub": st}, status=202)
+
+
 def make_app(
     volume: Volume,
     token: str | None = None,
@@ -285,6 +363,7 @@ def make_app(
     app.router.add_post("/v1/replicas", post_replica)
     app.router.add_delete("/v1/replicas/{address}", delete_replica)
     app.router.add_post("/v1/volume/grow", post_grow)
+    app.router.add_post("/v1/scrub", post_scrub)
     return app
 
 

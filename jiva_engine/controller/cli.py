@@ -12,6 +12,7 @@ from typing import Any
 from jiva_engine.iscsi.cli import access_options, add_access_arguments
 from jiva_engine.util import (
     config_error,
+    parse_duration,
     parse_hostport,
     parse_size,
     read_secret_pair,
@@ -73,6 +74,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_access_arguments(p)
     p.add_argument("--rebuild-rate", type=float, help="rebuild throttle in MiB/s (default none)")
+    p.add_argument(
+        "--scrub-rate",
+        type=float,
+        default=64.0,
+        metavar="MIB_S",
+        help="scrub pace in MiB/s of volume (default 64); `jiva scrub --rate` overrides it once",
+    )
+    p.add_argument(
+        "--scrub-interval",
+        default="off",
+        metavar="DURATION",
+        help="start a scrub this long after the previous one finished (or after start): 30m,"
+        " 12h, 7d...; 0 or off (default): only on request (POST /v1/scrub, `jiva scrub`)",
+    )
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
 
 
@@ -113,6 +128,9 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--replica-timeout must be positive")
     if args.rebuild_rate is not None and args.rebuild_rate <= 0:
         raise ValueError("--rebuild-rate must be positive (MiB/s)")
+    if args.scrub_rate <= 0:
+        raise ValueError("--scrub-rate must be positive (MiB/s)")
+    scrub_interval = parse_duration(args.scrub_interval)
     access = access_options(args)
     secret, previous = read_secret_pair(args.secret_file, args.previous_secret_file)
     token, previous_token = read_secret_pair(
@@ -134,6 +152,8 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         "previous_token": previous_token,
         "access": access,
         "rebuild_rate": args.rebuild_rate * (1 << 20) if args.rebuild_rate else None,
+        "scrub_rate": args.scrub_rate * (1 << 20),
+        "scrub_interval": scrub_interval,
     }
 
 
@@ -152,6 +172,8 @@ async def _serve(cfg: dict) -> int:
         replica_timeout=cfg["timeout"],
         secret=cfg["secret"],
         rebuild_rate=cfg["rebuild_rate"],
+        scrub_rate=cfg["scrub_rate"],
+        scrub_interval=cfg["scrub_interval"],
     )
     iqn = IQN_PREFIX + cfg["volume"]
     portal = "{}:{}".format(*cfg["portal"]) if cfg["portal"] else None

@@ -23,6 +23,7 @@ from jiva_engine.controller.peers import ERR, RW, WO, Peer
 from jiva_engine.controller.rangelock import Lease, RangeLock
 from jiva_engine.controller.rebuild import Rebuilder, clip
 from jiva_engine.controller.repair import Repairer
+from jiva_engine.controller.scrub import Scrubber
 from jiva_engine.protocol import wire
 from jiva_engine.protocol.client import (
     BadBlocks,
@@ -90,6 +91,8 @@ class Volume:
         replica_timeout: float = 3.0,
         secret: str | bytes | tuple[str | bytes, ...] | None = None,
         rebuild_rate: float | None = None,
+        scrub_rate: float | None = None,
+        scrub_interval: float | None = None,
         retry_interval: float = 1.0,
         quorum: str | Policy = Policy.MAJORITY,
         hold: float = DEFAULT_HOLD,
@@ -137,6 +140,7 @@ class Volume:
             rebuild_rate,
         )  # fmt: skip
         self.grower = Grower(self.coord, self._admit)
+        self.scrubber = Scrubber(self, scrub_rate, scrub_interval)
         self._task: asyncio.Task | None = None
         self.started_at = time.time()
 
@@ -145,6 +149,7 @@ class Volume:
         """Start the background manager (connects, claims, serves, reconnects, rebuilds)."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self.coord.manage())
+            self.scrubber.begin()
 
     async def wait_serving(self, timeout: float = 30.0) -> None:
         """Wait until the volume serves I/O (TimeoutError with the reason otherwise)."""
@@ -158,6 +163,7 @@ class Volume:
 
     async def close(self) -> None:
         """Stop background work and close every voter connection (data stays on the replicas)."""
+        await self.scrubber.close()
         if self._task:
             self._task.cancel()
             with contextlib.suppress(BaseException):
@@ -233,6 +239,7 @@ class Volume:
             "quorum": self.coord.quorum(),
             "degraded": self.degraded(),
             "integrity": self.integrity(),
+            "scrub": self.scrubber.status(),
         }
 
     def integrity(self) -> dict[str, Any]:

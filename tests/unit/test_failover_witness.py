@@ -102,7 +102,7 @@ def test_health_row_and_table_show_the_witness():
     assert [r["id"] for r in row["replicas"]] == ["id-h1", "id-h2"]
     table = H.health_table_rows([row])
     assert H.HEALTH_HEADERS[5:7] == ["replicas", "witness"]
-    assert table[0][5:] == ["h1:RW, h2:RW", "h3:ok", "no"]
+    assert table[0][5:8] == ["h1:RW, h2:RW", "h3:ok", "no"]
     # a volume without a witness shows '-'
     row3 = H.volume_health(
         vol(("h1", "h2", "h3"), witness=None), doc(("h1", "h2", "h3"), witness=None), None, {},

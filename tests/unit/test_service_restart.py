@@ -35,6 +35,10 @@ def test_fingerprint_ignores_size_only():
 def test_fingerprint_sees_args_revision_and_secret_contents():
     one = fp(env(BASE))
     assert one != fp(env(BASE + ["--rebuild-rate", "50"]))
+    # the scrub options (jiva_scrub_interval / jiva_scrub_rate) restart the controller too
+    scrub = BASE + ["--scrub-interval", "7d", "--scrub-rate", "64"]
+    assert len({one, fp(env(scrub)), fp(env(scrub[:-3] + ["12h", "--scrub-rate", "64"])),
+                fp(env(scrub[:-1] + ["32"]))}) == 4  # fmt: skip
     assert one != fp(env(BASE, revision="r2"))  # a new engine build
     with_secret = env(BASE + ["--secret-file", SECRET])
     a = fp(with_secret, {SECRET: "old"})

@@ -155,7 +155,8 @@ def volume_health(vol, doc, api_error, hosts_down, node_address, controller_host
         state = doc.get("state") or "?"
         degraded = (bool(doc.get("degraded")) or state == NO_QUORUM
                     or any(r["mode"] != "RW" for r in replicas)
-                    or any(w["state"] != "ok" for w in witnesses))
+                    or any(w["state"] != "ok" for w in witnesses)
+                    or int(((doc.get("integrity") or {}).get("unrepaired_blocks")) or 0) > 0)
     return {
         "volume": vol["name"],
         "controller_host": controller_host,
@@ -171,7 +172,39 @@ def volume_health(vol, doc, api_error, hosts_down, node_address, controller_host
         "replicas": replicas,
         "witnesses": witnesses,
         "degraded": degraded,
+        "integrity": _integrity(doc),
     }
+
+
+def _integrity(doc):
+    """The checksum and scrub findings of a status document (None without one, or from a
+    controller too old to report them): corrupt block copies found and repaired, blocks left
+    unrepaired, and the last scrub (running, result, when it finished)."""
+    if doc is None or not isinstance(doc.get("integrity"), dict):
+        return None
+    integ = doc["integrity"]
+    scrub = doc.get("scrub") if isinstance(doc.get("scrub"), dict) else {}
+    return {
+        "checksum_errors": int(integ.get("checksum_errors") or 0),
+        "blocks_repaired": int(integ.get("blocks_repaired") or 0),
+        "unrepaired_blocks": int(integ.get("unrepaired_blocks") or 0),
+        "scrub_running": bool(scrub.get("running")),
+        "scrub_progress": scrub.get("progress"),
+        "last_scrub_result": scrub.get("last_result"),
+        "last_scrub_finished": scrub.get("last_finished"),
+    }
+
+
+def _scrub_cell(integ):
+    """`result YYYY-MM-DD` of the last scrub, `running N%`, `never` or `-` (not reported)."""
+    if not integ:
+        return "-"
+    if integ.get("scrub_running"):
+        return "running %d%%" % int(100 * float(integ.get("scrub_progress") or 0))
+    if not integ.get("last_scrub_result"):
+        return "never"
+    when = time.strftime("%Y-%m-%d", time.gmtime(integ.get("last_scrub_finished") or 0))
+    return "%s %s" % (integ["last_scrub_result"], when)
 
 
 def health_table_rows(rows):
@@ -189,12 +222,17 @@ def health_table_rows(rows):
         ctl = h["controller_host"] or "?"
         if not h.get("controller_host_reachable", True):
             ctl += " (unreachable)"
+        integ = h.get("integrity")
+        corrupt = "%d/%d" % (integ["checksum_errors"], integ["blocks_repaired"]) if integ else "-"
+        unrepaired = integ["unrepaired_blocks"] if integ else "-"
         out.append([h["volume"], ctl, h["portal"], h["state"], h["epoch"] if h["epoch"] is not None else "",
-                    ", ".join(cells), witness, "yes" if h["degraded"] else "no"])
+                    ", ".join(cells), witness, "yes" if h["degraded"] else "no",
+                    corrupt, unrepaired, _scrub_cell(integ)])
     return out
 
 
-HEALTH_HEADERS = ["volume", "controller", "portal", "state", "epoch", "replicas", "witness", "degraded"]
+HEALTH_HEADERS = ["volume", "controller", "portal", "state", "epoch", "replicas", "witness", "degraded",
+                  "corrupt found/repaired", "unrepaired", "last scrub"]
 
 
 def load_state_doc(path):

@@ -74,6 +74,15 @@ options:
   rebuild_rate:
     description: Rebuild bandwidth limit in MiB/s.
     type: int
+  scrub_interval:
+    description:
+      - How long after the previous scrub finished (or after the start) the controller scrubs the
+        volume again, such as V(7d), V(12h) or V(30m); V(off) or V(0) only scrubs on request.
+        Omitted, the engine default (off).
+    type: str
+  scrub_rate:
+    description: Scrub pace in MiB/s of volume (omitted, the engine default of 64).
+    type: float
   secret:
     description: Shared controller/replica secret (0600 file).
     type: str
@@ -231,6 +240,8 @@ def main():
         size=dict(type="str"),
         replica_timeout=dict(type="float"),
         rebuild_rate=dict(type="int"),
+        scrub_interval=dict(type="str"),
+        scrub_rate=dict(type="float"),
         secret=dict(type="str", no_log=True),
         previous_secret=dict(type="str", no_log=True),
         token=dict(type="str", no_log=True),
@@ -275,6 +286,10 @@ def main():
             args += ["--replica-timeout", "%g" % p["replica_timeout"]]
         if p["rebuild_rate"] is not None:
             args += ["--rebuild-rate", str(p["rebuild_rate"])]
+        if p["scrub_interval"] is not None:
+            args += ["--scrub-interval", p["scrub_interval"]]
+        if p["scrub_rate"] is not None:
+            args += ["--scrub-rate", "%g" % p["scrub_rate"]]
         if p["chap_user"]:
             args += ["--chap-user", p["chap_user"]]
         for iqn in p["allowed_initiators"]:

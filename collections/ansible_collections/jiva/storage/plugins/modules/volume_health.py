@@ -18,10 +18,12 @@ description:
     storage hosts (a TCP connect to their SSH port), then returns one row per volume - the
     controller host and portal, state (C(serving), C(waiting), C(fenced), C(no quorum)), epoch,
     each replica's host and mode (C(RW), C(WO), C(ERR), C(unreachable)), rebuild progress, the
-    witness's host and state (C(ok), C(unreachable), C(missing), C(unknown)), the quorum and a
-    degraded flag - as data, as a text table (tabulate) and optionally as a JSON file.
+    witness's host and state (C(ok), C(unreachable), C(missing), C(unknown)), the quorum, the
+    integrity findings (corrupt block copies found and repaired, blocks left unrepaired, the last
+    scrub) and a degraded flag - as data, as a text table (tabulate) and optionally as a JSON file.
   - A volume is degraded when a replica is not C(RW), its witness is not C(ok), its state is
-    C(no quorum), or its API does not answer.
+    C(no quorum), a block has no good copy left (unrepaired corruption), or its API does not
+    answer.
   - Runs on the control node with the Python standard library (plus tabulate for the table).
   - Fails only when O(fail_on_degraded=true) and a volume is degraded or not serving.
 author:
@@ -116,6 +118,14 @@ volumes:
         - {host: node3, address: "10.0.0.3:9700", mode: WO, rebuild_percent: 42}
       witnesses:
         - {host: node2, address: "10.0.0.2:9700", state: ok, epoch: 17179869188, last_error: null}
+      integrity:
+        checksum_errors: 2
+        blocks_repaired: 2
+        unrepaired_blocks: 0
+        scrub_running: false
+        scrub_progress: 1.0
+        last_scrub_result: repaired
+        last_scrub_finished: 1796000000.0
 table:
   description: The rows as a text table.
   returned: always
