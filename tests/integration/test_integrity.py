@@ -5,8 +5,9 @@ data it wrote. The controller repairs the bad copy from another replica (read re
 it; when no replica has a good copy, the read fails with MEDIUM ERROR at the block's LBA.
 
 Reads rotate over the members: a 1 MiB read is split into three parts served by the three
-replicas, and the next read rotates the parts, so reading a range three times in a row reads
-every byte of it from every replica once.
+replicas, and the next read rotates the parts (a part read again after a repair takes a turn
+too), so a few reads of a range read every byte of it from every replica: the tests read until
+the controller has met every damaged block, and no longer than that.
 """
 
 from __future__ import annotations
@@ -133,11 +134,22 @@ def write_regions(cl: Cluster) -> None:
     qemu_io(cl.url, *(f"write -P {p:#x} {o} {n}" for o, n, p in REGIONS), "flush")
 
 
-def read_regions(cl: Cluster, times: int = 3) -> None:
+def read_regions(cl: Cluster, times: int = 3, regions=REGIONS) -> None:
     """Read (and pattern-check) every written region `times` times in a row."""
-    cmds = [f"read -P {p:#x} {o} {n}" for o, n, p in REGIONS for _ in range(times)]
+    cmds = [f"read -P {p:#x} {o} {n}" for o, n, p in regions for _ in range(times)]
     out = qemu_io(cl.url, *cmds)
     assert out.count(f"read {MiB}/{MiB} bytes") == len(cmds), out
+
+
+def read_until_found(cl: Cluster, errors: int, regions=REGIONS) -> dict:
+    """Read the regions (every read pattern-checked) until the controller has counted
+    `errors` checksum errors (at most 10 rounds of 3 reads each); returns its counters."""
+    for _ in range(10):
+        read_regions(cl, 3, regions)
+        got = cl.integrity()
+        if got["checksum_errors"] >= errors:
+            return got
+    return cl.integrity()
 
 
 def drop_cache(path: Path) -> None:
@@ -190,8 +202,7 @@ async def test_bit_rot_on_a_running_replica_is_repaired_by_reads(cluster):
     flip(cl.dirs[1] / "volume.img", BAD)
     assert await cl.bad_blocks_on_disk(1) == [o // BLOCK for o in BAD]  # the damage is real
     before = (await cl.replica_stats(1))["checksum_errors"]  # that look counted them once
-    read_regions(cl)
-    got = cl.integrity()
+    got = read_until_found(cl, len(BAD))
     assert got == {"checksum_errors": len(BAD), "blocks_repaired": len(BAD),
                    "unrepaired_blocks": 0, "unrepaired_offsets": []}  # fmt: skip
     stats = [(await cl.replica_stats(i))["checksum_errors"] for i in range(3)]
@@ -216,8 +227,7 @@ async def test_bit_rot_while_the_replica_is_stopped_is_repaired_after_it_rejoins
     cl.start_replica(2)
     await cl.healthy()
     qemu_io(cl.url, *[f"read -P 0x44 {12 * MiB} 64k"] * 3)
-    read_regions(cl)
-    got = cl.integrity()
+    got = read_until_found(cl, len(BAD))
     assert got["checksum_errors"] == len(BAD) and got["blocks_repaired"] == len(BAD), got
     assert got["unrepaired_blocks"] == 0 and not cl.status()["degraded"]
     assert (await cl.replica_stats(2))["checksum_errors"] == len(BAD)
@@ -308,8 +318,7 @@ async def test_damaged_checksum_entry_is_repaired(cluster):
         os.close(fd)
     drop_cache(crc)
     assert await cl.bad_blocks_on_disk(0) == [o // BLOCK for o in BAD]
-    read_regions(cl)
-    got = cl.integrity()
+    got = read_until_found(cl, len(BAD))
     assert got["checksum_errors"] == len(BAD) and got["blocks_repaired"] == len(BAD), got
     await assert_all_equal_and_clean(cl)
     entries = (cl.dirs[0] / "volume.crc").read_bytes()
@@ -371,3 +380,33 @@ async def test_kill9_during_writes_leaves_no_checksum_error(cluster):
         assert await cl.bad_blocks_on_disk(i) == [], f"r{i}"
     imgs = cl.images()
     assert imgs[0] == imgs[1] == imgs[2]
+
+
+async def test_bit_rot_on_the_rebuild_sources_is_repaired_before_it_is_copied(cluster):
+    """r2 misses a write while stopped; the region it must copy back is damaged on both other
+    replicas, at different blocks. The rebuild's source reports its bad blocks, they are
+    repaired from the other member first, and r2 receives good data (checked on its disk
+    before any iSCSI read); reads then repair the other member too."""
+    cl = cluster
+    await cl.healthy()
+    write_regions(cl)
+    cl.stop_replica(2)
+    await eventually(lambda: cl.status()["replicas"][2]["mode"] != "RW", 20, "r2 ejected")
+    x = 12 * MiB
+    qemu_io(cl.url, f"write -P 0x44 {x} 1M", "flush")  # r2 misses it: copied when it is back
+    flip(cl.dirs[0] / "volume.img", [x + 4 * BLOCK, x + 100 * BLOCK])
+    flip(cl.dirs[1] / "volume.img", [x + 5 * BLOCK, x + 200 * BLOCK])
+    cl.start_replica(2)
+    st = await cl.healthy()
+    assert cl.images()[2][x : x + MiB] == b"\x44" * MiB, "the rebuild copied damaged data"
+    rebuilt = st["integrity"]
+    assert rebuilt["checksum_errors"] == 2 and rebuilt["blocks_repaired"] == 2, rebuilt
+    got = read_until_found(cl, 4, [(x, MiB, 0x44)])
+    assert got["checksum_errors"] == 4 and got["blocks_repaired"] == 4, got
+    assert got["unrepaired_blocks"] == 0
+    read_regions(cl)  # the other regions had no damage
+    assert cl.integrity()["checksum_errors"] == 4
+    imgs = cl.images()
+    assert imgs[0] == imgs[1] == imgs[2]
+    for i in range(3):
+        assert await cl.bad_blocks_on_disk(i) == []
