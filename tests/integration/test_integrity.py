@@ -263,11 +263,13 @@ async def test_same_block_bad_on_every_replica_is_a_medium_error_at_its_lba(clus
     init = Initiator("127.0.0.1", cl.portal, IQN)
     await init.connect()
     try:
-        for first, count in ((lba, 8), (lba + 3, 2), (lba - 16, 64)):  # the block, in it, over it
+        # the block, a read inside it, one over it: INFORMATION is the first LBA the read
+        # asked for that cannot be read (never one before the read's start)
+        for first, count, info in ((lba, 8, lba), (lba + 3, 2, lba + 3), (lba - 16, 64, lba)):
             with pytest.raises(ScsiError) as e:
                 await init.read(first, count)
             assert (e.value.status, e.value.key, e.value.asc, e.value.ascq) == (2, 3, 0x11, 0)
-            assert _info_lba(e.value.sense) == lba
+            assert _info_lba(e.value.sense) == info, (first, count)
         # the blocks around it read fine (the ones in the same 1 MiB too)
         assert await init.read(lba - 8, 8) == b"\x22" * BLOCK
         assert await init.read(lba + 8, 8) == b"\x22" * BLOCK

@@ -493,8 +493,9 @@ async def test_no_good_copy_anywhere_is_a_medium_error_at_the_first_lost_block()
     assert st["blocks_repaired"] == 1 and v.degraded()
     assert all(not m.writes or m.writes == [(4 * 4096, b"\x11" * 4096)] for m in members)
     assert await v.read(0, 4 * 4096) == b"\x11" * 4 * 4096  # other blocks still read
-    with pytest.raises(VolumeMediumError):  # a read starting inside the block
-        await v.read(5 * 4096 + 512, 512)
+    with pytest.raises(VolumeMediumError) as e:  # a read starting inside the block names
+        await v.read(5 * 4096 + 512, 1024)  # its own first byte (a sense LBA in the command)
+    assert e.value.offset == 5 * 4096 + 512
     v.repairer.forget(5 * 4096, 512)  # part of the block written: still bad
     assert v.integrity()["unrepaired_offsets"] == [5 * 4096]
     v.repairer.forget(4 * 4096, 3 * 4096)  # a write over the whole block clears it
