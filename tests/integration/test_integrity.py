@@ -412,3 +412,43 @@ async def test_bit_rot_on_the_rebuild_sources_is_repaired_before_it_is_copied(cl
     assert imgs[0] == imgs[1] == imgs[2]
     for i in range(3):
         assert await cl.bad_blocks_on_disk(i) == []
+
+
+async def test_block_lost_on_every_rebuild_source_keeps_the_replica_out_until_rewritten(cluster):
+    """A block r2 must copy back is bad on both other replicas: the rebuild cannot get it, so
+    r2 stays out (never a member with a hole in its data) while the volume serves, reports the
+    block unrepaired, and fails only reads of it. A whole-block write over it lets the next
+    rebuild attempt finish: three identical replicas, no bad block left."""
+    cl = cluster
+    await cl.healthy()
+    write_regions(cl)
+    cl.stop_replica(2)
+    await eventually(lambda: cl.status()["replicas"][2]["mode"] != "RW", 20, "r2 ejected")
+    x = 12 * MiB
+    lost = x + 4 * BLOCK
+    qemu_io(cl.url, f"write -P 0x44 {x} 1M", "flush")
+    for d in cl.dirs[:2]:
+        flip(d / "volume.img", [lost])
+    cl.start_replica(2)
+    why = "no good copy"
+    await eventually(
+        lambda: why in (cl.status()["replicas"][2]["last_error"] or ""), 30, "the rebuild failing"
+    )
+    st = cl.status()
+    assert st["state"] == "serving" and st["degraded"]
+    assert [r["mode"] for r in st["replicas"]][:2] == ["RW", "RW"]
+    assert st["integrity"]["unrepaired_offsets"] == [lost]
+    read_regions(cl, 1)
+    qemu_io(cl.url, f"read -P 0x44 {x} {4 * BLOCK}", f"read -P 0x44 {lost + BLOCK} 64k")
+    out = qemu_io(cl.url, f"read {lost} 4k", ok=False)
+    assert "read failed" in out and "Input/output error" in out, out
+    assert cl.status()["replicas"][2]["mode"] != "RW"
+    qemu_io(cl.url, f"write -P 0x55 {lost} 4k", "flush")
+    st = await cl.healthy()
+    assert st["integrity"]["unrepaired_blocks"] == 0 and not st["degraded"], st["integrity"]
+    qemu_io(cl.url, *[f"read -P 0x55 {lost} 4k"] * 3, *[f"read -P 0x44 {x} {4 * BLOCK}"] * 3)
+    imgs = cl.images()
+    assert imgs[0] == imgs[1] == imgs[2]
+    assert imgs[2][lost : lost + BLOCK] == b"\x55" * BLOCK
+    for i in range(3):
+        assert await cl.bad_blocks_on_disk(i) == []
