@@ -452,3 +452,31 @@ async def test_block_lost_on_every_rebuild_source_keeps_the_replica_out_until_re
     assert imgs[2][lost : lost + BLOCK] == b"\x55" * BLOCK
     for i in range(3):
         assert await cl.bad_blocks_on_disk(i) == []
+
+
+async def test_partial_write_over_a_damaged_block_does_not_bless_it(cluster):
+    """Sub-block writes land on blocks of r1 whose data is damaged (one beside the flipped
+    bytes, one over them): r1 merges them with what it holds but must keep the blocks failing
+    their checksum, so reads repair them with the merged data of a good replica."""
+    cl = cluster
+    await cl.healthy()
+    write_regions(cl)
+    a, b = 3 * BLOCK, 9 * MiB + 200 * BLOCK  # patterns 0x11 and 0x33
+    flip(cl.dirs[1] / "volume.img", [a, b], at=1000, n=3)
+    qemu_io(cl.url, f"write -P 0x77 {a + 2048} 512", f"write -P 0x78 {b + 512} 1024", "flush")
+    assert await cl.bad_blocks_on_disk(1) == [a // BLOCK, b // BLOCK], "damage blessed"
+    reads = [f"read -P 0x11 {a} 2048", f"read -P 0x77 {a + 2048} 512",
+             f"read -P 0x11 {a + 2560} 1536", f"read -P 0x33 {b} 512",
+             f"read -P 0x78 {b + 512} 1024", f"read -P 0x33 {b + 1536} 2560"]  # fmt: skip
+    for _ in range(10):
+        qemu_io(cl.url, *reads, *reads, *reads)
+        if cl.integrity()["checksum_errors"] >= 2:
+            break
+    got = cl.integrity()
+    assert got["checksum_errors"] == 2 and got["blocks_repaired"] == 2, got
+    imgs = cl.images()
+    assert imgs[0] == imgs[1] == imgs[2]
+    assert imgs[1][a + 2048 : a + 2560] == b"\x77" * 512
+    assert imgs[1][b + 512 : b + 1536] == b"\x78" * 1024
+    for i in range(3):
+        assert await cl.bad_blocks_on_disk(i) == []
