@@ -26,6 +26,7 @@ import pytest
 from jiva_engine.initiator import Initiator, ScsiError
 from jiva_engine.protocol.client import ReplicaClient
 from jiva_engine.replica.checksums import BLOCK, block_sums
+from jiva_engine.replica.store import bytes_to_bits
 from tests.procs import free_port, wait_port
 from tests.waiting import eventually
 
@@ -44,8 +45,9 @@ BAD = [3 * BLOCK, 4 * MiB + 2 * BLOCK, 4 * MiB + 3 * BLOCK, 9 * MiB + 200 * BLOC
 class Cluster:
     """Three `jiva replica` processes and a `jiva controller` (API + iSCSI portal) on 127.0.0.1."""
 
-    def __init__(self, procs, root: Path) -> None:
+    def __init__(self, procs, root: Path, replica_args: dict[int, list[str]] | None = None) -> None:
         self.procs, self.root = procs, root
+        self.replica_args = replica_args or {}
         self.ports = [free_port() for _ in range(3)]
         self.dirs = [root / f"r{i}" for i in range(3)]
         self.rproc: list = [None] * 3
@@ -64,7 +66,8 @@ class Cluster:
         self.starts[i] += 1
         self.rproc[i] = self.procs.jiva(
             "replica", "--volume", VOL, "--listen", f"127.0.0.1:{self.ports[i]}", "--dir",
-            str(self.dirs[i]), "--size", str(SIZE), name=f"r{i}-{self.starts[i]}",
+            str(self.dirs[i]), "--size", str(SIZE), *self.replica_args.get(i, []),
+            name=f"r{i}-{self.starts[i]}",
         )  # fmt: skip
         wait_port("127.0.0.1", self.ports[i])
 
@@ -480,3 +483,23 @@ async def test_partial_write_over_a_damaged_block_does_not_bless_it(cluster):
     assert imgs[1][b + 512 : b + 1536] == b"\x78" * 1024
     for i in range(3):
         assert await cl.bad_blocks_on_disk(i) == []
+
+
+async def test_bit_rot_in_dirty_regions_of_a_crashed_replica_is_recopied(procs, tmp_path):
+    """r1 crashes (kill -9) with its regions dirty, and bytes of its data file rot before it
+    restarts. Opening it recomputes the dirty regions' checksums (they cannot be trusted after
+    a crash), which blesses that damage too; the rejoin must then copy those regions back from
+    the others, so r1 ends identical without a read ever meeting the damage."""
+    cl = Cluster(procs, tmp_path, {1: ["--sync-interval", "60"]})  # r1 keeps its bits dirty
+    await cl.healthy()
+    write_regions(cl)
+    cl.stop_replica(1, signal.SIGKILL)
+    dirty = bytes_to_bits((cl.dirs[1] / "dirty.map").read_bytes(), SIZE // MiB)
+    assert {o // MiB for o in BAD} <= dirty, dirty
+    flip(cl.dirs[1] / "volume.img", BAD)
+    cl.start_replica(1)
+    await cl.healthy()
+    assert "checksums computed from the data" in procs.log("r1-2")
+    await assert_all_equal_and_clean(cl)  # before any read
+    read_regions(cl)
+    assert cl.integrity()["checksum_errors"] == 0
