@@ -363,6 +363,7 @@ async def test_kill9_during_writes_leaves_no_checksum_error(cluster):
         cl.stop_replica(0, signal.SIGKILL)
         n_at_kill = len(acked)
         await eventually(lambda: len(acked) > n_at_kill + 200, 30, "writes after the kill")
+        await eventually(lambda: cl.status()["replicas"][0]["mode"] != "RW", 20, "r0 ejected")
         cl.start_replica(0)
         await cl.healthy()
         await eventually(lambda: len(acked) > n_at_kill + 400, 30, "writes after the restart")
@@ -494,6 +495,7 @@ async def test_bit_rot_in_dirty_regions_of_a_crashed_replica_is_recopied(procs, 
     await cl.healthy()
     write_regions(cl)
     cl.stop_replica(1, signal.SIGKILL)
+    await eventually(lambda: cl.status()["replicas"][1]["mode"] != "RW", 20, "r1 ejected")
     dirty = bytes_to_bits((cl.dirs[1] / "dirty.map").read_bytes(), SIZE // MiB)
     assert {o // MiB for o in BAD} <= dirty, dirty
     flip(cl.dirs[1] / "volume.img", BAD)
