@@ -40,6 +40,7 @@ from jiva_engine.volume import (
     ResizeCallback,
     VolumeFenced,
     VolumeIOError,
+    VolumeMediumError,
     VolumeNotReady,
     check_range,
 )
@@ -294,10 +295,17 @@ class Volume:
             return b""
         t0 = time.perf_counter()
         data: bytes | bytearray
-        if length >= SPLIT_READ or length > MAX_IO:
-            data = await self._read_split(offset, length)
-        else:
-            data = await self._read_one(offset, length)
+        try:
+            if length >= SPLIT_READ or length > MAX_IO:
+                data = await self._read_split(offset, length)
+            else:
+                data = await self._read_one(offset, length)
+        except VolumeMediumError as e:
+            if e.offset >= offset:
+                raise
+            # the lost 4 KiB block begins before the read (a read of part of it): name the
+            # read's first byte, not one outside the command (the sense INFORMATION LBA)
+            raise VolumeMediumError(offset, str(e)) from None
         st = self.io_stats
         st["reads"] += 1
         st["read_bytes"] += length

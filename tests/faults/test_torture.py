@@ -1,5 +1,5 @@
 """Crash torture, short versions: ~20 process faults (kill -9 / SIGSTOP of replicas and the
-controller), and (root) faults of test hosts, the controller's host included, under a
+controller, bit rot in a replica's data file), and (root) faults of test hosts, the controller's host included, under a
 checksummed, versioned write workload through our own iSCSI initiator."""
 
 from __future__ import annotations
@@ -28,6 +28,22 @@ async def test_torture_short_process_faults(tmp_path):
     # the faults really hit the workload: writes were acknowledged and some were lost in flight
     assert rep.writes_acked > 1000 and rep.blocks_verified == faults * 1024
     assert rep.replica_compares == faults and rep.reconnects >= 1
+
+
+async def test_torture_bit_rot_with_replica_crashes(tmp_path):
+    """Bit rot (bytes of acknowledged blocks flipped in a random replica's data file, its page
+    cache dropped) alternating with replica kill -9: the workload never reads bad data, the
+    controller finds the damage when reading and repairs it, the replicas end identical."""
+    seed = int(os.environ.get("JIVA_TORTURE_SEED", random.randrange(1 << 31)))
+    kinds = ("replica-bitrot", "replica-kill9")
+    rep = await torture(tmp_path, 4, seed, kinds=kinds, nblocks=512)
+    print(rep.table())
+    assert rep.violations == [], f"seed {seed}: {rep.violations[:5]}"
+    assert rep.errors == [], f"seed {seed}: {rep.errors}"
+    assert rep.rounds == 4 and dict(rep.faults) == {k: 2 for k in kinds}
+    assert rep.replica_compares == 4
+    # the damage was there, and the controller found every damaged block (and repaired it)
+    assert rep.bitrot_flipped >= 2 and rep.bitrot_found == rep.bitrot_flipped, rep.table()
 
 
 @needs_root

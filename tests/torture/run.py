@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import os
 import random
 import shutil
 import signal
@@ -25,7 +26,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from jiva_engine.initiator import Initiator, IscsiError
+from jiva_engine.initiator import ConnectionLost, Initiator, IscsiError
 from tests.torture.cluster import Cluster
 from tests.torture.failover import (
     CONTROLLER_HOST_FAULTS,
@@ -42,7 +43,9 @@ PROCESS_FAULTS = (
     "controller-kill9",
     "controller-sigstop",
     "replica+controller-kill9",
+    "replica-bitrot",
 )
+BITROT_MAX = 8  # blocks a bit-rot fault damages (at least 1)
 
 
 @dataclass
@@ -59,6 +62,8 @@ class Report:
     blocks_verified: int = 0
     replica_compares: int = 0
     reconnects: int = 0
+    bitrot_flipped: int = 0  # blocks damaged on a replica's disk by bit-rot faults
+    bitrot_found: int = 0  # ... of which the controller found bad when reading (then repaired)
     failover: FailoverStats | None = None  # with test hosts: the controller-host faults
     seconds: float = 0.0
     violations: list[str] = field(default_factory=list)
@@ -76,6 +81,10 @@ class Report:
             ["blocks verified", self.blocks_verified],
             ["replica byte-compares (all equal)", self.replica_compares],
             ["initiator reconnects", self.reconnects],
+            [
+                "bit-rot blocks flipped / found bad and repaired",
+                f"{self.bitrot_flipped} / {self.bitrot_found}",
+            ],
             *self._failover_rows(),
             ["violations", len(self.violations)],
             ["recovery failures", len(self.errors)],
@@ -153,8 +162,89 @@ def _describe_diff(images: list[Path], wl: Workload, limit: int = 4) -> str:
     return f"{ndiff} blocks differ; " + "; ".join(out)
 
 
+def _flip_blocks(path: Path, lbas: list[int], rng: random.Random) -> None:
+    """Invert a few bytes inside each 4 KiB block on disk, then drop the file's page cache
+    (after fsync), so the replica reads the damage from the disk."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        for lba in lbas:
+            pos = lba * BLOCK + rng.randrange(BLOCK - 4)
+            old = os.pread(fd, 4, pos)
+            os.pwrite(fd, bytes(b ^ 0xFF for b in old), pos)
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+async def _integrity(cl: Cluster) -> dict:
+    st = await cl.status()
+    if not st or "integrity" not in st:
+        raise RuntimeError(f"no integrity counters from the controller: {st}")
+    return st["integrity"]
+
+
+async def _bitrot(cl: Cluster, wl: Workload, rng: random.Random, rep: Report | None) -> None:
+    """Bit rot on one replica's disk while the workload runs: bytes of a few acknowledged blocks
+    flipped in its data file. The writers leave those blocks alone meanwhile (a rewrite would
+    hide the damage), the online reader does not: every read must return good data. Then each
+    damaged block is read until every replica holds it alike again (read repair), so the
+    round's verification and image compare hold, and the controller must have found each one."""
+    before = await _integrity(cl)
+    i = rng.randrange(len(cl.replicas))
+    idle = sorted(lba for lba in wl.acked if lba not in wl.locked)  # no write of it in flight
+    lbas = rng.sample(idle, min(len(idle), rng.randint(1, BITROT_MAX)))
+    wl.frozen.update(lbas)
+    try:
+        _flip_blocks(cl.image(i), lbas, rng)
+        await asyncio.sleep(rng.uniform(0.0, 2.0))  # the workload reads (and writes) meanwhile
+        images = [cl.image(j) for j in range(len(cl.replicas))]
+        for lba in lbas:
+            while lba in wl.locked:
+                await asyncio.sleep(0.01)
+            wl.locked.add(lba)
+            try:
+                await _read_until_repaired(wl, lba, images, i)
+            finally:
+                wl.locked.discard(lba)
+    finally:
+        wl.frozen.difference_update(lbas)
+    after = await _integrity(cl)
+    if after["unrepaired_blocks"]:
+        raise RuntimeError(f"bit rot on one replica left unrepaired blocks: {after}")
+    if rep is not None:
+        rep.bitrot_flipped += len(lbas)
+        rep.bitrot_found += after["checksum_errors"] - before["checksum_errors"]
+
+
+async def _read_until_repaired(wl: Workload, lba: int, images: list[Path], i: int) -> None:
+    """Read one block through the initiator (reads rotate over the replicas) until the copies
+    on disk are alike; every read is checked."""
+    for _ in range(100):
+        try:
+            await wl.ensure_connected()
+            data = await wl.init.read(lba * (BLOCK // 512), BLOCK // 512)
+        except (ConnectionLost, IscsiError, OSError):
+            await asyncio.sleep(0.1)
+            continue
+        wl.check(lba, data, "read after bit rot")
+        copies = set()
+        for img in images:
+            with open(img, "rb") as f:
+                f.seek(lba * BLOCK)
+                copies.add(f.read(BLOCK))
+        if len(copies) == 1:
+            return
+    raise RuntimeError(f"bit-rot block {lba} on r{i} never repaired by 100 reads")
+
+
 async def _inject(
-    kind: str, cl: Cluster, wl: Workload, rng: random.Random, fst: FailoverStats | None
+    kind: str,
+    cl: Cluster,
+    wl: Workload,
+    rng: random.Random,
+    fst: FailoverStats | None,
+    rep: Report | None = None,
 ) -> None:
     """Apply one fault, keep it for a random time, then recover as the supervisor would (or,
     for the controller's host, as the failover play would)."""
@@ -185,6 +275,8 @@ async def _inject(
         cl.controller.sigstop()
         await asyncio.sleep(rng.uniform(0.2, 3.0))
         cl.controller.sigcont()
+    elif kind == "replica-bitrot":
+        await _bitrot(cl, wl, rng, rep)
     elif kind == "replica+controller-kill9":
         r = rng.choice(cl.replicas)
         cl.controller.kill()
@@ -237,7 +329,7 @@ async def torture(
             await asyncio.sleep(rng.uniform(0.2, 1.0))
             rep.faults[kind] += 1
             try:
-                await _inject(kind, cl, wl, rng, fst)
+                await _inject(kind, cl, wl, rng, fst, rep)
                 await cl.wait_healthy()
                 await wl.pause()
                 await wl.verify_all()

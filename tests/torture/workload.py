@@ -69,6 +69,7 @@ class Workload:
         self.acked: dict[int, int] = {}
         self.issued: dict[int, set[int]] = {}
         self.locked: set[int] = set()
+        self.frozen: set[int] = set()  # not written meanwhile (still read): bit-rot blocks
         self.seq = 0
         self.stats = Stats()
         self._run = asyncio.Event()
@@ -117,7 +118,7 @@ class Workload:
             n = self.rng.choice((1, 1, 1, 2, 4, 8))
             start = self.rng.randrange(0, self.nblocks - n + 1)
             lbas = list(range(start, start + n))
-            if not self.locked.intersection(lbas):
+            if not self.locked.intersection(lbas) and not self.frozen.intersection(lbas):
                 return lbas
         return None
 

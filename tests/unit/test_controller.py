@@ -366,3 +366,137 @@ def test_merge_and_split_extents_into_copy_spans():
         (95, 5),  # clipped to the volume
     ]
     assert split([(0, 10), (20, 3)], 4) == [(0, 4), (4, 4), (8, 2), (20, 3)]
+
+
+# ---------------------------------------------------------------------- read repair
+class _Member:
+    """A replica link in memory whose blocks in `bad` fail their checksum: a read touching one
+    answers BAD_BLOCKS naming the bad runs (as a replica does); a write of a whole block makes
+    it good again. Records the writes it gets (the repairs)."""
+
+    def __init__(self, size: int, fill: int, bad: set[int] = frozenset()) -> None:
+        self.data = bytearray([fill]) * size
+        self.bad = set(bad)  # 4 KiB block numbers
+        self.writes: list[tuple[int, bytes]] = []
+        self.reads = 0
+        self.connected = True
+
+    def _now(self, fn):
+        fut = asyncio.get_running_loop().create_future()
+        try:
+            fut.set_result(fn())
+        except Exception as e:  # handed to the awaiting reader
+            fut.set_exception(e)
+        return fut
+
+    def _read(self, off: int, n: int) -> bytes:
+        from jiva_engine.protocol import wire
+        from jiva_engine.protocol.client import BadBlocks
+
+        self.reads += 1
+        hit = sorted(b for b in self.bad if off < (b + 1) * 4096 and b * 4096 < off + n)
+        if hit:
+            runs: list[list[int]] = []
+            for b in hit:
+                if runs and runs[-1][0] + runs[-1][1] == b * 4096:
+                    runs[-1][1] += 4096
+                else:
+                    runs.append([b * 4096, 4096])
+            raise BadBlocks(wire.dumps({"message": f"{len(hit)} bad", "bad": runs}))
+        return bytes(self.data[off : off + n])
+
+    def read(self, off, n, epoch):
+        return self._now(lambda: self._read(off, n))
+
+    def read_into(self, off, dest, epoch):
+        def run():
+            dest[:] = self._read(off, len(dest))
+            return dest
+
+        return self._now(run)
+
+    def write(self, off, data, epoch, fua=False, rebuild=False):
+        def run():
+            self.writes.append((off, bytes(data)))
+            self.data[off : off + len(data)] = data
+            for b in range(off // 4096, (off + len(data)) // 4096):
+                self.bad.discard(b)
+
+        return self._now(run)
+
+
+def _repair_vol(*members: _Member) -> Volume:
+    """A serving Volume over in-memory members (reads start at the first one)."""
+    from jiva_engine.controller.membership import Phase
+    from jiva_engine.controller.peers import RW
+
+    size = len(members[0].data)
+    v = Volume("v", [f"127.0.0.1:{i + 1}" for i in range(len(members))], size=size)
+    for p, m in zip(v.coord.replicas(), members, strict=True):
+        p.mode, p.client = RW, m
+    v.coord.mem.phase = Phase.SERVING
+    v.coord.open, v.coord.lease_until = True, float("inf")  # admitted, as when serving
+    return v
+
+
+async def test_read_repair_rewrites_a_bad_block_from_another_member():
+    """A block failing its checksum on the member read is read from another member, written
+    back to the bad one and counted; the read returns the good data."""
+    good = [_Member(64 << 10, 0x5A) for _ in range(2)]
+    bad = _Member(64 << 10, 0x5A, bad={3})
+    bad.data[3 * 4096 : 3 * 4096 + 10] = b"rotrotrot!"  # what the disk holds there
+    v = _repair_vol(bad, *good)
+    assert await v.read(2 * 4096, 3 * 4096) == b"\x5a" * 3 * 4096
+    assert bad.writes == [(3 * 4096, b"\x5a" * 4096)]  # only the bad block is rewritten
+    assert bad.bad == set() and bad.data == good[0].data
+    assert v.integrity() == {"checksum_errors": 1, "blocks_repaired": 1,
+                             "unrepaired_blocks": 0, "unrepaired_offsets": []}  # fmt: skip
+    assert not v.degraded()
+    assert all(not m.writes for m in good)
+
+
+async def test_read_repair_of_a_split_read():
+    """A large read served by every member in parallel: the part on the member with bad blocks
+    is repaired and read again; the whole buffer is right. The next read rotates the parts, so
+    the bad block in another part of that member is found then."""
+    size = 1 << 20
+    members = [_Member(size, 0x33) for _ in range(3)]
+    for m in members:
+        m.data[:] = bytes(range(256)) * (size // 256)
+    members[1].bad = {100, 101, 200}
+    v = _repair_vol(*members)
+    assert await v.read(0, size) == members[0].data  # parts: blocks 0-85, 86-171, 172-255
+    st = v.integrity()
+    assert st["checksum_errors"] == 2 and st["blocks_repaired"] == 2, st
+    assert members[1].bad == {200}  # in the part another member served
+    assert await v.read(0, size) == members[0].data
+    st = v.integrity()
+    assert st["checksum_errors"] == 3 and st["blocks_repaired"] == 3, st
+    assert members[1].bad == set() and members[1].data == members[0].data
+
+
+async def test_no_good_copy_anywhere_is_a_medium_error_at_the_first_lost_block():
+    """Bad on every member: VolumeMediumError naming the first block nobody has good; blocks
+    of the same run that another member has good are still repaired; the volume is degraded
+    with the lost block until a write of the whole block replaces it."""
+    from jiva_engine.volume import VolumeMediumError
+
+    members = [_Member(64 << 10, 0x11, bad={5}) for _ in range(3)]
+    members[0].bad.add(4)  # block 4: bad on the first member only
+    v = _repair_vol(*members)
+    with pytest.raises(VolumeMediumError) as e:
+        await v.read(4 * 4096, 2 * 4096)
+    assert e.value.offset == 5 * 4096
+    assert members[0].bad == {5}  # block 4 was repaired from another member
+    st = v.integrity()
+    assert st["unrepaired_blocks"] == 1 and st["unrepaired_offsets"] == [5 * 4096], st
+    assert st["blocks_repaired"] == 1 and v.degraded()
+    assert all(not m.writes or m.writes == [(4 * 4096, b"\x11" * 4096)] for m in members)
+    assert await v.read(0, 4 * 4096) == b"\x11" * 4 * 4096  # other blocks still read
+    with pytest.raises(VolumeMediumError) as e:  # a read starting inside the block names
+        await v.read(5 * 4096 + 512, 1024)  # its own first byte (a sense LBA in the command)
+    assert e.value.offset == 5 * 4096 + 512
+    v.repairer.forget(5 * 4096, 512)  # part of the block written: still bad
+    assert v.integrity()["unrepaired_offsets"] == [5 * 4096]
+    v.repairer.forget(4 * 4096, 3 * 4096)  # a write over the whole block clears it
+    assert v.integrity()["unrepaired_blocks"] == 0 and not v.degraded()
