@@ -42,7 +42,13 @@ class Backend(Protocol):
     def read_into(self, offset: int, dest: memoryview, epoch: int) -> asyncio.Future: ...
     def readv(self, ranges: list[tuple[int, int]], epoch: int) -> asyncio.Future: ...
     def write(
-        self, offset: int, data: Any, epoch: int, fua: bool = False, rebuild: bool = False
+        self,
+        offset: int,
+        data: Any,
+        epoch: int,
+        fua: bool = False,
+        rebuild: bool = False,
+        poison: bool = False,
     ) -> asyncio.Future: ...
     def writev(
         self, ranges: list[tuple[int, int]], data: Any, epoch: int, rebuild: bool = False

@@ -19,7 +19,7 @@ from jiva_engine.controller.rangelock import RangeLock
 from jiva_engine.protocol import wire
 from jiva_engine.protocol.client import BadBlocks, ReplicaError, ReplicaUnavailable
 from jiva_engine.protocol.voting import epoch_text
-from jiva_engine.volume import VolumeFenced
+from jiva_engine.volume import VolumeFenced, VolumeMediumError
 
 if TYPE_CHECKING:
     from jiva_engine.controller.coordinator import Coordinator
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+LOST_BLOCK = 4096  # the unit read repair records lost blocks in
 REBUILD_PARALLEL = 4  # spans copied at once by one rebuild
 REBUILD_SPAN = 8  # adjacent regions copied as one span (one write-intent update on the target)
 SMALL_COPY = 256 << 10  # spans below this are batched into one READV/WRITEV (no EXTENTS)
@@ -116,23 +117,79 @@ async def read_source(
     vec: list[tuple[int, int]] | None,
     epoch: int,
     repair: Repairer | None,
-) -> Any:
+) -> tuple[Any, list[tuple[int, int]]]:
     """Read what a copy sends (`vec` ranges, or [off, off+ln)) from `src`, which checks every
-    block: blocks failing their checksum are never copied; with `repair` they are first
-    rewritten on the source from another current member (not a target; the caller holds the
-    range lock), then read again (VolumeMediumError when no member has them good)."""
+    block, and the block runs among them that have no good copy on any member.
 
-    def read() -> Any:
-        return src.link.read(off, ln, epoch) if vec is None else src.link.readv(vec, epoch)
+    Blocks failing their checksum are never copied: with `repair` they are first rewritten on
+    the source from another current member (not a target; the caller holds the range lock) and
+    read again; blocks no member has good read as zeroes here and are returned as lost, for the
+    caller to write to the targets as poisoned (failing their checksum there too, so every
+    replica answers them alike and the rebuild completes). Without `repair`, BadBlocks."""
+    ranges = vec if vec is not None else [(off, ln)]
+
+    def read(rs: list[tuple[int, int]]) -> Any:
+        return src.link.read(rs[0][0], rs[0][1], epoch) if len(rs) == 1 else src.link.readv(
+            rs, epoch)  # fmt: skip
 
     try:
-        return await read()
+        return await read(ranges), []
     except BadBlocks as e:
         if repair is None:
             raise
         others = [p for p in repair.coord.rw_peers() if p is not src and p not in dsts]
-        await repair.repair(src, e.runs, locked=True, sources=others)
-    return await read()
+        try:
+            await repair.repair(src, e.runs, locked=True, sources=others)
+            return await read(ranges), []
+        except VolumeMediumError:
+            pass
+    lost = sorted(o for o in repair.unrepaired if any(a <= o < a + n for a, n in ranges))
+    log.error("volume %s: %d block(s) have no good copy on any replica; copied to %s as bad",
+              repair.coord.name, len(lost), ", ".join(d.address for d in dsts))  # fmt: skip
+    good = subtract(ranges, [(o, LOST_BLOCK) for o in lost])
+    data = bytearray(sum(n for _, n in ranges))
+    if good:
+        got = await read(good)
+        pos = {}  # where each good piece goes in the concatenated layout of `ranges`
+        at = 0
+        for a, n in ranges:
+            pos[a] = at
+            at += n
+        view = memoryview(got)
+        used = 0
+        for a, n in good:
+            base = max(r for r in pos if r <= a)
+            data[pos[base] + a - base : pos[base] + a - base + n] = view[used : used + n]
+            used += n
+    runs = [(o, min(LOST_BLOCK, max(a + n for a, n in ranges) - o)) for o in lost]
+    return data, runs
+
+
+def subtract(ranges: list[tuple[int, int]], holes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of sorted, disjoint `ranges` outside `holes`."""
+    out = []
+    for a, n in ranges:
+        pos, end = a, a + n
+        for h, hn in sorted(holes):
+            if h + hn <= pos or h >= end:
+                continue
+            if h > pos:
+                out.append((pos, h - pos))
+            pos = max(pos, h + hn)
+        if pos < end:
+            out.append((pos, end - pos))
+    return out
+
+
+def poison(
+    dsts: list[Peer], lost: list[tuple[int, int]], epoch: int, rebuild: bool
+) -> list[Awaitable[Any]]:
+    """Writes recording `lost` blocks as failing their checksum on every target (queued after
+    the copy's data on each connection)."""
+    return [
+        d.link.write(o, bytes(n), epoch, rebuild=rebuild, poison=True) for o, n in lost
+        for d in dsts
+    ]  # fmt: skip
 
 
 async def copy_range(
@@ -161,11 +218,12 @@ async def copy_range(
         ]
 
         async def copy(o: int, n: int, vec: list[tuple[int, int]] | None) -> int:
-            buf = await read_source(src, dsts, o, n, vec, epoch, repair)
+            buf, lost = await read_source(src, dsts, o, n, vec, epoch, repair)
             if vec is None:
-                await wait_all([d.link.write(o, buf, epoch, rebuild=rebuild) for d in dsts])
+                sent = [d.link.write(o, buf, epoch, rebuild=rebuild) for d in dsts]
             else:
-                await wait_all([d.link.writev(vec, buf, epoch, rebuild=rebuild) for d in dsts])
+                sent = [d.link.writev(vec, buf, epoch, rebuild=rebuild) for d in dsts]
+            await wait_all(sent + poison(dsts, lost, epoch, rebuild))
             return len(buf)
 
         copies = [copy(o, n, vec) for o, n, vec in batches(split(data, VEC_BYTES), VEC_BYTES)]
@@ -324,10 +382,11 @@ class Rebuilder:
         try:
             if ranges is not None:
                 async with self.ranges.hold(off, ln):
-                    data = await read_source(
+                    data, lost = await read_source(
                         src, [dst], off, ln, ranges, epoch, self.coord.repairer
                     )
-                    await dst.link.writev(ranges, data, epoch, rebuild=True)
+                    sent = dst.link.writev(ranges, data, epoch, rebuild=True)
+                    await wait_all([sent, *poison([dst], lost, epoch, True)])
                 return len(data)
             return await copy_range(
                 self.ranges, src, [dst], off, ln, epoch, rebuild=True, repair=self.coord.repairer

@@ -431,12 +431,15 @@ class ReplicaClient:
         epoch: int,
         fua: bool = False,
         rebuild: bool = False,
+        poison: bool = False,
     ) -> asyncio.Future:
         """Write `data` at `offset` (do not modify `data` until the future is done).
 
-        fua: stable on disk before the answer; rebuild: counted as rebuild traffic.
+        fua: stable on disk before the answer; rebuild: counted as rebuild traffic; poison:
+        `data` is zeroes for whole blocks that must read as failing their checksum.
         """
         flags = (wire.FLAG_FUA if fua else 0) | (wire.FLAG_REBUILD if rebuild else 0)
+        flags |= wire.FLAG_POISON if poison else 0
         return self._send(wire.WRITE, offset, flags, epoch, data)
 
     def read_into(self, offset: int, dest: memoryview, epoch: int) -> asyncio.Future:

@@ -71,6 +71,9 @@ FENCED_OPS = frozenset(
 # WRITE flags (carried in the `length` field)
 FLAG_FUA = 1
 FLAG_REBUILD = 2
+# the written blocks (whole 4 KiB blocks of zeroes) are recorded as failing their checksum: a
+# rebuild copies a block that has no good copy on any member as bad, not as data
+FLAG_POISON = 4
 
 # status codes
 OK = 0

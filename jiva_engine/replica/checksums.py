@@ -33,6 +33,9 @@ MASK = BLOCK - 1
 NAME = "volume.crc"
 ZERO_SUM = crc32c(bytes(BLOCK))
 _U32 = struct.Struct("<I")
+# the entry of a block known to have no good copy anywhere (its data reads as zeroes, whose
+# checksum this never is): it fails every check until a whole-block write replaces it
+POISON = ZERO_SUM ^ 1
 
 
 def encode(crc: int) -> int:

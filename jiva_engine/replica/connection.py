@@ -450,6 +450,8 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
         name = wire.OP_NAMES[f.op]
         try:
             self.store.apply(ranges, data)
+            if f.op == _WRITE and f.length & wire.FLAG_POISON:
+                self.store.poison(ranges)
         except OSError as e:
             return self._error(f, wire.EIO, f"{name.lower()} failed: {e}")
         finally:
@@ -494,6 +496,10 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
         if n == 0 or f.offset % 512 or n % 512 or f.offset + n > self.store.size:
             why = self.store.check_range(f.offset, n) or "bad range"
             return self._error(f, wire.EINVAL, f"WRITE refused: {why}")
+        if f.length & wire.FLAG_POISON and (
+            f.offset % 4096 or (n % 4096 and f.offset + n != self.store.size)
+        ):
+            return self._error(f, wire.EINVAL, "WRITE refused: POISON needs whole 4 KiB blocks")
         self._mutate(f, [(f.offset, n)], f.payload, bool(f.length & wire.FLAG_FUA))
 
     def _unmap(self, f: Frame) -> None:

@@ -617,6 +617,13 @@ class ReplicaStore:
                 pos += length
             self.note_write(offset, length)
 
+    def poison(self, ranges: list[tuple[int, int]]) -> None:
+        """Record whole blocks (just written with zeroes) as failing their checksum: a copy of
+        blocks that have no good copy anywhere (a rebuild) keeps them bad, not zero."""
+        for offset, length in ranges:
+            n = (length + MASK) >> BSHIFT
+            self.sums.put(offset >> BSHIFT, [checksums.POISON] * n)
+
     def note_write(self, offset: int, length: int) -> None:
         """Record the write sequence of the regions touched (lazy clearing), and change maps."""
         if self.missed:

@@ -415,12 +415,15 @@ class _Member:
 
         return self._now(run)
 
-    def write(self, off, data, epoch, fua=False, rebuild=False):
+    def readv(self, vec, epoch):
+        return self._now(lambda: b"".join(self._read(o, n) for o, n in vec))
+
+    def write(self, off, data, epoch, fua=False, rebuild=False, poison=False):
         def run():
             self.writes.append((off, bytes(data)))
             self.data[off : off + len(data)] = data
             for b in range(off // 4096, (off + len(data)) // 4096):
-                self.bad.discard(b)
+                (self.bad.add if poison else self.bad.discard)(b)
 
         return self._now(run)
 
@@ -500,3 +503,25 @@ async def test_no_good_copy_anywhere_is_a_medium_error_at_the_first_lost_block()
     assert v.integrity()["unrepaired_offsets"] == [5 * 4096]
     v.repairer.forget(4 * 4096, 3 * 4096)  # a write over the whole block clears it
     assert v.integrity()["unrepaired_blocks"] == 0 and not v.degraded()
+
+
+@pytest.mark.parametrize("vec", [None, [(0, 8192), (12288, 8192), (32768, 4096)]])
+async def test_a_rebuild_copies_a_block_lost_everywhere_as_bad(vec):
+    """read_source: a block bad on the source and on every other member reads as zeroes and is
+    returned as lost (the copy poisons it on the target); the rest of the data is the source's."""
+    from jiva_engine.controller.rebuild import read_source, subtract
+
+    src, other = (_Member(64 << 10, 0x2C, bad={3}) for _ in range(2))
+    src.data[:] = bytes(range(256)) * 256
+    v = _repair_vol(src, other)
+    p_src, p_other = v.coord.replicas()
+    ranges = vec or [(0, 8 * 4096)]
+    data, lost = await read_source(p_src, [], 0, 8 * 4096, vec, 1, v.repairer)
+    assert lost == [(3 * 4096, 4096)]
+    want = b"".join(bytes(src.data[o : o + n]) for o, n in ranges)
+    at = {o: sum(n for a, n in ranges if a < o) for o, _ in ranges}[12288 if vec else 0]
+    off3 = at + (3 * 4096 - (12288 if vec else 0))
+    assert data[off3 : off3 + 4096] == bytes(4096)
+    assert data[:off3] == want[:off3] and data[off3 + 4096 :] == want[off3 + 4096 :]
+    assert v.integrity()["unrepaired_offsets"] == [3 * 4096] and p_other is not p_src
+    assert subtract([(0, 10), (20, 10)], [(5, 20)]) == [(0, 5), (25, 5)]

@@ -187,3 +187,19 @@ def test_an_unmap_whose_cleared_entries_were_lost_reads_as_zeroes_after_a_crash(
         assert bad(s, MiB, 4 * BLOCK) == [] and s.pread(MiB, 8) == bytes(8)
     finally:
         s.close(clean=False)
+
+
+def test_a_poisoned_block_fails_until_a_whole_block_write(tmp_path):
+    """A rebuild copies a block no member has good as poisoned: zeroes that fail their check."""
+    d = tmp_path / "r"
+    s = ReplicaStore(d, "v", MiB)
+    try:
+        s.write(2 * BLOCK, bytes(BLOCK))
+        s.poison([(2 * BLOCK, BLOCK)])
+        assert bad(s, 0, 4 * BLOCK) == [2]
+        s.write(2 * BLOCK + 512, b"p" * 512)  # a partial write keeps it bad
+        assert bad(s, 2 * BLOCK, BLOCK) == [2]
+        s.write(2 * BLOCK, b"g" * BLOCK)
+        assert bad(s, 0, 4 * BLOCK) == []
+    finally:
+        s.close(clean=False)

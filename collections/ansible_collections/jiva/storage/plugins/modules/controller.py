@@ -80,9 +80,11 @@ options:
         volume again, such as V(7d), V(12h) or V(30m); V(off) or V(0) only scrubs on request.
         Omitted, the engine default (off).
     type: str
+    version_added: "0.4.0"
   scrub_rate:
     description: Scrub pace in MiB/s of volume (omitted, the engine default of 64).
     type: float
+    version_added: "0.4.0"
   secret:
     description: Shared controller/replica secret (0600 file).
     type: str
