@@ -327,7 +327,8 @@ class Volume:
                 data = await m.link.read(offset, length, self.epoch)
             except BadBlocks as e:
                 # blocks failed their checksum there: rewrite them from a good copy (or raise
-                # VolumeMediumError when there is none), then read again from the same member
+                # VolumeMediumError when there is none), then read again from the next member in
+                # turn, the repaired one included (after MAX_REPAIRS it is left out)
                 await self.repairer.repair(m, e.runs)
                 repairs += 1
                 if repairs <= MAX_REPAIRS:
