@@ -48,3 +48,20 @@ def test_rules_cited_are_defined(src):
     assert cited <= RULES, f"{src.name} cites rules {sorted(cited - RULES)}"
     q = {int(n) for n in re.findall(r"\bQ(\d+)\b", text)}
     assert q <= QRULES, f"{src.name} cites quorum rules {sorted(q - QRULES)}"
+
+
+def test_role_readmes_are_generated_from_their_argument_specs():
+    """roles/*/README.md list the variables of meta/argument_specs.yml (one source): regenerate
+    them with `python scripts/role_readmes.py` after changing a spec."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.run(
+        [sys.executable, str(root / "scripts/role_readmes.py"), "--check"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    for role in ("install", "witness", "replica", "controller"):
+        text = (root / "roles" / role / "README.md").read_text()
+        assert "## Variables" in text and "| `jiva_venv` |" in text
