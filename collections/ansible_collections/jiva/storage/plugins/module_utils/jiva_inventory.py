@@ -43,7 +43,7 @@ def inventory_problems(hosts):
     """Messages naming the variable for every problem among `hosts`, a list of dicts
     {name, address, ansible_host (None when unset), volumes_set, volumes}; [] when fine."""
     out = []
-    seen = {}
+    seen = {}  # type: dict[str, str]
     first = None
     for h in hosts:
         name = h["name"]
