@@ -552,6 +552,41 @@ class ReplicaClient:
         """Allocated [offset, length] runs inside the range."""
         return await self._json(wire.EXTENTS, None, offset=offset, length=length)
 
+    # ------------------------------------------------------------------ snapshots
+    async def snapshot(self, rec: dict[str, Any], epoch: int) -> dict[str, Any]:
+        """Freeze the data written so far as snapshot `rec` ({"id", "name", "created"})."""
+        return await self._json(wire.SNAPSHOT, rec, epoch)
+
+    async def snap_delete(self, snap_id: str, epoch: int) -> dict[str, Any]:
+        """One bounded step of deleting a snapshot -> {"done": bool, "merged": bytes}."""
+        return await self._json(wire.SNAP_DELETE, {"id": snap_id}, epoch)
+
+    async def snap_list(self) -> list[dict[str, Any]]:
+        """The replica's snapshots, oldest first."""
+        body = await self._json(wire.SNAP_LIST)
+        if not isinstance(body, dict) or not isinstance(body.get("snapshots"), list):
+            raise ReplicaError(wire.EIO, f"bad SNAP_LIST answer from replica {self.address}")
+        return body["snapshots"]
+
+    async def snap_extents(
+        self, offset: int, length: int, to: str | None, since: str | None, epoch: int
+    ) -> list[list[int]]:
+        """Runs of blocks present in a layer newer than `since` up to `to` (None: the head)."""
+        body = {"to": to, "from": since}
+        return await self._json(wire.SNAP_EXTENTS, body, epoch, offset=offset, length=length)
+
+    def snap_read(self, snap_id: str, offset: int, length: int, epoch: int) -> asyncio.Future:
+        """The volume's contents at snapshot `snap_id` (BadBlocks as `read`)."""
+        return self._send(wire.SNAP_READ, offset, length, epoch, wire.dumps({"id": snap_id}))
+
+    async def snap_reset(self, epoch: int) -> dict[str, Any]:
+        """Forget every layer and empty the head (a full rebuild's first step)."""
+        return await self._json(wire.SNAP_RESET, {}, epoch)
+
+    def drop(self, offset: int, length: int, epoch: int) -> asyncio.Future:
+        """The head keeps nothing of its own in the range (reads go through to the layers)."""
+        return self._send(wire.DROP, offset, length, epoch)
+
 
 class _Slot:
     """One replica's part of a fan-out: stands in for a Future in ReplicaClient._pending."""

@@ -39,6 +39,28 @@ GROW = 18  # payload JSON {"size": bytes}: extend the replica (never shrink), pe
 # offset/length (whole 4 KiB blocks, or up to the end) -> JSON {"sums": [per block, the CRC32C
 # of its data as stored in volume.crc], "bad": [block numbers failing their check]} (scrub)
 CHECKSUMS = 19
+# snapshots (docs/ENGINE.md "Snapshots"); layers are named by the snapshot's id
+# payload JSON {"id", "name", "created"}: the data written so far becomes a read-only layer under
+# a new, empty head -> JSON {"snapshots": [..]} (as SNAP_LIST)
+SNAPSHOT = 20
+# payload JSON {"id"}: merge the snapshot's layer into its child (the next newer layer, or the
+# head), a bounded step per request -> JSON {"done": bool, "merged": bytes so far}; when done the
+# layer is gone (repeat until done; idempotent, safe to resume after a crash)
+SNAP_DELETE = 21
+SNAP_LIST = 22  # -> JSON {"snapshots": [{"id", "name", "created", "size", "bytes", "unique"}]}
+# offset/length + payload JSON {"to": id | null (the head), "from": id | null (nothing)}: the
+# [offset, length] runs of blocks present in a layer newer than `from`, up to `to` inclusive
+SNAP_EXTENTS = 23
+# offset/length + payload JSON {"id"}: the volume's contents as of that snapshot (checked; a bad
+# block answers BAD_BLOCKS as READ does)
+SNAP_READ = 24
+# payload JSON {}: forget every snapshot layer and empty the head (a full rebuild's first step,
+# before the replica takes writes; the rebuild then re-creates the source's layers)
+SNAP_RESET = 25
+# offset/length in whole blocks (or up to the end): the head keeps nothing of its own there, so
+# the range reads through to the snapshots' layers (as UNMAP when there are none); a rebuild's
+# copy of the source's holes
+DROP = 26
 MAX_VEC = 4096  # most ranges in one READV/WRITEV
 
 OP_NAMES = {
@@ -61,11 +83,19 @@ OP_NAMES = {
     CLAIM: "CLAIM",
     GROW: "GROW",
     CHECKSUMS: "CHECKSUMS",
+    SNAPSHOT: "SNAPSHOT",
+    SNAP_DELETE: "SNAP_DELETE",
+    SNAP_LIST: "SNAP_LIST",
+    SNAP_EXTENTS: "SNAP_EXTENTS",
+    SNAP_READ: "SNAP_READ",
+    SNAP_RESET: "SNAP_RESET",
+    DROP: "DROP",
 }
 
 # operations refused with STALE_EPOCH when their header epoch is below the replica's
 FENCED_OPS = frozenset(
-    {READ, WRITE, FLUSH, UNMAP, READV, WRITEV, SET_META, SET_MODE, CLEAR_DIRTY, GROW, CHECKSUMS}
+    {READ, WRITE, FLUSH, UNMAP, READV, WRITEV, SET_META, SET_MODE, CLEAR_DIRTY, GROW, CHECKSUMS,
+     SNAPSHOT, SNAP_DELETE, SNAP_EXTENTS, SNAP_READ, SNAP_RESET, DROP}  # fmt: skip
 )
 
 # WRITE flags (carried in the `length` field)
