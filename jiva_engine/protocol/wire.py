@@ -94,8 +94,8 @@ OP_NAMES = {
 
 # operations refused with STALE_EPOCH when their header epoch is below the replica's
 FENCED_OPS = frozenset(
-    {READ, WRITE, FLUSH, UNMAP, READV, WRITEV, SET_META, SET_MODE, CLEAR_DIRTY, GROW, CHECKSUMS,
-     SNAPSHOT, SNAP_DELETE, SNAP_EXTENTS, SNAP_READ, SNAP_RESET, DROP}  # fmt: skip
+    {READ, WRITE, FLUSH, UNMAP, READV, WRITEV, SET_META, SET_MODE, CLEAR_DIRTY, GROW, CHECKSUMS}
+    | {SNAPSHOT, SNAP_DELETE, SNAP_EXTENTS, SNAP_READ, SNAP_RESET, DROP}
 )
 
 # WRITE flags (carried in the `length` field)
