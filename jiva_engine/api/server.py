@@ -3,9 +3,11 @@ online grow."""
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -54,6 +56,29 @@ def _unauthorised() -> web.Response:
     resp = _error(401, "this call needs 'Authorization: Bearer TOKEN' with the volume's API token")
     resp.headers["WWW-Authenticate"] = 'Bearer realm="jiva"'
     return resp
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def needs_token(handler: Handler) -> Handler:
+    """A call that changes the volume (or reads its data): 401 without the API token."""
+
+    @functools.wraps(handler)
+    async def checked(request: web.Request) -> web.StreamResponse:
+        if not _authorised(request):
+            return _unauthorised()
+        return await handler(request)
+
+    return checked
+
+
+async def json_body(request: web.Request) -> Any:
+    """The request's JSON body (None when there is none); malformed JSON is a 400."""
+    try:
+        return json.loads(await request.text() or "null")
+    except ValueError as e:
+        raise web.HTTPBadRequest(text=f"request body is not valid JSON: {e}") from None
 
 
 def volume_status(app: web.Application) -> dict[str, Any]:
@@ -255,14 +280,10 @@ async def get_metrics(request: web.Request) -> web.Response:
     )
 
 
+@needs_token
 async def post_replica(request: web.Request) -> web.Response:
     """POST /v1/replicas {"address": "HOST:PORT"}: add a replica (it is rebuilt, then joins)."""
-    if not _authorised(request):
-        return _unauthorised()
-    try:
-        body = json.loads(await request.text() or "null")
-    except ValueError as e:
-        return _error(400, f"request body is not valid JSON: {e}")
+    body = await json_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("address"), str):
         return _error(400, 'expected a JSON object {"address": "HOST:PORT"}')
     vol = request.app[_VOLUME]
@@ -274,10 +295,9 @@ async def post_replica(request: web.Request) -> web.Response:
     return web.json_response({"added": m.address, "replica": m.view()}, status=202)
 
 
+@needs_token
 async def delete_replica(request: web.Request) -> web.Response:
     """DELETE /v1/replicas/{address}: forget a replica (a member leaves under a new epoch)."""
-    if not _authorised(request):
-        return _unauthorised()
     vol = request.app[_VOLUME]
     address = request.match_info["address"]
     try:
@@ -289,15 +309,11 @@ async def delete_replica(request: web.Request) -> web.Response:
     return web.json_response({"removed": address, "epoch": vol.epoch})
 
 
+@needs_token
 async def post_grow(request: web.Request) -> web.Response:
     """POST /v1/volume/grow {"size": bytes or "10G"}: grow the volume online (every replica
     first, then the size served); answers the status with `old_size`."""
-    if not _authorised(request):
-        return _unauthorised()
-    try:
-        body = json.loads(await request.text() or "null")
-    except ValueError as e:
-        return _error(400, f"request body is not valid JSON: {e}")
+    body = await json_body(request)
     if not isinstance(body, dict) or "size" not in body:
         return _error(400, 'expected a JSON object {"size": bytes or a size such as "10G"}')
     vol = request.app[_VOLUME]
@@ -313,15 +329,11 @@ async def post_grow(request: web.Request) -> web.Response:
     return web.json_response({**volume_status(request.app), "old_size": old})
 
 
+@needs_token
 async def post_scrub(request: web.Request) -> web.Response:
     """POST /v1/scrub [{"rate": MiB/s}]: start a scrub pass; 202 with the scrub status, 409 (with
     the running pass's status) while one runs."""
-    if not _authorised(request):
-        return _unauthorised()
-    try:
-        body = json.loads(await request.text() or "null")
-    except ValueError as e:
-        return _error(400, f"request body is not valid JSON: {e}")
+    body = await json_body(request)
     if body is None:
         body = {}
     rate = body.get("rate") if isinstance(body, dict) else None
