@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "status": ("jiva_engine.api.cli", "show a volume's state from its management API"),
     "grow": ("jiva_engine.api.grow", "grow a volume online through its management API"),
     "scrub": ("jiva_engine.api.scrub", "check every block copy of a volume, repair what is bad"),
+    "snapshot": ("jiva_engine.api.snapshot", "create, list, delete or revert a volume's snapshots"),
     "supervise": ("jiva_engine.supervise", "keep one jiva process running (hosts without systemd)"),
     "ha": ("jiva_engine.ha", "run the failover play periodically (control node)"),
 }

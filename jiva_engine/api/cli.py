@@ -67,6 +67,9 @@ def render(status: dict[str, Any]) -> str:
     sc = status.get("scrub")
     if isinstance(sc, dict):
         summary.append(["last scrub", scrub_text(sc)])
+    sn = status.get("snapshots")
+    if isinstance(sn, dict):
+        summary.append(["snapshots", f"{sn.get('count')} of at most {sn.get('limit')}"])
     rows = []
     for r in status.get("replicas", []):
         rb = r.get("rebuild")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -32,12 +33,14 @@ def _call(
     body: dict[str, Any] | None = None,
     token: str | None = None,
     expect: str = "replicas",
+    method: str | None = None,
 ) -> dict[str, Any]:
-    """GET (or POST `body` as JSON, with `token` as bearer) `path` on the API at `api`
-    (HOST:PORT); the JSON object it answered. ApiError with the API's own message on refusal."""
+    """GET (or POST `body` as JSON, with `token` as bearer; or `method`) `path` on the API at
+    `api` (HOST:PORT); the JSON object it answered. ApiError with the API's own message on
+    refusal."""
     host, port = parse_hostport(api)
     url = f"http://{host if ':' not in host else '[' + host + ']'}:{port}{path}"
-    req = urllib.request.Request(url)
+    req = urllib.request.Request(url, method=method)
     if body is not None:
         req.data = json.dumps(body).encode()
         req.add_header("Content-Type", "application/json")
@@ -83,3 +86,27 @@ def scrub(
     runs."""
     body: dict[str, Any] = {"rate": rate} if rate else {}
     return _call(api, "/v1/scrub", timeout, body, token, expect="scrub")
+
+
+def _snap_path(name: str, tail: str = "") -> str:
+    return "/v1/snapshots/" + urllib.parse.quote(name, safe="") + tail
+
+
+def snapshot_create(api: str, name: str, token: str | None = None, timeout: float = 60.0) -> dict:
+    """POST /v1/snapshots: take snapshot `name` -> {"name", "snapshot": entry}."""
+    return _call(api, "/v1/snapshots", timeout, {"name": name}, token, expect="snapshot")
+
+
+def snapshot_list(api: str, token: str | None = None, timeout: float = 10.0) -> dict:
+    """GET /v1/snapshots -> {"name", "snapshots": [entries, oldest first], "limit"}."""
+    return _call(api, "/v1/snapshots", timeout, None, token, expect="snapshots")
+
+
+def snapshot_delete(api: str, name: str, token: str | None = None, timeout: float = 600.0) -> dict:
+    """DELETE /v1/snapshots/NAME -> {"name", "deleted", "reclaimed"} (waits for the merge)."""
+    return _call(api, _snap_path(name), timeout, None, token, expect="deleted", method="DELETE")
+
+
+def snapshot_revert(api: str, name: str, token: str | None = None, timeout: float = 3600.0) -> dict:
+    """POST /v1/snapshots/NAME/revert -> {"reverted", "bytes"} (waits for the copy)."""
+    return _call(api, _snap_path(name, "/revert"), timeout, {}, token, expect="reverted")

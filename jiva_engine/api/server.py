@@ -1,5 +1,5 @@
 """Management HTTP API of a controller (DESIGN.md §5): status, stats, metrics, replica add/remove,
-online grow."""
+online grow, scrub, snapshots."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from aiohttp import web
 
 from jiva_engine.controller.grow import GrowRefused
 from jiva_engine.controller.scrub import ScrubRunning
+from jiva_engine.controller.snapshots import SnapshotRefused
 from jiva_engine.controller.volume import Volume
 from jiva_engine.util import parse_size
 from jiva_engine.volume import VolumeFenced, VolumeNotReady
@@ -170,6 +171,13 @@ def render_metrics(app: web.Application) -> str:
         [(vl, len(quorum["missing"]))],
     )
     metric("jiva_volume_size_bytes", "gauge", "volume size", [(vl, vol.size)])
+    metric(
+        "jiva_volume_snapshots",
+        "gauge",
+        "snapshots every current member holds (as last seen)",
+        [(vl, vol.snapshots.count)],
+    )
+    metric("jiva_volume_snapshots_limit", "gauge", "--max-snapshots", [(vl, vol.snapshots.limit)])
     for key, mname, help_text in [
         ("reads", "jiva_volume_reads_total", "read requests completed"),
         ("writes", "jiva_volume_writes_total", "write requests acknowledged"),
@@ -356,6 +364,55 @@ async def post_scrub(request: web.Request) -> web.Response:
     return web.json_response({"name": vol.name, "scrub": st}, status=202)
 
 
+def _snapshot_refused(e: SnapshotRefused) -> web.Response:
+    return _error(e.status, str(e))
+
+
+@needs_token
+async def post_snapshot(request: web.Request) -> web.Response:
+    """POST /v1/snapshots {"name"}: take a crash-consistent snapshot on every current member
+    (a write barrier); 201 {"snapshot": entry}; 400 bad name; 409 name exists, limit reached,
+    a rebuild running, volume not serving."""
+    body = await json_body(request)
+    if not isinstance(body, dict) or "name" not in body:
+        return _error(400, 'expected a JSON object {"name": "SNAPSHOT"}')
+    vol = request.app[_VOLUME]
+    try:
+        snap = await vol.snapshots.create(body["name"])
+    except SnapshotRefused as e:
+        return _snapshot_refused(e)
+    except (VolumeNotReady, VolumeFenced) as e:
+        return _error(409, f"volume {vol.name} does not serve: {e}")
+    return web.json_response({"name": vol.name, "snapshot": snap}, status=201)
+
+
+async def get_snapshots(request: web.Request) -> web.Response:
+    """GET /v1/snapshots: the snapshots every current member holds, oldest first, and the
+    limit."""
+    vol = request.app[_VOLUME]
+    try:
+        snaps = await vol.snapshots.entries()
+    except SnapshotRefused as e:
+        return _snapshot_refused(e)
+    except (VolumeNotReady, VolumeFenced) as e:
+        return _error(409, f"volume {vol.name} does not serve: {e}")
+    return web.json_response({"name": vol.name, "snapshots": snaps, "limit": vol.snapshots.limit})
+
+
+@needs_token
+async def delete_snapshot(request: web.Request) -> web.Response:
+    """DELETE /v1/snapshots/{name}: delete a snapshot on every current member (merged into its
+    neighbour, space reclaimed); 200 {"deleted", "reclaimed"}; 404 unknown; 409 not now."""
+    vol = request.app[_VOLUME]
+    try:
+        done = await vol.snapshots.delete(request.match_info["name"])
+    except SnapshotRefused as e:
+        return _snapshot_refused(e)
+    except (VolumeNotReady, VolumeFenced) as e:
+        return _error(409, f"volume {vol.name} does not serve: {e}")
+    return web.json_response({"name": vol.name, **done})
+
+
 def make_app(
     volume: Volume,
     token: str | None = None,
@@ -376,6 +433,9 @@ def make_app(
     app.router.add_delete("/v1/replicas/{address}", delete_replica)
     app.router.add_post("/v1/volume/grow", post_grow)
     app.router.add_post("/v1/scrub", post_scrub)
+    app.router.add_post("/v1/snapshots", post_snapshot)
+    app.router.add_get("/v1/snapshots", get_snapshots)
+    app.router.add_delete("/v1/snapshots/{name}", delete_snapshot)
     return app
 
 

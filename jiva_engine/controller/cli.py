@@ -9,6 +9,7 @@ import signal
 import sys
 from typing import Any
 
+from jiva_engine.controller.snapshots import check_limit
 from jiva_engine.iscsi.cli import access_options, add_access_arguments
 from jiva_engine.util import (
     config_error,
@@ -88,6 +89,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="start a scrub this long after the previous one finished (or after start): 30m,"
         " 12h, 7d...; 0 or off (default): only on request (POST /v1/scrub, `jiva scrub`)",
     )
+    p.add_argument(
+        "--max-snapshots",
+        type=int,
+        default=64,
+        metavar="N",
+        help="most snapshots the volume keeps, 1..250 (default 64): creating one more is refused"
+        " with a clear error (never taken implicitly, never a faulted volume)",
+    )
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
 
 
@@ -131,6 +140,7 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
     if args.scrub_rate <= 0:
         raise ValueError("--scrub-rate must be positive (MiB/s)")
     scrub_interval = parse_duration(args.scrub_interval)
+    max_snapshots = check_limit(args.max_snapshots)
     access = access_options(args)
     secret, previous = read_secret_pair(args.secret_file, args.previous_secret_file)
     token, previous_token = read_secret_pair(
@@ -154,6 +164,7 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         "rebuild_rate": args.rebuild_rate * (1 << 20) if args.rebuild_rate else None,
         "scrub_rate": args.scrub_rate * (1 << 20),
         "scrub_interval": scrub_interval,
+        "max_snapshots": max_snapshots,
     }
 
 
@@ -174,6 +185,7 @@ async def _serve(cfg: dict) -> int:
         rebuild_rate=cfg["rebuild_rate"],
         scrub_rate=cfg["scrub_rate"],
         scrub_interval=cfg["scrub_interval"],
+        max_snapshots=cfg["max_snapshots"],
     )
     iqn = IQN_PREFIX + cfg["volume"]
     portal = "{}:{}".format(*cfg["portal"]) if cfg["portal"] else None

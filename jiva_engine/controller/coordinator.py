@@ -43,6 +43,7 @@ from jiva_engine.controller.rebuild import (
     split,
     wait_all,
 )
+from jiva_engine.controller.snapshots import hole_copy, snapshot_ids
 from jiva_engine.protocol import voting, wire
 from jiva_engine.protocol.client import ReplicaError, ReplicaUnavailable
 from jiva_engine.protocol.voting import epoch_text, term_of
@@ -93,6 +94,7 @@ class Coordinator:
         self.resend = resend  # re-send the writes in flight to the current targets (after Q3)
         self.rebuilder: Any = None  # set by the volume (rebuild.Rebuilder)
         self.repairer: Any = None  # set by the volume (repair.Repairer)
+        self.snapshots: Any = None  # set by the volume (snapshots.Snapshots)
         self.peers: dict[str, Peer] = {}
         self.addresses: dict[str, str] = {}  # voter id -> last known address (from views)
         for a in replicas:
@@ -413,7 +415,11 @@ class Coordinator:
         self.resize(size)
         self.mem.reason = f"resynchronising members {', '.join(p.address for p in members)}"
         t_resync = time.monotonic()
-        dirty = await self._resync(members, view.epoch)
+        # members with the same snapshots copy holes as DROP (read through to their layers);
+        # different ones (a crash in the middle of a create or delete) copy them as data, and
+        # are settled once serving (snapshots.claimed)
+        hole = hole_copy([snapshot_ids(p.info) for p in members])
+        dirty = await self._resync(members, view.epoch, hole)
         t_resync = time.monotonic() - t_resync
         wait = promised_at + t.lease_wait - time.monotonic()
         if wait > 0:  # the previous controller may still serve reads from its lease (Q8)
@@ -428,6 +434,8 @@ class Coordinator:
         self.mem.serving(
             f"resynchronised {len(dirty)} dirty region(s) at start-up" if dirty else ""
         )
+        if self.snapshots is not None:  # before any rebuild can start
+            self.snapshots.claimed()
         log.info(
             "volume %s serving at epoch %s with %s (%d dirty regions resynchronised in %.2fs%s)",
             self.name,
@@ -443,7 +451,7 @@ class Coordinator:
         self.wake.set()
         return True
 
-    async def _resync(self, members: list[Peer], epoch: int) -> list[int]:
+    async def _resync(self, members: list[Peer], epoch: int, hole: str = "unmap") -> list[int]:
         """Rule 5: copy every region dirty on any member from one member to the others."""
         maps = await asyncio.gather(*(p.link.dirty_map() for p in members))
         self.region_size = int(maps[0].get("region_size") or wire.DEFAULT_REGION)
@@ -465,7 +473,7 @@ class Coordinator:
                     # was lost wait there for this claim (they re-send themselves afterwards)
                     await copy_range(
                         self.ranges, src, others, off, ln, epoch, rebuild=False, past_parked=True,
-                        repair=self.repairer,
+                        repair=self.repairer, hole=hole,
                     )  # fmt: skip
 
             await wait_all([asyncio.ensure_future(resync(o, n)) for o, n in spans])

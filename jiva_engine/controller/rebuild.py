@@ -8,6 +8,7 @@ replica to the coordinator, which adds it to the membership under a new view.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from jiva_engine.controller.grow import fit
 from jiva_engine.controller.peers import ERR, RW, WO, Peer
 from jiva_engine.controller.rangelock import RangeLock
+from jiva_engine.controller.snapshots import snapshot_ids
 from jiva_engine.protocol import wire
 from jiva_engine.protocol.client import BadBlocks, ReplicaError, ReplicaUnavailable
 from jiva_engine.protocol.voting import epoch_text
@@ -202,6 +204,7 @@ async def copy_range(
     rebuild: bool,
     past_parked: bool = False,
     repair: Repairer | None = None,
+    hole: str = "unmap",
 ) -> int:
     """Copy [off, off+ln) from src to dsts under the range lock; holes become holes.
 
@@ -209,13 +212,24 @@ async def copy_range(
     hole, so the copy costs a few round trips whatever the layout (random 4K writes leave
     thousands of extents in a span; one round trip each made a 9 MiB resync take 14 s).
 
+    `hole` says what a hole of the source's head becomes on the targets (snapshots.hole_copy):
+    "unmap" (no snapshots anywhere), "drop" (the same snapshots on both sides: the target's
+    head keeps nothing there and reads through to its layers, as the source does; an UNMAP
+    would store zeroes over them), or "data" (no EXTENTS: the whole range is copied as data,
+    read through the source's layers).
+
     Source blocks failing their checksum are repaired first or fail the copy (read_source)."""
     end = off + ln
     async with ranges.hold(off, ln, past_parked=past_parked):
-        data = clip(await src.link.extents(off, ln), off, end)
+        if hole == "data":
+            data = [(off, ln)] if ln > 0 else []
+        else:
+            data = clip(await src.link.extents(off, ln), off, end)
+        gaps = holes(data, off, end)
         work: list[Awaitable[Any]] = [
-            d.link.unmap(h, n, epoch) for h, n in holes(data, off, end) for d in dsts
-        ]
+            d.link.drop(h, n, epoch) if hole == "drop" else d.link.unmap(h, n, epoch)
+            for h, n in gaps for d in dsts
+        ]  # fmt: skip
 
         async def copy(o: int, n: int, vec: list[tuple[int, int]] | None) -> int:
             buf, lost = await read_source(src, dsts, o, n, vec, epoch, repair)
@@ -253,61 +267,11 @@ class Rebuilder:
 
     async def run(self, m: Peer, rmeta: dict[str, Any]) -> None:
         """Rebuild replica `m` (connected, not a member) and promote it; failures drop it."""
-        coord = self.coord
-        t0 = time.monotonic()
+        snaps = getattr(self.coord, "snapshots", None)
+        gate = snaps.rebuilding() if snaps is not None else contextlib.nullcontext()
         try:
-            c = m.link
-            epoch = coord.mem.epoch
-            if m.epoch > epoch:
-                # only a newer controller could have raised it: leave this replica alone
-                raise ReplicaError(
-                    wire.STALE_EPOCH,
-                    f"replica has epoch {m.epoch}, newer than ours ({epoch}); another "
-                    "controller may own the volume",
-                )
-            c.epoch = max(c.epoch, m.epoch)  # control ops carry the client's epoch
-            rdirty = await c.dirty_map() if int(rmeta.get("view_epoch") or 0) > 0 else {}
-            await c.set_mode("WO")  # persisted first: a crash from here on means a full rebuild
-            # then raise its epoch so frames still queued from an old connection are refused
-            await c.set_meta(**coord.view_fields(coord.mem.view))
-            async with coord.sizing:  # not during a grow: it is grown to the size served first
-                await fit(m, coord.size)
-                m.mode = WO  # every write issued from now on also goes to this replica
-            m.rebuild = {"done": 0, "total": 0}
-            m.last_error = None
-            for op in self.inflight():  # writes issued before the switch land on the source
-                await op.done
-            rw = coord.rw_peers()
-            if not rw:
-                raise ReplicaUnavailable("no current member to rebuild from")
-            src = coord.pick(rw)
-            sdm = await src.link.dirty_map()
-            region, size = coord.region_size, coord.size
-            kind, extents = plan_copy(m.id, rmeta, rdirty, sdm, region, size)
-            if extents is None:
-                used: set[int] = set()
-                for eo, el in [*await src.link.extents(0, size), *await c.extents(0, size)]:
-                    used.update(range(eo // region, (eo + el - 1) // region + 1))
-                extents = merge([region_extent(r, region, size) for r in used], size)
-            total = sum(ln for _, ln in extents)
-            progress = m.rebuild = {"done": 0, "total": total}
-            log.info(
-                "rebuilding %s from %s: %s, %d extents, %d bytes",
-                m.address, src.address, kind, len(extents), total,
-            )  # fmt: skip
-            copied = await self._copy_all(src, m, extents, progress)
-            await c.flush(coord.mem.epoch)  # everything copied is durable before it is a member
-            m.last_rebuild = {
-                "kind": kind.split()[0],
-                "detail": kind,
-                "source": src.address,
-                "regions": len(extents),
-                "copied": copied,
-                "scanned": total,
-                "seconds": round(time.monotonic() - t0, 3),
-            }
-            await coord.promote(m)
-            self.stats["rebuilds_done"] += 1
+            async with gate:  # no snapshot is created or deleted until it ends (snapshots.py)
+                await self._rebuild(m, rmeta)
         except asyncio.CancelledError:
             raise
         except VolumeFenced:
@@ -318,10 +282,162 @@ class Rebuilder:
                 m.mode = ERR
                 m.rebuild = None
                 m.last_error = f"rebuild failed: {e}"
-                await coord.drop_client(m)
+                await self.coord.drop_client(m)
+
+    async def _rebuild(self, m: Peer, rmeta: dict[str, Any]) -> None:
+        coord = self.coord
+        t0 = time.monotonic()
+        c = m.link
+        epoch = coord.mem.epoch
+        if m.epoch > epoch:
+            # only a newer controller could have raised it: leave this replica alone
+            raise ReplicaError(
+                wire.STALE_EPOCH,
+                f"replica has epoch {m.epoch}, newer than ours ({epoch}); another "
+                "controller may own the volume",
+            )
+        c.epoch = max(c.epoch, m.epoch)  # control ops carry the client's epoch
+        rdirty = await c.dirty_map() if int(rmeta.get("view_epoch") or 0) > 0 else {}
+        await c.set_mode("WO")  # persisted first: a crash from here on means a full rebuild
+        # then raise its epoch so frames still queued from an old connection are refused
+        await c.set_meta(**coord.view_fields(coord.mem.view))
+        # its snapshots must be the source's before it takes any write: a different list is
+        # reset and re-created from the source's layers (a full rebuild follows)
+        hole, reset = await self._carry_snapshots(m)
+        async with coord.sizing:  # not during a grow: it is grown to the size served first
+            await fit(m, coord.size)
+            m.mode = WO  # every write issued from now on also goes to this replica
+        m.rebuild = {"done": 0, "total": 0}
+        m.last_error = None
+        for op in self.inflight():  # writes issued before the switch land on the source
+            await op.done
+        rw = coord.rw_peers()
+        if not rw:
+            raise ReplicaUnavailable("no current member to rebuild from")
+        src = coord.pick(rw)
+        sdm = await src.link.dirty_map()
+        region, size = coord.region_size, coord.size
+        if reset:
+            kind, extents = "full (its snapshots differed from the source's)", None
+        else:
+            kind, extents = plan_copy(m.id, rmeta, rdirty, sdm, region, size)
+        if extents is None:
+            used: set[int] = set()
+            for eo, el in [*await src.link.extents(0, size), *await c.extents(0, size)]:
+                used.update(range(eo // region, (eo + el - 1) // region + 1))
+            extents = merge([region_extent(r, region, size) for r in used], size)
+        total = sum(ln for _, ln in extents)
+        progress = m.rebuild = {"done": 0, "total": total}
+        log.info(
+            "rebuilding %s from %s: %s, %d extents, %d bytes",
+            m.address, src.address, kind, len(extents), total,
+        )  # fmt: skip
+        copied = await self._copy_all(src, m, extents, progress, hole)
+        await c.flush(coord.mem.epoch)  # everything copied is durable before it is a member
+        m.last_rebuild = {
+            "kind": kind.split()[0],
+            "detail": kind,
+            "source": src.address,
+            "regions": len(extents),
+            "copied": copied,
+            "scanned": total,
+            "seconds": round(time.monotonic() - t0, 3),
+        }
+        if reset is not None:
+            m.last_rebuild["snapshots"] = reset
+        await coord.promote(m)
+        self.stats["rebuilds_done"] += 1
+
+    async def _carry_snapshots(self, m: Peer) -> tuple[str, int | None]:
+        """Give the returning replica `m` (WO on its side, not yet taking writes) the current
+        members' snapshots: when its snapshot ids differ from theirs, SNAP_RESET it and
+        re-create every layer, oldest first (snapshot views are frozen: no live write is
+        involved). Returns how its head's holes are copied (hole_copy) and, when it was reset,
+        the number of snapshots re-created (None otherwise)."""
+        coord = self.coord
+        mine = snapshot_ids(m.info)
+        rw = coord.rw_peers()
+        if not rw:
+            raise ReplicaUnavailable("no current member to rebuild from")
+        src = coord.pick(rw)
+        theirs = snapshot_ids(src.info)
+        snaps: list[dict[str, Any]] = []
+        if mine is not None or theirs is not None:
+            try:
+                snaps = await src.link.snap_list()
+            except ReplicaError as e:
+                if e.status != wire.UNKNOWN_OP:
+                    raise
+            theirs = [str(s["id"]) for s in snaps]
+        if mine is None:
+            if snaps:
+                raise ReplicaUnavailable(
+                    f"replica {m.address} does not support snapshots, and the volume has "
+                    f"{len(snaps)}: upgrade it"
+                )
+            return "unmap", None
+        if mine == theirs:
+            return "drop", None
+        epoch = coord.mem.epoch
+        log.info("replica %s holds snapshots %s, the members %s: resetting it and copying "
+                 "%d snapshot(s) from %s", m.address, mine, theirs, len(snaps),
+                 src.address)  # fmt: skip
+        await m.link.snap_reset(epoch)
+        total = 0
+        plans = []
+        prev: str | None = None
+        for snap in snaps:
+            ssize = int(snap.get("size") or coord.size)
+            runs = clip(await src.link.snap_extents(0, ssize, snap["id"], prev, epoch), 0, ssize)
+            plans.append((snap, ssize, runs))
+            total += sum(n for _, n in runs)
+            prev = snap["id"]
+        progress = m.rebuild = {"done": 0, "total": total}
+        gate = asyncio.Semaphore(REBUILD_PARALLEL)
+
+        async def one(sid: str, o: int, n: int) -> None:
+            async with gate:
+                await self.throttle.take(n)
+                data = await self._snap_read(src, sid, o, n)
+                await m.link.write(o, data, coord.mem.epoch, rebuild=True)
+                progress["done"] += n
+                self.stats["rebuild_bytes_copied"] += n
+
+        for snap, ssize, runs in plans:
+            if m.size < ssize:
+                await fit(m, ssize)  # as large as the volume was when it was taken
+            sid = str(snap["id"])
+            await wait_all(
+                [asyncio.ensure_future(one(sid, o, n)) for o, n in split(runs, VEC_BYTES)]
+            )
+            rec = {k: snap[k] for k in ("id", "name", "created")}
+            got = await m.link.snapshot(rec, coord.mem.epoch)
+            if snap["id"] not in [str(s.get("id")) for s in got.get("snapshots") or []]:
+                raise ReplicaError(wire.EIO, f"snapshot {snap['name']} not taken on {m.address}")
+        m.info = {**m.info, "snapshots": [s["id"] for s in snaps]}
+        return "drop", len(snaps)
+
+    async def _snap_read(self, src: Peer, sid: str, off: int, ln: int) -> Any:
+        """A snapshot's data from `src`, or from another member when blocks fail their checksum
+        there (a layer is never repaired in place; BadBlocks when no member has it good)."""
+        others = [p for p in self.coord.rw_peers() if p is not src]
+        last: BaseException | None = None
+        for p in [src, *others]:
+            try:
+                return await p.link.snap_read(sid, off, ln, self.coord.mem.epoch)
+            except BadBlocks as e:
+                log.error("snapshot %s: bad blocks on %s at %s", sid, p.address, e.runs)
+                last = e
+        assert last is not None
+        raise last
 
     async def _copy_all(
-        self, src: Peer, m: Peer, extents: list[tuple[int, int]], progress: dict[str, int]
+        self,
+        src: Peer,
+        m: Peer,
+        extents: list[tuple[int, int]],
+        progress: dict[str, int],
+        hole: str = "unmap",
     ) -> int:
         """Copy the extents, REBUILD_PARALLEL spans at once; flush the target every
         REBUILD_SYNC_EVERY bytes in the background. Returns the bytes copied."""
@@ -349,7 +465,7 @@ class Rebuilder:
                 size = ln if ranges is None else sum(n for _, n in ranges)
                 await self.throttle.take(size)  # --rebuild-rate, shared by every rebuild
                 try:
-                    n = await self._copy_checked(src, m, off, ln, ranges)
+                    n = await self._copy_checked(src, m, off, ln, ranges, hole)
                 except Exception as e:
                     failure.append(e)
                     return
@@ -374,7 +490,13 @@ class Rebuilder:
         return copied
 
     async def _copy_checked(
-        self, src: Peer, dst: Peer, off: int, ln: int, ranges: list | None = None
+        self,
+        src: Peer,
+        dst: Peer,
+        off: int,
+        ln: int,
+        ranges: list | None = None,
+        hole: str = "unmap",
     ) -> int:
         """One rebuild copy (a span, or a batch of small `ranges` inside [off, off+ln)); a
         failing source is ejected (rule 3), a failing target drops out."""
@@ -389,8 +511,9 @@ class Rebuilder:
                     await wait_all([sent, *poison([dst], lost, epoch, True)])
                 return len(data)
             return await copy_range(
-                self.ranges, src, [dst], off, ln, epoch, rebuild=True, repair=self.coord.repairer
-            )
+                self.ranges, src, [dst], off, ln, epoch, rebuild=True,
+                repair=self.coord.repairer, hole=hole,
+            )  # fmt: skip
         except (ReplicaError, ReplicaUnavailable) as e:
             # find out which side failed: the source's failure is a membership change
             if src.client is None or not src.client.connected:

@@ -24,6 +24,7 @@ from jiva_engine.controller.rangelock import Lease, RangeLock
 from jiva_engine.controller.rebuild import Rebuilder, clip
 from jiva_engine.controller.repair import Repairer
 from jiva_engine.controller.scrub import Scrubber
+from jiva_engine.controller.snapshots import DEFAULT_LIMIT, Snapshots
 from jiva_engine.protocol import wire
 from jiva_engine.protocol.client import (
     BadBlocks,
@@ -97,6 +98,7 @@ class Volume:
         retry_interval: float = 1.0,
         quorum: str | Policy = Policy.MAJORITY,
         hold: float = DEFAULT_HOLD,
+        max_snapshots: int = DEFAULT_LIMIT,
         connector: Connector = tcp_connector,
     ) -> None:
         self.name = name
@@ -142,6 +144,8 @@ class Volume:
         )  # fmt: skip
         self.grower = Grower(self.coord, self._admit)
         self.scrubber = Scrubber(self, scrub_rate, scrub_interval)
+        self.snapshots = Snapshots(self.coord, self.ranges, self._admit, max_snapshots)
+        self.coord.snapshots = self.snapshots
         self._task: asyncio.Task | None = None
         self.started_at = time.time()
 
@@ -241,6 +245,7 @@ class Volume:
             "degraded": self.degraded(),
             "integrity": self.integrity(),
             "scrub": self.scrubber.status(),
+            "snapshots": self.snapshots.status(),
         }
 
     def integrity(self) -> dict[str, Any]:
