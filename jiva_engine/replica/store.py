@@ -884,10 +884,14 @@ class ReplicaStore:
         or more) so the answer stays under `max_runs`: over-reporting allocation is safe.
         """
         runs = self._extents(offset, length)
-        if self.layers:  # explicit zeroes over holes are the head's own too
+        if self.layers:  # the view's allocation: what the head or any layer holds
             a, end = offset >> BSHIFT, min(self.size, offset + length)
-            mine = self.sums.present(a, ((end + MASK) >> BSHIFT) - a)
-            runs = union_runs(runs, [[b << BSHIFT, n << BSHIFT] for b, n in runs_of(mine)], end)
+            count = ((end + MASK) >> BSHIFT) - a
+            held = set(self.sums.present(a, count))
+            for layer in self.layers.list:
+                held.update(layer.present(a, max(0, min(count, layer.nblocks - a))))
+            blocks = [[b << BSHIFT, n << BSHIFT] for b, n in runs_of(sorted(held))]
+            runs = union_runs(runs, blocks, end)
         gran = self.region_size
         while len(runs) > max_runs:
             runs = coarsen(runs, gran, offset, offset + length)

@@ -107,3 +107,16 @@ async def test_snapshots_survive_a_restart_and_bit_rot_in_a_layer_is_named(repli
     assert bytes(await c.read(0, 4 * B, 1)) == bytes(4 * B)
     await asyncio.sleep(0)
     await c.close()
+
+
+async def test_extents_answer_the_views_allocation(replica):
+    c = await replica.connect()
+    await c.set_meta(epoch=1, membership=[f"127.0.0.1:{replica.port}"])
+    await c.write(MiB, b"a" * B, 1)
+    await c.snapshot({"id": "s1", "name": "one", "created": 1}, 1)
+    await c.write(3 * MiB, b"b" * B, 1)
+    await c.unmap(5 * MiB, B, 1)  # explicit zeroes over a hole: the head's own
+    assert await c.extents(0, 8 * MiB) == [[MiB, B], [3 * MiB, B], [5 * MiB, B]]
+    assert await c.snap_extents(0, 8 * MiB, None, "s1", 1) == [[3 * MiB, B], [5 * MiB, B]]
+    assert await c.snap_extents(0, 8 * MiB, "s1", None, 1) == [[MiB, B]]
+    await c.close()
