@@ -418,8 +418,10 @@ class Coordinator:
         # members with the same snapshots copy holes as DROP (read through to their layers);
         # different ones (a crash in the middle of a create or delete) copy them as data, and
         # are settled once serving (snapshots.claimed)
-        hole = hole_copy([snapshot_ids(p.info) for p in members])
-        dirty = await self._resync(members, view.epoch, hole)
+        held = [snapshot_ids(p.info) for p in members]
+        hole = hole_copy(held)
+        newest = held[0][-1] if hole == "drop" and held[0] else None
+        dirty = await self._resync(members, view.epoch, hole, newest)
         t_resync = time.monotonic() - t_resync
         wait = promised_at + t.lease_wait - time.monotonic()
         if wait > 0:  # the previous controller may still serve reads from its lease (Q8)
@@ -451,7 +453,9 @@ class Coordinator:
         self.wake.set()
         return True
 
-    async def _resync(self, members: list[Peer], epoch: int, hole: str = "unmap") -> list[int]:
+    async def _resync(
+        self, members: list[Peer], epoch: int, hole: str = "unmap", newest: str | None = None
+    ) -> list[int]:
         """Rule 5: copy every region dirty on any member from one member to the others."""
         maps = await asyncio.gather(*(p.link.dirty_map() for p in members))
         self.region_size = int(maps[0].get("region_size") or wire.DEFAULT_REGION)
@@ -473,7 +477,7 @@ class Coordinator:
                     # was lost wait there for this claim (they re-send themselves afterwards)
                     await copy_range(
                         self.ranges, src, others, off, ln, epoch, rebuild=False, past_parked=True,
-                        repair=self.repairer, hole=hole,
+                        repair=self.repairer, hole=hole, newest=newest,
                     )  # fmt: skip
 
             await wait_all([asyncio.ensure_future(resync(o, n)) for o, n in spans])

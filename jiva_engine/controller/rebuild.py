@@ -205,6 +205,7 @@ async def copy_range(
     past_parked: bool = False,
     repair: Repairer | None = None,
     hole: str = "unmap",
+    newest: str | None = None,
 ) -> int:
     """Copy [off, off+ln) from src to dsts under the range lock; holes become holes.
 
@@ -216,13 +217,18 @@ async def copy_range(
     "unmap" (no snapshots anywhere), "drop" (the same snapshots on both sides: the target's
     head keeps nothing there and reads through to its layers, as the source does; an UNMAP
     would store zeroes over them), or "data" (no EXTENTS: the whole range is copied as data,
-    read through the source's layers).
+    read through the source's layers). With "drop" and `newest` (the newest snapshot's id, the
+    same on both sides), only the blocks the source's head holds are copied (SNAP_EXTENTS since
+    that snapshot): EXTENTS answers the whole view's allocation, layers included, and copying
+    that would duplicate every snapshot's data into the target's head.
 
     Source blocks failing their checksum are repaired first or fail the copy (read_source)."""
     end = off + ln
     async with ranges.hold(off, ln, past_parked=past_parked):
         if hole == "data":
             data = [(off, ln)] if ln > 0 else []
+        elif hole == "drop" and newest is not None:
+            data = clip(await src.link.snap_extents(off, ln, None, newest, epoch), off, end)
         else:
             data = clip(await src.link.extents(off, ln), off, end)
         gaps = holes(data, off, end)
@@ -303,7 +309,7 @@ class Rebuilder:
         await c.set_meta(**coord.view_fields(coord.mem.view))
         # its snapshots must be the source's before it takes any write: a different list is
         # reset and re-created from the source's layers (a full rebuild follows)
-        hole, reset = await self._carry_snapshots(m)
+        hole, reset, newest = await self._carry_snapshots(m)
         async with coord.sizing:  # not during a grow: it is grown to the size served first
             await fit(m, coord.size)
             m.mode = WO  # every write issued from now on also goes to this replica
@@ -332,7 +338,7 @@ class Rebuilder:
             "rebuilding %s from %s: %s, %d extents, %d bytes",
             m.address, src.address, kind, len(extents), total,
         )  # fmt: skip
-        copied = await self._copy_all(src, m, extents, progress, hole)
+        copied = await self._copy_all(src, m, extents, progress, hole, newest)
         await c.flush(coord.mem.epoch)  # everything copied is durable before it is a member
         m.last_rebuild = {
             "kind": kind.split()[0],
@@ -348,12 +354,12 @@ class Rebuilder:
         await coord.promote(m)
         self.stats["rebuilds_done"] += 1
 
-    async def _carry_snapshots(self, m: Peer) -> tuple[str, int | None]:
+    async def _carry_snapshots(self, m: Peer) -> tuple[str, int | None, str | None]:
         """Give the returning replica `m` (WO on its side, not yet taking writes) the current
         members' snapshots: when its snapshot ids differ from theirs, SNAP_RESET it and
         re-create every layer, oldest first (snapshot views are frozen: no live write is
-        involved). Returns how its head's holes are copied (hole_copy) and, when it was reset,
-        the number of snapshots re-created (None otherwise)."""
+        involved). Returns how its head's holes are copied (hole_copy), the number of snapshots
+        re-created when it was reset (None otherwise), and the newest snapshot's id."""
         coord = self.coord
         mine = snapshot_ids(m.info)
         rw = coord.rw_peers()
@@ -375,9 +381,10 @@ class Rebuilder:
                     f"replica {m.address} does not support snapshots, and the volume has "
                     f"{len(snaps)}: upgrade it"
                 )
-            return "unmap", None
+            return "unmap", None, None
+        newest = theirs[-1] if theirs else None
         if mine == theirs:
-            return "drop", None
+            return "drop", None, newest
         epoch = coord.mem.epoch
         log.info("replica %s holds snapshots %s, the members %s: resetting it and copying "
                  "%d snapshot(s) from %s", m.address, mine, theirs, len(snaps),
@@ -415,7 +422,7 @@ class Rebuilder:
             if snap["id"] not in [str(s.get("id")) for s in got.get("snapshots") or []]:
                 raise ReplicaError(wire.EIO, f"snapshot {snap['name']} not taken on {m.address}")
         m.info = {**m.info, "snapshots": [s["id"] for s in snaps]}
-        return "drop", len(snaps)
+        return "drop", len(snaps), newest
 
     async def _snap_read(self, src: Peer, sid: str, off: int, ln: int) -> Any:
         """A snapshot's data from `src`, or from another member when blocks fail their checksum
@@ -438,6 +445,7 @@ class Rebuilder:
         extents: list[tuple[int, int]],
         progress: dict[str, int],
         hole: str = "unmap",
+        newest: str | None = None,
     ) -> int:
         """Copy the extents, REBUILD_PARALLEL spans at once; flush the target every
         REBUILD_SYNC_EVERY bytes in the background. Returns the bytes copied."""
@@ -465,7 +473,7 @@ class Rebuilder:
                 size = ln if ranges is None else sum(n for _, n in ranges)
                 await self.throttle.take(size)  # --rebuild-rate, shared by every rebuild
                 try:
-                    n = await self._copy_checked(src, m, off, ln, ranges, hole)
+                    n = await self._copy_checked(src, m, off, ln, ranges, hole, newest)
                 except Exception as e:
                     failure.append(e)
                     return
@@ -497,6 +505,7 @@ class Rebuilder:
         ln: int,
         ranges: list | None = None,
         hole: str = "unmap",
+        newest: str | None = None,
     ) -> int:
         """One rebuild copy (a span, or a batch of small `ranges` inside [off, off+ln)); a
         failing source is ejected (rule 3), a failing target drops out."""
@@ -512,7 +521,7 @@ class Rebuilder:
                 return len(data)
             return await copy_range(
                 self.ranges, src, [dst], off, ln, epoch, rebuild=True,
-                repair=self.coord.repairer, hole=hole,
+                repair=self.coord.repairer, hole=hole, newest=newest,
             )  # fmt: skip
         except (ReplicaError, ReplicaUnavailable) as e:
             # find out which side failed: the source's failure is a membership change
