@@ -47,6 +47,7 @@ DEFAULT_LIMIT = 64  # --max-snapshots default
 MAX_LIMIT = 250  # a replica refuses more layers than this
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 WHOLE = 1 << 62  # the barrier's range: every byte the volume has or may grow to
+BARRIER_TRIES = 5  # view changes waited out before a create gives up
 SETTLE_RETRY = 1.0  # seconds between settle attempts that met a failing member
 
 
@@ -349,13 +350,24 @@ class Snapshots:
             if why:
                 raise why
             rec = new_record(name)
-            async with self.ranges.hold(0, WHOLE):  # the barrier: writes held, in-flight done
-                taken = await self._freeze(rec)
+            taken = await self._barrier(rec)
             await self.admit(False)  # an ejection (a member failed) is committed
             self.count = len(names) + 1
         entry = next((s for s in taken if s.get("id") == rec["id"]), dict(rec))
         log.info("volume %s: snapshot %s (%s) taken", coord.name, name, rec["id"])
         return entry
+
+    async def _barrier(self, rec: dict[str, Any]) -> list[dict[str, Any]]:
+        """Hold the whole volume in the range lock (new writes wait, the ones in flight end),
+        then freeze it on every member. A view change going on (a member failing meanwhile) is
+        waited out first, outside the lock (bounded by the I/O hold)."""
+        coord = self.coord
+        for _ in range(BARRIER_TRIES):
+            await self.admit(False)
+            async with self.ranges.hold(0, WHOLE):
+                if coord.open and coord.serving():
+                    return await self._freeze(rec)
+        raise SnapshotRefused(409, f"the volume does not serve ({coord.mem.reason})")
 
     async def _freeze(self, rec: dict[str, Any]) -> list[dict[str, Any]]:
         """Inside the barrier: FLUSH, then SNAPSHOT, on every RW member. Members failing either

@@ -40,8 +40,8 @@ LIMIT = 3
 class Cluster:
     """Three replicas and a controller (API with a token, iSCSI portal) on 127.0.0.1."""
 
-    def __init__(self, procs, root: Path, limit: int = LIMIT) -> None:
-        self.procs, self.root, self.limit = procs, root, limit
+    def __init__(self, procs, root: Path, limit: int = LIMIT, extra: tuple[str, ...] = ()) -> None:
+        self.procs, self.root, self.limit, self.extra = procs, root, limit, extra
         self.ports = [free_port() for _ in range(3)]
         self.dirs = [root / f"r{i}" for i in range(3)]
         self.rproc: list = [None] * 3
@@ -66,7 +66,8 @@ class Cluster:
         self.ctl_starts += 1
         args = ["controller", "--volume", VOL, "--api", f"127.0.0.1:{self.api}", "--portal",
                 f"127.0.0.1:{self.portal}", "--size", str(SIZE), "--replica-timeout", "2",
-                "--token-file", str(self.token_file), "--max-snapshots", str(self.limit)]  # fmt: skip
+                "--token-file", str(self.token_file), "--max-snapshots", str(self.limit),
+                *self.extra]  # fmt: skip
         for p in self.ports:
             args += ["--replica", f"127.0.0.1:{p}"]
         self.ctl = self.procs.jiva(*args, name=f"controller-{self.ctl_starts}")
@@ -432,3 +433,62 @@ async def test_a_controller_crash_in_a_create_or_delete_is_settled_at_restart(cl
     await cl.healthy(60)
     lists = await eventually(agreed, 60, "the lists agreeing after a create was killed")
     assert [s["name"] for s in lists[0]] in ([], ["x"])
+
+
+async def test_a_member_failing_the_barrier_is_ejected_and_rejoins_with_the_snapshot(cluster):
+    """r2 stops answering (SIGSTOP) when a snapshot is taken: it fails the barrier's FLUSH or
+    SNAPSHOT, is ejected as for a failed write, and the snapshot is taken on the others; when it
+    answers again it is rebuilt and ends with the same snapshot, byte for byte."""
+    cl = cluster
+    await cl.healthy()
+    init = Initiator("127.0.0.1", cl.portal, IQN)
+    await init.connect()
+    try:
+        await write_blocks(init, {b: 1 for b in range(0, 4096, 13)})
+        cl.procs.kill(cl.rproc[2], signal.SIGSTOP)
+        try:
+            code, doc = await asyncio.to_thread(cl.http, "POST", "/v1/snapshots", {"name": "s"})
+            assert code == 201, doc
+            assert cl.status()["replicas"][2]["mode"] != "RW"
+            await write_blocks(init, {b: 2 for b in range(0, 4096, 17)})
+        finally:
+            cl.procs.kill(cl.rproc[2], signal.SIGCONT)
+        await cl.healthy(90)
+    finally:
+        await init.close()
+    lists = await cl.snap_lists()
+    assert ids(lists[0]) == ids(lists[1]) == ids(lists[2]) and [s["name"] for s in lists[0]] == [
+        "s"
+    ]
+    copies = [await cl.snap_data(i, lists[0][0]["id"]) for i in range(3)]
+    assert copies[0] == copies[1] == copies[2]
+    assert copies[0][13 * BLOCK : 14 * BLOCK] == pattern(13, 1)
+    assert copies[0][17 * BLOCK : 18 * BLOCK] == bytes(BLOCK)  # written after it
+    heads = [await cl.head_data(i) for i in range(3)]
+    assert heads[0] == heads[1] == heads[2]
+
+
+async def test_snapshots_are_refused_while_a_rebuild_runs(procs, tmp_path):
+    cl = Cluster(procs, tmp_path, extra=("--rebuild-rate", "1"))
+    await cl.healthy()
+    assert cl.http("POST", "/v1/snapshots", {"name": "before"})[0] == 201
+    init = Initiator("127.0.0.1", cl.portal, IQN)
+    await init.connect()
+    try:
+        cl.procs.kill(cl.rproc[2], signal.SIGKILL)
+        await eventually(lambda: cl.status()["replicas"][2]["mode"] == "ERR", 20, "r2 ejected")
+        for off in range(0, 8 * MiB, MiB):  # 8 regions to copy at 1 MiB/s
+            await init.write(off // 512, b"\x5a" * MiB)
+    finally:
+        await init.close()
+    cl.start_replica(2)
+    await eventually(lambda: cl.status()["replicas"][2]["mode"] == "WO", 30, "r2 rebuilding")
+    code, doc = cl.http("POST", "/v1/snapshots", {"name": "during"})
+    assert code == 409 and "rebuilt" in doc["error"], doc
+    code, doc = cl.http("DELETE", "/v1/snapshots/before")
+    assert code == 409 and "rebuilt" in doc["error"], doc
+    await cl.healthy(90)
+    assert cl.http("POST", "/v1/snapshots", {"name": "after"})[0] == 201
+    lists = await cl.snap_lists()
+    assert ids(lists[0]) == ids(lists[1]) == ids(lists[2])
+    assert [s["name"] for s in lists[0]] == ["before", "after"]
