@@ -274,7 +274,7 @@ class Rebuilder:
     async def run(self, m: Peer, rmeta: dict[str, Any]) -> None:
         """Rebuild replica `m` (connected, not a member) and promote it; failures drop it."""
         snaps = getattr(self.coord, "snapshots", None)
-        gate = snaps.rebuilding() if snaps is not None else contextlib.nullcontext()
+        gate = snaps.rebuilding(m) if snaps is not None else contextlib.nullcontext()
         try:
             async with gate:  # no snapshot is created or deleted until it ends (snapshots.py)
                 await self._rebuild(m, rmeta)

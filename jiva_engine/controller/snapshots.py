@@ -32,7 +32,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from jiva_engine.controller.peers import WO, Peer, meta_of
+from jiva_engine.controller.peers import RW, WO, Peer, meta_of
 from jiva_engine.controller.rangelock import RangeLock
 from jiva_engine.protocol import wire
 from jiva_engine.protocol.client import ReplicaError, ReplicaUnavailable
@@ -247,6 +247,7 @@ class Snapshots:
         self.rebuilds = 0  # rebuilds inside rebuilding()
         self.op: str | None = None  # "create", "delete" or "settle" while one runs
         self.settling = False  # set at a claim until the members' lists agree
+        self._gated: set[Peer] = set()  # replicas whose rebuild is inside rebuilding()
         self._changed = asyncio.Event()
 
     # ------------------------------------------------------------------ the gate
@@ -259,20 +260,27 @@ class Snapshots:
             await self._changed.wait()
 
     def _rebuilding(self) -> list[str]:
-        """Replicas being rebuilt (a rebuild inside the gate, or a WO replica)."""
-        wo = [p.address for p in self.coord.replicas() if p.mode == WO]
-        return wo or (["(starting)"] if self.rebuilds else [])
+        """Replicas being rebuilt: WO ones, and those inside the gate that are not members yet
+        (a rebuild copying snapshots, before the replica takes writes). One promoted already
+        (RW) does not count while its rebuild finishes its housekeeping."""
+        return [
+            p.address
+            for p in self.coord.replicas()
+            if p.mode == WO or (p in self._gated and p.mode != RW)
+        ]
 
     @contextlib.asynccontextmanager
-    async def rebuilding(self) -> AsyncIterator[None]:
-        """Held by a rebuild from before it compares snapshot lists until it ends: it waits for
-        a create, delete or settle to end; none starts meanwhile."""
+    async def rebuilding(self, peer: Peer) -> AsyncIterator[None]:
+        """Held by the rebuild of `peer` from before it compares snapshot lists until it ends:
+        it waits for a create, delete or settle to end; none starts until `peer` is a member."""
         await self._wait(lambda: self.op is None and not self.settling)
         self.rebuilds += 1
+        self._gated.add(peer)
         try:
             yield
         finally:
             self.rebuilds -= 1
+            self._gated.discard(peer)
             self._pulse()
 
     @contextlib.asynccontextmanager

@@ -492,3 +492,41 @@ async def test_snapshots_are_refused_while_a_rebuild_runs(procs, tmp_path):
     lists = await cl.snap_lists()
     assert ids(lists[0]) == ids(lists[1]) == ids(lists[2])
     assert [s["name"] for s in lists[0]] == ["before", "after"]
+
+
+async def test_a_replica_killed_during_a_delete_or_a_create_ends_with_the_same_snapshots(cluster):
+    """SIGKILL of a replica while a delete runs, then of another while a create runs: each is
+    ejected (or the operation was done before), and once back every replica lists the same
+    snapshots with the same contents."""
+    cl = cluster
+    await cl.healthy()
+    init = Initiator("127.0.0.1", cl.portal, IQN)
+    await init.connect()
+    try:
+        await write_blocks(init, {b: 1 for b in range(0, 4096, 5)})
+        assert cl.http("POST", "/v1/snapshots", {"name": "a"})[0] == 201
+        await write_blocks(init, {b: 2 for b in range(0, 4096, 3)})
+        assert cl.http("POST", "/v1/snapshots", {"name": "b"})[0] == 201
+        await write_blocks(init, {b: 3 for b in range(0, 4096, 7)})
+        for victim, method, path, body, want in [
+            (1, "DELETE", "/v1/snapshots/a", None, 200),
+            (0, "POST", "/v1/snapshots", {"name": "c"}, 201),
+        ]:
+            fut = asyncio.ensure_future(asyncio.to_thread(cl.http, method, path, body))
+            await asyncio.sleep(0)
+            cl.procs.kill(cl.rproc[victim], signal.SIGKILL)
+            code, doc = await fut
+            assert code == want, doc
+            await write_blocks(init, {b: 4 + victim for b in range(1, 4096, 9)})
+            cl.start_replica(victim)
+            await cl.healthy(90)
+    finally:
+        await init.close()
+    lists = await cl.snap_lists()
+    assert ids(lists[0]) == ids(lists[1]) == ids(lists[2])
+    assert [s["name"] for s in lists[0]] == ["b", "c"]
+    for s in lists[0]:
+        copies = [await cl.snap_data(i, s["id"]) for i in range(3)]
+        assert copies[0] == copies[1] == copies[2], f"snapshot {s['name']} differs"
+    heads = [await cl.head_data(i) for i in range(3)]
+    assert heads[0] == heads[1] == heads[2]
