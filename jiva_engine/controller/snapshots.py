@@ -105,15 +105,23 @@ def create_refusal(
     reason: str = "",
     rebuilding: Sequence[str] = (),
     settling: bool = False,
+    unsupported: Sequence[str] = (),
 ) -> SnapshotRefused | None:
     """Whether `create(name)` is refused, checked before anything changes: a bad name (400); a
-    volume that does not serve, a rebuild or a settle running, a name that exists or the limit
-    reached (409). `existing` are the names the members hold (any member)."""
+    volume that does not serve, a member that does not support snapshots (`unsupported`: an
+    older replica), a rebuild or a settle running, a name that exists or the limit reached
+    (409). `existing` are the names the members hold (any member)."""
     why = check_name(name)
     if why:
         return SnapshotRefused(400, why)
     if not serving:
         return SnapshotRefused(409, f"the volume does not serve ({reason or 'no quorum'})")
+    if unsupported:
+        return SnapshotRefused(
+            409,
+            f"replica(s) {', '.join(unsupported)} do not support snapshots (a version from "
+            "before them): upgrade them first",
+        )
     busy = busy_refusal("create", name, rebuilding, settling)
     if busy:
         return SnapshotRefused(409, busy)
@@ -304,9 +312,18 @@ class Snapshots:
         }
 
     async def _lists(self, peers: Sequence[Peer]) -> list[list[dict[str, Any]]]:
-        """Every peer's SNAP_LIST; a member that cannot answer is ejected (VolumeError when
-        none answers)."""
-        res = await asyncio.gather(*(p.link.snap_list() for p in peers), return_exceptions=True)
+        """Every peer's SNAP_LIST; a member that cannot answer is ejected (SnapshotRefused when
+        none answers). A replica from before snapshots (UNKNOWN_OP) has none."""
+
+        async def listed(p: Peer) -> list[dict[str, Any]]:
+            try:
+                return await p.link.snap_list()
+            except ReplicaError as e:
+                if e.status == wire.UNKNOWN_OP:
+                    return []
+                raise
+
+        res = await asyncio.gather(*(listed(p) for p in peers), return_exceptions=True)
         ok, refused, lost = split_failures(peers, res)
         if refused or lost:
             bad = refused + lost
@@ -342,6 +359,7 @@ class Snapshots:
             reason=coord.mem.reason,
             rebuilding=self._rebuilding(),
             settling=self.settling,
+            unsupported=[p.address for p in coord.rw_peers() if snapshot_ids(p.info) is None],
         )
 
     async def create(self, name: str) -> dict[str, Any]:
@@ -498,7 +516,9 @@ class Snapshots:
             async with self._exclusive("settle"):
                 while coord.serving() and not coord.closed:
                     try:
-                        rw = coord.rw_peers()
+                        # a replica from before snapshots (a downgrade) holds none and takes
+                        # part in no snapshot operation: it must not make the others' look odd
+                        rw = [p for p in coord.rw_peers() if snapshot_ids(p.info) is not None]
                         lists = await self._lists(rw)
                         odd = to_settle(lists)
                         if not odd:

@@ -65,7 +65,7 @@ def cluster(fail: set[int] = frozenset()) -> tuple[FakeCoord, list, RangeLock, S
     log: list = []
     peers = []
     for i in range(3):
-        p = Peer(f"127.0.0.1:{9700 + i}", mode=RW)
+        p = Peer(f"127.0.0.1:{9700 + i}", mode=RW, info={"snapshots": []})
         p.client = FakeLink(f"r{i}", log, fail_snapshot=i in fail)  # type: ignore[assignment]
         peers.append(p)
     coord = FakeCoord(peers)

@@ -58,6 +58,8 @@ def test_create_refusals_in_order():
     assert r is not None and r.status == 400  # a bad name is a bad request, whatever the state
     r = create_refusal("s", [], 64, serving=False, reason="no quorum: 1 of 3 voters")
     assert r is not None and r.status == 409 and "no quorum" in str(r)
+    r = create_refusal("s", [], 64, serving=True, unsupported=["127.0.0.1:9701"])
+    assert r is not None and r.status == 409 and "upgrade" in str(r) and "9701" in str(r)
     r = create_refusal("s", [], 64, serving=True, rebuilding=["127.0.0.1:9700"])
     assert r is not None and r.status == 409 and "rebuilt" in str(r) and "9700" in str(r)
     r = create_refusal("s", [], 64, serving=True, settling=True)
