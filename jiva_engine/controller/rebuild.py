@@ -425,18 +425,36 @@ class Rebuilder:
         return "drop", len(snaps), newest
 
     async def _snap_read(self, src: Peer, sid: str, off: int, ln: int) -> Any:
-        """A snapshot's data from `src`, or from another member when blocks fail their checksum
-        there (a layer is never repaired in place; BadBlocks when no member has it good)."""
+        """A snapshot's data from `src`; blocks failing their checksum there are read from
+        another member (a layer is never repaired in place). ReplicaError naming the blocks
+        when no member has them good: the rebuild fails (and is retried)."""
+        epoch = self.coord.mem.epoch
+        try:
+            return await src.link.snap_read(sid, off, ln, epoch)
+        except BadBlocks as e:
+            bad = clip(e.runs, off, off + ln)
+            if not bad:
+                raise
+        log.error("snapshot %s: blocks %s fail their checksum on %s; reading them elsewhere",
+                  sid, bad, src.address)  # fmt: skip
+        buf = bytearray(ln)
+        for a, n in subtract([(off, ln)], bad):
+            buf[a - off : a - off + n] = await src.link.snap_read(sid, a, n, epoch)
         others = [p for p in self.coord.rw_peers() if p is not src]
-        last: BaseException | None = None
-        for p in [src, *others]:
-            try:
-                return await p.link.snap_read(sid, off, ln, self.coord.mem.epoch)
-            except BadBlocks as e:
-                log.error("snapshot %s: bad blocks on %s at %s", sid, p.address, e.runs)
-                last = e
-        assert last is not None
-        raise last
+        for a, n in bad:
+            for p in others:
+                try:
+                    buf[a - off : a - off + n] = await p.link.snap_read(sid, a, n, epoch)
+                    break
+                except BadBlocks:
+                    continue
+            else:
+                raise ReplicaError(
+                    wire.EIO,
+                    f"snapshot {sid}: bytes {a}+{n} fail their checksum on every member; "
+                    "the rebuild cannot copy them",
+                )
+        return buf
 
     async def _copy_all(
         self,

@@ -530,3 +530,34 @@ async def test_a_replica_killed_during_a_delete_or_a_create_ends_with_the_same_s
         assert copies[0] == copies[1] == copies[2], f"snapshot {s['name']} differs"
     heads = [await cl.head_data(i) for i in range(3)]
     assert heads[0] == heads[1] == heads[2]
+
+
+async def test_a_rebuild_reads_snapshot_blocks_bad_on_its_source_from_another_member(cluster):
+    """Two blocks of a snapshot's layer rot, one on r0 and one on r1, in the same copy span:
+    r2, rebuilt with that snapshot, still gets both blocks right (each read from the member
+    where it is good)."""
+    cl = cluster
+    await cl.healthy()
+    init = Initiator("127.0.0.1", cl.portal, IQN)
+    await init.connect()
+    try:
+        await write_blocks(init, {b: 1 for b in range(0, 64)})
+        cl.procs.kill(cl.rproc[2], signal.SIGKILL)
+        await eventually(lambda: cl.status()["replicas"][2]["mode"] == "ERR", 20, "r2 ejected")
+        code, doc = cl.http("POST", "/v1/snapshots", {"name": "s"})
+        assert code == 201, doc
+        sid = doc["snapshot"]["id"]
+        for i, block in ((0, 10), (1, 20)):  # bit rot in the layers, not in the heads
+            with open(cl.dirs[i] / "snapshots" / f"{sid}.img", "r+b") as f:
+                f.seek(block * BLOCK + 100)
+                f.write(b"\xff\xfe")
+        await write_blocks(init, {b: 2 for b in range(100, 110)})
+        cl.start_replica(2)
+        await cl.healthy(90)
+    finally:
+        await init.close()
+    data = await cl.snap_data(2, sid)
+    for b in range(64):
+        assert data[b * BLOCK : (b + 1) * BLOCK] == pattern(b, 1), f"block {b}"
+    lists = await cl.snap_lists()
+    assert ids(lists[0]) == ids(lists[1]) == ids(lists[2]) == [sid]
