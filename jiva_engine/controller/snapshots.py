@@ -36,7 +36,7 @@ from jiva_engine.controller.peers import RW, WO, Peer, meta_of
 from jiva_engine.controller.rangelock import RangeLock
 from jiva_engine.protocol import wire
 from jiva_engine.protocol.client import ReplicaError, ReplicaUnavailable
-from jiva_engine.volume import VolumeError
+from jiva_engine.volume import VolumeError, VolumeNotReady
 
 if TYPE_CHECKING:
     from jiva_engine.controller.coordinator import Coordinator
@@ -377,8 +377,15 @@ class Snapshots:
                 raise why
             rec = new_record(name)
             taken = await self._barrier(rec)
-            await self.admit(False)  # an ejection (a member failed) is committed
             self.count = len(names) + 1
+            try:
+                await self.admit(False)  # an ejection (a member failed) is committed
+            except VolumeNotReady as e:
+                raise SnapshotRefused(
+                    409,
+                    f"snapshot {name!r} was taken on the members that stay, but removing a "
+                    f"member that failed it could not be committed: {e}",
+                ) from None
         entry = next((s for s in taken if s.get("id") == rec["id"]), dict(rec))
         log.info("volume %s: snapshot %s (%s) taken", coord.name, name, rec["id"])
         return entry
