@@ -24,6 +24,7 @@ from jiva_engine.controller.rangelock import Lease, RangeLock
 from jiva_engine.controller.rebuild import Rebuilder, clip
 from jiva_engine.controller.repair import Repairer
 from jiva_engine.controller.scrub import Scrubber
+from jiva_engine.controller.transfer import Transfers
 from jiva_engine.protocol import wire
 from jiva_engine.protocol.client import (
     BadBlocks,
@@ -142,6 +143,7 @@ class Volume:
         )  # fmt: skip
         self.grower = Grower(self.coord, self._admit)
         self.scrubber = Scrubber(self, scrub_rate, scrub_interval)
+        self.transfers = Transfers(self)  # snapshot export, revert, import (transfer.py)
         self._task: asyncio.Task | None = None
         self.started_at = time.time()
 
@@ -241,6 +243,7 @@ class Volume:
             "degraded": self.degraded(),
             "integrity": self.integrity(),
             "scrub": self.scrubber.status(),
+            "transfer": self.transfers.status(),
         }
 
     def integrity(self) -> dict[str, Any]:
