@@ -1,5 +1,5 @@
 """Management HTTP API of a controller (DESIGN.md §5): status, stats, metrics, replica add/remove,
-online grow."""
+online grow; snapshot data, revert and import are in transfer_routes.py."""
 
 from __future__ import annotations
 
@@ -234,6 +234,12 @@ def render_metrics(app: web.Application) -> str:
         "1 when the last scrub found the volume clean or repaired everything",
         [(vl, last in ("clean", "repaired"))],
     )
+    metric(
+        "jiva_transfer_bytes_total",
+        "counter",
+        "bytes moved by snapshot exports, reverts and imports",
+        [(f'{vl},kind="{k}"', n) for k, n in vol.transfers.bytes.items()],
+    )
     reps = list(vol.members.values())
     metric(
         "jiva_replica_mode",
@@ -376,6 +382,9 @@ def make_app(
     app.router.add_delete("/v1/replicas/{address}", delete_replica)
     app.router.add_post("/v1/volume/grow", post_grow)
     app.router.add_post("/v1/scrub", post_scrub)
+    from jiva_engine.api.transfer_routes import add_routes  # (it imports this module)
+
+    add_routes(app, volume.transfers)
     return app
 
 
