@@ -136,7 +136,8 @@ def render_metrics(app: web.Application) -> str:
         lines.append(f"# HELP {mname} {help_text}")
         lines.append(f"# TYPE {mname} {mtype}")
         for labels, value in samples:
-            lines.append(f"{mname}{{{labels}}} {float(value):g}")
+            v = float(value)  # exact: byte counters and timestamps need more than %g's 6 digits
+            lines.append(f"{mname}{{{labels}}} {int(v) if v.is_integer() else repr(v)}")
 
     vl = f'volume="{name}"'
     s = vol.stats
