@@ -244,15 +244,13 @@ class Transfers:
         self._task: asyncio.Task | None = None
 
     def status(self) -> dict[str, Any] | None:
-        """The running revert/import, else a running export, else the last one to end."""
+        """The running revert/import, else the transfer started last (running or ended)."""
         self.gate.busy()  # expires an abandoned import
         ex = self.export
         if ex is not None and ex.running and time.monotonic() - ex.active > EXPORT_IDLE:
             ex.finish("done" if ex.done >= ex.total else "ended: no read for a while")
-        for t in (self.current, ex):
-            if t is not None and t.running:
-                return t.view()
-        return self.last.view() if self.last else None
+        t = self.current if self.current is not None and self.current.running else self.last
+        return t.view() if t else None
 
     def _expired(self) -> None:
         t = self.current
@@ -322,8 +320,7 @@ class Transfers:
 
     def _new_export(self, name: str, total: int) -> Transfer:
         t = Transfer("export", name, total)
-        self.export = t
-        self.last = t if self.current is None else self.last
+        self.export = self.last = t
         return t
 
     async def read(self, name: str, offset: int, length: int) -> bytearray:
