@@ -266,11 +266,12 @@ class Transfers:
             self.gate.release()
 
     # ------------------------------------------------------------------ snapshots
-    def _members(self) -> list[Peer]:
+    def _members(self, rotate: bool = False) -> list[Peer]:
+        """The current members; `rotate`: starting with the next in turn (data reads)."""
         members = [m for m in self.vol.rw_members() if m.client is not None]
         if not members:
             raise TransferFailed(f"volume {self.vol.name}: no current replica to read from")
-        k = next(self.vol._rr) % len(members)
+        k = next(self.vol._rr) % len(members) if rotate else 0
         return members[k:] + members[:k]
 
     async def snapshot(self, name: str) -> dict[str, Any]:
@@ -381,7 +382,7 @@ class Transfers:
             lost.append((o, n))  # bad on every member
 
         for o in range(offset, offset + length, PIECE):
-            await fill(o, min(PIECE, offset + length - o), self._members())
+            await fill(o, min(PIECE, offset + length - o), self._members(rotate=True))
         if lost:
             raise SnapshotBadBlocks(name, lost)
         return buf

@@ -251,6 +251,8 @@ async def test_import_writes_data_and_keeps_initiators_out(cluster, logged_in):
     st, body = cl.json("PUT", "/v1/import/data?offset=0", raw=b"\x01" * K)
     assert st == 409 and "no import is running" in body["error"], body
 
+    st, body = cl.json("POST", "/v1/import", {**begin, "total": SIZE + MiB})
+    assert st == 409 and "smaller" in body["error"], body
     guest = logged_in(cl.url)
     st, body = cl.json("POST", "/v1/import", begin)
     assert st == 409 and "logged in" in body["error"], body
@@ -284,3 +286,37 @@ async def test_import_writes_data_and_keeps_initiators_out(cluster, logged_in):
                   f"read -P 0 {2 * MiB} {MiB}")  # fmt: skip
     assert out.count(f"read {MiB}/{MiB} bytes") == 3, out
     assert f'jiva_transfer_bytes_total{{volume="{VOL}",kind="import"}} {3 * MiB}' in cl.metrics()
+
+
+def flip(path: Path, offset: int, at: int = 1000) -> None:
+    """Invert 3 bytes inside the block at `offset` of the file, then drop its page cache."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        old = os.pread(fd, 3, offset + at)
+        os.pwrite(fd, bytes(b ^ 0xFF for b in old), offset + at)
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+async def test_export_reads_a_bad_snapshot_block_from_the_other_replica(cluster):
+    """A block of the snapshot's layer damaged on one replica: the export still returns the
+    written data (read from the other replica); damaged on both: 422 naming the block."""
+    cl = cluster
+    await cl.healthy()
+    qemu_io(cl.url, f"write -P 0x11 0 {MiB}")
+    sid = await cl.snapshot("s1")
+    qemu_io(cl.url, f"write -P 0x99 {2 * MiB} 64k", "flush")  # the head moves on
+    bad = 3 * K
+    flip(cl.dirs[0] / "snapshots" / f"{sid}.img", bad)
+    for _ in range(2):  # each member is asked first once
+        st, data, _ = cl.call("GET", f"/v1/snapshots/s1/data?offset=0&length={MiB}")
+        assert st == 200 and data == b"\x11" * MiB
+    assert cl.status()["integrity"]["checksum_errors"] >= 1
+    flip(cl.dirs[1] / "snapshots" / f"{sid}.img", bad)
+    st, body = cl.json("GET", f"/v1/snapshots/s1/data?offset=0&length={MiB}")
+    assert st == 422 and body["bad"] == [[bad, K]], body
+    assert f"byte {bad}" in body["error"]
+    st, data, _ = cl.call("GET", f"/v1/snapshots/s1/data?offset={4 * K}&length={64 * K}")
+    assert st == 200 and data == b"\x11" * 64 * K  # the blocks around it still read
