@@ -381,8 +381,11 @@ class Transfers:
                                      + "; ".join(errors))  # fmt: skip
             lost.append((o, n))  # bad on every member
 
-        for o in range(offset, offset + length, PIECE):
-            await fill(o, min(PIECE, offset + length - o), self._members(rotate=True))
+        # the pieces in parallel, each from the next member in turn
+        pieces = range(offset, offset + length, PIECE)
+        await asyncio.gather(
+            *(fill(o, min(PIECE, offset + length - o), self._members(rotate=True)) for o in pieces)
+        )
         if lost:
             raise SnapshotBadBlocks(name, lost)
         return buf

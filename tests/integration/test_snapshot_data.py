@@ -192,6 +192,7 @@ async def test_snapshot_data_and_revert(cluster, logged_in):
     await cl.snapshot("s1")
     qemu_io(cl.url, "write -P 0x99 0 512k", f"write -P 0x77 {8 * MiB} {MiB}",
             f"discard {4 * MiB} 256k", "flush")  # fmt: skip
+    await cl.snapshot("s2")  # newer than s1: kept by the revert, its view unchanged
 
     # export: extents and data
     st, ext = cl.json("GET", "/v1/snapshots/s1/extents")
@@ -233,9 +234,12 @@ async def test_snapshot_data_and_revert(cluster, logged_in):
                   f"read -P 0 {8 * MiB} {MiB}")  # fmt: skip
     assert out.count(f"read {MiB}/{MiB} bytes") == 3, out
     assert 'jiva_transfer_bytes_total{volume="svol",kind="revert"}' in cl.metrics()
-    # the snapshot is kept, and still reads the same
+    # every snapshot is kept, and still reads the same (s2: what was written after s1)
     st, data, _ = cl.call("GET", f"/v1/snapshots/s1/data?offset=0&length={MiB}")
     assert st == 200 and data == b"\x11" * MiB
+    for o, n, p in [(0, 512 * 1024, 0x99), (8 * MiB, MiB, 0x77), (4 * MiB, 256 * 1024, 0)]:
+        st, data, _ = cl.call("GET", f"/v1/snapshots/s2/data?offset={o}&length={n}")
+        assert st == 200 and data == bytes([p]) * n, (o, n)
 
 
 async def test_import_writes_data_and_keeps_initiators_out(cluster, logged_in):
