@@ -11,6 +11,8 @@ controller's barrier does, with no writer running), so these tests need only the
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import select
@@ -43,22 +45,28 @@ BEFORE = [(0, MiB, 0x11), (4 * MiB, MiB, 0x22)]
 class Cluster:
     """Two `jiva replica` processes and a `jiva controller` (API with a token, iSCSI portal)."""
 
-    def __init__(self, procs, root: Path, replicas: int = 2) -> None:
-        self.procs, self.root = procs, root
+    def __init__(self, procs, root: Path, replicas: int = 2, size: int = SIZE) -> None:
+        self.procs, self.root, self.size = procs, root, size
+        self.starts = 0
         self.ports = [free_port() for _ in range(replicas)]
         self.dirs = [root / f"r{i}" for i in range(replicas)]
         for i, port in enumerate(self.ports):
             procs.jiva("replica", "--volume", VOL, "--listen", f"127.0.0.1:{port}", "--dir",
-                       str(self.dirs[i]), "--size", str(SIZE), name=f"r{i}")  # fmt: skip
+                       str(self.dirs[i]), "--size", str(size), name=f"r{i}")  # fmt: skip
             wait_port("127.0.0.1", port)
         (root / "token").write_text(TOKEN + "\n")
         self.api, self.portal = free_port(), free_port()
+        self.start_controller()
+
+    def start_controller(self) -> None:
+        self.starts += 1
         args = ["controller", "--volume", VOL, "--api", f"127.0.0.1:{self.api}", "--portal",
-                f"127.0.0.1:{self.portal}", "--size", str(SIZE), "--token-file",
-                str(root / "token")]  # fmt: skip
+                f"127.0.0.1:{self.portal}", "--size", str(self.size), "--token-file",
+                str(self.root / "token")]  # fmt: skip
         for p in self.ports:
             args += ["--replica", f"127.0.0.1:{p}"]
-        self.ctl = procs.jiva(*args, name="controller")
+        name = "controller" if self.starts == 1 else f"controller-{self.starts}"
+        self.ctl = self.procs.jiva(*args, name=name)
         wait_port("127.0.0.1", self.portal)
 
     @property
@@ -290,6 +298,35 @@ async def test_import_writes_data_and_keeps_initiators_out(cluster, logged_in):
                   f"read -P 0 {2 * MiB} {MiB}")  # fmt: skip
     assert out.count(f"read {MiB}/{MiB} bytes") == 3, out
     assert f'jiva_transfer_bytes_total{{volume="{VOL}",kind="import"}} {3 * MiB}' in cl.metrics()
+
+
+async def test_revert_completes_when_run_again_after_a_controller_crash(procs, tmp_path):
+    """kill -9 of the controller in the middle of a revert, then a new controller: the volume
+    serves (a mix of old and new blocks, as after any crash during writes), and the revert run
+    again completes it: the volume reads the snapshot's content."""
+    size = 96 * MiB
+    cl = Cluster(procs, tmp_path, size=size)
+    await cl.healthy()
+    qemu_io(cl.url, f"write -P 0x31 0 {64 * MiB}")
+    await cl.snapshot("s1")
+    qemu_io(cl.url, f"write -P 0x42 0 {64 * MiB}", f"write -P 0x53 {64 * MiB} {16 * MiB}", "flush")
+    first = asyncio.create_task(asyncio.to_thread(cl.call, "POST", "/v1/snapshots/s1/revert"))
+
+    def midway():
+        tr = cl.status()["transfer"]
+        return tr and tr["kind"] == "revert" and 0 < tr["done"] < tr["total"] and tr
+
+    tr = await eventually(midway, 30, "the revert under way", poll=0.01)
+    procs.kill(cl.ctl)  # SIGKILL
+    with contextlib.suppress(OSError):
+        await first  # its connection is gone with the controller
+    assert tr["total"] == 80 * MiB, tr
+    cl.start_controller()
+    await cl.healthy()
+    st, body = cl.json("POST", "/v1/snapshots/s1/revert")
+    assert st == 200 and body["bytes"] == 80 * MiB, body
+    out = qemu_io(cl.url, f"read -P 0x31 0 {64 * MiB}", f"read -P 0 {64 * MiB} {16 * MiB}")
+    assert out.count("read ") == 2 and "failed" not in out, out
 
 
 def flip(path: Path, offset: int, at: int = 1000) -> None:
