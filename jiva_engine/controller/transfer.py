@@ -19,14 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from jiva_engine.controller.peers import Peer
 from jiva_engine.controller.rebuild import clip
 from jiva_engine.protocol.client import BadBlocks, ReplicaError, ReplicaUnavailable
-from jiva_engine.volume import VolumeNotReady
+from jiva_engine.volume import VolumeError
 
 if TYPE_CHECKING:
     from jiva_engine.controller.volume import Volume
@@ -125,6 +125,19 @@ def whole_blocks(runs: Runs, start: int, end: int) -> Runs:
     """Runs widened to whole blocks and clipped to [start, end)."""
     wide = [(o - o % BLOCK, -(-(o + n) // BLOCK) * BLOCK - (o - o % BLOCK)) for o, n in runs]
     return clip(merge(wide), start, end)
+
+
+async def run_all(coros: list[Coroutine[Any, Any, None]]) -> None:
+    """Run the coroutines concurrently; when one fails the others are cancelled (so nothing of
+    a failed transfer keeps writing after it reported its end), then the error is raised."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 # ---------------------------------------------------------------------- exclusive access
@@ -383,8 +396,8 @@ class Transfers:
 
         # the pieces in parallel, each from the next member in turn
         pieces = range(offset, offset + length, PIECE)
-        await asyncio.gather(
-            *(fill(o, min(PIECE, offset + length - o), self._members(rotate=True)) for o in pieces)
+        await run_all(
+            [fill(o, min(PIECE, offset + length - o), self._members(rotate=True)) for o in pieces]
         )
         if lost:
             raise SnapshotBadBlocks(name, lost)
@@ -425,7 +438,7 @@ class Transfers:
                     t.add(n)
                     self.bytes["revert"] += n
 
-            await asyncio.gather(*(worker() for _ in range(PARALLEL)))
+            await run_all([worker() for _ in range(PARALLEL)])
             await vol.flush()
         except BaseException as e:
             self._ended(t, f"failed: {e}")
@@ -486,7 +499,7 @@ class Transfers:
         try:
             if error is None:
                 await self.vol.flush()
-        except (VolumeNotReady, ReplicaError, ReplicaUnavailable) as e:
+        except (VolumeError, ReplicaError, ReplicaUnavailable) as e:
             error = f"flush: {e}"
         self._ended(t, "done" if error is None else f"failed: {error}")
         log.info("volume %s: import from %s ended: %s (%d byte(s))", self.vol.name, t.source,

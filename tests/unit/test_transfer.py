@@ -196,3 +196,28 @@ async def test_read_view_fails_when_no_member_answers():
     tr = fake_transfers(FakeLink(DATA, error=True), FakeLink(DATA, error=True))
     with pytest.raises(TransferFailed, match="UNKNOWN_OP"):
         await tr.read_view("s", "id", 0, 8 * K)
+
+
+async def test_run_all_cancels_the_others_when_one_fails():
+    """A failed revert worker stops its siblings: nothing keeps writing after the revert
+    reported its end and released the gate."""
+    from jiva_engine.controller.transfer import run_all
+
+    started = asyncio.Event()
+    cancelled = []
+
+    async def slow() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(1)
+            raise
+
+    async def fails() -> None:
+        await started.wait()
+        raise TransferFailed("boom")
+
+    with pytest.raises(TransferFailed, match="boom"):
+        await run_all([slow(), fails()])
+    assert cancelled == [1]
