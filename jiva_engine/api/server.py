@@ -1,5 +1,5 @@
 """Management HTTP API of a controller (DESIGN.md §5): status, stats, metrics, replica add/remove,
-online grow; snapshot data, revert and import are in transfer_routes.py."""
+online grow."""
 
 from __future__ import annotations
 
@@ -376,6 +376,10 @@ def make_app(
     app[_VOLUME] = volume
     tokens = [t for t in (token, previous_token if token else None) if t]
     app[_CONF] = {"tokens": tokens, "portal": portal, "iqn": iqn}
+    # snapshot data, revert and import (transfer_routes.py, which imports this module)
+    from jiva_engine.api.transfer_routes import add_routes
+
+    add_routes(app, volume.transfers)
     app.router.add_get("/v1/volume", get_volume)
     app.router.add_get("/v1/stats", get_stats)
     app.router.add_get("/metrics", get_metrics)
@@ -383,9 +387,6 @@ def make_app(
     app.router.add_delete("/v1/replicas/{address}", delete_replica)
     app.router.add_post("/v1/volume/grow", post_grow)
     app.router.add_post("/v1/scrub", post_scrub)
-    from jiva_engine.api.transfer_routes import add_routes  # (it imports this module)
-
-    add_routes(app, volume.transfers)
     return app
 
 

@@ -143,9 +143,9 @@ class Volume:
         )  # fmt: skip
         self.grower = Grower(self.coord, self._admit)
         self.scrubber = Scrubber(self, scrub_rate, scrub_interval)
-        self.transfers = Transfers(self)  # snapshot export, revert, import (transfer.py)
         self._task: asyncio.Task | None = None
         self.started_at = time.time()
+        self.transfers = Transfers(self)  # snapshot export, revert, import (transfer.py)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -242,8 +242,8 @@ class Volume:
             "quorum": self.coord.quorum(),
             "degraded": self.degraded(),
             "integrity": self.integrity(),
-            "scrub": self.scrubber.status(),
             "transfer": self.transfers.status(),
+            "scrub": self.scrubber.status(),
         }
 
     def integrity(self) -> dict[str, Any]:
