@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from jiva_engine.controller import transfer
 from jiva_engine.controller.backend import Connector, tcp_connector
 from jiva_engine.controller.coordinator import Coordinator
 from jiva_engine.controller.grow import Grower
@@ -24,7 +25,6 @@ from jiva_engine.controller.rangelock import Lease, RangeLock
 from jiva_engine.controller.rebuild import Rebuilder, clip
 from jiva_engine.controller.repair import Repairer
 from jiva_engine.controller.scrub import Scrubber
-from jiva_engine.controller.transfer import Transfers
 from jiva_engine.protocol import wire
 from jiva_engine.protocol.client import (
     BadBlocks,
@@ -145,7 +145,7 @@ class Volume:
         self.scrubber = Scrubber(self, scrub_rate, scrub_interval)
         self._task: asyncio.Task | None = None
         self.started_at = time.time()
-        self.transfers = Transfers(self)  # snapshot export, revert, import (transfer.py)
+        self.transfers = transfer.Transfers(self)  # snapshot export, revert, import
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
