@@ -37,6 +37,7 @@ BLOCK = 4096
 MAX_DATA = 16 << 20  # largest export read / import write in one request
 PIECE = 4 << 20  # one SNAP_READ + write of a revert
 PARALLEL = 4  # revert pieces in flight at once
+ZERO_STEP = 256 << 20  # an import's zeroed range is unmapped this much at a time
 WINDOW = 1 << 30  # SNAP_EXTENTS asked per window of this many bytes (bounded answers)
 IMPORT_IDLE = 600.0  # an import with no request for this long is abandoned (its gate released)
 EXPORT_IDLE = 60.0  # an export with no read for this long is shown as ended
@@ -488,9 +489,11 @@ class Transfers:
     async def import_zero(self, offset: int, length: int) -> None:
         """Unmap a range (it reads as zeroes) as part of the import."""
         t = self._importing()
-        await self.vol.unmap(offset, length)
-        t.add(length)
-        self.bytes["import"] += length
+        for o in range(offset, offset + length, ZERO_STEP):  # bounded work per replica request
+            n = min(ZERO_STEP, offset + length - o)
+            await self.vol.unmap(o, n)
+            t.add(n)
+            self.bytes["import"] += n
 
     async def end_import(self, error: str | None = None) -> Transfer:
         """End the import: flush every member and open the volume to logins again; `error`
