@@ -221,3 +221,14 @@ async def test_run_all_cancels_the_others_when_one_fails():
     with pytest.raises(TransferFailed, match="boom"):
         await run_all([slow(), fails()])
     assert cancelled == [1]
+
+
+def test_status_table_shows_the_transfer():
+    from jiva_engine.api.cli import render
+
+    t = Transfer("revert", "s1", 4 << 20)
+    t.add(1 << 20)
+    text = render({"name": "v", "transfer": t.view()})
+    assert "revert to s1: 25% (1.0 MiB/4.0 MiB)" in text
+    t.finish("done")
+    assert "revert to s1: done (1.0 MiB," in render({"name": "v", "transfer": t.view()})
