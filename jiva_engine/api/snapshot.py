@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             doc = _revert(args.api, args.name, token, timeout or 3600.0)
             text = (
-                f"volume {doc.get('name', '')} reverted to snapshot {doc.get('reverted')} "
+                f"volume reverted to snapshot {doc.get('reverted')} "
                 f"({human_size(int(doc.get('bytes') or 0))} copied)"
             )
     except (ApiError, ValueError) as e:

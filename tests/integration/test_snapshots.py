@@ -218,11 +218,13 @@ async def test_create_list_delete_through_the_cli_and_the_api(cluster):
     assert cl.status()["snapshots"]["count"] == 1
     assert cl.cli("create", "d", *tok).returncode == 0  # room again
 
-    # usage errors, and revert names what is missing when the endpoint is not there
+    # usage errors; revert (no initiator is logged in), and of an unknown snapshot
     assert cl.cli("create").returncode == 2
+    assert cl.cli("list", "x").returncode == 2
     r = cl.cli("revert", "c", *tok)
-    if r.returncode != 0:
-        assert "revert" in r.stderr and "HTTP" in r.stderr
+    assert r.returncode == 0 and "volume reverted to snapshot c" in r.stdout, r.stderr
+    r = cl.cli("revert", "nope", *tok)
+    assert r.returncode == 1 and "404" in r.stderr and "nope" in r.stderr, r.stderr
 
 
 async def test_snapshot_holds_exactly_the_writes_acknowledged_at_the_barrier(cluster):
