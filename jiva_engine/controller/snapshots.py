@@ -143,13 +143,17 @@ def delete_refusal(
     reason: str = "",
     rebuilding: Sequence[str] = (),
     settling: bool = False,
+    in_use: str | None = None,
 ) -> SnapshotRefused | None:
     """Whether `delete(name)` is refused before the members are asked (404 for a name no
-    snapshot can have; 409 when the volume does not serve or a rebuild or settle runs)."""
+    snapshot can have; 409 when the volume does not serve, the snapshot is in use (`in_use`
+    says by what: a revert to it), or a rebuild or settle runs)."""
     if check_name(name):
         return SnapshotRefused(404, f"no snapshot named {name!r}")
     if not serving:
         return SnapshotRefused(409, f"the volume does not serve ({reason or 'no quorum'})")
+    if in_use:
+        return SnapshotRefused(409, f"snapshot {name!r} is in use ({in_use}); delete it after")
     busy = busy_refusal("delete", name, rebuilding, settling)
     return SnapshotRefused(409, busy) if busy else None
 
@@ -256,6 +260,8 @@ class Snapshots:
         self.op: str | None = None  # "create", "delete" or "settle" while one runs
         self.settling = False  # set at a claim until the members' lists agree
         self._gated: set[Peer] = set()  # replicas whose rebuild is inside rebuilding()
+        # what uses a snapshot by name (set by the volume: a revert to it), None when nothing
+        self.in_use: Callable[[str], str | None] = lambda _name: None
         self._changed = asyncio.Event()
 
     # ------------------------------------------------------------------ the gate
@@ -459,6 +465,7 @@ class Snapshots:
                 reason=coord.mem.reason,
                 rebuilding=self._rebuilding(),
                 settling=self.settling,
+                in_use=self.in_use(name),
             )
 
         why = refused()

@@ -150,6 +150,7 @@ class Volume:
         self._task: asyncio.Task | None = None
         self.started_at = time.time()
         self.transfers = transfer.Transfers(self)  # snapshot export, revert, import
+        self.snapshots.in_use = self._snapshot_in_use
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -182,6 +183,13 @@ class Volume:
         quorum (held commands wait up to `hold` seconds, they are not refused at the door);
         False once fenced, and while the size is not known yet."""
         return self.coord.mem.phase is not Phase.FENCED and self.size > 0
+
+    def _snapshot_in_use(self, name: str) -> str | None:
+        """Why snapshot `name` may not be deleted now: a revert to it runs (None otherwise)."""
+        t = self.transfers.current
+        if t is not None and t.running and t.kind == "revert" and t.source == name:
+            return "a revert to it runs"
+        return None
 
     # ------------------------------------------------------------------ views
     @property

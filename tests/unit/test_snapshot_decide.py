@@ -84,6 +84,8 @@ def test_delete_refusals():
     assert r is not None and r.status == 409
     r = delete_refusal("s", serving=True, rebuilding=["r1"])
     assert r is not None and r.status == 409 and "rebuilt" in str(r)
+    r = delete_refusal("s", serving=True, in_use="a revert to it runs")
+    assert r is not None and r.status == 409 and "revert" in str(r)
     r = delete_refusal("s", serving=True, settling=True)
     assert r is not None and r.status == 409
 
