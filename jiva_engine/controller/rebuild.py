@@ -36,6 +36,7 @@ SMALL_COPY = 256 << 10  # spans below this are batched into one READV/WRITEV (no
 VEC_BYTES = 4 << 20  # data of one READV/WRITEV batch
 VEC_RANGES = 1024  # ranges in one batch
 REBUILD_SYNC_EVERY = 64 << 20  # copied bytes between background flushes of the target
+SNAP_WINDOW = 1 << 30  # bytes of volume per SNAP_EXTENTS question when copying a snapshot
 
 
 class Throttle:
@@ -395,7 +396,10 @@ class Rebuilder:
         prev: str | None = None
         for snap in snaps:
             ssize = int(snap.get("size") or coord.size)
-            runs = clip(await src.link.snap_extents(0, ssize, snap["id"], prev, epoch), 0, ssize)
+            runs: list[tuple[int, int]] = []
+            for w in range(0, ssize, SNAP_WINDOW):  # bounded answers (and replica work)
+                n = min(SNAP_WINDOW, ssize - w)
+                runs += clip(await src.link.snap_extents(w, n, snap["id"], prev, epoch), w, w + n)
             plans.append((snap, ssize, runs))
             total += sum(n for _, n in runs)
             prev = snap["id"]
