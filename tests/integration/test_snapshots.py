@@ -413,7 +413,8 @@ async def test_a_controller_crash_in_a_create_or_delete_is_settled_at_restart(cl
 
     # a real kill -9 while a delete runs (whichever step it reaches)
     fut = asyncio.ensure_future(asyncio.to_thread(cl.http, "DELETE", "/v1/snapshots/keep"))
-    await asyncio.sleep(0)  # the request is on its way (no fixed wait: any step will do)
+    await eventually(lambda: fut.done() or cl.status()["snapshots"]["busy"] == "delete", 20,
+                     "the delete running")  # fmt: skip
     cl.procs.kill(cl.ctl, signal.SIGKILL)
     with contextlib.suppress(Exception):
         await fut
@@ -427,7 +428,8 @@ async def test_a_controller_crash_in_a_create_or_delete_is_settled_at_restart(cl
     assert lists[0] == []
     # and a create/kill -9/restart: the snapshot is on all replicas or on none
     fut = asyncio.ensure_future(asyncio.to_thread(cl.http, "POST", "/v1/snapshots", {"name": "x"}))
-    await asyncio.sleep(0)
+    await eventually(lambda: fut.done() or cl.status()["snapshots"]["busy"] == "create", 20,
+                     "the create running")  # fmt: skip
     cl.procs.kill(cl.ctl, signal.SIGKILL)
     with contextlib.suppress(Exception):
         await fut
