@@ -1,4 +1,5 @@
-"""The `jiva` command: replica, witness, controller, target, status, grow, scrub, supervise and ha."""
+"""The `jiva` command: replica, witness, controller, target, status, grow, scrub, backup, clone,
+supervise and ha."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ SUBCOMMANDS = {
     "status": ("jiva_engine.api.cli", "show a volume's state from its management API"),
     "grow": ("jiva_engine.api.grow", "grow a volume online through its management API"),
     "scrub": ("jiva_engine.api.scrub", "check every block copy of a volume, repair what is bad"),
+    "backup": ("jiva_engine.backup.cli", "back up snapshots to a folder, list, restore, prune"),
+    "clone": ("jiva_engine.backup.clone", "copy a snapshot of one volume into another volume"),
     "supervise": ("jiva_engine.supervise", "keep one jiva process running (hosts without systemd)"),
     "ha": ("jiva_engine.ha", "run the failover play periodically (control node)"),
 }

@@ -50,6 +50,7 @@ MAGIC = b"JVB1"
 RAW, ZLIB = b"r", b"z"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 HEX64 = re.compile(r"[0-9a-f]{64}")
+SAMPLE = 64 * 1024  # compressed first, to decide whether compressing a chunk is worth it
 
 
 class BackupError(Exception):
@@ -78,6 +79,11 @@ def _zeros(n: int) -> bytes:
 def is_zero(data: bytes | memoryview) -> bool:
     """True when every byte of `data` is zero (a hole, or explicit zeroes: never stored)."""
     return data == _zeros(len(data))
+
+
+def _saves(data: bytes) -> bool:
+    """Whether zlib level 1 saves at least an eighth of `data`."""
+    return len(zlib.compress(data, 1)) < len(data) - len(data) // 8
 
 
 def valid_name(name: str) -> bool:
@@ -172,9 +178,11 @@ class BackupStore:
         if path.exists():
             return 0
         payload = MAGIC + RAW + data
-        if compress:
+        # compress when it helps; a sample tells cheaply (random or encrypted data does not
+        # compress, and zlib costs ~25 ms per MiB of it)
+        if compress and _saves(data[:SAMPLE]):
             packed = zlib.compress(data, 1)
-            if len(packed) < len(data) - len(data) // 8:  # only when it saves something
+            if len(packed) < len(data) - len(data) // 8:
                 payload = MAGIC + ZLIB + packed
         if not path.parent.is_dir():
             path.parent.mkdir(parents=True, exist_ok=True)
