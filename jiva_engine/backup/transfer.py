@@ -149,10 +149,12 @@ class Api:
             "POST", "/v1/import", body={"action": "begin", "source": source, "total": total}
         )
 
-    async def import_end(self, ok: bool = True, error: str | None = None) -> None:
+    async def import_end(self, error: str | None = None) -> None:
+        """End the import (the controller flushes every member); `error`: the reason this
+        side gives up (the import's result is then "failed: ...")."""
         body: dict[str, Any] = {"action": "end"}
-        if not ok:
-            body.update(ok=False, error=error)
+        if error is not None:
+            body["error"] = error
         await self.call("POST", "/v1/import", body=body)
 
     async def write(self, offset: int, data: bytes) -> None:
@@ -291,7 +293,9 @@ async def create_backup(
     caller holds the store's exclusive lock); its manifest."""
     st = await api.status()
     size, runs = await api.extents(snapshot)
-    info = await api.snapshot(snapshot) or {}
+    info: dict[str, Any] = {}
+    with contextlib.suppress(ApiError):  # the snapshot's id and time, for the manifest only
+        info = await api.snapshot(snapshot) or {}
     meta = {
         "snapshot": snapshot,
         "snapshot_id": info.get("id"),
@@ -448,6 +452,6 @@ async def _import(
         await run_jobs(jobs, work, parallel)
     except BaseException as e:
         with contextlib.suppress(Exception):
-            await api.import_end(ok=False, error=str(e) or type(e).__name__)
+            await api.import_end(error=str(e) or type(e).__name__)
         raise
     await api.import_end()
