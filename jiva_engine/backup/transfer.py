@@ -34,7 +34,9 @@ from jiva_engine.util import parse_hostport
 
 MiB = 1 << 20
 PARALLEL = 4  # requests in flight
-COPY_CHUNK = MiB  # request size of a restore or clone write (the API's default body limit)
+COPY_CHUNK = MiB  # a clone copies the MiBs the snapshot's extents touch (several a request)
+READ_MAX = 4 * MiB  # a backup reads up to this much (of consecutive chunks) in one request
+WRITE_MAX = 4 * MiB  # a restore writes up to this much in one request (the API takes 16 MiB)
 
 
 class Refused(BackupError):
@@ -310,13 +312,17 @@ async def create_backup(
     prog.total = sum(w.extent(i)[1] for i in todo)
     loop = asyncio.get_running_loop()
 
-    async def one(i: int) -> None:
-        off, n = w.extent(i)
-        data = await api.read(snapshot, off, n)
-        await loop.run_in_executor(None, w.add, i, data)
-        prog.add(n)
+    async def one(job: tuple[int, int]) -> None:
+        first, count = job
+        off = w.extent(first)[0]
+        n = sum(w.extent(i)[1] for i in range(first, first + count))
+        data = await api.read(snapshot, off, n)  # consecutive chunks in one request
+        for i in range(first, first + count):
+            o, ln = w.extent(i)
+            await loop.run_in_executor(None, w.add, i, data[o - off : o - off + ln])
+            prog.add(ln)
 
-    await run_jobs(todo, one, parallel)
+    await run_jobs(groups(todo, max(1, READ_MAX // block_size)), one, parallel)
     return w.commit(read=prog.done, rate=round(prog.rate))
 
 
@@ -347,7 +353,7 @@ async def restore_backup(
             raise bad[0]
     bs = int(doc["block_size"])
     present = sorted(int(k) for k in doc["blocks"])
-    data_jobs = [("data", i) for i in present]
+    data_jobs = [("data", g) for g in groups(present, max(1, WRITE_MAX // bs))]
     zero_jobs = [("zero", o, n) for o, n in zero_runs(0, target, [(i * bs, bs) for i in present])]
     prog = progress or Progress(f"restore {name}", quiet=True)
     prog.total = int(doc.get("bytes") or sum(min(bs, size - i * bs) for i in present))
@@ -363,11 +369,10 @@ async def restore_backup(
         if job[0] == "zero":
             await api.zero(job[1], job[2])
             return
-        i = job[1]
-        data = await loop.run_in_executor(None, store.read_chunk, doc, i)  # checked here
-        assert data is not None
-        for k in range(0, len(data), COPY_CHUNK):
-            await api.write(i * bs + k, data[k : k + COPY_CHUNK])
+        first, count = job[1]
+        data = await loop.run_in_executor(None, _read_chunks, store, doc, first, count)
+        for k in range(0, len(data), WRITE_MAX):
+            await api.write(first * bs + k, data[k : k + WRITE_MAX])
         written += len(data)
         prog.add(len(data))
 
@@ -381,6 +386,23 @@ async def restore_backup(
         "took": round(prog.took, 3),
         "rate": round(prog.rate),
     }
+
+
+def groups(indices: list[int], most: int) -> list[tuple[int, int]]:
+    """Sorted chunk indices as (first, count) runs of consecutive ones, at most `most` long."""
+    out: list[tuple[int, int]] = []
+    for i in indices:
+        if out and out[-1][0] + out[-1][1] == i and out[-1][1] < most:
+            out[-1] = (out[-1][0], out[-1][1] + 1)
+        else:
+            out.append((i, 1))
+    return out
+
+
+def _read_chunks(store: BackupStore, doc: dict[str, Any], first: int, count: int) -> bytes:
+    """Chunks first..first+count-1 of a backup (all present), each checked, joined."""
+    parts = [store.read_chunk(doc, i) for i in range(first, first + count)]
+    return b"".join(p for p in parts if p is not None)
 
 
 async def clone(
@@ -402,7 +424,7 @@ async def clone(
             f" {src_st.get('name')} ({size} bytes): it must be at least as large"
         )
     todo = touched(runs, size, COPY_CHUNK)
-    data_jobs = [("data", i) for i in todo]
+    data_jobs = [("data", g) for g in groups(todo, WRITE_MAX // COPY_CHUNK)]
     zero_jobs = [
         ("zero", o, n)
         for o, n in zero_runs(0, target, [(i * COPY_CHUNK, COPY_CHUNK) for i in todo])
@@ -421,8 +443,9 @@ async def clone(
         if job[0] == "zero":
             await dst.zero(job[1], job[2])
             return
-        off = job[1] * COPY_CHUNK
-        n = min(COPY_CHUNK, size - off)
+        first, count = job[1]
+        off = first * COPY_CHUNK
+        n = min(count * COPY_CHUNK, size - off)
         data = await src.read(snapshot, off, n)
         if is_zero(data):
             await dst.zero(off, n)

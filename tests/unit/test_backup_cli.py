@@ -38,7 +38,7 @@ class FakeVolume:
         self.snaps[name] = bytes(self.head)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MiB)
+        app = web.Application(client_max_size=16 * MiB)
         r = app.router
         r.add_get("/v1/volume", self.status)
         r.add_get("/v1/snapshots", self.list_snaps)
@@ -327,3 +327,15 @@ def test_prune_and_delete_through_the_cli(servers, token, tmp_path, capsys):
     assert rc == 2 and "--keep" in err
     rc, _, err = jiva(capsys, "backup", "list", "--from", str(tmp_path / "none"))
     assert rc == 1 and "not a backup store" in err
+
+
+def test_request_planning():
+    """Chunks the extents touch, runs of consecutive chunks per request, the zero runs."""
+    from jiva_engine.backup.transfer import groups, touched, zero_runs
+
+    assert touched([(0, 4096), (MiB - 4096, 8192), (5 * MiB, MiB)], 7 * MiB, MiB) == [0, 1, 5]
+    assert touched([(6 * MiB, 4 * MiB)], 7 * MiB, MiB) == [6]  # clipped to the size
+    assert groups([0, 1, 2, 3, 4, 7, 8], 4) == [(0, 4), (4, 1), (7, 2)]
+    assert zero_runs(0, 40 * MiB, [(MiB, MiB), (3 * MiB, MiB)]) == [
+        (0, MiB), (2 * MiB, MiB), (4 * MiB, 16 * MiB), (20 * MiB, 16 * MiB), (36 * MiB, 4 * MiB)
+    ]  # fmt: skip
