@@ -11,6 +11,7 @@ a block file makes the restore fail naming that file and chunk.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from jiva_engine.initiator import Initiator
 from jiva_engine.protocol.client import ReplicaClient
 from tests.procs import JIVA, free_port, wait_port
 from tests.waiting import eventually
@@ -204,6 +206,18 @@ async def test_backup_incremental_restore_clone_and_a_damaged_block(procs, tmp_p
     dst = Volume(procs, tmp_path / "dst", "bdst", SIZE + 4 * MiB)
     await dst.healthy()
     qemu_io(dst.url, f"write -P 0xee 0 {SIZE + 4 * MiB}", "flush")  # what it held before
+    init = Initiator("127.0.0.1", dst.portal, f"iqn.2026-11.org.jiva-py:{dst.name}")
+    await init.connect()
+    try:  # refused while an initiator is logged in, and nothing is written
+        p = await asyncio.to_thread(
+            jiva, "backup", "restore", "--from", str(store), "--backup", "b2", "--api", dst.api,
+            "--token-file", str(dst.token_file),
+        )  # fmt: skip
+        assert p.returncode == 1 and "refused" in p.stderr and "logged in" in p.stderr, p.stderr
+        held = await init.read(0, 8)
+        assert held and held == b"\xee" * len(held)
+    finally:
+        await init.logout()
     p = jiva("backup", "restore", "--from", str(store), "--backup", "b2", "--api", dst.api,
              "--token-file", str(dst.token_file), "--json")  # fmt: skip
     assert p.returncode == 0, p.stderr
