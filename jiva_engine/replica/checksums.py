@@ -19,9 +19,11 @@ run in a worker thread.
 
 from __future__ import annotations
 
+import array
 import mmap
 import os
 import struct
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -58,8 +60,8 @@ def block_sums(data: bytes | bytearray | memoryview) -> list[int]:
 class BlockSums:
     """The checksum entries of one data file of `size` bytes, in DIR/volume.crc."""
 
-    def __init__(self, directory: Path, size: int) -> None:
-        self.path = directory / NAME
+    def __init__(self, directory: Path, size: int, name: str = NAME) -> None:
+        self.path = directory / name
         self.created = not self.path.exists()  # the caller computes entries from the data
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         self.size = 0
@@ -98,6 +100,25 @@ class BlockSums:
             _U32.pack_into(self.mm, first * 4, sums[0])
             return
         struct.pack_into(f"<{len(sums)}I", self.mm, first * 4, *sums)
+
+    def present(self, first: int, count: int) -> list[int]:
+        """Block numbers in [first, first + count) whose entry is not 0 (written: data of their
+        own, or explicit zeroes), in order."""
+        assert self.mm is not None
+        end = min(first + count, self.blocks(self.size))
+        out: list[int] = []
+        step = 1 << 18
+        for a in range(first, end, step):
+            n = min(step, end - a)
+            raw = self.mm[a * 4 : (a + n) * 4]
+            if not raw.strip(b"\0"):
+                continue
+            arr = array.array("I")
+            arr.frombytes(raw)
+            if sys.byteorder != "little":  # pragma: no cover
+                arr.byteswap()
+            out += [a + i for i, e in enumerate(arr) if e]
+        return out
 
     def clear(self, first: int, count: int) -> None:
         """Blocks that now read as zeroes (unmapped)."""

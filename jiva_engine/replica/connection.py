@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from jiva_engine.protocol import auth, voting, wire
 from jiva_engine.protocol.wire import Frame
+from jiva_engine.replica import snapshots
 from jiva_engine.replica.checksums import block_sums
-from jiva_engine.replica.store import StoreError
+from jiva_engine.replica.store import DROP, SnapshotError, StoreError
 
 if TYPE_CHECKING:
     from jiva_engine.replica.server import ReplicaServer
@@ -160,6 +161,13 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
             wire.CLAIM: self._claim,
             wire.GROW: self._grow,
             wire.CHECKSUMS: self._checksums,
+            wire.SNAPSHOT: self._snapshot,
+            wire.SNAP_DELETE: self._snap_delete,
+            wire.SNAP_LIST: self._snap_list,
+            wire.SNAP_EXTENTS: self._snap_extents,
+            wire.SNAP_READ: self._snap_read,
+            wire.SNAP_RESET: self._snap_reset,
+            wire.DROP: self._drop,
         }
 
     # ------------------------------------------------------------------ transport callbacks
@@ -286,6 +294,7 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
         out = self.out
         cache_read = _cache_read
         bad_sums = store.sums.bad
+        layered = bool(store.layers)
         n = len(src)
         pos = 0
         replies = 0
@@ -313,7 +322,14 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
                     out.append(_pack(_MAGIC, _WRITE, 0, 0, rid, 0, 0, epoch))
                 elif op == _READ:
                     # whole 4 KiB blocks only (the others are read widened, then checked)
-                    if ln <= 0 or ln > _MAX_IO or (off | ln) & 4095 or off + ln > size or plen:
+                    if (
+                        ln <= 0
+                        or ln > _MAX_IO
+                        or (off | ln) & 4095
+                        or off + ln > size
+                        or plen
+                        or layered  # reads through to the layers: the general path
+                    ):
                         break
                     data = bytearray(ln)
                     try:  # only from the page cache here; a disk read goes to a thread
@@ -458,7 +474,7 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
             self.wrote = True
         n = sum(ln for _, ln in ranges)
         st = self.stats
-        if data is None:
+        if data is None or data is DROP:
             st.unmaps += 1
         else:
             st.writes += 1
@@ -477,7 +493,7 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
         for f in frames:
             if f.op == _WRITE:
                 off, n = f.offset, len(f.payload)
-            elif f.op == wire.UNMAP:
+            elif f.op in (wire.UNMAP, wire.DROP):
                 off, n = f.offset, f.length
             else:
                 continue
@@ -507,6 +523,16 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
         if why:
             return self._error(f, wire.EINVAL, f"UNMAP refused: {why}")
         self._mutate(f, [(f.offset, f.length)], None, False)
+
+    def _drop(self, f: Frame) -> None:
+        store = self.store
+        off, n = f.offset, f.length
+        why = store.check_range(off, n)
+        if why is None and (off % 4096 or (n % 4096 and off + n != store.size)):
+            why = f"DROP needs whole 4096-byte blocks, not {off}+{n}"
+        if why:
+            return self._error(f, wire.EINVAL, f"DROP refused: {why}")
+        self._mutate(f, [(off, n)], DROP, False)
 
     def _writev(self, f: Frame) -> None:
         mv = memoryview(f.payload)
@@ -650,6 +676,108 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
         except OSError as e:
             return self._error(f, wire.EIO, f"extents failed: {e}")
         self._reply(f.op, f.req_id, wire.dumps(runs))
+
+    # ------------------------------------------------------------------ snapshots
+    def _snapshot(self, f: Frame) -> None:
+        body = self._json(f.payload)
+        why = self.store.check_snapshot(body)
+        if why is not None:
+            return self._error(f, wire.EINVAL, f"SNAPSHOT refused: {why}")
+        self._block(self._snapshot_job(f, body))  # later writes of this connection go after it
+
+    async def _snapshot_job(self, f: Frame, rec: dict[str, Any]) -> None:
+        server = self.server
+        async with server.snap_lock:
+            why = self.store.check_snapshot(rec)
+            if why is not None:
+                return self._error(f, wire.EINVAL, f"SNAPSHOT refused: {why}")
+            try:
+                await snapshots.take(self.store, rec, server.syncer.request, server.write_meta)
+            except OSError as e:
+                return self._error(f, wire.EIO, f"SNAPSHOT failed: {e}")
+        log.info("snapshot %r (id %s) taken for %s", rec["name"], rec["id"], self.peer)
+        self._reply(f.op, f.req_id, wire.dumps({"snapshots": self.store.snapshot_list()}))
+
+    def _snap_delete(self, f: Frame) -> None:
+        body = self._json(f.payload)
+        if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+            return self._error(f, wire.EINVAL, 'SNAP_DELETE needs {"id": text}')
+        self.server.spawn(self._snap_delete_job(f, body["id"]))
+
+    async def _snap_delete_job(self, f: Frame, snap_id: str) -> None:
+        server = self.server
+        async with server.snap_lock:
+            try:
+                out = await snapshots.delete_step(
+                    self.store, snap_id, server.merge_cursors, server.write_meta
+                )
+            except OSError as e:
+                return self._error(f, wire.EIO, f"SNAP_DELETE failed: {e}")
+        if out["done"]:
+            log.info("snapshot id %s deleted for %s", snap_id, self.peer)
+        self._reply(f.op, f.req_id, wire.dumps(out))
+
+    def _snap_list(self, f: Frame) -> None:
+        self._reply(f.op, f.req_id, wire.dumps({"snapshots": self.store.snapshot_list()}))
+
+    def _snap_extents(self, f: Frame) -> None:
+        body = self._json(f.payload)
+        why = self.store.check_range(f.offset, f.length)
+        if why is None and not (
+            isinstance(body, dict)
+            and all(body.get(k) is None or isinstance(body.get(k), str) for k in ("to", "from"))
+        ):
+            why = 'needs {"to": id or null, "from": id or null}'
+        if why is not None:
+            return self._error(f, wire.EINVAL, f"SNAP_EXTENTS refused: {why}")
+        try:
+            runs = self.store.snap_extents(f.offset, f.length, body.get("to"), body.get("from"))
+        except KeyError as e:
+            return self._error(f, wire.EINVAL, f"SNAP_EXTENTS refused: no snapshot {e}")
+        except SnapshotError as e:
+            return self._error(f, wire.EINVAL, f"SNAP_EXTENTS refused: {e}")
+        self._reply(f.op, f.req_id, wire.dumps(runs))
+
+    def _snap_read(self, f: Frame) -> None:
+        body = self._json(f.payload)
+        why = self.store.check_range(f.offset, f.length)
+        if why is None and f.length > wire.MAX_IO:
+            why = f"length {f.length} exceeds {wire.MAX_IO}"
+        if why is None and not (isinstance(body, dict) and isinstance(body.get("id"), str)):
+            why = 'needs {"id": text}'
+        if why is None and body["id"] not in self.store.layers.ids():
+            why = f"no snapshot {body['id']!r}"
+        if why is not None:
+            return self._error(f, wire.EINVAL, f"SNAP_READ refused: {why}")
+        self.server.spawn(self._snap_read_job(f, body["id"]))
+
+    async def _snap_read_job(self, f: Frame, snap_id: str) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            data, bad = await loop.run_in_executor(
+                None, self.store.snap_read, snap_id, f.offset, f.length
+            )
+        except KeyError:
+            return self._error(f, wire.EINVAL, f"SNAP_READ refused: no snapshot {snap_id!r}")
+        except OSError as e:
+            return self._error(f, wire.EIO, f"read failed: {e}")
+        if bad:
+            return self._bad_blocks(f, bad)
+        self._served(f, data)
+
+    def _snap_reset(self, f: Frame) -> None:
+        self._block(self._snap_reset_job(f))
+
+    async def _snap_reset_job(self, f: Frame) -> None:
+        server = self.server
+        async with server.snap_lock:
+            try:
+                await snapshots.reset(self.store, server.write_meta)
+            except OSError as e:
+                return self._error(f, wire.EIO, f"SNAP_RESET failed: {e}")
+            server.merge_cursors.clear()
+        log.info("every snapshot forgotten and the data emptied for %s (a full rebuild)", self.peer)
+        self._reply(f.op, f.req_id, wire.dumps({"snapshots": []}))
 
     # ------------------------------------------------------------------ control
     def _ping(self, f: Frame) -> None:

@@ -17,7 +17,9 @@ from typing import Any
 
 from jiva_engine.protocol import voting, wire
 from jiva_engine.replica import checksums
-from jiva_engine.replica.checksums import BLOCK, BSHIFT, MASK, BlockSums
+from jiva_engine.replica.checksums import BLOCK, BSHIFT, MASK, ZERO_SUM, BlockSums
+from jiva_engine.replica.layers import DIR as LAYER_DIR
+from jiva_engine.replica.layers import MAX_LAYERS, Layer, Layers, runs_of
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,13 @@ except (OSError, AttributeError):  # pragma: no cover - non-glibc platforms
 
 class StoreError(Exception):
     """The DIR cannot be used (belongs to another volume/size, unreadable meta, ...)."""
+
+
+class SnapshotError(Exception):
+    """A snapshot request that cannot be carried out (unknown id, duplicate name, limit)."""
+
+
+DROP = object()  # `apply` data meaning "the head keeps nothing of its own here" (wire DROP)
 
 
 def missed_name(since: int) -> str:
@@ -172,6 +181,20 @@ def coarsen(runs: list[list[int]], gran: int, start: int, end: int) -> list[list
     return out
 
 
+def union_runs(x: list[list[int]], y: list[list[int]], end: int) -> list[list[int]]:
+    """Sorted, merged [offset, length] runs covering both lists (clipped to `end`)."""
+    out: list[list[int]] = []
+    for o, n in sorted(x + y):
+        e = min(end, o + n)
+        if e <= o:
+            continue
+        if out and o <= out[-1][0] + out[-1][1]:
+            out[-1][1] = max(out[-1][1], e - out[-1][0])
+        else:
+            out.append([o, e - o])
+    return out
+
+
 def migrate_v1(meta: dict[str, Any]) -> dict[str, Any]:
     """Format 1 -> 2: the folder's uuid becomes its voter id; the stored membership becomes the
     accepted view (its entries stay addresses, which controllers match by address); change maps
@@ -213,12 +236,21 @@ class ReplicaStore:
         self.region_size = int(self.meta["region_size"])
         self.shift = self.region_size.bit_length() - 1
         self.nregions = (self.size + self.region_size - 1) >> self.shift
+        self._recover_snapshot_op()
         self.fd = self._open_data()
         try:
             self.sums = BlockSums(self.dir, self.size)
         except OSError as e:
             os.close(self.fd)
             raise StoreError(f"cannot open {self.dir / checksums.NAME}: {e.strerror}") from None
+        self.layers = Layers(self.dir / LAYER_DIR, BlockSums.blocks(self.size))
+        try:
+            self._open_layers()
+        except (OSError, KeyError, ValueError, TypeError) as e:
+            self.layers.close()
+            os.close(self.fd)
+            self.sums.close()
+            raise StoreError(f"{self.dir}: cannot open the snapshot layers: {e}") from None
         # region bitmaps held as sets; files mirror them (written on 0->1, lazily on clear)
         self.dirty: set[int] = self._load_map(DIRTY)
         self.sticky: set[int] = set(self.dirty)  # left by a crash: only CLEAR_DIRTY clears them
@@ -379,14 +411,29 @@ class ReplicaStore:
         for off, ln in spans:
             # holes read as zeroes (entry 0), e.g. an unmap whose cleared entries were lost;
             # only the allocated parts are read and hashed
+            allocated = self._extents(off, ln)
             if not full:
-                self.sums.clear(off >> BSHIFT, (ln + MASK) >> BSHIFT)
-            for eo, el in self._extents(off, ln):
+                self._clear_holes(off, ln, allocated)
+            for eo, el in allocated:
                 done += self.rehash(eo, el)
         if done:
             self.sums.sync()
             log.info("%s: checksums computed from the data for %d bytes", self.dir, done)
         return done
+
+    def _clear_holes(self, off: int, ln: int, allocated: list[list[int]]) -> None:
+        """Entries of the holes of a range: 0 (nothing of the head's own), except explicit
+        zeroes (an unmap under snapshots), which a hole matches."""
+        first = off >> BSHIFT
+        entries = list(self.sums.get(first, (ln + MASK) >> BSHIFT))
+        keep = bytearray(len(entries))
+        for eo, el in allocated:
+            for b in range(eo >> BSHIFT, (eo + el + MASK) >> BSHIFT):
+                if 0 <= b - first < len(keep):
+                    keep[b - first] = 1
+        new = [e if keep[i] or e == ZERO_SUM else 0 for i, e in enumerate(entries)]
+        if new != entries:
+            self.sums.put(first, new)
 
     def rehash(self, offset: int, length: int) -> int:
         """Set the checksum entries of the blocks of a range from the data as it is."""
@@ -530,6 +577,7 @@ class ReplicaStore:
         out["mode"] = self.mode
         out["dirty"] = bool(self.dirty)
         out["dirty_regions"] = len(self.dirty)
+        out["snapshots"] = self.layers.ids()
         return out
 
     def dirty_report(self) -> dict[str, Any]:
@@ -612,6 +660,8 @@ class ReplicaStore:
         for offset, length in ranges:
             if data is None:
                 self.punch(offset, length)
+            elif data is DROP:
+                self.drop(offset, length)
             else:
                 self.pwrite(offset, data[pos : pos + length] if len(ranges) > 1 else data)
                 pos += length
@@ -656,7 +706,7 @@ class ReplicaStore:
             if offset <= start and (end >= start + BLOCK or end == self.size):
                 continue  # wholly written
             old = bytearray(self.pread(start, min(BLOCK, self.size - start)))
-            if self.sums.bad(start, old):
+            if self.verify(start, old):
                 edges[b] = None
                 continue
             lo, hi = max(offset, start), min(end, start + len(old))
@@ -678,9 +728,12 @@ class ReplicaStore:
                     b,
                 )
             else:
+                if self.layers and not self.sums.get(b, 1)[0]:
+                    # the rest of the block came from a layer: the head gets all of it
+                    self._pwrite(b << BSHIFT, merged)
                 self.sums.put(b, checksums.block_sums(merged))
 
-    def _pwrite(self, offset: int, data: bytes | memoryview) -> None:
+    def _pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         fd = self.fd
         n = os.pwrite(fd, data, offset)
         if n != len(data):
@@ -717,7 +770,31 @@ class ReplicaStore:
         A failing block is read again here, in the loop thread, where no write is half-applied
         (a read done in a worker thread may have met a write landing meanwhile): a good re-read
         replaces it in `data`. Only blocks that fail again are returned."""
-        bad = self.sums.bad(a, data)
+        if self.layers:
+            return self._verify_layered(a, data)
+        return self._recheck(a, data, self.sums.bad(a, data))
+
+    def _verify_layered(self, a: int, data: bytearray) -> list[int]:
+        """verify under snapshots: the head's present blocks are checked as without; the others
+        are filled from the layers (checked against the layer's entries)."""
+        first = a >> BSHIFT
+        entries = self.sums.get(first, (len(data) + MASK) >> BSHIFT)
+        if 0 not in entries:
+            return self._recheck(a, data, self.sums.bad(a, data))
+        absent = [first + i for i, e in enumerate(entries) if not e]
+        bad = self.layers.fill(a, data, absent)
+        if len(absent) < len(entries):
+            mine = [first + i for i, e in enumerate(entries) if e]
+            for b0, n in runs_of(mine):
+                s0 = (b0 << BSHIFT) - a
+                part = data[s0 : s0 + (n << BSHIFT)]
+                wrong = self._recheck(b0 << BSHIFT, part, self.sums.bad(b0 << BSHIFT, part))
+                data[s0 : s0 + len(part)] = part
+                bad += wrong
+        return sorted(bad)
+
+    def _recheck(self, a: int, data: bytearray, bad: list[int]) -> list[int]:
+        """The blocks of `bad` that fail again when re-read from the head (see verify)."""
         if not bad:
             return bad
         still = []
@@ -769,7 +846,20 @@ class ReplicaStore:
         if end > b:
             self.pwrite(b, bytes(end - b))
         self._punch(a, b - a)
-        self.sums.clear(a >> BSHIFT, ((b - a) + MASK) >> BSHIFT)
+        n = ((b - a) + MASK) >> BSHIFT
+        if self.layers:  # a hole would read through to the layers: zeroes are stated
+            self.sums.put(a >> BSHIFT, [ZERO_SUM] * n)
+        else:
+            self.sums.clear(a >> BSHIFT, n)
+
+    def drop(self, offset: int, length: int) -> None:
+        """The head keeps nothing of its own in whole blocks [offset, offset+length): punched,
+        entries 0, so they read through to the layers (zeroes when there are none)."""
+        a = offset & ~MASK
+        b = min(self.size, (offset + length + MASK) & ~MASK)
+        if b > a:
+            self._punch(a, b - a)
+            self.sums.clear(a >> BSHIFT, ((b - a) + MASK) >> BSHIFT)
 
     def _punch(self, offset: int, length: int) -> None:
         """PUNCH_HOLE|KEEP_SIZE, or write zeroes where that is unsupported."""
@@ -794,6 +884,14 @@ class ReplicaStore:
         or more) so the answer stays under `max_runs`: over-reporting allocation is safe.
         """
         runs = self._extents(offset, length)
+        if self.layers:  # the view's allocation: what the head or any layer holds
+            a, end = offset >> BSHIFT, min(self.size, offset + length)
+            count = ((end + MASK) >> BSHIFT) - a
+            held = set(self.sums.present(a, count))
+            for layer in self.layers.list:
+                held.update(layer.present(a, max(0, min(count, layer.nblocks - a))))
+            blocks = [[b << BSHIFT, n << BSHIFT] for b, n in runs_of(sorted(held))]
+            runs = union_runs(runs, blocks, end)
         gran = self.region_size
         while len(runs) > max_runs:
             runs = coarsen(runs, gran, offset, offset + length)
@@ -934,6 +1032,245 @@ class ReplicaStore:
             self.excluded.pop(e, None)
         self._tracking_meta()
 
+    # ------------------------------------------------------------------ snapshots
+    def _recover_snapshot_op(self) -> None:
+        """Finish or undo a snapshot whose creation a crash interrupted (meta "snapshot_op"),
+        before the head is opened. The head is renamed into the layer before the new head is
+        made, so: no layer data file yet -> nothing moved, undo; else finish the move and
+        record the snapshot (a controller that got no answer retries or deletes it)."""
+        op = self.meta.get("snapshot_op")
+        if not op:
+            return
+        rec = op["create"]
+        img, crc = Layer.paths(self.dir / LAYER_DIR, str(rec["id"]))
+        head_img, head_crc = self.dir / DATA, self.dir / checksums.NAME
+        if not img.exists():
+            crc.unlink(missing_ok=True)
+            log.warning("%s: snapshot %r was interrupted before it froze the data: undone",
+                        self.dir, rec.get("name"))  # fmt: skip
+        else:
+            if not crc.exists():
+                os.replace(head_crc, crc)
+            for path in (head_img, head_crc):
+                if not path.exists():
+                    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+                    os.close(fd)
+            _fsync_dir(img.parent)
+            _fsync_dir(self.dir)
+            self.meta.setdefault("snapshots", []).append(rec)
+            log.warning("%s: snapshot %r was interrupted after it froze the data: completed",
+                        self.dir, rec.get("name"))  # fmt: skip
+        del self.meta["snapshot_op"]
+        self.write_meta(self.meta_snapshot())
+
+    def _open_layers(self) -> None:
+        """Open the layers meta.json lists and remove files of layers it does not list (a
+        delete or reset interrupted after its meta write)."""
+        recs = self.meta.get("snapshots") or []
+        ldir = self.layers.dir
+        for rec in recs:
+            self.layers.list.append(Layer(ldir, rec))
+        if ldir.is_dir():
+            keep = {f"{r['id']}.img" for r in recs} | {f"{r['id']}.crc" for r in recs}
+            for path in ldir.iterdir():
+                if path.name not in keep:
+                    log.info("%s: removing %s (a layer no snapshot uses)", self.dir, path.name)
+                    path.unlink()
+        self.layers.rebuild_index()
+
+    def snapshot_list(self) -> list[dict[str, Any]]:
+        """SNAP_LIST: every snapshot, oldest first, with the bytes its layer takes and the bytes
+        a delete frees (blocks its child holds too)."""
+        out = []
+        layers = self.layers.list
+        for i, layer in enumerate(layers):
+            mine = layer.present()
+            child = layers[i + 1].sums if i + 1 < len(layers) else self.sums
+            unique = sum(1 for b in mine if b < BlockSums.blocks(child.size)
+                         and child.get(b, 1)[0])  # fmt: skip
+            out.append({**layer.rec, "bytes": layer.allocated(), "unique": unique << BSHIFT})
+        return out
+
+    def check_snapshot(self, rec: Any) -> str | None:
+        """Why SNAPSHOT `rec` cannot be taken, or None."""
+        if (
+            not isinstance(rec, dict)
+            or not isinstance(rec.get("id"), str)
+            or not isinstance(rec.get("name"), str)
+            or not isinstance(rec.get("created"), (int, float))
+        ):
+            return 'needs {"id": text, "name": text, "created": seconds}'
+        if not rec["id"].isalnum() or len(rec["id"]) > 64:
+            return f"snapshot id {rec['id']!r} must be 1-64 letters and digits"
+        if self.meta.get("snapshot_op"):
+            return "another snapshot is being taken"
+        for layer in self.layers.list:
+            if rec["id"] == layer.id or rec["name"] == layer.rec["name"]:
+                return f"snapshot {rec['name']!r} (id {rec['id']}) exists already"
+        if len(self.layers) >= MAX_LAYERS:
+            return f"this replica holds {MAX_LAYERS} snapshots, the most it can"
+        return None
+
+    def snapshot_intent(self, rec: dict[str, Any]) -> None:
+        """First step of SNAPSHOT: record the intent (the caller makes meta durable, after the
+        head's data is synced)."""
+        self.meta["snapshot_op"] = {
+            "create": {k: rec[k] for k in ("id", "name", "created")} | {"size": self.size}
+        }
+
+    def snapshot_freeze(self) -> None:
+        """Second step: the head becomes the newest layer and a new, empty head starts."""
+        rec = self.meta["snapshot_op"]["create"]
+        ldir = self.layers.dir
+        ldir.mkdir(exist_ok=True)
+        held = self.sums.present(0, BlockSums.blocks(self.size))
+        os.fdatasync(self.fd)  # writes that came after the caller's sync
+        self.sums.sync()
+        img, crc = Layer.paths(ldir, str(rec["id"]))
+        os.rename(self.dir / DATA, img)
+        os.rename(self.dir / checksums.NAME, crc)
+        old_fd, old_sums = self.fd, self.sums
+        old_sums.path = crc
+        self.fd = os.open(self.dir / DATA, os.O_RDWR | os.O_CREAT, 0o600)
+        os.ftruncate(self.fd, self.size)
+        self.sums = BlockSums(self.dir, self.size)
+        _fsync_dir(ldir)
+        _fsync_dir(self.dir)
+        self.layers.push(Layer.adopt(rec, old_fd, old_sums), held)
+
+    def snapshot_commit(self) -> None:
+        """Last step: the snapshot is listed (the caller makes meta durable)."""
+        rec = self.meta.pop("snapshot_op")["create"]
+        self.meta.setdefault("snapshots", []).append(rec)
+
+    def _merge_target(self, pos: int) -> tuple[BlockSums, int, Layer | None]:
+        """The child of the layer at `pos`: its checksum entries, data fd, and layer (None: the
+        head)."""
+        layers = self.layers.list
+        if pos < len(layers):
+            child = layers[pos]
+            return child.sums, child.fd, child
+        return self.sums, self.fd, None
+
+    def merge_plan(self, snap_id: str, cursor: int, most: int) -> tuple[int, list[int], int]:
+        """SNAP_DELETE, one chunk: (position, blocks of the layer its child does not hold, next
+        cursor; -1 when the layer is done), scanning from block `cursor`."""
+        pos = self.layers.position(snap_id)
+        layer = self.layers.list[pos - 1]
+        sums, _fd, _child = self._merge_target(pos)
+        end = min(layer.nblocks, cursor + most)
+        limit = BlockSums.blocks(sums.size)
+        todo = [b for b in layer.present(cursor, end - cursor)
+                if b < limit and not sums.get(b, 1)[0]]  # fmt: skip
+        return pos, todo, (end if end < layer.nblocks else -1)
+
+    def merge_copy(self, pos: int, blocks: list[int]) -> list[tuple[int, bytes, tuple[int, ...]]]:
+        """Read the blocks of layer `pos` to merge: (first, data, entries) per run (a worker
+        thread may run this; layers do not change meanwhile)."""
+        layer = self.layers.list[pos - 1]
+        out = []
+        for b, n in runs_of(blocks):
+            s = b << BSHIFT
+            ln = min(layer.size, (b + n) << BSHIFT) - s
+            out.append((b, layer.read(s, ln), layer.sums.get(b, n)))
+        return out
+
+    def merge_write(self, pos: int, runs: list[tuple[int, bytes, tuple[int, ...]]]) -> list[int]:
+        """Write merged data into the child (into the head only where it still holds nothing of
+        its own: a write that landed meanwhile wins). Returns the blocks written; their entries
+        follow once the data is durable (`merge_entries`), so a crash in between leaves them
+        reading through to the layer, which still exists."""
+        sums, fd, _child = self._merge_target(pos)
+        done: list[int] = []
+        for first, data, _entries in runs:
+            n = len(_entries)
+            free = [first + i for i, e in enumerate(sums.get(first, n)) if not e]
+            for b, c in runs_of(free):
+                o = (b - first) << BSHIFT
+                piece = data[o : o + (c << BSHIFT)]
+                if piece:
+                    os.pwrite(fd, piece, b << BSHIFT)
+                done += range(b, b + c)
+        return done
+
+    def merge_sync(self, pos: int) -> None:
+        """fdatasync the child's data (worker thread)."""
+        _sums, fd, _child = self._merge_target(pos)
+        os.fdatasync(fd)
+
+    def merge_entries(
+        self, pos: int, runs: list[tuple[int, bytes, tuple[int, ...]]], written: list[int]
+    ) -> None:
+        """The entries of merged blocks, where the child still holds nothing of its own: the
+        layer's entries as they are (a bad block stays bad)."""
+        sums, _fd, _child = self._merge_target(pos)
+        entry = {}
+        for first, _data, entries in runs:
+            for i, e in enumerate(entries):
+                entry[first + i] = e
+        for b in written:
+            if not sums.get(b, 1)[0]:
+                sums.put(b, [entry[b]])
+
+    def delete_commit(self, snap_id: str) -> Layer:
+        """Every block of the layer is in its child: forget the snapshot (the caller makes the
+        child's entries and meta durable, then removes the layer's files with `drop_layer`)."""
+        pos = self.layers.position(snap_id)
+        layer = self.layers.list.pop(pos - 1)
+        self.meta["snapshots"] = [r for r in self.meta.get("snapshots", []) if r["id"] != snap_id]
+        self.layers.rebuild_index()
+        return layer
+
+    def drop_layer(self, layer: Layer) -> None:
+        layer.close()
+        for path in Layer.paths(self.layers.dir, layer.id):
+            path.unlink(missing_ok=True)
+
+    def snap_read(self, snap_id: str, offset: int, length: int) -> tuple[bytearray, list[int]]:
+        """SNAP_READ: a range of the volume as of snapshot `snap_id` and its bad blocks."""
+        pos = self.layers.position(snap_id)
+        a, b = self.span(offset, length)
+        data = bytearray(b - a)
+        bad = self.layers.fill(a, data, list(range(a >> BSHIFT, (b + MASK) >> BSHIFT)), pos)
+        if (a, b) != (offset, offset + length):
+            data = data[offset - a : offset - a + length]
+        return data, bad
+
+    def snap_extents(
+        self, offset: int, length: int, to: str | None, since: str | None
+    ) -> list[list[int]]:
+        """SNAP_EXTENTS: runs of the blocks present in a layer newer than `since`, up to `to`
+        (None: the head included)."""
+        lo = self.layers.position(since) if since is not None else 0
+        hi = self.layers.position(to) if to is not None else len(self.layers) + 1
+        if lo >= hi:
+            raise SnapshotError(f"snapshot {since} is not older than {to}")
+        first = offset >> BSHIFT
+        count = ((min(self.size, offset + length) + MASK) >> BSHIFT) - first
+        held: set[int] = set()
+        for p in range(lo + 1, hi + 1):
+            sums = self.layers.list[p - 1].sums if p <= len(self.layers) else self.sums
+            held.update(sums.present(first, count))
+        end = min(self.size, offset + length)
+        return union_runs([], [[b << BSHIFT, n << BSHIFT] for b, n in runs_of(sorted(held))], end)
+
+    def snap_reset(self) -> list[Layer]:
+        """SNAP_RESET, first step: no snapshot, and the replica marked as being rebuilt (the
+        caller makes meta durable, then calls `empty_head` and removes the returned layers'
+        files with `drop_layer`: a crash in between leaves a replica a full rebuild fixes)."""
+        gone = self.layers.list
+        self.layers.list = []
+        self.layers.rebuild_index()
+        self.meta["snapshots"] = []
+        self.meta["rebuilding"] = True
+        return gone
+
+    def empty_head(self) -> None:
+        """Every block of the head dropped (it reads as zeroes: there is no layer)."""
+        os.ftruncate(self.fd, 0)
+        os.ftruncate(self.fd, self.size)
+        self.sums.reset()
+
     # ------------------------------------------------------------------ growing
     def check_grow(self, size: Any) -> str | None:
         """Why the volume cannot grow to `size` bytes, or None (also when it is that size)."""
@@ -968,6 +1305,7 @@ class ReplicaStore:
             return False
         os.ftruncate(self.fd, size)
         self.sums.resize(size)  # a short last block was checked padded with zeroes: still right
+        self.layers.resize(BlockSums.blocks(size))
         self.size = size
         self.nregions = (size + self.region_size - 1) >> self.shift
         if not self.missed and not self._dropped:  # no change map a granularity change misreads
@@ -1027,3 +1365,4 @@ class ReplicaStore:
         finally:
             os.close(self.fd)
             self.sums.close()
+            self.layers.close()
