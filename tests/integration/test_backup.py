@@ -39,12 +39,13 @@ TOKEN = "backup-test-token"
 
 
 class Volume:
-    """Two `jiva replica` processes and a `jiva controller` (API with a token, iSCSI portal)."""
+    """`jiva replica` processes (two by default) and a `jiva controller` (API with a token,
+    iSCSI portal); bench/backup_bench.py uses it too."""
 
-    def __init__(self, procs, root: Path, name: str, size: int = SIZE) -> None:
+    def __init__(self, procs, root: Path, name: str, size: int = SIZE, replicas: int = 2) -> None:
         self.procs, self.name, self.size = procs, name, size
         root.mkdir(parents=True, exist_ok=True)
-        self.ports = [free_port() for _ in range(2)]
+        self.ports = [free_port() for _ in range(replicas)]
         for i, port in enumerate(self.ports):
             procs.jiva("replica", "--volume", name, "--listen", f"127.0.0.1:{port}", "--dir",
                        str(root / f"r{i}"), "--size", str(size), name=f"{name}-r{i}")  # fmt: skip
