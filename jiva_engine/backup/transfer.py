@@ -317,10 +317,13 @@ async def create_backup(
         off = w.extent(first)[0]
         n = sum(w.extent(i)[1] for i in range(first, first + count))
         data = await api.read(snapshot, off, n)  # consecutive chunks in one request
-        for i in range(first, first + count):
+
+        async def add(i: int) -> None:  # hash, compress, write + fsync: in a thread each
             o, ln = w.extent(i)
             await loop.run_in_executor(None, w.add, i, data[o - off : o - off + ln])
             prog.add(ln)
+
+        await asyncio.gather(*(add(i) for i in range(first, first + count)))
 
     await run_jobs(groups(todo, max(1, READ_MAX // block_size)), one, parallel)
     return w.commit(read=prog.done, rate=round(prog.rate))
