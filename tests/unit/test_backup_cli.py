@@ -7,14 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import signal
+import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 
+from jiva_engine.backup.store import BackupStore
 from jiva_engine.cli import main
 from jiva_engine.util import free_port
+from tests.procs import JIVA
+from tests.waiting import eventually_sync
 
 MiB, BLOCK = 1 << 20, 4096
 TOKEN = "s3cret-token"
@@ -31,6 +38,9 @@ class FakeVolume:
         self.imports: list[dict] = []  # begin/end documents received
         self.logged_in = False
         self.inflight = self.max_inflight = 0
+        self.reads = 0
+        self.stall_after: int | None = None  # data reads beyond this many never answer
+        self.release: asyncio.Event | None = None
         self.port = free_port()
         self.api = f"127.0.0.1:{self.port}"
 
@@ -86,6 +96,10 @@ class FakeVolume:
         off, n = int(request.query["offset"]), int(request.query["length"])
         if n > 16 * MiB or off % BLOCK or off + n > self.size:
             return self._err(400, "bad range")
+        self.reads += 1
+        if self.stall_after is not None and self.reads > self.stall_after:
+            self.release = self.release or asyncio.Event()
+            await self.release.wait()  # until the test ends
         self.inflight += 1
         self.max_inflight = max(self.max_inflight, self.inflight)
         try:
@@ -132,8 +146,11 @@ class Servers:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.runners: list[web.AppRunner] = []
+        self.volumes: list[FakeVolume] = []
 
     def add(self, vol: FakeVolume) -> FakeVolume:
+        self.volumes.append(vol)
+
         async def start() -> None:
             runner = web.AppRunner(vol.app())
             await runner.setup()
@@ -145,6 +162,9 @@ class Servers:
 
     def close(self) -> None:
         async def stop() -> None:
+            for v in self.volumes:
+                if v.release:
+                    v.release.set()
             for r in self.runners:
                 await r.cleanup()
 
@@ -339,3 +359,36 @@ def test_request_planning():
     assert zero_runs(0, 40 * MiB, [(MiB, MiB), (3 * MiB, MiB)]) == [
         (0, MiB), (2 * MiB, MiB), (4 * MiB, 16 * MiB), (20 * MiB, 16 * MiB), (36 * MiB, 4 * MiB)
     ]  # fmt: skip
+
+
+def test_a_backup_killed_midway_leaves_no_manifest_and_no_harm(servers, token, tmp_path, capsys):
+    """kill -9 of `jiva backup create` while it writes blocks: no backup appears, the store
+    and the backups in it are intact, the name can be used again, a gc removes the orphans."""
+    src = servers.add(FakeVolume("src", 24 * MiB))
+    src.head[:] = random.Random(3).randbytes(24 * MiB)
+    src.snapshot("s1")
+    store = tmp_path / "store"
+    assert jiva(capsys, "backup", "create", "--api", src.api, "--snapshot", "s1", "--to",
+                str(store), "--name", "b0", "--token-file", token)[0] == 0  # fmt: skip
+    src.head[: 16 * MiB] = random.Random(4).randbytes(16 * MiB)
+    src.snapshot("s2")
+    src.reads, src.stall_after = 0, 2  # two requests (8 MiB) answered, then it hangs
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    p = subprocess.Popen([*JIVA, "backup", "create", "--api", src.api, "--snapshot", "s2",
+                          "--to", str(store), "--name", "b1", "--token-file", token],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                         start_new_session=True)  # fmt: skip
+    try:
+        st = BackupStore(store)
+        eventually_sync(lambda: st.usage()["blocks"] >= 24 + 8, 30, "8 new blocks stored")
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(10)
+    assert st.names() == ["b0"] and st.verify("b0") == []
+    res = st.gc()
+    assert res["blocks_removed"] == 8 and st.usage()["blocks"] == 24
+    src.stall_after = None
+    rc, out, err = jiva(capsys, "backup", "create", "--api", src.api, "--snapshot", "s2",
+                        "--to", str(store), "--name", "b1", "--token-file", token, "--json")  # fmt: skip
+    assert rc == 0, err
+    assert json.loads(out)["blocks_new"] == 16 and st.verify("b1") == []
