@@ -210,6 +210,17 @@ class JivaVolume:
         self.start_controller()
         self.wait_serving()
 
+    def take_snapshots(self, n: int) -> None:
+        """`n` snapshots, each after 64 MiB more of the volume was written (spread over it), so
+        reads meet blocks of every layer and writes land on a head over a chain of `n`."""
+        span = self.size // n
+        for i in range(n):
+            off = i * span
+            cmd = ["qemu-io", "-f", "raw", "-c", f"write -P {i + 1} {off} {min(64 * MiB, span)}",
+                   self.url]  # fmt: skip
+            subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+            api_post(self.api, "/v1/snapshots", {"name": f"bench-{i}"})
+
     def mode(self, i: int) -> str | None:
         """Mode of replica i in the controller's status (None if unknown)."""
         for r in api_get(self.api)["replicas"]:
@@ -388,7 +399,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=3.0 if quick else 10.0, help="per job")
     ap.add_argument("--reps", type=int, default=1 if quick else 3, help="repetitions (median)")
     ap.add_argument("--size", default="1G", help="size of every target (default 1G)")
-    ap.add_argument("--targets", default="tgtd,file,vol-1r,vol-3r", help="comma-separated")
+    ap.add_argument("--targets", default="tgtd,file,vol-1r,vol-3r,vol-3r-10s",
+                    help="comma-separated (vol-3r-10s: 3 replicas under 10 snapshots)")  # fmt: skip
     ap.add_argument("--jobs", help="comma-separated job names (default all)")
     ap.add_argument("--no-recovery", action="store_true", help="skip rebuild/return/restart")
     ap.add_argument("--no-uvloop", action="store_true", help="run jiva on the stdlib loop")
@@ -439,6 +451,11 @@ def main() -> int:
                     v = JivaVolume(procs, tmp, f"vol{n}r", size, n)
                     v.start()
                     targets[f"vol-{n}r"] = v.url
+            if "vol-3r-10s" in wanted:
+                v = JivaVolume(procs, tmp, "vol3r10s", size, 3)
+                v.start()
+                v.take_snapshots(10)
+                targets["vol-3r-10s"] = v.url
             say("targets up: " + ", ".join(targets))
             results = run_jobs(targets, args.seconds, args.reps, only)
             if not args.no_recovery:
@@ -472,6 +489,11 @@ def report(results: dict, recovery: dict, meta: dict, targets: list[str], outdir
                    colalign=("left", "left", "right", "right", "right", "left")))  # fmt: skip
     print(f"(median of {meta['reps']} x {meta['seconds']:g} s; 4K rand = stride {RANDOM_STRIDE // 4096}"
           f" blocks mod size; seq = step = block size; all QD32 unless named)")  # fmt: skip
+    if "vol-3r" in targets and "vol-3r-10s" in targets:  # issue 15: at most 10 % on writes
+        cost = [[job, f"{per['vol-3r-10s']['iops'] / per['vol-3r']['iops']:.2f}"]
+                for job, per in results.items() if per["vol-3r"]["iops"]]  # fmt: skip
+        print()
+        print(tabulate(cost, headers=["job", "10 snapshots / none (IOPS, 3 replicas)"]))
     if recovery:
         fr, rb, cr = (
             recovery["full_rebuild"],

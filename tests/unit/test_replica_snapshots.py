@@ -207,3 +207,53 @@ def test_reset_forgets_everything(tmp_path: Path) -> None:
     s = store(tmp_path)
     assert not s.layers and os.listdir(tmp_path / "snapshots") == []
     s.close()
+
+
+@pytest.mark.parametrize("step", ["data-moved", "both-moved"])
+def test_create_interrupted_between_renames_is_completed(tmp_path: Path, step: str) -> None:
+    s = store(tmp_path)
+    s.write(0, b"p" * (2 * B))
+    rec = {"id": "abc", "name": "n", "created": 2.0}
+    s.snapshot_intent(rec)
+    s.write_meta(s.meta_snapshot())
+    s.close()
+    layers = tmp_path / "snapshots"
+    layers.mkdir()
+    os.rename(tmp_path / "volume.img", layers / "abc.img")  # a crash after the first rename
+    if step == "both-moved":
+        os.rename(tmp_path / "volume.crc", layers / "abc.crc")
+    s = store(tmp_path)
+    assert s.layers.ids() == ["abc"]
+    assert view(s, 0, 3 * B) == b"p" * (2 * B) + bytes(B)
+    assert sread(s, "abc", 0, 2 * B) == b"p" * (2 * B)
+    s.write(B, b"w" * B)
+    assert view(s, 0, 2 * B) == b"p" * B + b"w" * B
+    s.close()
+
+
+@pytest.mark.parametrize("into", ["head", "layer"])
+def test_delete_interrupted_mid_merge_reads_the_same_and_resumes(tmp_path: Path, into: str) -> None:
+    s = store(tmp_path)
+    rng = random.Random(5)
+    model = bytearray(SIZE)
+    for _ in range(50):
+        model_write(model, s, rng.randrange(0, SIZE // B - 4) * B, rng.randbytes(3 * B))
+    s1 = snap(s, "one")
+    at1 = bytes(model)
+    for _ in range(20):
+        model_write(model, s, rng.randrange(0, SIZE // B - 4) * B, rng.randbytes(B))
+    if into == "layer":
+        snap(s, "two")
+    pos, todo, _nxt = s.merge_plan(s1, 0, 1 << 30)
+    runs = s.merge_copy(pos, todo)
+    written = s.merge_write(pos, runs)
+    assert written
+    half = written[: len(written) // 2]
+    s.merge_entries(pos, runs, half)  # a crash with half the entries given, half not
+    s.close(clean=False)
+    s = store(tmp_path)
+    assert s.layers.ids()[0] == s1
+    assert view(s) == bytes(model) and sread(s, s1) == at1
+    delete(s, s1)
+    assert view(s) == bytes(model) and s1 not in s.layers.ids()
+    s.close()

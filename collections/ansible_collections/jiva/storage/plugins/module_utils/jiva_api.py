@@ -37,7 +37,7 @@ def split_address(address):
 
 def request_json(address, method, path, body=None, token=None, timeout=3.0):
     """Send one request to the API (standard library only) and return its JSON answer; raise
-    ApiError with the reason (unreachable, an HTTP status other than 200/202 with the API's
+    ApiError with the reason (unreachable, an HTTP status other than 2xx with the API's
     message, invalid JSON). `body` is sent as JSON."""
     host, port = split_address(address)
     headers = {"Accept": "application/json"}
@@ -57,7 +57,7 @@ def request_json(address, method, path, body=None, token=None, timeout=3.0):
         raise ApiError("cannot reach %s: %s" % (url, exc))
     finally:
         conn.close()
-    if resp.status not in (200, 202):
+    if not 200 <= resp.status < 300:
         raise ApiError(
             "%s %s answered HTTP %s: %s" % (method, url, resp.status, _message(answer)),
             status=resp.status,
