@@ -29,6 +29,7 @@ from jiva_engine.backup.store import (
 from jiva_engine.backup.transfer import (
     PARALLEL,
     Api,
+    ImportFailed,
     Progress,
     Refused,
     create_backup,
@@ -189,7 +190,11 @@ def _create(args: argparse.Namespace) -> int:
             )  # fmt: skip
 
     with _locked(store, True, f"backup create {args.name}", args.lock_timeout):
-        doc = run_loop(go())
+        try:
+            doc = run_loop(go())
+        except BaseException:
+            prog.clear()
+            raise
     prog.finish(
         f"backup {doc['name']} of {doc['volume']}@{doc['snapshot']}: read"
         f" {human_size(prog.done)} in {prog.took:.1f} s ({_rate(prog.done, prog.took)}),"
@@ -244,13 +249,14 @@ def _restore(args: argparse.Namespace) -> int:
         try:
             res = run_loop(go())
         except Refused as e:
+            prog.clear()
             _say(f"restore refused: {e}")
             return 1
-        except (BackupError, ApiError) as e:
-            # the import had begun: the volume holds part of the backup
+        except ImportFailed as e:
+            prog.clear()
             _say(f"restore failed: {e}")
             _say(f"the volume behind {args.api} holds a partial restore: restore again")
-            return DAMAGED if isinstance(e, BadBlock) else 1
+            return DAMAGED if isinstance(e.cause, BadBlock) else 1
     prog.finish(
         f"restored backup {args.backup} into volume {res['volume']}: {human_size(res['bytes'])}"
         f" of data in {res['took']:.1f} s ({_rate(res['bytes'], res['took'])}), every block checked"

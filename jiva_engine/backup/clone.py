@@ -10,7 +10,7 @@ from typing import Any
 from jiva_engine.api.cli import human_size
 from jiva_engine.api.client import ApiError
 from jiva_engine.backup.store import BackupError
-from jiva_engine.backup.transfer import PARALLEL, Api, Progress, Refused, clone
+from jiva_engine.backup.transfer import PARALLEL, Api, ImportFailed, Progress, Refused, clone
 from jiva_engine.util import config_error, read_secret, run_loop
 
 MiB = 1 << 20
@@ -62,9 +62,13 @@ def run(args: argparse.Namespace) -> int:
     except Refused as e:
         print(f"jiva clone: refused: {e}", file=sys.stderr)
         return 1
-    except (BackupError, ApiError, OSError) as e:
+    except ImportFailed as e:
+        prog.clear()
         print(f"jiva clone: failed: {e}", file=sys.stderr)
         print(f"jiva clone: the volume behind {args.api} holds a partial copy", file=sys.stderr)
+        return 1
+    except (BackupError, ApiError, OSError) as e:
+        print(f"jiva clone: {e}", file=sys.stderr)
         return 1
     rate = res["bytes"] / MiB / max(res["took"], 1e-6)
     prog.finish(

@@ -43,6 +43,15 @@ class Refused(BackupError):
     """The transfer was refused before anything was written (target too small, in use)."""
 
 
+class ImportFailed(BackupError):
+    """A restore or clone failed after its import began: the target holds part of the copy
+    (`cause`: what failed, a BadBlock for a damaged backup)."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause) or type(cause).__name__)
+        self.cause = cause
+
+
 class Api:
     """An asynchronous client of one controller's management API (bearer token, no proxy)."""
 
@@ -214,6 +223,12 @@ class Progress:
         else:
             print(text, file=self.stream, flush=True)
 
+    def clear(self) -> None:
+        """Take the progress line off the terminal (before an error message)."""
+        if self._dirty and not self.quiet:
+            print("\r\033[K", end="", file=self.stream, flush=True)
+            self._dirty = False
+
     def finish(self, summary: str) -> None:
         if self.quiet:
             return
@@ -357,7 +372,8 @@ async def restore_backup(
     bs = int(doc["block_size"])
     present = sorted(int(k) for k in doc["blocks"])
     data_jobs = [("data", g) for g in groups(present, max(1, WRITE_MAX // bs))]
-    zero_jobs = [("zero", o, n) for o, n in zero_runs(0, target, [(i * bs, bs) for i in present])]
+    written_runs = [(i * bs, min(bs, size - i * bs)) for i in present]  # the last may be short
+    zero_jobs = [("zero", o, n) for o, n in zero_runs(0, target, written_runs)]
     prog = progress or Progress(f"restore {name}", quiet=True)
     prog.total = int(doc.get("bytes") or sum(min(bs, size - i * bs) for i in present))
     source = f"backup {name} ({doc.get('volume')}@{doc.get('snapshot')}) from {store.root}"
@@ -430,7 +446,9 @@ async def clone(
     data_jobs = [("data", g) for g in groups(todo, WRITE_MAX // COPY_CHUNK)]
     zero_jobs = [
         ("zero", o, n)
-        for o, n in zero_runs(0, target, [(i * COPY_CHUNK, COPY_CHUNK) for i in todo])
+        for o, n in zero_runs(
+            0, target, [(i * COPY_CHUNK, min(COPY_CHUNK, size - i * COPY_CHUNK)) for i in todo]
+        )
     ]
     prog = progress or Progress("clone", quiet=True)
     prog.total = sum(min(COPY_CHUNK, size - i * COPY_CHUNK) for i in todo)
@@ -479,5 +497,10 @@ async def _import(
     except BaseException as e:
         with contextlib.suppress(Exception):
             await api.import_end(error=str(e) or type(e).__name__)
+        if isinstance(e, Exception):
+            raise ImportFailed(e) from e
         raise
-    await api.import_end()
+    try:
+        await api.import_end()
+    except ApiError as e:  # the flush at the end failed: the copy may not be durable
+        raise ImportFailed(e) from e
