@@ -136,6 +136,8 @@ class BackupStore:
         except OSError as e:
             if exclusive or e.errno not in (errno.EROFS, errno.EACCES):
                 raise BackupError(f"cannot open the store lock {path}: {e.strerror}") from None
+            fd = -1
+        if fd < 0:
             yield
             return
         try:
@@ -149,7 +151,7 @@ class BackupStore:
                         holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
                         raise StoreBusy(
                             f"backup store {self.root} is in use"
-                            + (f" ({holder})" if holder else "")
+                            + (f" ({holder})" if holder else " (by a restore or verify)")
                             + (f"; waited {timeout:g} s" if timeout else "")
                         ) from None
                     time.sleep(0.2)
@@ -160,7 +162,11 @@ class BackupStore:
                     f"{what or 'writer'}, pid {os.getpid()} on {socket.gethostname()}\n".encode(),
                     0,
                 )
-            yield
+            try:
+                yield
+            finally:
+                if exclusive:  # nobody writes now
+                    os.ftruncate(fd, 0)
         finally:
             os.close(fd)  # releases the lock
 
