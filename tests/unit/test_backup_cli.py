@@ -39,6 +39,7 @@ class FakeVolume:
         self.logged_in = False
         self.inflight = self.max_inflight = 0
         self.reads = 0
+        self.bad: list[int] = []  # blocks with no good copy on any replica (422)
         self.stall_after: int | None = None  # data reads beyond this many never answer
         self.release: asyncio.Event | None = None
         self.port = free_port()
@@ -97,6 +98,12 @@ class FakeVolume:
         if n > 16 * MiB or off % BLOCK or off + n > self.size:
             return self._err(400, "bad range")
         self.reads += 1
+        for b in self.bad:
+            if off <= b < off + n:
+                return web.json_response(
+                    {"error": f"snapshot s1: no good copy of {b}+4096", "bad": [[b, BLOCK]]},
+                    status=422,
+                )
         if self.stall_after is not None and self.reads > self.stall_after:
             self.release = self.release or asyncio.Event()
             await self.release.wait()  # until the test ends
@@ -413,3 +420,17 @@ def test_a_volume_size_that_is_not_whole_chunks(servers, token, tmp_path, capsys
         assert rc == 0, err
         assert bytes(dst.head[:size]) == src.snaps["s1"], cmd
         assert bytes(dst.head[size:]) == bytes(8 * MiB - size), cmd
+
+
+def test_a_snapshot_block_with_no_good_copy_fails_the_backup(servers, token, tmp_path, capsys):
+    """The API answers 422 for a block bad on every replica: no backup is made, and the
+    message is the controller's (naming the block)."""
+    src = servers.add(FakeVolume("src", 8 * MiB))
+    fill(src)
+    src.snapshot("s1")
+    src.bad = [7 * MiB + 5 * BLOCK]
+    store = tmp_path / "store"
+    rc, _, err = jiva(capsys, "backup", "create", "--api", src.api, "--snapshot", "s1",
+                      "--to", str(store), "--name", "b1", "--token-file", token)  # fmt: skip
+    assert rc == 1 and "422" in err and f"no good copy of {7 * MiB + 5 * BLOCK}" in err
+    assert BackupStore(store).names() == []
