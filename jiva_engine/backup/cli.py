@@ -35,7 +35,7 @@ from jiva_engine.backup.transfer import (
     create_backup,
     restore_backup,
 )
-from jiva_engine.util import config_error, parse_size, read_secret, run_loop
+from jiva_engine.util import config_error, parse_hostport, parse_size, read_secret, run_loop
 
 MiB = 1 << 20
 DAMAGED = 3
@@ -173,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _create(args: argparse.Namespace) -> int:
     try:
+        parse_hostport(args.api)
         token = _token(args.token_file)
         block_size = parse_size(args.block_size)
         if not valid_name(args.name):
@@ -233,6 +234,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def _restore(args: argparse.Namespace) -> int:
     try:
+        parse_hostport(args.api)
         token = _token(args.token_file)
     except ValueError as e:
         return config_error("backup restore", str(e))

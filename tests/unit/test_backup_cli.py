@@ -354,6 +354,14 @@ def test_prune_and_delete_through_the_cli(servers, token, tmp_path, capsys):
     assert rc == 2 and "--keep" in err
     rc, _, err = jiva(capsys, "backup", "list", "--from", str(tmp_path / "none"))
     assert rc == 1 and "not a backup store" in err
+    rc, _, err = jiva(capsys, "backup", "restore", "--from", store, "--backup", "b3",
+                      "--api", "nohost:")  # fmt: skip
+    assert rc == 2 and "nohost" in err
+    rc, _, err = jiva(capsys, "clone", "--from-api", "x:99999", "--snapshot", "s", "--api", src.api)
+    assert rc == 2 and "invalid port" in err
+    rc, _, err = jiva(capsys, "backup", "create", "--api", src.api, "--snapshot", "s0", "--to",
+                      store, "--name", "../b", "--token-file", token)  # fmt: skip
+    assert rc == 2 and "invalid backup name" in err
 
 
 def test_request_planning():
