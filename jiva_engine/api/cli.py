@@ -39,6 +39,18 @@ def scrub_text(sc: dict[str, Any]) -> str:
     return f"{sc['last_result']} ({ended})"
 
 
+def transfer_text(tr: dict[str, Any]) -> str:
+    """One line about the running (else last) snapshot export, revert or import."""
+    what = {"revert": "revert to", "import": "import from", "export": "export of"}
+    head = f"{what.get(tr.get('kind') or '', tr.get('kind'))} {tr.get('source')}"
+    done, total = int(tr.get("done") or 0), int(tr.get("total") or 0)
+    rate = f"{human_size(float(tr.get('rate') or 0))}/s"
+    if tr.get("result") is None:
+        pct = f"{100 * done / total:.0f}% " if total else ""
+        return f"{head}: {pct}({human_size(done)}/{human_size(total)}), {rate}"
+    return f"{head}: {tr['result']} ({human_size(done)}, {rate})"
+
+
 def render(status: dict[str, Any]) -> str:
     """The human view: a volume summary table and a replica table."""
     summary = [
@@ -64,6 +76,9 @@ def render(status: dict[str, Any]) -> str:
              f" {integ.get('blocks_repaired', 0)} repaired,"
              f" {integ.get('unrepaired_blocks', 0)} unrepaired"]
         )  # fmt: skip
+    tr = status.get("transfer")
+    if isinstance(tr, dict):
+        summary.append(["transfer", transfer_text(tr)])
     sc = status.get("scrub")
     if isinstance(sc, dict):
         summary.append(["last scrub", scrub_text(sc)])

@@ -136,7 +136,8 @@ def render_metrics(app: web.Application) -> str:
         lines.append(f"# HELP {mname} {help_text}")
         lines.append(f"# TYPE {mname} {mtype}")
         for labels, value in samples:
-            lines.append(f"{mname}{{{labels}}} {float(value):g}")
+            v = float(value)  # exact: byte counters and timestamps need more than %g's 6 digits
+            lines.append(f"{mname}{{{labels}}} {int(v) if v.is_integer() else repr(v)}")
 
     vl = f'volume="{name}"'
     s = vol.stats
@@ -233,6 +234,12 @@ def render_metrics(app: web.Application) -> str:
         "gauge",
         "1 when the last scrub found the volume clean or repaired everything",
         [(vl, last in ("clean", "repaired"))],
+    )
+    metric(
+        "jiva_transfer_bytes_total",
+        "counter",
+        "bytes moved by snapshot exports, reverts and imports",
+        [(f'{vl},kind="{k}"', n) for k, n in vol.transfers.bytes.items()],
     )
     reps = list(vol.members.values())
     metric(
@@ -369,6 +376,10 @@ def make_app(
     app[_VOLUME] = volume
     tokens = [t for t in (token, previous_token if token else None) if t]
     app[_CONF] = {"tokens": tokens, "portal": portal, "iqn": iqn}
+    # snapshot data, revert and import (transfer_routes.py, which imports this module)
+    from jiva_engine.api.transfer_routes import add_routes
+
+    add_routes(app, volume.transfers)
     app.router.add_get("/v1/volume", get_volume)
     app.router.add_get("/v1/stats", get_stats)
     app.router.add_get("/metrics", get_metrics)

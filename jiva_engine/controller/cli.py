@@ -195,7 +195,13 @@ async def _serve(cfg: dict) -> int:
         if cfg["portal"]:
             tcfg = TargetConfig(iqn, **cfg["access"])
             portal_host, portal_port = cfg["portal"]
-            target = await start_target(volume, portal_host, portal_port, tcfg)
+            # revert and import need the volume to themselves: no login while one runs, and
+            # none starts while an initiator is logged in (controller/transfer.py, Gate)
+            gate = volume.transfers.gate
+            target = await start_target(
+                volume, portal_host, portal_port, tcfg, login_gate=gate.login_refusal
+            )
+            gate.sessions = lambda: target.sessions if target is not None else 0
         log.info("controller for %s: api %s:%d, portal %s", cfg["volume"], *cfg["api"], portal)
         await stop.wait()
         log.info("stopping")

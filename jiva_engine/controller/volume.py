@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from jiva_engine.controller import transfer
 from jiva_engine.controller.backend import Connector, tcp_connector
 from jiva_engine.controller.coordinator import Coordinator
 from jiva_engine.controller.grow import Grower
@@ -144,6 +145,7 @@ class Volume:
         self.scrubber = Scrubber(self, scrub_rate, scrub_interval)
         self._task: asyncio.Task | None = None
         self.started_at = time.time()
+        self.transfers = transfer.Transfers(self)  # snapshot export, revert, import
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -240,6 +242,7 @@ class Volume:
             "quorum": self.coord.quorum(),
             "degraded": self.degraded(),
             "integrity": self.integrity(),
+            "transfer": self.transfers.status(),
             "scrub": self.scrubber.status(),
         }
 

@@ -20,7 +20,7 @@ from jiva_engine.iscsi import pdu as P
 from jiva_engine.iscsi.crc import crc32c
 from jiva_engine.iscsi.eager import start_eagerly
 from jiva_engine.iscsi.framing import Buffer, append_pdu, lengths, pad_len
-from jiva_engine.iscsi.login import LoginMachine, Params
+from jiva_engine.iscsi.login import SERVICE_UNAVAILABLE, LoginMachine, LoginResult, Params
 from jiva_engine.iscsi.pdu import RejectReason as Rej
 from jiva_engine.iscsi.pdu import TmfFunction as Tmf
 from jiva_engine.iscsi.pdu import TmfResponse
@@ -221,6 +221,12 @@ class Connection(ABC):
         assert lm is not None
         res = lm.handle(req, data)
         sess = None
+        refusal = None
+        gate = self.server.login_gate
+        if res.done and res.status == 0 and lm.session_type != "Discovery" and gate is not None:
+            refusal = gate()
+            if refusal:
+                res = LoginResult(False, res.csg, 0, SERVICE_UNAVAILABLE, b"", close=True)
         if res.done:
             nexus = Nexus(lm.initiator or "", lm.isid, self.server.config.tpgt)
             sess = Session(self, self.server.next_tsih(), lm.initiator or "", nexus,
@@ -242,9 +248,8 @@ class Connection(ABC):
         )
         self._send(rsp.pack(), res.text)
         if res.status != 0 or res.close:
-            log.warning(
-                "login from %s (%s) refused: status %#06x", self.peer, lm.initiator, res.status
-            )
+            log.warning("login from %s (%s) refused: status %#06x%s", self.peer, lm.initiator,
+                        res.status, f": {refusal}" if refusal else "")  # fmt: skip
             self.close()
             return
         if sess is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,10 @@ from jiva_engine.volume import BlockVolume
 log = logging.getLogger(__name__)
 
 IQN_PREFIX = "iqn.2026-11.org.jiva-py:"
+
+# asked before a normal session's login completes: None accepts it, a text refuses it (Service
+# Unavailable) and says why (a snapshot revert or an import needs the volume to itself)
+LoginGate = Callable[[], str | None]
 
 
 @dataclass
@@ -38,10 +42,13 @@ class TargetConfig(AuthConfig):
 class TargetServer:
     """The listening target: owns the SCSI target device, the connections and the sessions."""
 
-    def __init__(self, volume: BlockVolume, config: TargetConfig) -> None:
+    def __init__(
+        self, volume: BlockVolume, config: TargetConfig, login_gate: LoginGate | None = None
+    ) -> None:
         """Prepare (not yet listening)."""
         self.volume = volume
         self.config = config
+        self.login_gate = login_gate
         self.device = TargetDevice(volume, target_name=config.iqn)
         self.device.lu.on_fenced = self.drop_all
         self.conns: set[TargetProtocol] = set()
@@ -117,10 +124,15 @@ class TargetServer:
 
 
 async def start_target(
-    volume: BlockVolume, host: str, port: int, config: TargetConfig
+    volume: BlockVolume,
+    host: str,
+    port: int,
+    config: TargetConfig,
+    login_gate: LoginGate | None = None,
 ) -> TargetServer:
-    """Serve `volume` as LUN 0 of target `config.iqn` on host:port; returns the running server."""
-    ts = TargetServer(volume, config)
+    """Serve `volume` as LUN 0 of target `config.iqn` on host:port; returns the running server.
+    `login_gate`, when given, may refuse normal-session logins (see LoginGate)."""
+    ts = TargetServer(volume, config, login_gate)
     loop = asyncio.get_running_loop()
     ts.server = await loop.create_server(lambda: TargetProtocol(ts), host, port, reuse_address=True)
     log.info("iSCSI target %s listening on %s:%d", config.iqn, host, ts.address[1])

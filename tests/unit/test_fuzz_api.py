@@ -54,12 +54,32 @@ path = st.sampled_from(
         lambda t: t[0] + t[1].lstrip("/")
     )
 )
+# snapshot data, revert and import (api/transfer_routes.py)
+path = path | st.sampled_from(
+    [
+        "/v1/snapshots/s1/extents",
+        "/v1/snapshots/s1/data?offset=0&length=4096",
+        "/v1/snapshots/s1/data?offset=-1&length=x",
+        "/v1/snapshots/s1/revert",
+        "/v1/import",
+        "/v1/import/data?offset=0",
+        "/v1/import/data?offset=4096&length=8192&zero=1",
+        "/v1/import/data?offset=q",
+    ]
+)
+body = body | st.fixed_dictionaries(
+    {
+        "action": st.sampled_from(["begin", "end", "x"]) | json_val,
+        "source": st.text(max_size=10) | json_val,
+        "total": size | json_val,
+    }
+).map(json.dumps)
 method = st.sampled_from(["GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS"])
 authz = st.sampled_from(
     [None, f"Bearer {TOKEN}", "Bearer wrong", f"bearer {TOKEN}", TOKEN, "Basic eA==", "Bearer "]
 ) | st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
 
-ALLOWED = {200, 202, 400, 401, 404, 405, 409}
+ALLOWED = {200, 201, 202, 400, 401, 404, 405, 409}
 
 
 class Harness:

@@ -52,6 +52,7 @@ attributes:
     description: Reports whether the snapshot would be taken or deleted, without doing it.
   diff_mode:
     support: none
+    description: Not supported.
 """
 
 EXAMPLES = r"""
