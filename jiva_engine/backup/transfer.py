@@ -25,7 +25,6 @@ import aiohttp
 from jiva_engine.api.client import ApiError
 from jiva_engine.backup.store import (
     DEFAULT_BLOCK_SIZE,
-    MAX_BLOCK_SIZE,
     BackupError,
     BackupStore,
     is_zero,
@@ -37,6 +36,7 @@ PARALLEL = 4  # requests in flight
 COPY_CHUNK = MiB  # a clone copies the MiBs the snapshot's extents touch (several a request)
 READ_MAX = 4 * MiB  # a backup reads up to this much (of consecutive chunks) in one request
 WRITE_MAX = 4 * MiB  # a restore writes up to this much in one request (the API takes 16 MiB)
+ZERO_MAX = 1 << 30  # an unmap request covers at most this much (a few seconds of the API's)
 
 
 class Refused(BackupError):
@@ -276,14 +276,16 @@ def touched(runs: Iterable[tuple[int, int]], size: int, chunk: int) -> list[int]
     return sorted(out)
 
 
-def zero_runs(start: int, end: int, skip: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    """[start, end) minus the `skip` ranges (sorted), as runs of at most MAX_BLOCK_SIZE."""
+def zero_runs(
+    start: int, end: int, skip: Iterable[tuple[int, int]], most: int = ZERO_MAX
+) -> list[tuple[int, int]]:
+    """[start, end) minus the `skip` ranges (sorted), as runs of at most `most` bytes."""
     out: list[tuple[int, int]] = []
     pos = start
 
     def emit(a: int, b: int) -> None:
         while a < b:
-            n = min(MAX_BLOCK_SIZE, b - a)
+            n = min(most, b - a)
             out.append((a, n))
             a += n
 

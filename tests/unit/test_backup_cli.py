@@ -371,7 +371,7 @@ def test_request_planning():
     assert touched([(0, 4096), (MiB - 4096, 8192), (5 * MiB, MiB)], 7 * MiB, MiB) == [0, 1, 5]
     assert touched([(6 * MiB, 4 * MiB)], 7 * MiB, MiB) == [6]  # clipped to the size
     assert groups([0, 1, 2, 3, 4, 7, 8], 4) == [(0, 4), (4, 1), (7, 2)]
-    assert zero_runs(0, 40 * MiB, [(MiB, MiB), (3 * MiB, MiB)]) == [
+    assert zero_runs(0, 40 * MiB, [(MiB, MiB), (3 * MiB, MiB)], 16 * MiB) == [
         (0, MiB), (2 * MiB, MiB), (4 * MiB, 16 * MiB), (20 * MiB, 16 * MiB), (36 * MiB, 4 * MiB)
     ]  # fmt: skip
 
