@@ -1,4 +1,5 @@
-"""The `jiva` command: replica, witness, controller, target, status, grow, scrub, supervise and ha."""
+"""The `jiva` command: replica, witness, controller, target, status, grow, scrub, backup, clone,
+supervise and ha."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ SUBCOMMANDS = {
     "grow": ("jiva_engine.api.grow", "grow a volume online through its management API"),
     "scrub": ("jiva_engine.api.scrub", "check every block copy of a volume, repair what is bad"),
     "snapshot": ("jiva_engine.api.snapshot", "create, list, delete or revert a volume's snapshots"),
+    "backup": ("jiva_engine.backup.cli", "back up snapshots to a folder, list, restore, prune"),
+    "clone": ("jiva_engine.backup.clone", "copy a snapshot of one volume into another volume"),
     "supervise": ("jiva_engine.supervise", "keep one jiva process running (hosts without systemd)"),
     "ha": ("jiva_engine.ha", "run the failover play periodically (control node)"),
 }

@@ -72,6 +72,63 @@ def health(cfg: Path, home: Path, base_args: list[str], out: Path) -> dict:
     return {"rows": rows, "output": run.output, "degraded": json.loads(out.read_text())["degraded"]}
 
 
+def snapshot_names(api: str) -> list[str]:
+    with urllib.request.urlopen(f"http://{api}/v1/snapshots", timeout=5) as r:
+        return [s["name"] for s in json.load(r)["snapshots"]]
+
+
+def image(url: str, out: Path) -> bytes:
+    """The whole volume behind an iscsi:// URL, read with qemu-img."""
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", url, str(out)],
+                   check=True, capture_output=True, timeout=120)  # fmt: skip
+    return out.read_bytes()
+
+
+def snapshots_backup_restore(base: Path, cfg: Path, home: Path, base_args: list[str]) -> None:
+    """snapshot.yml takes/deletes snapshots idempotently; backup.yml backs lv2 up to a folder
+    (its snapshot deleted after); restore.yml writes that backup into lv1, byte for byte."""
+    lv1 = f"iscsi://lv1user%{CHAP_SECRET}@{PORTAL}:3260/iqn.2026-11.org.jiva-py:lv1/0"
+    lv2 = f"iscsi://{PORTAL2}:3260/iqn.2026-11.org.jiva-py:lv2/0"
+    pattern = ["-c", "write -P 0x5a 0 3M", "-c", "write -P 0x33 9M 1M"]
+    subprocess.run(["qemu-io", "-f", "raw", *pattern, lv2], check=True, capture_output=True,
+                   timeout=60)  # fmt: skip
+    snap = ["-e", "jiva_snapshot_name=t1"]
+    took = run_playbook("snapshot.yml", cfg, home, *base_args, *snap)
+    assert took.rc == 0 and took.changed() == 2, took.output
+    assert snapshot_names(f"{PORTAL}:9850") == ["t1"] and snapshot_names(API2) == ["t1"]
+    again = run_playbook("snapshot.yml", cfg, home, *base_args, *snap)
+    assert again.rc == 0 and again.changed() == 0, again.output
+    gone = run_playbook("snapshot.yml", cfg, home, *base_args, *snap, "-e",
+                        "jiva_snapshot_state=absent")  # fmt: skip
+    assert gone.rc == 0 and gone.changed() == 2, gone.output
+    assert snapshot_names(API2) == []
+    bad = run_playbook("snapshot.yml", cfg, home, *base_args, "-e", "jiva_snapshot_name=no way")
+    assert bad.rc != 0 and "jiva_snapshot_name" in bad.output
+
+    store = base / "backups"
+    only_lv2 = ["-e", '{"jiva_backup_volumes": ["lv2"]}', "-e", f"jiva_backup_dir={store}"]
+    backed = run_playbook("backup.yml", cfg, home, *base_args, *only_lv2)
+    assert backed.rc == 0, backed.output
+    assert snapshot_names(API2) == [], "the backup's snapshot was left behind"
+    listed = subprocess.run([str(base / "venv" / "bin" / "jiva"), "backup", "list", "--from",
+                             str(store), "--json"], capture_output=True, text=True, timeout=60,
+                            check=True)  # fmt: skip
+    backups = json.loads(listed.stdout)
+    backups = backups["backups"] if isinstance(backups, dict) else backups
+    assert [b["volume"] for b in backups] == ["lv2"], backups
+    restored = run_playbook(
+        "restore.yml", cfg, home, *base_args, "-e", f"jiva_backup_dir={store}",
+        "-e", f"jiva_restore_backup={backups[0]['name']}", "-e", "jiva_restore_volume=lv1",
+    )  # fmt: skip
+    assert restored.rc == 0, restored.output
+    want = image(lv2, base / "lv2.img")
+    assert want[: 3 << 20] == b"\x5a" * (3 << 20)
+    assert image(lv1, base / "lv1.img") == want
+    unknown = run_playbook("restore.yml", cfg, home, *base_args, "-e", f"jiva_backup_dir={store}",
+                           "-e", "jiva_restore_backup=x", "-e", "jiva_restore_volume=nope")  # fmt: skip
+    assert unknown.rc != 0 and "jiva_restore_volume" in unknown.output
+
+
 def controller_files(base: Path) -> tuple[Path, Path]:
     """(env file, pidfile) of lv1's controller, wherever placement put it."""
     envs = list(base.glob("nodes/*/etc/controller-lv1.env"))
@@ -183,6 +240,8 @@ def test_check_diff_deploy_idempotence_teardown(tmp_path):
         lambda: [w["state"] for w in api_state(API2)["witnesses"]] == ["ok"],
         what="the witness back",
     )
+
+    snapshots_backup_restore(tmp_path, cfg, home, base_args)
 
     before_env = env.read_text()
     before_pid = pidfile.read_text()

@@ -1,0 +1,1 @@
+"""Backups of volume snapshots to a folder (`jiva backup`), restores and clones (`jiva clone`)."""
