@@ -49,18 +49,21 @@ def when(ts: Any) -> str:
 
 
 def render(snaps: list[dict[str, Any]], limit: Any) -> str:
-    """The snapshot table: name, created, size of the volume then, data unique to it."""
+    """The snapshot table: name, created, size of the volume then, data its layer holds, data
+    unique to it (what a delete frees)."""
     rows = [
         [
             s.get("name"),
             when(s.get("created")),
             human_size(int(s.get("size") or 0)),
+            human_size(int(s.get("bytes") or 0)),
             human_size(int(s.get("unique") or 0)),
             s.get("id"),
         ]
         for s in snaps
     ]
-    table = tabulate(rows, headers=["NAME", "CREATED", "SIZE", "UNIQUE", "ID"], tablefmt="plain")
+    headers = ["NAME", "CREATED", "SIZE", "BYTES", "UNIQUE", "ID"]
+    table = tabulate(rows, headers=headers, tablefmt="plain")
     return (
         f"{table}\n{len(snaps)} snapshot(s), limit {limit}"
         if rows

@@ -198,7 +198,7 @@ async def test_create_list_delete_through_the_cli_and_the_api(cluster):
         assert {"id", "name", "created", "size", "bytes", "unique"} <= set(s)
         assert s["size"] == SIZE and abs(s["created"] - time.time()) < 300
     r = cl.cli("list")
-    assert r.returncode == 0 and "3 snapshot(s), limit 3" in r.stdout
+    assert r.returncode == 0 and "3 snapshot(s), limit 3" in r.stdout and "UNIQUE" in r.stdout
     assert cl.status()["snapshots"]["count"] == 3
     with urllib.request.urlopen(f"http://127.0.0.1:{cl.api}/metrics", timeout=5) as m:
         assert f'jiva_volume_snapshots{{volume="{VOL}"}} 3' in m.read().decode()
