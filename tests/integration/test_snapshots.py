@@ -40,8 +40,11 @@ LIMIT = 3
 class Cluster:
     """Three replicas and a controller (API with a token, iSCSI portal) on 127.0.0.1."""
 
-    def __init__(self, procs, root: Path, limit: int = LIMIT, extra: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, procs, root: Path, limit: int = LIMIT, extra: tuple[str, ...] = (), size: int = SIZE
+    ) -> None:
         self.procs, self.root, self.limit, self.extra = procs, root, limit, extra
+        self.size = size
         self.ports = [free_port() for _ in range(3)]
         self.dirs = [root / f"r{i}" for i in range(3)]
         self.rproc: list = [None] * 3
@@ -58,14 +61,14 @@ class Cluster:
         self.starts[i] += 1
         self.rproc[i] = self.procs.jiva(
             "replica", "--volume", VOL, "--listen", f"127.0.0.1:{self.ports[i]}", "--dir",
-            str(self.dirs[i]), "--size", str(SIZE), name=f"r{i}-{self.starts[i]}",
+            str(self.dirs[i]), "--size", str(self.size), name=f"r{i}-{self.starts[i]}",
         )  # fmt: skip
         wait_port("127.0.0.1", self.ports[i])
 
     def start_controller(self) -> None:
         self.ctl_starts += 1
         args = ["controller", "--volume", VOL, "--api", f"127.0.0.1:{self.api}", "--portal",
-                f"127.0.0.1:{self.portal}", "--size", str(SIZE), "--replica-timeout", "2",
+                f"127.0.0.1:{self.portal}", "--size", str(self.size), "--replica-timeout", "2",
                 "--token-file", str(self.token_file), "--max-snapshots", str(self.limit),
                 *self.extra]  # fmt: skip
         for p in self.ports:
@@ -127,16 +130,18 @@ class Cluster:
                 out.append(await c.snap_list())
         return out
 
-    async def snap_data(self, i: int, sid: str, size: int = SIZE) -> bytes:
+    async def snap_data(self, i: int, sid: str) -> bytes:
         async with self.replica(i) as c:
             epoch = int((await c.info()).get("epoch") or 0)
-            parts = [await c.snap_read(sid, off, 4 * MiB, epoch) for off in range(0, size, 4 * MiB)]
+            parts = [
+                await c.snap_read(sid, off, 4 * MiB, epoch) for off in range(0, self.size, 4 * MiB)
+            ]
         return b"".join(bytes(p) for p in parts)
 
     async def head_data(self, i: int) -> bytes:
         async with self.replica(i) as c:
             epoch = int((await c.info()).get("epoch") or 0)
-            parts = [await c.read(off, 4 * MiB, epoch) for off in range(0, SIZE, 4 * MiB)]
+            parts = [await c.read(off, 4 * MiB, epoch) for off in range(0, self.size, 4 * MiB)]
         return b"".join(bytes(p) for p in parts)
 
 
@@ -565,3 +570,53 @@ async def test_a_rebuild_reads_snapshot_blocks_bad_on_its_source_from_another_me
         assert data[b * BLOCK : (b + 1) * BLOCK] == pattern(b, 1), f"block {b}"
     lists = await cl.snap_lists()
     assert ids(lists[0]) == ids(lists[1]) == ids(lists[2]) == [sid]
+
+
+async def test_a_controller_killed_in_a_long_delete_completes_it_after_restart(procs, tmp_path):
+    """A snapshot whose layer holds most of a 192 MiB volume takes several SNAP_DELETE steps to
+    merge: the controller is killed while they run; after the restart the replicas agree, the
+    delete can be completed, and the volume's data is what was written."""
+    size = 192 * MiB
+    cl = Cluster(procs, tmp_path, size=size)
+    await cl.healthy()
+    init = Initiator("127.0.0.1", cl.portal, IQN, timeout=60)
+    await init.connect()
+    chunk = MiB
+
+    def data_at(off: int) -> bytes:
+        return struct.pack(">Q", off) * (chunk // 8)
+
+    try:
+        offsets = list(range(0, size - 16 * MiB, chunk))
+
+        async def fill(mine: list[int]) -> None:
+            for off in mine:
+                await init.write(off // 512, data_at(off))
+
+        await asyncio.gather(*(fill(offsets[k::4]) for k in range(4)))
+    finally:
+        await init.close()
+    assert cl.http("POST", "/v1/snapshots", {"name": "big"})[0] == 201
+    fut = asyncio.ensure_future(asyncio.to_thread(cl.http, "DELETE", "/v1/snapshots/big"))
+    await eventually(lambda: fut.done() or cl.status()["snapshots"]["busy"] == "delete", 20,
+                     "the delete running")  # fmt: skip
+    cl.procs.kill(cl.ctl, signal.SIGKILL)
+    with contextlib.suppress(Exception):
+        await fut
+    cl.start_controller()
+    await cl.healthy(120)
+
+    async def agreed():
+        lists = await cl.snap_lists()
+        return lists if ids(lists[0]) == ids(lists[1]) == ids(lists[2]) else None
+
+    lists = await eventually(agreed, 120, "the snapshot lists agreeing after the kill")
+    if lists[0]:
+        code, doc = cl.http("DELETE", "/v1/snapshots/big")
+        assert code == 200, doc
+    lists = await eventually(agreed, 60, "the lists agreeing after the delete")
+    assert lists[0] == []
+    heads = [await cl.head_data(i) for i in range(3)]
+    assert heads[0] == heads[1] == heads[2]
+    for off in offsets[::7]:
+        assert heads[0][off : off + chunk] == data_at(off), f"data at {off} lost"
