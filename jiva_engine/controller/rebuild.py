@@ -404,6 +404,7 @@ class Rebuilder:
             total += sum(n for _, n in runs)
             prev = snap["id"]
         progress = m.rebuild = {"done": 0, "total": total}
+        m.last_error = f"rebuilding: copying {len(snaps)} snapshot(s) before it takes writes"
         gate = asyncio.Semaphore(REBUILD_PARALLEL)
 
         async def one(sid: str, o: int, n: int) -> None:
