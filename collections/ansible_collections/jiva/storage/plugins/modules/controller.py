@@ -85,6 +85,11 @@ options:
     description: Scrub pace in MiB/s of volume (omitted, the engine default of 64).
     type: float
     version_added: "0.4.0"
+  max_snapshots:
+    description: Most snapshots the volume may hold (1-250), checked before one is taken
+      (omitted, the engine default of 64).
+    type: int
+    version_added: "0.5.0"
   secret:
     description: Shared controller/replica secret (0600 file).
     type: str
@@ -244,6 +249,7 @@ def main():
         rebuild_rate=dict(type="int"),
         scrub_interval=dict(type="str"),
         scrub_rate=dict(type="float"),
+        max_snapshots=dict(type="int"),
         secret=dict(type="str", no_log=True),
         previous_secret=dict(type="str", no_log=True),
         token=dict(type="str", no_log=True),
@@ -292,6 +298,8 @@ def main():
             args += ["--scrub-interval", p["scrub_interval"]]
         if p["scrub_rate"] is not None:
             args += ["--scrub-rate", "%g" % p["scrub_rate"]]
+        if p["max_snapshots"] is not None:
+            args += ["--max-snapshots", str(p["max_snapshots"])]
         if p["chap_user"]:
             args += ["--chap-user", p["chap_user"]]
         for iqn in p["allowed_initiators"]:
