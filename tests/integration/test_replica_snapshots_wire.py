@@ -120,3 +120,30 @@ async def test_extents_answer_the_views_allocation(replica):
     assert await c.snap_extents(0, 8 * MiB, None, "s1", 1) == [[3 * MiB, B], [5 * MiB, B]]
     assert await c.snap_extents(0, 8 * MiB, "s1", None, 1) == [[MiB, B]]
     await c.close()
+
+
+def du(path) -> int:
+    """Bytes the files under `path` take on disk."""
+    return sum(p.stat().st_blocks * 512 for p in path.rglob("*") if p.is_file())
+
+
+async def test_delete_reclaims_the_space_the_child_overwrote(replica):
+    c = await replica.connect()
+    await c.set_meta(epoch=1, membership=[f"127.0.0.1:{replica.port}"])
+    for off in range(0, 16 * MiB, 4 * MiB):
+        await c.write(off, random.randbytes(4 * MiB), 1)
+    await c.snapshot({"id": "s1", "name": "one", "created": 1}, 1)
+    final = random.randbytes(16 * MiB)
+    for off in range(0, 16 * MiB, 4 * MiB):  # every block of the snapshot overwritten
+        await c.write(off, final[off : off + 4 * MiB], 1)
+    await c.flush(1)
+    listed = await c.snap_list()
+    assert listed[0]["unique"] == 16 * MiB and listed[0]["bytes"] >= 16 * MiB
+    before = du(replica.dir)
+    while not (await c.snap_delete("s1", 1))["done"]:
+        pass
+    after = du(replica.dir)
+    assert before - after >= 15 * MiB, (before, after)
+    got = b"".join([bytes(await c.read(o, 4 * MiB, 1)) for o in range(0, 16 * MiB, 4 * MiB)])
+    assert got == final
+    await c.close()
