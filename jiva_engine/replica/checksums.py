@@ -19,11 +19,10 @@ run in a worker thread.
 
 from __future__ import annotations
 
-import array
 import mmap
 import os
+import re
 import struct
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,6 +33,7 @@ BSHIFT = 12
 MASK = BLOCK - 1
 NAME = "volume.crc"
 ZERO_SUM = crc32c(bytes(BLOCK))
+NONZERO = re.compile(rb"[^\x00]+")  # runs of bytes that are not zero (entries, index bytes)
 _U32 = struct.Struct("<I")
 # the entry of a block known to have no good copy anywhere (its data reads as zeroes, whose
 # checksum this never is): it fails every check until a whole-block write replaces it
@@ -101,23 +101,30 @@ class BlockSums:
             return
         struct.pack_into(f"<{len(sums)}I", self.mm, first * 4, *sums)
 
-    def present(self, first: int, count: int) -> list[int]:
-        """Block numbers in [first, first + count) whose entry is not 0 (written: data of their
-        own, or explicit zeroes), in order."""
+    def present_runs(self, first: int, count: int) -> list[tuple[int, int]]:
+        """(first block, count) runs of the blocks in [first, first + count) whose entry is not
+        0 (written: data of their own, or explicit zeroes); found by a regular expression over
+        the entries' bytes, so a mostly empty GiB (a MiB of entries) costs about a millisecond."""
         assert self.mm is not None
         end = min(first + count, self.blocks(self.size))
+        runs: list[list[int]] = []
+        if end <= first:
+            return []
+        raw = self.mm[first * 4 : end * 4]
+        for m in NONZERO.finditer(raw):
+            a = first + (m.start() >> 2)
+            b = first + ((m.end() - 1) >> 2) + 1
+            if runs and runs[-1][1] >= a:  # the same entry, or the next one
+                runs[-1][1] = max(runs[-1][1], b)
+            else:
+                runs.append([a, b])
+        return [(a, b - a) for a, b in runs]
+
+    def present(self, first: int, count: int) -> list[int]:
+        """Block numbers in [first, first + count) whose entry is not 0, in order."""
         out: list[int] = []
-        step = 1 << 18
-        for a in range(first, end, step):
-            n = min(step, end - a)
-            raw = self.mm[a * 4 : (a + n) * 4]
-            if not raw.strip(b"\0"):
-                continue
-            arr = array.array("I")
-            arr.frombytes(raw)
-            if sys.byteorder != "little":  # pragma: no cover
-                arr.byteswap()
-            out += [a + i for i, e in enumerate(arr) if e]
+        for a, n in self.present_runs(first, count):
+            out.extend(range(a, a + n))
         return out
 
     def clear(self, first: int, count: int) -> None:

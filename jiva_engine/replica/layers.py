@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from jiva_engine.replica.checksums import BLOCK, BSHIFT, BlockSums
+from jiva_engine.replica.checksums import BLOCK, BSHIFT, NONZERO, BlockSums
 
 DIR = "snapshots"
 MAX_LAYERS = 250  # index entries are one byte
@@ -146,6 +146,12 @@ class Layers:
         self.nblocks = nblocks
         if self.index:
             self.index.extend(bytes(nblocks - len(self.index)))
+
+    def held_runs(self, first: int, count: int) -> list[tuple[int, int]]:
+        """(first block, count) runs of [first, first + count) that some layer holds."""
+        index = self.index
+        return [(m.start(), m.end() - m.start())
+                for m in NONZERO.finditer(index, first, min(len(index), first + count))]  # fmt: skip
 
     def holder(self, b: int, upto: int) -> int:
         """Position of the newest layer at or below `upto` holding block `b` (0: none)."""

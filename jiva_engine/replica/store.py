@@ -887,10 +887,8 @@ class ReplicaStore:
         if self.layers:  # the view's allocation: what the head or any layer holds
             a, end = offset >> BSHIFT, min(self.size, offset + length)
             count = ((end + MASK) >> BSHIFT) - a
-            held = set(self.sums.present(a, count))
-            for layer in self.layers.list:
-                held.update(layer.present(a, max(0, min(count, layer.nblocks - a))))
-            blocks = [[b << BSHIFT, n << BSHIFT] for b, n in runs_of(sorted(held))]
+            blocks = [[b << BSHIFT, n << BSHIFT] for b, n in self.sums.present_runs(a, count)]
+            blocks += [[b << BSHIFT, n << BSHIFT] for b, n in self.layers.held_runs(a, count)]
             runs = union_runs(runs, blocks, end)
         gran = self.region_size
         while len(runs) > max_runs:
@@ -1247,12 +1245,11 @@ class ReplicaStore:
             raise SnapshotError(f"snapshot {since} is not older than {to}")
         first = offset >> BSHIFT
         count = ((min(self.size, offset + length) + MASK) >> BSHIFT) - first
-        held: set[int] = set()
+        held: list[list[int]] = []
         for p in range(lo + 1, hi + 1):
             sums = self.layers.list[p - 1].sums if p <= len(self.layers) else self.sums
-            held.update(sums.present(first, count))
-        end = min(self.size, offset + length)
-        return union_runs([], [[b << BSHIFT, n << BSHIFT] for b, n in runs_of(sorted(held))], end)
+            held += [[b << BSHIFT, n << BSHIFT] for b, n in sums.present_runs(first, count)]
+        return union_runs([], held, min(self.size, offset + length))
 
     def snap_reset(self) -> list[Layer]:
         """SNAP_RESET, first step: no snapshot, and the replica marked as being rebuilt (the
