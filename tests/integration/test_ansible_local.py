@@ -373,6 +373,7 @@ def test_voter_module_states_are_idempotent(tmp_path, kind):
         "listen": f"{NET}.39:{port}",
         "data_dir": str(tmp_path / "data" / "m1"),
         "secret": secret,
+        "metrics": f"{NET}.39:{port + 200}",  # the role's jiva_metrics_port_base rule
         "config_dir": str(tmp_path / "etc"),
         "run_dir": str(tmp_path / "run"),
         "log_dir": str(tmp_path / "log"),
@@ -409,6 +410,19 @@ def test_voter_module_states_are_idempotent(tmp_path, kind):
     assert r["changed"] and r["actions"] == ["start"], r
     pid = int(pidfile.read_text())
     assert Path(f"/proc/{pid}").exists()
+    assert r["args"][-4:-2] == ["--metrics", base["metrics"]], r
+    up = "jiva_replica_up" if kind == "replica" else "jiva_witness_process_up"
+
+    def scraped() -> str:
+        try:
+            with urllib.request.urlopen(f"http://{base['metrics']}/metrics", timeout=2) as resp:
+                return resp.read().decode()
+        except OSError:
+            return ""
+
+    assert f'{up}{{volume="m1",{kind}="{base["listen"]}"}} 1' in eventually_sync(
+        scraped, what="the metrics listener"
+    )
     assert not run_module(tmp_path, kind, {**base, "state": "started"})["changed"]
 
     r = run_module(tmp_path, kind, {**base, "state": "stopped"}, "--check")
