@@ -2,6 +2,11 @@
 
 Started detached (setsid) by the Ansible service layer; restarts its child with backoff when it
 crashes, stops it on SIGTERM, and keeps pidfiles so the service layer and fault tests find both.
+
+Its log is size-capped (hosts without systemd have no journald to do it): every few seconds, when
+the log is past --log-max-bytes, it is copied to LOG.1 (older copies shift to LOG.2 ..
+LOG.N, the oldest dropped; N = --log-keep) and truncated in place, like logrotate's copytruncate:
+the child keeps writing to the same file (opened O_APPEND), so nothing is restarted.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +25,7 @@ MIN_BACKOFF = 0.2
 MAX_BACKOFF = 10.0
 STABLE_AFTER = 30.0  # a child that ran this long resets the backoff
 STOP_GRACE = 10.0
+LOG_CHECK_EVERY = 2.0  # seconds between two looks at the log's size
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +34,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pidfile", required=True, help="this supervisor's pidfile")
     parser.add_argument("--env-file", help="file with JIVA_ARGS=... appended to the command")
     parser.add_argument("--log", help="append the child's output here (default: inherit)")
+    parser.add_argument(
+        "--log-max-bytes",
+        type=int,
+        default=50 << 20,
+        help="rotate the log once it is past this size (default 50 MiB; 0 = never)",
+    )
+    parser.add_argument(
+        "--log-keep", type=int, default=3, help="rotated copies kept: LOG.1 .. LOG.N (default 3)"
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- PROGRAM [ARGS...]")
 
 
@@ -44,8 +60,18 @@ def read_env_args(path: str) -> list[str]:
 class Supervisor:
     """Runs the child, restarts it after a crash with exponential backoff, stops it on SIGTERM."""
 
-    def __init__(self, name: str, command: list[str], pidfile: Path, log: Path | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        pidfile: Path,
+        log: Path | None,
+        log_max_bytes: int = 0,
+        log_keep: int = 3,
+    ) -> None:
         self.name = name
+        self.log_max_bytes = log_max_bytes
+        self.log_keep = max(1, log_keep)
         self.command = command
         self.pidfile = pidfile
         self.childfile = Path(str(pidfile) + ".child")
@@ -129,9 +155,30 @@ class Supervisor:
         assert self.child is not None
         while True:
             try:
-                return self.child.wait()
+                return self.child.wait(timeout=LOG_CHECK_EVERY if self.log_max_bytes else None)
+            except subprocess.TimeoutExpired:
+                self.rotate_log()
             except InterruptedError:  # pragma: no cover - PEP 475 retries for us
                 continue
+
+    def rotate_log(self) -> bool:
+        """Copy-and-truncate the log when it is past the cap; True when it was rotated."""
+        if not self.log or not self.log_max_bytes:
+            return False
+        try:
+            if self.log.stat().st_size <= self.log_max_bytes:
+                return False
+            for i in range(self.log_keep - 1, 0, -1):
+                older = Path(f"{self.log}.{i}")
+                if older.exists():
+                    older.replace(f"{self.log}.{i + 1}")
+            shutil.copyfile(self.log, f"{self.log}.1")
+            os.truncate(self.log, 0)
+        except OSError as exc:  # a full or read-only disk must not stop the supervision
+            self.say(f"cannot rotate {self.log}: {exc}")
+            return False
+        self.say(f"log rotated (past {self.log_max_bytes} bytes; {self.log_keep} copies kept)")
+        return True
 
     def _stop_child(self) -> None:
         if not self.child or self.child.poll() is not None:
@@ -158,7 +205,17 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             print(f"jiva supervise: {exc}", file=sys.stderr)
             return 2
-    sup = Supervisor(args.name, command, Path(args.pidfile), Path(args.log) if args.log else None)
+    if args.log_max_bytes < 0 or args.log_keep < 1:
+        print("jiva supervise: --log-max-bytes must be >= 0 and --log-keep >= 1", file=sys.stderr)
+        return 2
+    sup = Supervisor(
+        args.name,
+        command,
+        Path(args.pidfile),
+        Path(args.log) if args.log else None,
+        args.log_max_bytes,
+        args.log_keep,
+    )
     return sup.run()
 
 

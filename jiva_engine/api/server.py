@@ -16,6 +16,9 @@ from jiva_engine.controller.grow import GrowRefused
 from jiva_engine.controller.scrub import ScrubRunning
 from jiva_engine.controller.snapshots import SnapshotRefused
 from jiva_engine.controller.volume import Volume
+from jiva_engine.metrics import Exposition
+from jiva_engine.metrics import label as _label
+from jiva_engine.metrics import response as metrics_response
 from jiva_engine.util import parse_size
 from jiva_engine.volume import VolumeFenced, VolumeNotReady
 
@@ -123,22 +126,12 @@ async def get_stats(request: web.Request) -> web.Response:
     return web.json_response(_stats(request.app))
 
 
-def _label(v: str) -> str:
-    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
 def render_metrics(app: web.Application) -> str:
     """Prometheus text exposition format (version 0.0.4)."""
     vol = app[_VOLUME]
     name = _label(vol.name)
-    lines: list[str] = []
-
-    def metric(mname: str, mtype: str, help_text: str, samples: list[tuple[str, float]]) -> None:
-        lines.append(f"# HELP {mname} {help_text}")
-        lines.append(f"# TYPE {mname} {mtype}")
-        for labels, value in samples:
-            v = float(value)  # exact: byte counters and timestamps need more than %g's 6 digits
-            lines.append(f"{mname}{{{labels}}} {int(v) if v.is_integer() else repr(v)}")
+    out = Exposition()
+    metric = out.metric
 
     vl = f'volume="{name}"'
     s = vol.stats
@@ -284,15 +277,12 @@ def render_metrics(app: web.Application) -> str:
         "1 while the witness answers",
         [(f'{vl},witness="{_label(w.address)}"', w.connected) for w in vol.coord.witnesses()],
     )
-    return "\n".join(lines) + "\n"
+    return out.text()
 
 
 async def get_metrics(request: web.Request) -> web.Response:
     """GET /metrics"""
-    return web.Response(
-        body=render_metrics(request.app).encode(),
-        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
-    )
+    return metrics_response(render_metrics(request.app))
 
 
 @needs_token

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 
+from jiva_engine.metrics import MetricsServer
 from jiva_engine.replica.server import ReplicaServer
 from jiva_engine.replica.store import ReplicaStore, StoreError
 from jiva_engine.util import (
@@ -35,6 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="also serve Prometheus metrics (GET /metrics, no token) on HOST:PORT; default off",
+    )
+    p.add_argument(
         "--sync-interval",
         type=float,
         default=5.0,
@@ -61,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         region = parse_size(args.region_size)
         host, port = parse_hostport(args.listen)
         secret, previous = read_secret_pair(args.secret_file, args.previous_secret_file)
+        metrics = parse_hostport(args.metrics) if args.metrics else None
     except ValueError as e:
         return config_error("replica", str(e))
     if args.sync_interval <= 0:
@@ -80,14 +87,30 @@ def run(args: argparse.Namespace) -> int:
         args.writer_silence,
         previous.encode() if previous else None,
     )
-    return run_loop(_serve(server, host, port))
+    return run_loop(_serve(server, host, port, metrics, args.listen))
 
 
-async def _serve(server: ReplicaServer, host: str, port: int) -> int:
+async def _serve(
+    server: ReplicaServer,
+    host: str,
+    port: int,
+    metrics: tuple[str, int] | None = None,
+    listen: str = "",
+) -> int:
     store = server.store
+    exporter = MetricsServer(lambda: server.metrics_text(listen))
     try:
+        if metrics is not None:
+            try:
+                await exporter.start(*metrics)
+            except OSError as e:
+                why = os.strerror(e.errno).lower() if e.errno else str(e)
+                store.close(clean=True)
+                where = f"{metrics[0]}:{metrics[1]}"
+                return config_error("replica", f"cannot serve --metrics on {where}: {why}")
         await server.start(host, port)
     except OSError as e:
+        await exporter.stop()
         store.close(clean=True)
         why = os.strerror(e.errno).lower() if e.errno else str(e)
         return config_error("replica", f"cannot listen on {host}:{port}: {why}")
@@ -106,6 +129,7 @@ async def _serve(server: ReplicaServer, host: str, port: int) -> int:
     )
     await stop.wait()
     log.info("shutting down")
+    await exporter.stop()
     await server.stop()
     log.info("stopped cleanly")
     return 0

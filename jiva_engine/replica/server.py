@@ -14,6 +14,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from jiva_engine.metrics import Exposition, label
 from jiva_engine.protocol import voting
 from jiva_engine.replica.connection import ReplicaConnection
 from jiva_engine.replica.store import ReplicaStore
@@ -242,3 +243,42 @@ class ReplicaServer:
         self.conns.discard(conn)
         if conn.active is not None:
             self.last_closed_active = max(self.last_closed_active or 0.0, conn.active)
+
+    def metrics_text(self, address: str) -> str:
+        """`GET /metrics` of `--metrics` (Prometheus text format); `address` is the replica's
+        `--listen`, its label (the controller's metrics name replicas by that address too)."""
+        store = self.store
+        out = Exposition()
+        lbl = f'volume="{label(store.volume)}",replica="{label(address)}"'
+        out.metric("jiva_replica_up", "gauge", "1 while the replica process serves", [(lbl, 1)])
+        st = self.stats
+        for key, mname, help_text in [
+            ("reads", "jiva_replica_reads_total", "read requests served"),
+            ("writes", "jiva_replica_writes_total", "write requests stored"),
+            ("unmaps", "jiva_replica_unmaps_total", "unmap requests"),
+            ("flushes", "jiva_replica_flushes_total", "flush requests"),
+            ("bytes_read", "jiva_replica_read_bytes_total", "bytes read"),
+            ("bytes_written", "jiva_replica_write_bytes_total", "bytes written"),
+            ("rebuild_bytes_written", "jiva_replica_rebuild_written_bytes_total",
+             "bytes written by rebuilds (copied to this replica)"),
+            ("errors", "jiva_replica_io_errors_total", "requests that failed (disk or input)"),
+            ("checksum_errors", "jiva_replica_checksum_errors_total",
+             "blocks that failed their checksum when read"),
+        ]:  # fmt: skip
+            out.metric(mname, "counter", help_text, [(lbl, getattr(st, key))])
+        out.metric("jiva_replica_dirty_regions", "gauge", "regions in the write-intent map",
+                   [(lbl, len(store.dirty))])  # fmt: skip
+        out.metric("jiva_replica_snapshots", "gauge", "snapshot layers held",
+                   [(lbl, len(store.layers.ids()))])  # fmt: skip
+        out.metric("jiva_replica_connections", "gauge", "controller connections",
+                   [(lbl, len(self.conns))])  # fmt: skip
+        out.metric("jiva_replica_size_bytes", "gauge", "volume size", [(lbl, store.size)])
+        out.metric("jiva_replica_epoch", "gauge", "epoch recorded (term << 32 | view)",
+                   [(lbl, store.epoch)])  # fmt: skip
+        out.metric(
+            "jiva_replica_store_mode",
+            "gauge",
+            "1 for the mode the replica's store records",
+            [(f'{lbl},mode="{m}"', store.mode == m) for m in ("RW", "WO", "ERR")],
+        )
+        return out.text()

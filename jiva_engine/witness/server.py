@@ -12,6 +12,7 @@ import contextlib
 import logging
 from typing import Any
 
+from jiva_engine.metrics import Exposition, label
 from jiva_engine.protocol import auth, voting, wire
 from jiva_engine.witness.store import WitnessStore
 
@@ -77,6 +78,18 @@ class WitnessServer:
             others = [c.active for c in self.conns.values() if c is not claimer]
             out["quiet"] = voting.quiet_seconds(now, others, self.last_closed_active)
         return out
+
+    def metrics_text(self, address: str) -> str:
+        """`GET /metrics` of `--metrics` (Prometheus text format), labelled with `--listen`."""
+        out = Exposition()
+        lbl = f'volume="{label(self.store.volume)}",witness="{label(address)}"'
+        out.metric("jiva_witness_process_up", "gauge", "1 while the witness process serves",
+                   [(lbl, 1)])  # fmt: skip
+        out.metric("jiva_witness_connections", "gauge", "controller connections",
+                   [(lbl, len(self.conns))])  # fmt: skip
+        out.metric("jiva_witness_epoch", "gauge", "epoch recorded (term << 32 | view)",
+                   [(lbl, self.store.meta["epoch"])])  # fmt: skip
+        return out.text()
 
     async def _persist(self) -> None:
         async with self._lock:

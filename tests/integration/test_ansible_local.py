@@ -199,6 +199,19 @@ def test_check_diff_deploy_idempotence_teardown(tmp_path):
     ctl2 = next(tmp_path.glob("nodes/*/etc/controller-lv2.env")).read_text()
     assert f"--witness {waddr}" in ctl2 and "--quorum majority" in ctl2, ctl2
     assert f"n{windex}:ok" in deploy.output, deploy.output  # the volume table's witness column
+    # every replica and the witness serve /metrics on jiva_metrics_port_base (default 9900) +
+    # replica_port - jiva_replica_port_base (9750 here)
+    served = [("lv1", "replica", r["address"]) for r in st["replicas"]]
+    served += [("lv2", "replica", r["address"]) for r in st2["replicas"]]
+    served += [("lv2", "witness", waddr)]
+    for vol, kind, addr in served:
+        host, port = addr.rsplit(":", 1)
+        with urllib.request.urlopen(
+            f"http://{host}:{int(port) - 9750 + 9900}/metrics", timeout=5
+        ) as r:
+            text = r.read().decode()
+        up = "jiva_replica_up" if kind == "replica" else "jiva_witness_process_up"
+        assert f'{up}{{volume="{vol}",{kind}="{addr}"}} 1' in text, text
 
     # node_state (the failover play's host check) reports the witness service and its metadata
     (tmp_path / "ns").mkdir()
@@ -375,6 +388,7 @@ def test_voter_module_states_are_idempotent(tmp_path, kind):
         "listen": f"{NET}.39:{port}",
         "data_dir": str(tmp_path / "data" / "m1"),
         "secret": secret,
+        "metrics": f"{NET}.39:{port + 200}",  # the role's jiva_metrics_port_base rule
         "config_dir": str(tmp_path / "etc"),
         "run_dir": str(tmp_path / "run"),
         "log_dir": str(tmp_path / "log"),
@@ -411,6 +425,19 @@ def test_voter_module_states_are_idempotent(tmp_path, kind):
     assert r["changed"] and r["actions"] == ["start"], r
     pid = int(pidfile.read_text())
     assert Path(f"/proc/{pid}").exists()
+    assert r["args"][-4:-2] == ["--metrics", base["metrics"]], r
+    up = "jiva_replica_up" if kind == "replica" else "jiva_witness_process_up"
+
+    def scraped() -> str:
+        try:
+            with urllib.request.urlopen(f"http://{base['metrics']}/metrics", timeout=2) as resp:
+                return resp.read().decode()
+        except OSError:
+            return ""
+
+    assert f'{up}{{volume="m1",{kind}="{base["listen"]}"}} 1' in eventually_sync(
+        scraped, what="the metrics listener"
+    )
     assert not run_module(tmp_path, kind, {**base, "state": "started"})["changed"]
 
     r = run_module(tmp_path, kind, {**base, "state": "stopped"}, "--check")

@@ -48,6 +48,12 @@ options:
         O(secret). See "Rotating the replica secret or the API token" in docs/ANSIBLE.md.
     type: str
     version_added: "0.3.0"
+  metrics:
+    description:
+      - HOST:PORT of its Prometheus metrics listener (C(GET /metrics), no token; C(--metrics)).
+        Unset or empty - no listener (the engine's default).
+    type: str
+    version_added: "0.5.0"
   delete_data:
     description: With O(state=absent), also delete O(data_dir). Nothing else deletes data.
     type: bool

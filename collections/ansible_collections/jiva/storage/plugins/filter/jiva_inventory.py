@@ -1,13 +1,19 @@
 # -*- coding: utf-8 -*-
 # Copyright: jiva-py contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
-"""Filter jiva.storage.inventory_problems: what is wrong with the storage hosts, taken together."""
+"""Filters jiva.storage.inventory_problems (what is wrong with the storage hosts, taken together)
+and jiva.storage.metrics_port (where a replica or witness serves its metrics)."""
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+from ansible.errors import AnsibleFilterError
 from ansible_collections.jiva.storage.plugins.module_utils.jiva_inventory import inventory_problems
+from ansible_collections.jiva.storage.plugins.module_utils.jiva_placement import (
+    PlacementError,
+    metrics_port,
+)
 
 
 def _problems(names, hostvars):
@@ -26,9 +32,16 @@ def _problems(names, hostvars):
     return inventory_problems(hosts)
 
 
+def _metrics_port(replica_port, metrics_port_base=9900, replica_port_base=9700):
+    try:
+        return metrics_port(replica_port, int(metrics_port_base or 0), int(replica_port_base))
+    except (PlacementError, ValueError, TypeError) as exc:
+        raise AnsibleFilterError("jiva.storage.metrics_port: %s" % exc)
+
+
 class FilterModule(object):
     """jiva.storage inventory filters."""
 
     def filters(self):
         """Map filter names to functions."""
-        return {"inventory_problems": _problems}
+        return {"inventory_problems": _problems, "metrics_port": _metrics_port}

@@ -16,6 +16,7 @@ import re
 DEFAULT_PORTAL_PORT = 3260
 DEFAULT_REPLICA_PORT_BASE = 9700
 DEFAULT_API_PORT_BASE = 9800
+DEFAULT_METRICS_PORT_BASE = 9900
 QUORUM_POLICIES = ("majority", "off")
 VOLUME_STATES = ("present", "absent")
 UNLISTED_POLICIES = ("ignore", "refuse", "remove")
@@ -376,6 +377,46 @@ def _check_ports(volumes, nodes):
                 )
 
 
+def metrics_port(replica_port, metrics_port_base, replica_port_base=DEFAULT_REPLICA_PORT_BASE):
+    """The port of a replica's or witness's Prometheus listener (`--metrics`): the volume's
+    replica port moved by (metrics base - replica base), so it is as stable as the replica port
+    (9700 + i -> 9900 + i with the defaults). None when metrics are off (`metrics_port_base` 0)."""
+    base = _port(metrics_port_base, "jiva_metrics_port_base") if metrics_port_base else 0
+    if not base or replica_port is None:
+        return None
+    port = base + int(replica_port) - int(replica_port_base)
+    if not 0 < port < 65536:
+        raise PlacementError(
+            "replica_port %s gives metrics port %d (jiva_metrics_port_base %d + replica_port - "
+            "jiva_replica_port_base %s), not a TCP port" % (replica_port, port, base, replica_port_base)
+        )
+    return port
+
+
+def _check_metrics_ports(volumes, nodes, metrics_port_base, replica_port_base):
+    """Set each volume's `metrics_port`; fail when one would bind a port another listener of
+    the storage hosts' addresses uses (a replica port, or an API or portal on such an address)."""
+    taken = {}  # type: dict[int, str]
+    addresses = set(n["address"] for n in nodes.values())
+    for vol in volumes:
+        label = "jiva_volumes[%d] (volume %r)" % (vol["index"], vol["name"])
+        taken[vol["replica_port"]] = "%s.replica_port" % label
+        if vol["portal_host"] in addresses:
+            taken.setdefault(vol["portal_port"], "%s.portal" % label)
+            if vol["api_port"] is not None:
+                taken.setdefault(vol["api_port"], "%s.api_port" % label)
+    for vol in volumes:
+        vol["metrics_port"] = metrics_port(vol["replica_port"], metrics_port_base, replica_port_base)
+        if vol["metrics_port"] is not None and vol["metrics_port"] in taken:
+            raise PlacementError(
+                "port clash: jiva_volumes[%d] (volume %r) metrics port %d (jiva_metrics_port_base "
+                "+ replica_port %d - jiva_replica_port_base) is also the port of %s; change "
+                "jiva_metrics_port_base (0 turns the replicas' metrics off)"
+                % (vol["index"], vol["name"], vol["metrics_port"], vol["replica_port"],
+                   taken[vol["metrics_port"]])
+            )
+
+
 def running_ports(by_host, recorded=None):
     """{volume: {replica_port, api_port, portal_host}} the services on the hosts use, from
     {host: {volume: {replica_port, api_port, portal_host}}} (jiva.storage.node_state `ports`). Hosts that
@@ -531,6 +572,7 @@ def plan_volumes(
     down=None,
     layout=None,
     unlisted="ignore",
+    metrics_port_base=0,
 ):
     """Validate everything, then place each volume's replicas, controller and witness.
 
@@ -562,6 +604,10 @@ def plan_volumes(
     hosts that are not giving up a replica of the volume in this placement and hosts other than
     the controller's. None when no such host exists (an error when the volume says
     `witness: true`). It listens on the host's address and the volume's replica port.
+
+    Metrics (`metrics_port_base` > 0): each volume gets `metrics_port` (see `metrics_port`),
+    checked against the other ports; its replicas and witness serve `--metrics` there
+    (`replica_metrics`, `witness_metrics`: HOST:PORT, like the addresses).
 
     Raises PlacementError before anything is returned when any volume cannot be placed.
     """
@@ -610,6 +656,8 @@ def plan_volumes(
     assign_ports(all_vols, recorded_ports, running, replica_port_base, api_port_base, reserved)
     _check_ports([v for v in all_vols if v["replica_port"] is not None or v["api_port"] is not None],
                  nodes_by_name)
+    _check_metrics_ports([v for v in all_vols if v["replica_port"] is not None], nodes_by_name,
+                         metrics_port_base, replica_port_base)
     vols = [v for v in all_vols if v["state"] == "present"]
     removed = []
     for v in all_vols:
@@ -744,6 +792,13 @@ def plan_volumes(
             else None
         )
         vol["moved"] = moved
+        mport = vol.get("metrics_port")
+        vol["replica_metrics"] = (
+            [join_hostport(nodes_by_name[n]["address"], mport) for n in chosen] if mport else []
+        )
+        vol["witness_metrics"] = (
+            join_hostport(nodes_by_name[witness]["address"], mport) if mport and witness else None
+        )
     return {"volumes": vols, "removed": removed, "ports": ports, "unlisted": stray}
 
 

@@ -503,6 +503,7 @@ VOTER_ARGS = dict(
     secret=dict(type="str", no_log=True),
     previous_secret=dict(type="str", no_log=True),
     delete_data=dict(type="bool", default=False),
+    metrics=dict(type="str"),
 )
 
 
@@ -550,7 +551,7 @@ def check_previous(module, pairs):
 
 
 def ensure_voter(module, kind, extra_args=()):
-    """Bring a voter service (`jiva KIND --volume NAME --listen L --dir D EXTRA [--secret-file F]
+    """Bring a voter service (`jiva KIND --volume NAME --listen L --dir D EXTRA [--metrics M] [--secret-file F]
     [--previous-secret-file F2]`) to its state and exit the module. The data folder is created
     (0700) unless state=absent, and deleted only with state=absent and delete_data=true."""
     p = module.params
@@ -560,6 +561,8 @@ def ensure_voter(module, kind, extra_args=()):
     args = []
     if p["state"] != "absent":
         args = ["--volume", name, "--listen", p["listen"], "--dir", p["data_dir"]] + list(extra_args)
+        if p["metrics"]:
+            args += ["--metrics", p["metrics"]]
     secret_args, files = secret_files(
         module,
         svc,

@@ -138,6 +138,16 @@ options:
         when free, else on the lowest free port from here.
     type: int
     default: 9800
+  metrics_port_base:
+    description:
+      - Replicas and witnesses serve Prometheus metrics on their volume's O(replica_port_base)-relative
+        port moved here - C(metrics_port = metrics_port_base + replica_port - replica_port_base)
+        (9700 + i -> 9900 + i), as stable as the replica port. Each volume gets C(metrics_port),
+        C(replica_metrics) and C(witness_metrics); a clash with another port fails.
+      - C(0) (the default) - no metrics ports.
+    type: int
+    default: 0
+    version_added: "0.5.0"
 attributes:
   check_mode:
     support: full
@@ -190,6 +200,9 @@ volumes:
       controller: node2
       witness: node3
       witness_address: "10.0.0.3:9700"
+      metrics_port: 9900
+      replica_metrics: ["10.0.0.2:9900", "10.0.0.1:9900"]
+      witness_metrics: "10.0.0.3:9900"
       quorum: majority
       iqn: "iqn.2026-11.org.jiva-py:db"
       moved: []
@@ -274,6 +287,7 @@ def main():
             unlisted=dict(type="str", default="ignore", choices=["ignore", "refuse", "remove"]),
             replica_port_base=dict(type="int", default=9700),
             api_port_base=dict(type="int", default=9800),
+            metrics_port_base=dict(type="int", default=0),
         ),
         supports_check_mode=True,
     )
@@ -295,6 +309,7 @@ def main():
             p["nodes"], p["volumes"], existing, p["replica_port_base"], p["api_port_base"],
             recorded_ports=recorded, running=running, down=p["hosts_down"],
             layout=doc.get("volumes") or {}, unlisted=p["unlisted"],
+            metrics_port_base=p["metrics_port_base"],
         )
     except PlacementError as exc:
         module.fail_json(msg="invalid jiva inventory: %s" % exc)
