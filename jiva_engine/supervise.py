@@ -24,14 +24,22 @@ STOP_GRACE = 10.0
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `jiva supervise` (also `python -m jiva_engine.supervise`)."""
     parser.add_argument("--name", required=True, help="service name, for log lines")
-    parser.add_argument("--pidfile", required=True, help="this supervisor's pidfile")
+    parser.add_argument("--pidfile", help="this supervisor's pidfile (required unless --exec)")
     parser.add_argument("--env-file", help="file with JIVA_ARGS=... appended to the command")
     parser.add_argument("--log", help="append the child's output here (default: inherit)")
+    parser.add_argument(
+        "--exec",
+        action="store_true",
+        help="do not supervise: replace this process with the command (the systemd unit's "
+        "ExecStart, so systemd runs the very command line the supervisor would)",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- PROGRAM [ARGS...]")
 
 
 def read_env_args(path: str) -> list[str]:
-    """Return the words of JIVA_ARGS in an env file (shell-quoted, as systemd reads it)."""
+    """Return the words of JIVA_ARGS in an env file (shell-quoted: the line, then its words).
+    The systemd unit runs this too (`--exec`), so both service managers start jiva with the same
+    words by the same code (not systemd's own `$VAR` splitting and unquoting rules)."""
     for raw in Path(path).read_text().split("\n"):  # not splitlines(): \x1c-\x1e are text
         line = raw.strip()
         if line.startswith("JIVA_ARGS="):
@@ -158,6 +166,11 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             print(f"jiva supervise: {exc}", file=sys.stderr)
             return 2
+    if args.exec:
+        os.execv(command[0], command)
+    if not args.pidfile:
+        print("jiva supervise: --pidfile is required (unless --exec)", file=sys.stderr)
+        return 2
     sup = Supervisor(args.name, command, Path(args.pidfile), Path(args.log) if args.log else None)
     return sup.run()
 
