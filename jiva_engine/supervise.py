@@ -31,7 +31,7 @@ LOG_CHECK_EVERY = 2.0  # seconds between two looks at the log's size
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `jiva supervise` (also `python -m jiva_engine.supervise`)."""
     parser.add_argument("--name", required=True, help="service name, for log lines")
-    parser.add_argument("--pidfile", required=True, help="this supervisor's pidfile")
+    parser.add_argument("--pidfile", help="this supervisor's pidfile (required unless --exec)")
     parser.add_argument("--env-file", help="file with JIVA_ARGS=... appended to the command")
     parser.add_argument("--log", help="append the child's output here (default: inherit)")
     parser.add_argument(
@@ -43,11 +43,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-keep", type=int, default=3, help="rotated copies kept: LOG.1 .. LOG.N (default 3)"
     )
+    parser.add_argument(
+        "--exec",
+        action="store_true",
+        help="do not supervise: replace this process with the command (the systemd unit's "
+        "ExecStart, so systemd runs the very command line the supervisor would)",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- PROGRAM [ARGS...]")
 
 
 def read_env_args(path: str) -> list[str]:
-    """Return the words of JIVA_ARGS in an env file (shell-quoted, as systemd reads it)."""
+    """Return the words of JIVA_ARGS in an env file (shell-quoted: the line, then its words).
+    The systemd unit runs this too (`--exec`), so both service managers start jiva with the same
+    words by the same code (not systemd's own `$VAR` splitting and unquoting rules)."""
     for raw in Path(path).read_text().split("\n"):  # not splitlines(): \x1c-\x1e are text
         line = raw.strip()
         if line.startswith("JIVA_ARGS="):
@@ -205,6 +213,11 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             print(f"jiva supervise: {exc}", file=sys.stderr)
             return 2
+    if args.exec:
+        os.execv(command[0], command)
+    if not args.pidfile:
+        print("jiva supervise: --pidfile is required (unless --exec)", file=sys.stderr)
+        return 2
     if args.log_max_bytes < 0 or args.log_keep < 1:
         print("jiva supervise: --log-max-bytes must be >= 0 and --log-keep >= 1", file=sys.stderr)
         return 2

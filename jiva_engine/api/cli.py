@@ -16,7 +16,12 @@ from jiva_engine.protocol.voting import epoch_text
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `jiva status`."""
-    p.add_argument("--api", required=True, metavar="HOST:PORT", help="the controller's API address")
+    p.add_argument(
+        "--api",
+        required=True,
+        metavar="HOST:PORT",
+        help="the controller's API: HOST:PORT or https://HOST:PORT (CA file in $JIVA_API_CA)",
+    )
     p.add_argument("--json", action="store_true", help="print the status JSON instead of a table")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the API")
 

@@ -1,10 +1,14 @@
 """The one client of a controller's management API that the engine uses (`jiva status`,
-`jiva grow`, `jiva ha watch`): plain HTTP, never through a proxy."""
+`jiva grow`, `jiva ha watch`): HTTP, or HTTPS for an API given as `https://HOST:PORT` (a controller
+started with --api-tls-cert; the CA file in $JIVA_API_CA, else the system's), never through a
+proxy."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -14,6 +18,30 @@ from jiva_engine.util import parse_hostport
 
 # the API is on the storage network: an http_proxy in the environment must not be used for it
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _tls_opener(ctx: ssl.SSLContext) -> urllib.request.OpenerDirector:
+    return urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ctx)
+    )
+
+
+def api_base(api: str) -> tuple[str, str, ssl.SSLContext | None]:
+    """(base URL, "HOST:PORT" for messages, TLS context or None) of an API given as HOST:PORT,
+    http://HOST:PORT or https://HOST:PORT. HTTPS verifies the certificate against the CA file
+    in $JIVA_API_CA (else the system's CAs) and the host name or address."""
+    scheme, sep, rest = api.partition("://")
+    if not sep:
+        scheme, rest = "http", api
+    if scheme not in ("http", "https"):
+        raise ValueError(f"API address {api!r}: only http:// or https://")
+    host, port = parse_hostport(rest.rstrip("/"))
+    where = f"{host}:{port}"
+    base = f"{scheme}://{host if ':' not in host else '[' + host + ']'}:{port}"
+    ctx = None
+    if scheme == "https":
+        ctx = ssl.create_default_context(cafile=os.environ.get("JIVA_API_CA") or None)
+    return base, where, ctx
 
 
 class ApiError(RuntimeError):
@@ -38,8 +66,9 @@ def _call(
     """GET (or POST `body` as JSON, with `token` as bearer; or `method`) `path` on the API at
     `api` (HOST:PORT); the JSON object it answered. ApiError with the API's own message on
     refusal."""
-    host, port = parse_hostport(api)
-    url = f"http://{host if ':' not in host else '[' + host + ']'}:{port}{path}"
+    base, where, ctx = api_base(api)
+    host, port = where.rsplit(":", 1)
+    url = base + path
     req = urllib.request.Request(url, method=method)
     if body is not None:
         req.data = json.dumps(body).encode()
@@ -47,7 +76,8 @@ def _call(
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
-        with _OPENER.open(req, timeout=timeout) as resp:
+        opener = _OPENER if ctx is None else _tls_opener(ctx)
+        with opener.open(req, timeout=timeout) as resp:
             raw = resp.read()
     except urllib.error.HTTPError as e:
         why, err = e.reason, None

@@ -12,7 +12,12 @@ from jiva_engine.util import config_error, parse_size, read_secret
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `jiva grow`."""
-    p.add_argument("--api", required=True, metavar="HOST:PORT", help="the controller's API address")
+    p.add_argument(
+        "--api",
+        required=True,
+        metavar="HOST:PORT",
+        help="the controller's API: HOST:PORT or https://HOST:PORT (CA file in $JIVA_API_CA)",
+    )
     p.add_argument("--size", required=True, help="the new size: 512M, 10G, 1T or bytes (larger)")
     p.add_argument("--token-file", metavar="FILE", help="file holding the API bearer token")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the API")

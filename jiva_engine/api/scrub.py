@@ -20,7 +20,12 @@ POLL = 0.5  # seconds between status polls while the pass runs
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `jiva scrub`."""
-    p.add_argument("--api", required=True, metavar="HOST:PORT", help="the controller's API address")
+    p.add_argument(
+        "--api",
+        required=True,
+        metavar="HOST:PORT",
+        help="the controller's API: HOST:PORT or https://HOST:PORT (CA file in $JIVA_API_CA)",
+    )
     p.add_argument("--json", action="store_true", help="print the final scrub status JSON")
     p.add_argument("--rate", type=float, metavar="MIB_S", help="pace in MiB/s (this pass only)")
     p.add_argument("--token-file", metavar="FILE", help="file holding the API bearer token")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import hmac
 import json
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -453,6 +454,18 @@ class ApiServer:
         await self.runner.cleanup()
 
 
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """The server TLS context of `--api-tls-cert/--api-tls-key` (PEM files; TLS 1.2 or later).
+    ValueError naming the file when they cannot be loaded."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as e:
+        raise ValueError(f"cannot load the API certificate {cert} / key {key}: {e}") from None
+    return ctx
+
+
 async def start_api(
     volume: Volume,
     host: str,
@@ -462,11 +475,13 @@ async def start_api(
     portal: str | None = None,
     iqn: str | None = None,
     previous_token: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> ApiServer:
-    """Serve the API on host:port (port 0 picks a free one, see ApiServer.port)."""
+    """Serve the API on host:port (port 0 picks a free one, see ApiServer.port); HTTPS with
+    `ssl_context` (see tls_context)."""
     runner = web.AppRunner(make_app(volume, token, portal, iqn, previous_token), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
     sockets = getattr(site._server, "sockets", None) or []
     real_port = sockets[0].getsockname()[1] if sockets else port

@@ -28,7 +28,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `jiva snapshot`."""
     p.add_argument("action", choices=ACTIONS, help="what to do")
     p.add_argument("name", nargs="?", help="the snapshot (create, delete, revert)")
-    p.add_argument("--api", required=True, metavar="HOST:PORT", help="the controller's API address")
+    p.add_argument(
+        "--api",
+        required=True,
+        metavar="HOST:PORT",
+        help="the controller's API: HOST:PORT or https://HOST:PORT (CA file in $JIVA_API_CA)",
+    )
     p.add_argument("--token-file", metavar="FILE", help="file holding the API bearer token")
     p.add_argument("--json", action="store_true", help="print the API's JSON answer")
     p.add_argument(

@@ -17,7 +17,7 @@ from typing import Any
 from tabulate import tabulate
 
 from jiva_engine.api.cli import human_size
-from jiva_engine.api.client import ApiError
+from jiva_engine.api.client import ApiError, api_base
 from jiva_engine.backup.store import (
     DEFAULT_BLOCK_SIZE,
     BackupError,
@@ -35,7 +35,7 @@ from jiva_engine.backup.transfer import (
     create_backup,
     restore_backup,
 )
-from jiva_engine.util import config_error, parse_hostport, parse_size, read_secret, run_loop
+from jiva_engine.util import config_error, parse_size, read_secret, run_loop
 
 MiB = 1 << 20
 DAMAGED = 3
@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _create(args: argparse.Namespace) -> int:
     try:
-        parse_hostport(args.api)
+        api_base(args.api)
         token = _token(args.token_file)
         block_size = parse_size(args.block_size)
         if not valid_name(args.name):
@@ -234,7 +234,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def _restore(args: argparse.Namespace) -> int:
     try:
-        parse_hostport(args.api)
+        api_base(args.api)
         token = _token(args.token_file)
     except ValueError as e:
         return config_error("backup restore", str(e))

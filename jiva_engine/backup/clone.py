@@ -8,10 +8,10 @@ import sys
 from typing import Any
 
 from jiva_engine.api.cli import human_size
-from jiva_engine.api.client import ApiError
+from jiva_engine.api.client import ApiError, api_base
 from jiva_engine.backup.store import BackupError
 from jiva_engine.backup.transfer import PARALLEL, Api, ImportFailed, Progress, Refused, clone
-from jiva_engine.util import config_error, parse_hostport, read_secret, run_loop
+from jiva_engine.util import config_error, read_secret, run_loop
 
 MiB = 1 << 20
 
@@ -43,8 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Copy; 0 done, 1 refused or failed, 2 bad options."""
     try:
-        parse_hostport(args.api)
-        parse_hostport(args.from_api)
+        api_base(args.api)
+        api_base(args.from_api)
         token = read_secret(args.token_file, "API token") if args.token_file else None
         src_path = args.from_token_file or args.token_file
         src_token = read_secret(src_path, "source API token") if src_path else None

@@ -22,14 +22,13 @@ from urllib.parse import quote
 
 import aiohttp
 
-from jiva_engine.api.client import ApiError
+from jiva_engine.api.client import ApiError, api_base
 from jiva_engine.backup.store import (
     DEFAULT_BLOCK_SIZE,
     BackupError,
     BackupStore,
     is_zero,
 )
-from jiva_engine.util import parse_hostport
 
 MiB = 1 << 20
 PARALLEL = 4  # requests in flight
@@ -56,16 +55,14 @@ class Api:
     """An asynchronous client of one controller's management API (bearer token, no proxy)."""
 
     def __init__(self, api: str, token: str | None = None, timeout: float = 60.0) -> None:
-        host, port = parse_hostport(api)
-        self.where = f"{host}:{port}"
-        self.base = f"http://{host if ':' not in host else '[' + host + ']'}:{port}"
+        self.base, self.where, self.ssl = api_base(api)
         self.token, self.timeout = token, timeout
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Api:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.timeout),
-            connector=aiohttp.TCPConnector(limit=2 * PARALLEL + 2),
+            connector=aiohttp.TCPConnector(limit=2 * PARALLEL + 2, ssl=self.ssl or True),
             trust_env=False,  # the API is on the storage network: never through a proxy
         )
         return self

@@ -73,6 +73,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--previous-token-file",
         help="the API token being rotated out: also accepted until the rotation ends",
     )
+    p.add_argument(
+        "--api-tls-cert",
+        metavar="PEM",
+        help="serve the API over HTTPS with this certificate (chain); needs --api-tls-key",
+    )
+    p.add_argument("--api-tls-key", metavar="PEM", help="the private key of --api-tls-cert")
     add_access_arguments(p)
     p.add_argument("--rebuild-rate", type=float, help="rebuild throttle in MiB/s (default none)")
     p.add_argument(
@@ -146,9 +152,12 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
     token, previous_token = read_secret_pair(
         args.token_file, args.previous_token_file, "API token", "--token-file"
     )
+    if bool(args.api_tls_cert) != bool(args.api_tls_key):
+        raise ValueError("--api-tls-cert and --api-tls-key go together")
     return {
         "volume": args.volume,
         "api": parse_hostport(args.api),
+        "api_tls": (args.api_tls_cert, args.api_tls_key) if args.api_tls_cert else None,
         "portal": parse_hostport(args.portal, 3260) if args.portal else None,
         "replicas": replicas,
         "witnesses": witnesses,
@@ -169,7 +178,7 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _serve(cfg: dict) -> int:
-    from jiva_engine.api.server import start_api
+    from jiva_engine.api.server import start_api, tls_context
     from jiva_engine.controller.volume import Volume
     from jiva_engine.iscsi.target import TargetConfig, start_target
 
@@ -194,6 +203,7 @@ async def _serve(cfg: dict) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    tls = tls_context(*cfg["api_tls"]) if cfg["api_tls"] else None  # before anything starts
     await volume.start()
     api = await start_api(
         volume,
@@ -202,6 +212,7 @@ async def _serve(cfg: dict) -> int:
         previous_token=cfg["previous_token"],
         portal=portal,
         iqn=iqn,
+        ssl_context=tls,
     )
     try:
         if cfg["portal"]:

@@ -9,6 +9,7 @@ import subprocess
 import time
 
 import aiohttp
+import pytest
 
 from jiva_engine.api.server import start_api
 from jiva_engine.controller.volume import Volume
@@ -260,3 +261,62 @@ async def test_replica_secret_is_required_and_checked(procs, tmp_path):
         ),
     )
     assert st["replicas"][2]["mode"] == "ERR" and st["degraded"]
+
+
+def self_signed(tmp_path, name: str = "127.0.0.1") -> tuple[str, str]:
+    """A self-signed certificate for the address `name` (openssl): (cert, key) PEM paths."""
+    cert, key = tmp_path / "api.crt", tmp_path / "api.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", f"/CN={name}", "-addext", f"subjectAltName=IP:{name}",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return str(cert), str(key)
+
+
+async def test_api_over_tls(procs, tmp_path, monkeypatch):
+    """--api-tls-cert/--api-tls-key: the API answers HTTPS only; the engine's client reaches it
+    as https://HOST:PORT with the CA in $JIVA_API_CA, refuses an unknown certificate, and the
+    token is still required."""
+    from jiva_engine.api import client
+    from jiva_engine.api.server import tls_context
+
+    (a,) = replicas(procs, tmp_path, 1)
+    cert, key = self_signed(tmp_path)
+    vol = Volume(VOL, [a.addr], retry_interval=0.2)
+    await vol.start()
+    api = await start_api(vol, "127.0.0.1", 0, token="t0ken", ssl_context=tls_context(cert, key))
+    where = f"127.0.0.1:{api.port}"
+    try:
+        await vol.wait_serving(20)
+        monkeypatch.delenv("JIVA_API_CA", raising=False)
+        with pytest.raises(client.ApiError, match="CERTIFICATE_VERIFY_FAILED"):
+            await asyncio.to_thread(client.fetch_status, f"https://{where}")
+        with pytest.raises(client.ApiError):  # plain HTTP to the TLS port
+            await asyncio.to_thread(client.fetch_status, where)
+        monkeypatch.setenv("JIVA_API_CA", cert)
+        st = await asyncio.to_thread(client.fetch_status, f"https://{where}")
+        assert st["state"] == "serving"
+        with pytest.raises(client.ApiError) as ei:
+            await asyncio.to_thread(client.scrub, f"https://{where}")
+        assert ei.value.code == 401
+        done = await asyncio.to_thread(client.snapshot_create, f"https://{where}", "s1", "t0ken")
+        assert done["snapshot"]["name"] == "s1"
+    finally:
+        await api.close()
+        await vol.close()
+    with pytest.raises(ValueError, match="cannot load the API certificate"):
+        tls_context(key, key)
+
+
+def test_controller_cli_tls_options_go_together(tmp_path):
+    cert, key = self_signed(tmp_path)
+    args = ["--volume", VOL, "--api", "127.0.0.1:1", "--replica", "127.0.0.1:5"]
+    out = subprocess.run(
+        [*JIVA, "controller", *args, "--api-tls-cert", cert],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2 and "go together" in out.stderr
