@@ -110,7 +110,8 @@ class ReplicaServer:
         self.meta_lock = asyncio.Lock()
         self.grow_lock = asyncio.Lock()  # one grow at a time (each records what it synced)
         self.snap_lock = asyncio.Lock()  # one snapshot operation (create/delete step/reset)
-        self.merge_cursors: dict[str, int] = {}  # snapshot id -> where its delete goes on
+        # snapshot id -> (block its delete goes on from, DROPs seen by then)
+        self.merge_cursors: dict[str, tuple[int, int]] = {}
         self.persist = Coalescer(self._persist_job, "dirty-map write")
         self.syncer = Coalescer(self._sync_job, "fdatasync")
         self._server: asyncio.base_events.Server | None = None

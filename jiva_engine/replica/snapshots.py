@@ -47,7 +47,7 @@ async def take(
 async def delete_step(
     store: ReplicaStore,
     snap_id: str,
-    cursors: dict[str, int],
+    cursors: dict[str, tuple[int, int]],
     persist_meta: Callable[[], Awaitable[None]],
     seconds: float = STEP_SECONDS,
 ) -> dict[str, Any]:
@@ -62,23 +62,33 @@ async def delete_step(
         return {"done": True, "merged": 0}
     deadline = time.monotonic() + seconds
     merged = 0
-    cursor = cursors.get(snap_id, 0)
-    while cursor >= 0:
-        pos, todo, nxt = store.merge_plan(snap_id, cursor, CHUNK_BLOCKS)
-        if todo:
-            runs = await _thread(store.merge_copy, pos, todo)
-            pos = store.layers.position(snap_id)  # (the list cannot change meanwhile: one delete)
-            written = store.merge_write(pos, runs)
-            await _thread(store.merge_sync, pos)
-            store.merge_entries(pos, runs, written)
-            merged += len(written) << 12
-        cursor = nxt
-        cursors[snap_id] = cursor
-        if cursor >= 0 and time.monotonic() > deadline:
-            return {"done": False, "merged": merged}
-    pos = store.layers.position(snap_id)
-    child = store.layers.list[pos] if pos < len(store.layers) else None
-    await _thread(child.sync if child is not None else store.datasync)
+    seen = store.drops
+    cursor, gen = cursors.get(snap_id, (0, seen))
+    if gen != seen:  # a DROP since the last step may have punched blocks already merged
+        cursor = 0
+    while True:
+        while cursor >= 0:
+            pos, todo, nxt = store.merge_plan(snap_id, cursor, CHUNK_BLOCKS)
+            if todo:
+                runs = await _thread(store.merge_copy, pos, todo)
+                pos = store.layers.position(snap_id)  # (one delete at a time: the list holds)
+                written = store.merge_write(pos, runs)
+                await _thread(store.merge_sync, pos)
+                if store.drops != seen:  # blocks just written may be punched: no entries,
+                    cursor, seen = 0, store.drops  # and the whole layer is scanned again
+                    continue
+                store.merge_entries(pos, runs, written)
+                merged += len(written) << 12
+            cursor = nxt
+            cursors[snap_id] = (cursor, seen)
+            if cursor >= 0 and time.monotonic() > deadline:
+                return {"done": False, "merged": merged}
+        pos = store.layers.position(snap_id)
+        child = store.layers.list[pos] if pos < len(store.layers) else None
+        await _thread(child.sync if child is not None else store.datasync)
+        if store.drops == seen:
+            break
+        cursor, seen = 0, store.drops
     layer = store.delete_commit(snap_id)
     await persist_meta()
     store.drop_layer(layer)

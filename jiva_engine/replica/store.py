@@ -244,6 +244,7 @@ class ReplicaStore:
             os.close(self.fd)
             raise StoreError(f"cannot open {self.dir / checksums.NAME}: {e.strerror}") from None
         self.layers = Layers(self.dir / LAYER_DIR, BlockSums.blocks(self.size))
+        self.drops = 0  # DROPs so far: a block a merge already copied may have been punched
         try:
             self._open_layers()
         except (OSError, KeyError, ValueError, TypeError) as e:
@@ -858,6 +859,7 @@ class ReplicaStore:
         a = offset & ~MASK
         b = min(self.size, (offset + length + MASK) & ~MASK)
         if b > a:
+            self.drops += 1  # a merge into the head in progress scans again (delete_step)
             self._punch(a, b - a)
             self.sums.clear(a >> BSHIFT, ((b - a) + MASK) >> BSHIFT)
 
