@@ -77,7 +77,7 @@ sandbox-down:
 	$(PYTHON) scripts/sandbox.py down
 
 ansible-lint: venv
-	$(ANSIBLE_ENV) $(VENV)/bin/ansible-lint --profile production playbooks roles molecule $(COLLECTION)
+	$(ANSIBLE_ENV) $(VENV)/bin/ansible-lint --profile production playbooks molecule $(COLLECTION)
 
 # ansible-test keeps its venvs and pip bootstrap under $$HOME/.ansible/test: point HOME into the
 # checkout and give it an offline stand-in for the get-pip script it would download.

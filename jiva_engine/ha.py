@@ -8,6 +8,7 @@ least every `--interval` seconds anyway.
 from __future__ import annotations
 
 import argparse
+import configparser
 import json
 import os
 import shlex
@@ -29,15 +30,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--playbook",
         default="playbooks/failover.yml",
-        help="the failover play (default: playbooks/failover.yml of the Ansible project in the "
-        "current folder, as in this repository; runs start in the current folder)",
+        help="the failover play: a file (default: playbooks/failover.yml of the Ansible project "
+        "in the current folder, as in this repository; runs start in the current folder) or the "
+        "installed collection's jiva.storage.failover",
     )
     parser.add_argument("--inventory", "-i", help="ansible inventory (default: ansible.cfg's)")
     parser.add_argument(
         "--state-file",
-        default=".ansible/jiva-ha-state.json",
+        default=None,
         help="failover state file (controller placement; the APIs to poll are read from it); "
-        "default .ansible/jiva-ha-state.json in the current folder, as failover.yml's default",
+        "default .jiva-state/ha-state.json next to the inventory, as the playbooks' default "
+        "(jiva_state_dir)",
     )
     parser.add_argument(
         "--interval", type=float, default=30.0, help="run the play at least this often (s)"
@@ -192,11 +195,40 @@ class Watcher:
         return 0
 
 
+def inventory_folder(inventory: str | None) -> Path:
+    """The folder of the inventory ansible-playbook will use: `inventory` (-i), else
+    $ANSIBLE_INVENTORY, else the `inventory` of the ansible.cfg Ansible reads ($ANSIBLE_CONFIG,
+    ./ansible.cfg, ~/.ansible.cfg, /etc/ansible/ansible.cfg; relative to that file), else
+    /etc/ansible. A folder inventory is its own folder; a file's is the one holding it."""
+    if not inventory:
+        inventory = os.environ.get("ANSIBLE_INVENTORY", "").split(",")[0] or None
+    base = Path.cwd()
+    if not inventory:
+        for cfg in (os.environ.get("ANSIBLE_CONFIG"), "ansible.cfg", "~/.ansible.cfg",
+                    "/etc/ansible/ansible.cfg"):  # fmt: skip
+            if not cfg or not Path(cfg).expanduser().is_file():
+                continue
+            parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";",))
+            parser.read(Path(cfg).expanduser())
+            inventory = parser.get("defaults", "inventory", fallback=None)
+            base = Path(cfg).expanduser().resolve().parent
+            break
+    path = base / Path(inventory or "/etc/ansible/hosts").expanduser()
+    return path if path.is_dir() else path.parent
+
+
+def default_state_file(inventory: str | None) -> str:
+    """The playbooks' default HA state file (jiva_state_dir/ha-state.json)."""
+    return str(inventory_folder(inventory) / ".jiva-state" / "ha-state.json")
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of `jiva ha`."""
-    if not os.path.exists(args.playbook):
+    if not os.path.exists(args.playbook) and not args.playbook.startswith("jiva.storage."):
         print(f"jiva ha: no playbook {args.playbook}", file=sys.stderr)
         return 2
+    if args.state_file is None:
+        args.state_file = default_state_file(args.inventory)
     w = Watcher(args)
     if args.action == "once":
         return w.run_play("once")

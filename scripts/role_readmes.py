@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write each role's README.md from its meta/argument_specs.yml (the one source of the options).
 
-python scripts/role_readmes.py          # rewrite roles/*/README.md
+python scripts/role_readmes.py          # rewrite collections/ansible_collections/jiva/storage/roles/*/README.md
 python scripts/role_readmes.py --check  # exit 1 naming the READMEs that are out of date
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-ROLES = ROOT / "roles"
+ROLES = ROOT / "collections/ansible_collections/jiva/storage" / "roles"
 TAGS = {"install": "jiva_install", "witness": "jiva_witness", "replica": "jiva_replica",
         "controller": "jiva_controller"}  # fmt: skip
 

@@ -345,7 +345,6 @@ class Sandbox:
             "# Written by scripts/sandbox.py: Ansible against the test hosts over SSH.\n"
             "[defaults]\n"
             f"inventory = {inv}\n"
-            f"roles_path = {ROOT / 'roles'}\n"
             f"collections_path = {ROOT / 'collections'}\n"
             f"home = {self.dir / 'ansible-home'}\n"
             f"local_tmp = {self.dir / 'ansible-home' / 'tmp'}\n"

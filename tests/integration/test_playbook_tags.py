@@ -39,7 +39,7 @@ def test_a_role_tag_runs_that_role_after_validation_and_placement(tag, role):
     out = listed(tag)
     assert "Validate the volumes and compute their placement" in out
     assert "Place the volumes, keeping existing replicas" in out
-    roles = set(re.findall(r"^\s+(\w+) : ", out, re.M))
+    roles = set(re.findall(r"^\s+jiva\.storage\.(\w+) : ", out, re.M))
     assert roles == {role}, out
     assert ("Grow volumes online" in out) is False
 
@@ -47,4 +47,4 @@ def test_a_role_tag_runs_that_role_after_validation_and_placement(tag, role):
 def test_the_grow_tag_grows_without_touching_the_roles():
     out = listed("jiva_grow")
     assert "Grow volumes online" in out and "Refuse shrinking a volume" in out
-    assert not re.findall(r"^\s+(\w+) : ", out, re.M), out
+    assert not re.findall(r"^\s+jiva\.storage\.(\w+) : ", out, re.M), out
