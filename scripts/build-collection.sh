@@ -26,6 +26,8 @@ cp "$root/pyproject.toml" "$root/README.md" "$tmp/src/"
 SOURCE_DATE_EPOCH=315532800 PIP_DISABLE_PIP_VERSION_CHECK=1 \
   "$py" -m pip wheel -q --no-deps -w "$coll/roles/install/files" "$tmp/src" >"$tmp/log" 2>&1 \
   || { cat "$tmp/log" >&2; exit 1; }
+# and the wheelhouse builder the install role runs with that wheel (scripts/wheelhouse.py)
+cp "$root/scripts/wheelhouse.py" "$coll/roles/install/files/wheelhouse.py"
 "$galaxy" collection build --force --output-path "$out" "$coll" >"$tmp/log" 2>&1 \
   || { cat "$tmp/log" >&2; exit 1; }
 ls "$out"/jiva-storage-*.tar.gz | tail -1

@@ -160,15 +160,16 @@ def local_inventory(base: Path, addresses: list[str], volumes: list[dict], **gro
 
 
 def frozen_wheelhouse(base: Path) -> list[str]:
-    """Build the engine wheelhouse into `base` once; return ansible-playbook args that ship it as is
-    (so engine commits landing during a test do not count as changes between two runs)."""
+    """Build the engine wheelhouse into `base` once, for the test hosts' Python (/usr/bin/python3,
+    the default jiva_python); return ansible-playbook args that ship it as is (so engine commits
+    landing during a test do not count as changes between two runs)."""
     out = base / "wheelhouse"
     seed = ROOT / "build" / "wheelhouse"
     if seed.is_dir():
         shutil.copytree(seed, out)
         (out / ".src-key").unlink(missing_ok=True)
     subprocess.run(
-        [str(ROOT / "scripts" / "build-wheelhouse.sh"), str(out)],
+        [str(ROOT / "scripts" / "build-wheelhouse.sh"), "--for", "/usr/bin/python3", str(out)],
         check=True,
         capture_output=True,
         timeout=300,

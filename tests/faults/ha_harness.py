@@ -156,7 +156,8 @@ class Cluster:
             )
         )
         self.cfg, self.home = self.sb.dir / "ansible.cfg", self.base / "ansible-home"
-        prebuilt = os.environ.get("JIVA_HA_WHEELHOUSE")  # a wheelhouse dir (+ .tar) to ship as is
+        # a folder of per-target wheelhouses (scripts/build-wheelhouse.sh OUT) to ship as is
+        prebuilt = os.environ.get("JIVA_HA_WHEELHOUSE")
         if prebuilt:
             self.wheels = [
                 "-e",

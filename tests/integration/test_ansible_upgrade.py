@@ -146,15 +146,16 @@ def node_state(base: Path, node: str) -> dict:
 
 
 def new_wheelhouse(base: Path) -> Path:
-    """A copy of the test's wheelhouse with one more file: another archive, so another engine
-    revision (its sha256), installing the same wheels."""
+    """A copy of the test's wheelhouse (a folder of per-target wheelhouses) with one more file in
+    each target: other archives, so another engine revision (their sha256), same wheels."""
     src, out = base / "wheelhouse", base / "wheelhouse2"
     shutil.copytree(src, out)
-    (out / "BUILD-NOTE").write_text("a rebuilt engine\n")
-    with tarfile.open(f"{out}.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
-        for name in sorted(os.listdir(out)):
-            if name.endswith(".whl") or name == "BUILD-NOTE":
-                tar.add(out / name, arcname=name)
+    for target in (t for t in out.iterdir() if t.is_dir()):
+        (target / "BUILD-NOTE").write_text("a rebuilt engine\n")
+        with tarfile.open(f"{target}.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
+            for name in sorted(os.listdir(target)):
+                if name.endswith(".whl") or name == "BUILD-NOTE":
+                    tar.add(target / name, arcname=name)
     return out
 
 
