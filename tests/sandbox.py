@@ -163,7 +163,8 @@ def frozen_wheelhouse(base: Path) -> list[str]:
     """Build the engine wheelhouse into `base` once, for the test hosts' Python (/usr/bin/python3,
     the default jiva_python); return ansible-playbook args that ship it as is (so engine commits
     landing during a test do not count as changes between two runs)."""
-    out = base / "wheelhouse"
+    # not base/wheelhouse: that is the local hosts' own (the venv's folder + /wheelhouse)
+    out = base / "control-wheelhouse"
     seed = ROOT / "build" / "wheelhouse"
     if seed.is_dir():
         shutil.copytree(seed, out)

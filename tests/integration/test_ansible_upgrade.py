@@ -148,7 +148,7 @@ def node_state(base: Path, node: str) -> dict:
 def new_wheelhouse(base: Path) -> Path:
     """A copy of the test's wheelhouse (a folder of per-target wheelhouses) with one more file in
     each target: other archives, so another engine revision (their sha256), same wheels."""
-    src, out = base / "wheelhouse", base / "wheelhouse2"
+    src, out = base / "control-wheelhouse", base / "control-wheelhouse2"
     shutil.copytree(src, out)
     for target in (t for t in out.iterdir() if t.is_dir()):
         (target / "BUILD-NOTE").write_text("a rebuilt engine\n")
