@@ -138,6 +138,7 @@ def jiva_process_uids(sb: Any, host: str) -> dict[int, int]:
 
 @needs_root
 @pytest.mark.hosts
+@pytest.mark.timeout(1200)  # 2 deploys + a failed run on a loaded 2-core machine
 def test_site_and_health_as_a_non_root_user_with_sudo(user_hosts, tmp_path):
     sb = user_hosts
     portal = f"{sb.free_address(1)}:3260"
