@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the project runs and tests with, only those that are missing.
 set -euo pipefail
-pkgs=(qemu-utils qemu-block-extra libiscsi-bin tgt openssh-server openssh-client iproute2 iputils-arping procps util-linux systemd "$@")
+pkgs=(qemu-utils qemu-block-extra libiscsi-bin tgt openssh-server openssh-client iproute2 iputils-arping procps util-linux systemd sudo "$@")
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -3,8 +3,11 @@
 mount/PID/UTS namespaces, /var/lib/jiva, /etc/jiva, /opt/jiva, /run and an sshd (needs root).
 
 `sandbox.py up --nodes 4` writes DIR/inventory/, DIR/id_ed25519 and DIR/ansible.cfg; `down` removes
-everything it created. Fault helpers (kill, link down/up, blackhole, floating address moves) are
-both subcommands and methods of `Sandbox`, for tests.
+everything it created. `up --user NAME` gives every host its own /etc (an overlay on the machine's)
+and /home, makes NAME a login account there with the sandbox key and passwordless sudo, and writes
+the inventory with `ansible_user: NAME` (Ansible then becomes root with sudo). Fault helpers
+(kill, link down/up, blackhole, floating address moves) are both subcommands and methods of
+`Sandbox`, for tests.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import argparse
 import fcntl
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -93,8 +98,11 @@ class Sandbox:
                     used.add(".".join(parts[:3]))
         return used
 
-    def up(self, name: str, nodes: int, subnet: int | None = None) -> None:
-        """Create `nodes` hosts; on any failure tear down what was made and re-raise."""
+    def up(self, name: str, nodes: int, subnet: int | None = None, own_etc: bool = False) -> None:
+        """Create `nodes` hosts; on any failure tear down what was made and re-raise.
+
+        `own_etc`: each host sees its own /etc (an overlay on the machine's: changes made in the
+        host, e.g. by `add_user`, stay in DIR/hN/etc-upper) and its own empty /home."""
         if os.geteuid() != 0:
             raise RuntimeError("the test hosts need root (network namespaces, mounts)")
         if len(name) > 8 or not name.isalnum():
@@ -128,6 +136,7 @@ class Sandbox:
                 "hosts": [],
                 "created_route": False,
                 "created_targets": [],
+                "own_etc": own_etc,
             }
             self.save()
             try:
@@ -211,13 +220,16 @@ class Sandbox:
                     "PubkeyAuthentication yes",
                     "PasswordAuthentication no",
                     "KbdInteractiveAuthentication no",
-                    f"AuthorizedKeysFile {self.dir / 'authorized_keys'}",
+                    "AuthorizedKeysFile .ssh/authorized_keys",
                     "UsePAM no",
                     "StrictModes no",
                     "UseDNS no",
                     "Subsystem sftp internal-sftp",
                     "MaxStartups 100:30:200",
                     "MaxSessions 50",
+                    # root: the sandbox key; other users (add_user): their own authorized_keys
+                    "Match User root",
+                    f"    AuthorizedKeysFile {self.dir / 'authorized_keys'}",
                     "",
                 ]
             )
@@ -225,11 +237,21 @@ class Sandbox:
         mounts = "\n".join(
             f"mount --bind {hdir / sub} {target}" for target, sub in HOST_DIRS.items()
         )
+        if self.state.get("own_etc"):
+            # before the /etc/jiva bind mount, which goes on top of the overlay
+            for sub in ("etc-upper", "etc-work", "home"):
+                (hdir / sub).mkdir(exist_ok=True)
+            mounts = (
+                "mount -t overlay overlay -o lowerdir=/etc,"
+                f"upperdir={hdir / 'etc-upper'},workdir={hdir / 'etc-work'} /etc\n"
+                f"mount --bind {hdir / 'home'} /home\n{mounts}"
+            )
+        # remote_tmp: sticky and world-writable like /tmp, for a non-root ansible_user too
         (hdir / "init.sh").write_text(
             "#!/bin/bash\n# PID 1 of test host: own hostname, /run, jiva folders, then sshd.\n"
             f"set -e\nhostname {h['name']}\nmount -t tmpfs -o mode=755 tmpfs /run\n"
-            f"mkdir -p /run/sshd /run/jiva /run/ansible-tmp\n{mounts}\n"
-            f"exec /usr/sbin/sshd -D -e -f {hdir / 'sshd_config'}\n"
+            "mkdir -p /run/sshd /run/jiva /run/ansible-tmp\nchmod 1777 /run/ansible-tmp\n"
+            f"{mounts}\nexec /usr/sbin/sshd -D -e -f {hdir / 'sshd_config'}\n"
         )
         (hdir / "init.sh").chmod(0o755)
         self.start_host(h["name"])
@@ -279,8 +301,8 @@ class Sandbox:
         log = (Path(self.host(name)["dir"]) / "init.log").read_text(errors="replace")[-2000:]
         raise TimeoutError(f"sshd of test host {name} ({addr}) did not come up: {log}")
 
-    def ssh_args(self, name: str) -> list[str]:
-        """ssh command prefix that logs in to a host as root with the sandbox key."""
+    def ssh_args(self, name: str, user: str = "root") -> list[str]:
+        """ssh command prefix that logs in to a host as `user` (root) with the sandbox key."""
         return [
             "ssh",
             "-i",
@@ -295,13 +317,15 @@ class Sandbox:
             "BatchMode=yes",
             "-o",
             "ConnectTimeout=5",
-            f"root@{self.address(name)}",
+            f"{user}@{self.address(name)}",
         ]
 
-    def ssh(self, name: str, command: str, check: bool = True) -> subprocess.CompletedProcess:
-        """Run a shell command on a host over SSH."""
+    def ssh(
+        self, name: str, command: str, check: bool = True, user: str = "root"
+    ) -> subprocess.CompletedProcess:
+        """Run a shell command on a host over SSH (as root, or as `user`)."""
         p = subprocess.run(
-            [*self.ssh_args(name), command], capture_output=True, text=True, timeout=60
+            [*self.ssh_args(name, user), command], capture_output=True, text=True, timeout=60
         )
         if check and p.returncode != 0:
             raise RuntimeError(f"{name}: {command!r} failed ({p.returncode}): {p.stderr.strip()}")
@@ -310,6 +334,62 @@ class Sandbox:
     def nsexec(self, name: str, *args: str, check: bool = True) -> str:
         """Run a command in the host's network namespace (root mount namespace)."""
         return sh("ip", "netns", "exec", self.host(name)["netns"], *args, check=check)
+
+    # ---- a non-root login with sudo ------------------------------------------------------
+    def add_user(self, name: str, user: str, sudo: bool = True) -> None:
+        """Make `user` a login account on host `name` (home /home/USER, the sandbox key in its
+        ~/.ssh/authorized_keys, no password) and, with `sudo`, give it passwordless sudo
+        (/etc/sudoers.d/jiva-USER). Needs hosts made with own_etc: the account and its sudo
+        rights then live in that host's /etc and /home only, never in the machine's."""
+        if not self.state.get("own_etc"):
+            raise RuntimeError(
+                "add_user needs test hosts made with own_etc=True (up --user): without it they"
+                " share /etc with this machine"
+            )
+        if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,30}", user) or user == "root":
+            raise ValueError(
+                f"user must be a non-root login name ([a-z_][a-z0-9_-]*), got {user!r}"
+            )
+        key = shlex.quote((self.dir / "id_ed25519.pub").read_text().strip())
+        self.ssh(
+            name,
+            f"set -e; useradd --create-home --home-dir /home/{user} --shell /bin/sh"
+            f" --password '*' {user}; install -d -m 700 -o {user} -g {user} /home/{user}/.ssh;"
+            f" echo {key} > /home/{user}/.ssh/authorized_keys;"
+            f" chown {user}: /home/{user}/.ssh/authorized_keys;"
+            f" chmod 600 /home/{user}/.ssh/authorized_keys",
+        )
+        self.host(name).setdefault("users", []).append(user)
+        self.save()
+        if sudo:
+            self.set_sudo(name, user, True)
+
+    def set_sudo(self, name: str, user: str, allowed: bool) -> None:
+        """Give `user` passwordless sudo on host `name`, or take it away again."""
+        f = f"/etc/sudoers.d/jiva-{user}"
+        if allowed:
+            rule = shlex.quote(f"{user} ALL=(ALL:ALL) NOPASSWD: ALL")
+            self.ssh(
+                name,
+                f"set -e; echo {rule} > {f}.tmp; chmod 440 {f}.tmp; visudo -cqf {f}.tmp;"
+                f" mv {f}.tmp {f}",
+            )
+        else:
+            self.ssh(name, f"rm -f {f}")
+
+    def remove_user(self, name: str, user: str) -> None:
+        """Remove an account made by add_user: its sudo rule, the account, its home."""
+        self.ssh(name, f"rm -f /etc/sudoers.d/jiva-{user}; userdel --force --remove {user}")
+        users = self.host(name).get("users", [])
+        if user in users:
+            users.remove(user)
+            self.save()
+
+    def set_ansible_user(self, user: str) -> None:
+        """Make the inventory log in as `user` (root, or an account made by add_user; for a
+        non-root one the plays become root with sudo, as on a real cluster)."""
+        f = self.dir / "inventory" / "group_vars" / "jiva_nodes" / "sandbox.yml"
+        f.write_text(re.sub(r"(?m)^ansible_user: .*$", f"ansible_user: {user}", f.read_text()))
 
     def _write_ansible_files(self) -> None:
         inv = self.dir / "inventory"
@@ -424,22 +504,13 @@ class Sandbox:
     def down(self) -> None:
         """Tear everything down: SSH masters, host processes, netns, veths, bridge, route, files."""
         cp = self.dir / "cp"
-        for h in self.state.get("hosts", []):
-            if cp.is_dir():
-                subprocess.run(
-                    [
-                        "ssh",
-                        "-o",
-                        f"ControlPath={cp}/%C",
-                        "-O",
-                        "exit",
-                        "-p",
-                        "22",
-                        f"root@{h['address']}",
-                    ],
-                    capture_output=True,
-                    timeout=10,
-                )
+        # every SSH master Ansible left there (named by a hash of host, port and user)
+        for sock in sorted(cp.iterdir()) if cp.is_dir() else []:
+            subprocess.run(
+                ["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "sandbox-host"],
+                capture_output=True,
+                timeout=10,
+            )
         for h in self.state.get("hosts", []):
             try:
                 self.kill_host(h["name"], signal.SIGTERM)
@@ -490,6 +561,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--name", default="jvsbx", help="prefix of netns/interface names (<= 8 chars)")
     p.add_argument("--subnet", type=int, help="use 10.213.SUBNET.0/24 (default: first free)")
+    p.add_argument(
+        "--user",
+        help="log in as this non-root user with passwordless sudo (hosts get their own /etc)",
+    )
     sub.add_parser("down", help="remove the test hosts and their data")
     sub.add_parser("status", help="print the state as JSON")
     for cmd in ("kill", "link-down", "link-up", "blackhole-on", "blackhole-off", "start", "pids"):
@@ -500,7 +575,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     sb = Sandbox(Path(args.dir))
     if args.cmd == "up":
-        sb.up(args.name, args.nodes, args.subnet)
+        sb.up(args.name, args.nodes, args.subnet, own_etc=bool(args.user))
+        if args.user:
+            try:
+                for h in sb.hosts():
+                    sb.add_user(h, args.user)
+                sb.set_ansible_user(args.user)
+            except BaseException:
+                sb.down()
+                raise
         print(
             f"{len(sb.hosts())} test hosts up: "
             + ", ".join(f"{h}={sb.address(h)}" for h in sb.hosts())
