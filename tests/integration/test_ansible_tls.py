@@ -242,3 +242,47 @@ def test_api_tls_from_the_inventory(tmp_path):
     assert "Rolling restart of this host" in rolled.output, rolled.output
     assert served_serial(ca) == new_serial != serial
     assert https_json(f"https://{API}/v1/volume", ca)["state"] == "serving"
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"jiva_api_tls_key": "KEY"}, "n1: jiva_api_tls_key is set but jiva_api_tls_cert is not"),
+        ({"jiva_api_ca": "CA"}, "n1: jiva_api_ca is set but jiva_api_tls_cert is not"),
+        (
+            {"jiva_api_tls_cert": "CERT", "jiva_api_tls_key": "KEY"},
+            "n1: jiva_api_tls_cert is set but jiva_api_ca is not",
+        ),
+        (
+            {
+                "jiva_api_tls_cert": "CERT",
+                "jiva_api_tls_key": "/nonexistent.key",
+                "jiva_api_ca": "CA",
+            },
+            "n1: jiva_api_tls_key /nonexistent.key is not a file on the control node",
+        ),
+        (
+            {
+                "jiva_api_tls_cert": "CERT",
+                "jiva_api_tls_key": "KEY",
+                "jiva_api_ca": "CA",
+                "n2": "CA2",
+            },
+            "n2: jiva_api_ca differs from that of host n1",
+        ),
+    ],
+)
+def test_incomplete_tls_settings_are_refused_naming_the_variable(tmp_path, settings, message):
+    """Refused by the validation play, before any host is touched."""
+    files = {k: tmp_path / f"{k.lower()}.pem" for k in ("CERT", "KEY", "CA", "CA2")}
+    for f in files.values():
+        f.write_text("PEM\n")
+    tls = {k: str(files.get(v, v)) for k, v in settings.items() if k != "n2"}
+    inv = write_inventory(tmp_path, **tls)
+    if "n2" in settings:  # host n2's own CA bundle (host vars win over the group's)
+        hosts = json.loads((inv / "hosts.yml").read_text())
+        hosts["jiva_nodes"]["hosts"]["n2"]["jiva_api_ca"] = str(files[settings["n2"]])
+        (inv / "hosts.yml").write_text(json.dumps(hosts))
+    run = run_playbook("site.yml", ROOT / "ansible.cfg", tmp_path / "home", "-i", str(inv))
+    assert run.rc != 0 and f"host {message}" in run.output, run.output
+    assert not (tmp_path / "nodes").exists()
