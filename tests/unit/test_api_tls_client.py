@@ -2,10 +2,12 @@
 HTTPS to a real TLS listener and verifies the certificate against that bundle and the address;
 without the bundle, with another CA or for an address the certificate does not name it refuses
 with a one-line reason; a controller's certificate and key files count in its config fingerprint
-(module_utils/jiva_service.py), so a renewed certificate restarts it."""
+(module_utils/jiva_service.py), so a renewed certificate restarts it; `jiva ha watch --api-ca`
+polls the APIs over HTTPS."""
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import ipaddress
 import json
@@ -21,6 +23,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from jiva_engine import ha
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "collections"))
@@ -79,7 +83,8 @@ def pki(tmp_path: Path) -> dict[str, Path]:
 
 class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        body = json.dumps({"name": "v1", "state": "serving", "path": self.path}).encode()
+        doc = {"name": "v1", "state": "serving", "path": self.path, "replicas": [{"mode": "RW"}]}
+        body = json.dumps(doc).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -109,7 +114,7 @@ def https_port(pki: dict[str, Path]) -> Iterator[int]:
 
 def test_https_with_the_ca_bundle(pki, https_port):
     doc = A.get_json(f"127.0.0.1:{https_port}", "/v1/volume", ca=str(pki["ca"]))
-    assert doc == {"name": "v1", "state": "serving", "path": "/v1/volume"}
+    assert doc["state"] == "serving" and doc["path"] == "/v1/volume"
     assert A.api_url("h:1", "/v1/volume", str(pki["ca"])) == "https://h:1/v1/volume"
     assert A.api_url("h:1", "v1/volume") == "http://h:1/v1/volume"
 
@@ -144,3 +149,20 @@ def test_certificate_and_key_content_count_in_the_fingerprint():
     # turning TLS on is an argument change too
     plain = S.render_env("controller", "db", args, "r1")
     assert S.config_fingerprint(plain, files.get) != before
+
+
+def test_ha_watch_polls_https_with_api_ca(pki, https_port, tmp_path, monkeypatch):
+    monkeypatch.delenv("JIVA_API_CA", raising=False)  # restored after the test
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"volumes": {"v1": {"api": f"127.0.0.1:{https_port}"}}}))
+
+    def watcher(*extra: str) -> ha.Watcher:
+        parser = argparse.ArgumentParser()
+        ha.add_arguments(parser)
+        return ha.Watcher(parser.parse_args(["watch", "--state-file", str(state), *extra]))
+
+    plain = watcher()
+    assert ha.poll(plain.apis(), timeout=2) == {"v1": "unreachable"}  # HTTP to the HTTPS API
+    tls = watcher("--api-ca", str(pki["ca"]))
+    assert tls.apis() == {"v1": f"https://127.0.0.1:{https_port}"}
+    assert ha.poll(tls.apis(), timeout=2) == {"v1": "serving/RW"}
