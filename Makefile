@@ -95,12 +95,14 @@ ansible-checks: ansible-lint ansible-sanity molecule
 # ---- HA (owner: the health/failover part) ------------------------------------------------------
 # make watch             run playbooks/failover.yml whenever a volume's API changes state, and
 #                        every WATCH_INTERVAL s anyway (host-loss recovery from the control node)
+# make watch WATCH_API_CA=ca.pem   the same with TLS for the management API (polls https)
 # make health            the health table (add HEALTH_JSON=file to also write JSON)
 .PHONY: watch health
 WATCH_INTERVAL ?= 30
 WATCH_POLL ?= 1
+WATCH_API_CA ?=
 watch: venv
-	$(ANSIBLE_ENV) $(VENV)/bin/jiva ha watch --interval $(WATCH_INTERVAL) --poll $(WATCH_POLL)
+	$(ANSIBLE_ENV) $(VENV)/bin/jiva ha watch --interval $(WATCH_INTERVAL) --poll $(WATCH_POLL) $(if $(WATCH_API_CA),--api-ca $(WATCH_API_CA))
 
 health: venv
 	$(ANSIBLE_ENV) $(VENV)/bin/ansible-playbook playbooks/health.yml $(if $(HEALTH_JSON),-e jiva_health_file=$(HEALTH_JSON))

@@ -61,6 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stop a play run that takes longer than this (s; e.g. SSH stuck on a host that "
         "vanished mid-run) so the next run can start; 0 = no limit",
     )
+    parser.add_argument(
+        "--api-ca",
+        default=None,
+        help="the controllers serve their API over HTTPS (inventory jiva_api_tls_cert): poll "
+        "https://API and verify it against this CA bundle (the inventory's jiva_api_ca)",
+    )
     parser.add_argument("--ansible-playbook", default=None, help="ansible-playbook executable")
     parser.add_argument("--log", help="append each run's output here")
     parser.add_argument(
@@ -115,14 +121,19 @@ class Watcher:
             exe = str(cand) if cand.exists() else "ansible-playbook"
         self.exe = exe
         self.runs = 0
+        self.scheme = ""
+        if getattr(args, "api_ca", None):  # TLS for the management API: the client reads the CA
+            os.environ["JIVA_API_CA"] = args.api_ca  # from $JIVA_API_CA (api/client.py)
+            self.scheme = "https://"
 
     def apis(self) -> dict[str, str]:
-        """Volume -> API address, from the state file the play writes."""
+        """Volume -> API address (https://HOST:PORT with --api-ca), from the state file the play
+        writes."""
         try:
             vols = json.loads(Path(self.args.state_file).read_text()).get("volumes", {})
         except (OSError, ValueError):
             return {}
-        return {n: v["api"] for n, v in vols.items() if v.get("api")}
+        return {n: self.scheme + v["api"] for n, v in vols.items() if v.get("api")}
 
     def _log(self, text: str) -> None:
         if self.args.log:

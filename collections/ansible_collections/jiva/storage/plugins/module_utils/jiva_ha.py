@@ -75,10 +75,10 @@ def probe_hosts(nodes, timeout=1.0, attempts=2, pause=0.2):
     return result
 
 
-def read_volume(api, token=None, timeout=2.0):
-    """(status document, None) from GET /v1/volume, or (None, reason)."""
+def read_volume(api, token=None, timeout=2.0, ca=None):
+    """(status document, None) from GET /v1/volume (HTTPS with a CA bundle `ca`), or (None, reason)."""
     try:
-        return get_json(api, "/v1/volume", token=token, timeout=timeout), None
+        return get_json(api, "/v1/volume", token=token, timeout=timeout, ca=ca), None
     except ApiError as exc:
         return None, str(exc)
 

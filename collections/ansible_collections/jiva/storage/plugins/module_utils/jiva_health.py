@@ -11,6 +11,7 @@ __metaclass__ = type
 import json
 from functools import partial
 
+from ansible_collections.jiva.storage.plugins.module_utils.jiva_api import API_CLIENT_ARGS
 from ansible_collections.jiva.storage.plugins.module_utils.jiva_ha import (
     HEALTH_HEADERS,
     health_table_rows,
@@ -49,6 +50,7 @@ ARGUMENT_SPEC = dict(
     json_file=dict(type="path"),
     fail_on_degraded=dict(type="bool", default=False),
 )
+ARGUMENT_SPEC.update(API_CLIENT_ARGS)
 
 
 class HealthError(Exception):
@@ -85,7 +87,7 @@ def health(p):
     node_address = dict((n["name"], n["address"]) for n in p["nodes"])
     # The host probes and the API reads run side by side: a dead host costs one probe round
     # (with its retry) instead of that plus an API timeout after it.
-    calls = [partial(read_volume, v["api"], p["token"], p["timeout"]) for v in volumes]  # type: list
+    calls = [partial(read_volume, v["api"], p["token"], p["timeout"], p["api_ca"]) for v in volumes]  # type: list
     if p["probe_hosts"]:
         calls.append(partial(probe_hosts, p["nodes"], timeout=min(p["timeout"], 0.8)))
     results = parallel(calls)

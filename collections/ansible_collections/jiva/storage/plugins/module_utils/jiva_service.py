@@ -40,6 +40,10 @@ SERVICE_COMMON_ARGS = dict(
 # the env file gets the new size): a change of only these never calls for a restart.
 ONLINE_ARGS = ("--size",)
 
+# Arguments naming a file whose content the process reads at start, besides the `--*-file` ones
+# (secrets): a changed file calls for a restart like a changed argument.
+FILE_ARGS = ("--api-tls-cert", "--api-tls-key")
+
 
 def render_env(kind, volume, args, revision):
     """Return the env file text for one service: a header and the quoted argument line.
@@ -79,7 +83,8 @@ def config_fingerprint(env_text, read):
     """What a process started from this env file runs with, as a sha256 hex string (None when
     there is no env file): the file's other lines (the engine revision), its arguments without
     those applied online (ONLINE_ARGS with their values), and the content of every file named by
-    a `--*-file` argument (secrets), read with `read(path)` (text or None). Two configs with the
+    a `--*-file` argument (secrets) or a FILE_ARGS one (the API's certificate and key), read with
+    `read(path)` (text or None). Two configs with the
     same fingerprint need no restart to go from one to the other."""
     if env_text is None:
         return None
@@ -95,7 +100,7 @@ def config_fingerprint(env_text, read):
             i += 2
             continue
         kept.append(w)
-        if w.startswith("--") and w.endswith("-file") and i + 1 < len(words):
+        if (w in FILE_ARGS or w.startswith("--") and w.endswith("-file")) and i + 1 < len(words):
             files.append([words[i + 1], read(words[i + 1])])
         i += 1
     doc = json.dumps({"lines": other, "args": kept, "files": files}, sort_keys=True)

@@ -121,6 +121,20 @@ options:
     type: list
     elements: str
     default: []
+  api_tls_cert:
+    description:
+      - PEM certificate (chain) file on the host that the management API presents
+        (C(--api-tls-cert)); the API then speaks HTTPS only. Needs O(api_tls_key).
+      - The file's content counts as part of the config, so a changed certificate restarts
+        a running controller (or reports it RV(restart_pending) with O(restart=false)).
+    type: path
+    version_added: "0.6.0"
+  api_tls_key:
+    description:
+      - PEM private key file of O(api_tls_cert) on the host (C(--api-tls-key); keep it 0600).
+        Its content counts as part of the config like the certificate's.
+    type: path
+    version_added: "0.6.0"
 extends_documentation_fragment:
   - jiva.storage.service
 """
@@ -222,6 +236,8 @@ args:
            --replica, "10.0.0.2:9700", --witness, "10.0.0.3:9700", --quorum, majority]
 """
 
+import os
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.jiva.storage.plugins.module_utils.jiva_service import (
     SERVICE_COMMON_ARGS,
@@ -257,6 +273,8 @@ def main():
         chap_user=dict(type="str"),
         chap_secret=dict(type="str", no_log=True),
         allowed_initiators=dict(type="list", elements="str", default=[]),
+        api_tls_cert=dict(type="path"),
+        api_tls_key=dict(type="path"),
     )
     argument_spec.update(SERVICE_COMMON_ARGS)
     module = AnsibleModule(
@@ -267,7 +285,7 @@ def main():
             ("state", "started", ("portal", "api", "replicas")),
             ("state", "stopped", ("portal", "api", "replicas")),
         ],
-        required_together=[("chap_user", "chap_secret")],
+        required_together=[("chap_user", "chap_secret"), ("api_tls_cert", "api_tls_key")],
     )
     p = module.params
     name = p["name"]
@@ -304,6 +322,12 @@ def main():
             args += ["--chap-user", p["chap_user"]]
         for iqn in p["allowed_initiators"]:
             args += ["--allow-initiator", iqn]
+        if p["api_tls_cert"]:
+            if not module.check_mode:
+                for opt in ("api_tls_cert", "api_tls_key"):
+                    if not os.path.isfile(p[opt]):
+                        module.fail_json(msg="controller %s: %s %s is not a file" % (name, opt, p[opt]))
+            args += ["--api-tls-cert", p["api_tls_cert"], "--api-tls-key", p["api_tls_key"]]
     secret_args, files = secret_files(
         module,
         svc,

@@ -51,6 +51,8 @@ options:
     description: Ask every running controller for its state (RV(controller_status)).
     type: bool
     default: true
+extends_documentation_fragment:
+  - jiva.storage.api_client
 attributes:
   check_mode:
     support: full
@@ -172,11 +174,14 @@ revision:
   sample: 3f2a...
 """
 
-import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.urls import open_url
+from ansible_collections.jiva.storage.plugins.module_utils.jiva_api import (
+    API_CLIENT_ARGS,
+    ApiError,
+    get_json,
+)
 from ansible_collections.jiva.storage.plugins.module_utils.jiva_placement import WITNESS_SUBDIR
 from ansible_collections.jiva.storage.plugins.module_utils.jiva_service import (
     config_fingerprint,
@@ -216,13 +221,15 @@ def _ports_of(kind, env_path):
     return out
 
 
-def _controller_status(api):
-    """{state, epoch} of the controller answering on `api` (asked from this host)."""
+def _controller_status(api, ca=None):
+    """{state, epoch} of the controller answering on `api` (asked from this host; HTTPS verified
+    against the CA bundle `ca` when given)."""
     if not api:
         return {"state": "unknown", "epoch": None}
     try:
-        resp = open_url("http://%s/v1/volume" % api, timeout=2, validate_certs=False, use_proxy=False)
-        doc = json.loads(resp.read())
+        doc = get_json(api, "/v1/volume", timeout=2, ca=ca)
+        if not isinstance(doc, dict):
+            raise ApiError("not a JSON object")
     except Exception as e:  # any failure means: this controller does not answer
         return {"state": "unreachable", "epoch": None, "error": str(e)[:200]}
     return {"state": doc.get("state"), "epoch": doc.get("epoch")}
@@ -238,6 +245,7 @@ def main():
             interface=dict(type="str", default=""),
             service_manager=dict(type="str", default="auto", choices=["auto", "systemd", "daemon"]),
             controller_status=dict(type="bool", default=True),
+            **API_CLIENT_ARGS
         ),
         supports_check_mode=True,
     )
@@ -286,7 +294,7 @@ def main():
                     out[key + "_stale"].append(vol)
     for vol in out["controllers_running"] if p["controller_status"] else []:
         env = os.path.join(p["config_dir"], "controller-%s.env" % vol)
-        out["controller_status"][vol] = _controller_status(_api_of(env))
+        out["controller_status"][vol] = _controller_status(_api_of(env), p["api_ca"])
     for key, folder in (("replica_data", p["data_dir"]),
                         ("witness_data", os.path.join(p["data_dir"], WITNESS_SUBDIR))):
         try:

@@ -46,6 +46,8 @@ options:
     description: Seconds to wait for the API; a delete may take up to 20 times this.
     type: float
     default: 10.0
+extends_documentation_fragment:
+  - jiva.storage.api_client
 attributes:
   check_mode:
     support: full
@@ -88,6 +90,7 @@ import re
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.jiva.storage.plugins.module_utils.jiva_api import (
+    API_CLIENT_ARGS,
     ApiError,
     get_json,
     request_json,
@@ -96,9 +99,9 @@ from ansible_collections.jiva.storage.plugins.module_utils.jiva_api import (
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-def listed(api, token, timeout):
+def listed(api, token, timeout, ca=None):
     """The volume's snapshots, oldest first."""
-    doc = get_json(api, "/v1/snapshots", token=token, timeout=timeout)
+    doc = get_json(api, "/v1/snapshots", token=token, timeout=timeout, ca=ca)
     snaps = doc.get("snapshots") if isinstance(doc, dict) else None
     if not isinstance(snaps, list):
         raise ApiError("GET /v1/snapshots on %s answered no snapshot list" % api)
@@ -107,16 +110,15 @@ def listed(api, token, timeout):
 
 def main():
     """Run the module."""
-    module = AnsibleModule(
-        argument_spec=dict(
-            api=dict(type="str", required=True),
-            name=dict(type="str", required=True),
-            state=dict(type="str", choices=["present", "absent"], default="present"),
-            token=dict(type="str", no_log=True),
-            timeout=dict(type="float", default=10.0),
-        ),
-        supports_check_mode=True,
+    argument_spec = dict(
+        api=dict(type="str", required=True),
+        name=dict(type="str", required=True),
+        state=dict(type="str", choices=["present", "absent"], default="present"),
+        token=dict(type="str", no_log=True),
+        timeout=dict(type="float", default=10.0),
     )
+    argument_spec.update(API_CLIENT_ARGS)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
     if not NAME.match(p["name"]):
         module.fail_json(
@@ -124,7 +126,7 @@ def main():
             "starting with a letter or digit" % (p["name"],)
         )
     try:
-        snaps = listed(p["api"], p["token"], p["timeout"])
+        snaps = listed(p["api"], p["token"], p["timeout"], p["api_ca"])
     except ApiError as exc:
         module.fail_json(msg=str(exc))
     have = dict((s.get("name"), s) for s in snaps)
@@ -142,14 +144,14 @@ def main():
         if want:
             answer = request_json(
                 p["api"], "POST", "/v1/snapshots", body={"name": p["name"]},
-                token=p["token"], timeout=p["timeout"],
+                token=p["token"], timeout=p["timeout"], ca=p["api_ca"],
             )  # fmt: skip
         else:
             answer = request_json(
                 p["api"], "DELETE", "/v1/snapshots/%s" % p["name"],
-                token=p["token"], timeout=20 * p["timeout"],
+                token=p["token"], timeout=20 * p["timeout"], ca=p["api_ca"],
             )  # fmt: skip
-        snaps = listed(p["api"], p["token"], p["timeout"])
+        snaps = listed(p["api"], p["token"], p["timeout"], p["api_ca"])
     except ApiError as exc:
         module.fail_json(
             msg="%s snapshot %r: %s" % ("taking" if want else "deleting", p["name"], exc)

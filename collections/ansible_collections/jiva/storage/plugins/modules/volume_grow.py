@@ -46,6 +46,8 @@ options:
       replica to record the size.
     type: float
     default: 3.0
+extends_documentation_fragment:
+  - jiva.storage.api_client
 attributes:
   check_mode:
     support: full
@@ -86,6 +88,7 @@ grown:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.jiva.storage.plugins.module_utils.jiva_api import (
+    API_CLIENT_ARGS,
     ApiError,
     get_json,
     request_json,
@@ -94,11 +97,11 @@ from ansible_collections.jiva.storage.plugins.module_utils.jiva_ha import parall
 from ansible_collections.jiva.storage.plugins.module_utils.jiva_placement import parse_size
 
 
-def read_size(vol, want, token, timeout):
+def read_size(vol, want, token, timeout, ca=None):
     """{name, reachable, old_size, size, grow[, error]} of one volume from its API."""
     row = dict(name=vol["name"], reachable=False, grow=False)
     try:
-        doc = get_json(vol["api"], "/v1/volume", token=token, timeout=timeout)
+        doc = get_json(vol["api"], "/v1/volume", token=token, timeout=timeout, ca=ca)
     except ApiError as exc:
         row["error"] = str(exc)
         return row
@@ -114,12 +117,13 @@ def read_size(vol, want, token, timeout):
     return row
 
 
-def grow(vol, want, token, timeout):
+def grow(vol, want, token, timeout, ca=None):
     """POST /v1/volume/grow; None or the reason it failed."""
     try:
         request_json(
-            vol["api"], "POST", "/v1/volume/grow", body={"size": want}, token=token, timeout=timeout
-        )
+            vol["api"], "POST", "/v1/volume/grow", body={"size": want}, token=token,
+            timeout=timeout, ca=ca,
+        )  # fmt: skip
     except ApiError as exc:
         return str(exc)
     return None
@@ -127,15 +131,14 @@ def grow(vol, want, token, timeout):
 
 def main():
     """Run the module."""
-    module = AnsibleModule(
-        argument_spec=dict(
-            volumes=dict(type="list", elements="dict", required=True),
-            check_only=dict(type="bool", default=False),
-            token=dict(type="str", no_log=True),
-            timeout=dict(type="float", default=3.0),
-        ),
-        supports_check_mode=True,
+    argument_spec = dict(
+        volumes=dict(type="list", elements="dict", required=True),
+        check_only=dict(type="bool", default=False),
+        token=dict(type="str", no_log=True),
+        timeout=dict(type="float", default=3.0),
     )
+    argument_spec.update(API_CLIENT_ARGS)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
     wants = []
     for i, vol in enumerate(p["volumes"]):
@@ -148,7 +151,7 @@ def main():
             module.fail_json(msg="volume %r: size: %s" % (vol["name"], exc))
     rows = parallel(
         [
-            (lambda v=v, w=w: read_size(v, w, p["token"], p["timeout"]))
+            (lambda v=v, w=w: read_size(v, w, p["token"], p["timeout"], p["api_ca"]))
             for v, w in zip(p["volumes"], wants)
         ]
     )
@@ -180,7 +183,7 @@ def main():
     if p["check_only"] or module.check_mode or not due:
         module.exit_json(changed=bool(due) and not p["check_only"], **result)
     errors = parallel(
-        [(lambda v=v, w=w: grow(v, w, p["token"], 10 * p["timeout"])) for _r, v, w in due]
+        [(lambda v=v, w=w: grow(v, w, p["token"], 10 * p["timeout"], p["api_ca"])) for _r, v, w in due]
     )
     failed = ["%s: %s" % (r["name"], e) for (r, _v, _w), e in zip(due, errors) if e]
     for (r, _v, w), e in zip(due, errors):

@@ -76,6 +76,8 @@ options:
     description: Fail when any volume is degraded or not serving.
     type: bool
     default: false
+extends_documentation_fragment:
+  - jiva.storage.api_client
 attributes:
   check_mode:
     support: full

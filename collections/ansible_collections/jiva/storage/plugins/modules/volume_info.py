@@ -40,6 +40,8 @@ options:
     description: Fail the task when the API cannot be reached (otherwise return RV(reachable=false)).
     type: bool
     default: false
+extends_documentation_fragment:
+  - jiva.storage.api_client
 attributes:
   check_mode:
     support: full
@@ -94,24 +96,29 @@ volume:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.jiva.storage.plugins.module_utils.jiva_api import ApiError, get_json
+from ansible_collections.jiva.storage.plugins.module_utils.jiva_api import (
+    API_CLIENT_ARGS,
+    ApiError,
+    get_json,
+)
 
 
 def main():
     """Run the module."""
-    module = AnsibleModule(
-        argument_spec=dict(
-            api=dict(type="str", required=True),
-            name=dict(type="str"),
-            token=dict(type="str", no_log=True),
-            timeout=dict(type="float", default=3.0),
-            fail_on_unreachable=dict(type="bool", default=False),
-        ),
-        supports_check_mode=True,
+    argument_spec = dict(
+        api=dict(type="str", required=True),
+        name=dict(type="str"),
+        token=dict(type="str", no_log=True),
+        timeout=dict(type="float", default=3.0),
+        fail_on_unreachable=dict(type="bool", default=False),
     )
+    argument_spec.update(API_CLIENT_ARGS)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
     try:
-        doc = get_json(p["api"], "/v1/volume", token=p["token"], timeout=p["timeout"])
+        doc = get_json(
+            p["api"], "/v1/volume", token=p["token"], timeout=p["timeout"], ca=p["api_ca"]
+        )
     except ApiError as exc:
         if p["fail_on_unreachable"]:
             module.fail_json(msg=str(exc), reachable=False, serving=False)
