@@ -3,6 +3,7 @@ down, and a runner for ansible-playbook that parses the recap."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.util
 import itertools
@@ -159,20 +160,39 @@ def local_inventory(base: Path, addresses: list[str], volumes: list[dict], **gro
     return inv
 
 
+_session_wheelhouse: Path | None = None
+
+
+def _build_session_wheelhouse() -> Path:
+    """The engine wheelhouse built once per pytest session (from the sources as they are at the
+    first call), in a folder removed when the session ends."""
+    global _session_wheelhouse
+    if _session_wheelhouse is None or not (_session_wheelhouse.parent / "wheelhouse.tar").is_file():
+        tmp = Path(tempfile.mkdtemp(prefix="jvwh", dir="/tmp"))
+        atexit.register(shutil.rmtree, tmp, True)
+        out = tmp / "wheelhouse"
+        seed = ROOT / "build" / "wheelhouse"
+        if seed.is_dir():
+            shutil.copytree(seed, out)
+            (out / ".src-key").unlink(missing_ok=True)
+        subprocess.run(
+            [str(ROOT / "scripts" / "build-wheelhouse.sh"), str(out)],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+        _session_wheelhouse = out
+    return _session_wheelhouse
+
+
 def frozen_wheelhouse(base: Path) -> list[str]:
-    """Build the engine wheelhouse into `base` once; return ansible-playbook args that ship it as is
-    (so engine commits landing during a test do not count as changes between two runs)."""
+    """The engine wheelhouse in `base`; return ansible-playbook args that ship it as is (so engine
+    commits landing during a test do not count as changes between two runs). Built once per
+    session and copied (a wheel build costs 10-25 s; every deploying module needs one)."""
+    built = _build_session_wheelhouse()
     out = base / "wheelhouse"
-    seed = ROOT / "build" / "wheelhouse"
-    if seed.is_dir():
-        shutil.copytree(seed, out)
-        (out / ".src-key").unlink(missing_ok=True)
-    subprocess.run(
-        [str(ROOT / "scripts" / "build-wheelhouse.sh"), str(out)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    shutil.copytree(built, out)
+    shutil.copy2(built.with_name("wheelhouse.tar"), base / "wheelhouse.tar")
     return ["-e", "jiva_build_wheelhouse=false", "-e", f"jiva_control_wheelhouse={out}"]
 
 
