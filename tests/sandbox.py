@@ -160,14 +160,14 @@ def local_inventory(base: Path, addresses: list[str], volumes: list[dict], **gro
     return inv
 
 
-_session_wheelhouse: Path | None = None
+_session_wheelhouse: dict[str, Path] = {}  # "built": the session's wheelhouse
 
 
 def _build_session_wheelhouse() -> Path:
     """The engine wheelhouse built once per pytest session (from the sources as they are at the
     first call), in a folder removed when the session ends."""
-    global _session_wheelhouse
-    if _session_wheelhouse is None or not (_session_wheelhouse.parent / "wheelhouse.tar").is_file():
+    built = _session_wheelhouse.get("built")
+    if built is None or not built.with_name("wheelhouse.tar").is_file():
         tmp = Path(tempfile.mkdtemp(prefix="jvwh", dir="/tmp"))
         atexit.register(shutil.rmtree, tmp, True)
         out = tmp / "wheelhouse"
@@ -181,8 +181,8 @@ def _build_session_wheelhouse() -> Path:
             capture_output=True,
             timeout=300,
         )
-        _session_wheelhouse = out
-    return _session_wheelhouse
+        _session_wheelhouse["built"] = built = out
+    return built
 
 
 def frozen_wheelhouse(base: Path) -> list[str]:
