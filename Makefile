@@ -27,7 +27,7 @@ lint: venv
 
 # The whole suite: Debian tools, the venv, lint, then every default test.
 test: debs venv lint ansible-checks
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 unit: venv
 	$(PY) -m pytest -q tests/unit

@@ -22,3 +22,13 @@ def procs(tmp_path):
         yield p
     finally:
         p.stop_all()
+
+
+@pytest.fixture(scope="session")
+def shared_local_venv(tmp_path_factory) -> list[str]:
+    """ansible-playbook args giving the local-connection deploy tests one engine venv for the
+    session (`-e jiva_venv=...`, above the inventory): the first deploy creates it and installs
+    the engine, later ones find the same revision installed (20-30 s each saved). The fresh
+    install into a new venv stays proven by tests/integration/test_ansible_local.py (own venv,
+    `--check` creates none) and by every deploy onto test hosts."""
+    return ["-e", f"jiva_venv={tmp_path_factory.mktemp('localvenv') / 'venv'}"]

@@ -3,6 +3,7 @@ down, and a runner for ansible-playbook that parses the recap."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.util
 import itertools
@@ -159,22 +160,40 @@ def local_inventory(base: Path, addresses: list[str], volumes: list[dict], **gro
     return inv
 
 
+_session_wheelhouse: dict[str, Path] = {}  # "built": the session's wheelhouse
+
+
+def _build_session_wheelhouse() -> Path:
+    """The engine wheelhouse built once per pytest session (from the sources as they are at the
+    first call), in a folder removed when the session ends."""
+    built = _session_wheelhouse.get("built")
+    if built is None or not list(built.glob("*.tar")):
+        tmp = Path(tempfile.mkdtemp(prefix="jvwh", dir="/tmp"))
+        atexit.register(shutil.rmtree, tmp, True)
+        out = tmp / "wheelhouse"
+        seed = ROOT / "build" / "wheelhouse"
+        if seed.is_dir():
+            shutil.copytree(seed, out)
+            (out / ".src-key").unlink(missing_ok=True)
+        subprocess.run(
+            [str(ROOT / "scripts" / "build-wheelhouse.sh"), "--for", "/usr/bin/python3", str(out)],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+        _session_wheelhouse["built"] = built = out
+    return built
+
+
 def frozen_wheelhouse(base: Path) -> list[str]:
-    """Build the engine wheelhouse into `base` once, for the test hosts' Python (/usr/bin/python3,
-    the default jiva_python); return ansible-playbook args that ship it as is (so engine commits
-    landing during a test do not count as changes between two runs)."""
+    """The engine wheelhouse for the test hosts' Python (/usr/bin/python3, the default
+    jiva_python) in `base`; return ansible-playbook args that ship it as is (so engine commits
+    landing during a test do not count as changes between two runs). Built once per session and
+    copied (a wheel build costs 10-25 s; every deploying module needs one)."""
+    built = _build_session_wheelhouse()
     # not base/wheelhouse: that is the local hosts' own (the venv's folder + /wheelhouse)
     out = base / "control-wheelhouse"
-    seed = ROOT / "build" / "wheelhouse"
-    if seed.is_dir():
-        shutil.copytree(seed, out)
-        (out / ".src-key").unlink(missing_ok=True)
-    subprocess.run(
-        [str(ROOT / "scripts" / "build-wheelhouse.sh"), "--for", "/usr/bin/python3", str(out)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    shutil.copytree(built, out)
     return ["-e", "jiva_build_wheelhouse=false", "-e", f"jiva_control_wheelhouse={out}"]
 
 

@@ -83,12 +83,13 @@ def snapshot(base: Path) -> dict[str, str]:
 
 
 @pytest.mark.usefixtures("local_daemons")
-def test_inventory_size_grows_online_and_shrink_is_refused(tmp_path):
+def test_inventory_size_grows_online_and_shrink_is_refused(tmp_path, shared_local_venv):
     home = tmp_path / "ansible-home"
     cfg = ROOT / "ansible.cfg"
     wheels = frozen_wheelhouse(tmp_path)
     inv = write_inventory(tmp_path, "16M")
     args = ["-i", str(inv), *wheels, "-e", f"jiva_ha_state_file={tmp_path / 'ha.json'}"]
+    args += shared_local_venv
 
     deploy = run_playbook("site.yml", cfg, home, *args)
     assert deploy.rc == 0, deploy.output

@@ -74,12 +74,13 @@ def pids(base: Path, volume: str) -> dict[str, str]:
 
 
 @pytest.mark.usefixtures("local_daemons")
-def test_remove_a_volume_from_the_middle_keeps_the_others(tmp_path):
+def test_remove_a_volume_from_the_middle_keeps_the_others(tmp_path, shared_local_venv):
     vols = volumes()
     inv = write_inventory(tmp_path, vols)
     home, cfg = tmp_path / "ansible-home", ROOT / "ansible.cfg"
     state_file = tmp_path / "ha-state.json"
     args = ["-i", str(inv), *frozen_wheelhouse(tmp_path), "-e", f"jiva_ha_state_file={state_file}"]
+    args += shared_local_venv
 
     deploy = run_playbook("site.yml", cfg, home, *args)
     print(f"\ndeploy of 3 volumes: {deploy.seconds:.1f}s")

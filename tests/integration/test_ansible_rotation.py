@@ -66,14 +66,14 @@ def child_pids(base: Path) -> dict[str, str]:
 
 @pytest.mark.timeout(1800)  # three deploys/rolls of a local cluster on a loaded 2-core machine
 @pytest.mark.usefixtures("local_daemons")
-def test_secret_and_token_rotation_through_the_inventory(tmp_path):
+def test_secret_and_token_rotation_through_the_inventory(tmp_path, shared_local_venv):
     home = tmp_path / "ansible-home"
     cfg = ROOT / "ansible.cfg"
     wheels = frozen_wheelhouse(tmp_path)
     state = ["-e", f"jiva_ha_state_file={tmp_path / 'ha.json'}"]
     old = {"jiva_replica_secret": OLD["secret"], "jiva_api_token": OLD["token"]}
     inv = write_inventory(tmp_path, **old)
-    args = ["-i", str(inv), *wheels, *state]
+    args = ["-i", str(inv), *wheels, *state, *shared_local_venv]
     deploy = run_playbook("site.yml", cfg, home, *args)
     assert deploy.rc == 0, deploy.output
     assert api_post(OLD["token"]) == 400 and api_post(NEW["token"]) == 401

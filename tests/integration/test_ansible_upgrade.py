@@ -189,12 +189,13 @@ def check(sessions: dict[str, QemuIoSession], t0: float, t1: float, base: Path) 
 
 @pytest.mark.timeout(1800)  # 4 deploys/rolls of a local cluster on a loaded 2-core machine
 @pytest.mark.usefixtures("local_daemons")
-def test_rolling_restart_and_upgrade(tmp_path):
+def test_rolling_restart_and_upgrade(tmp_path, shared_local_venv):
     inv = write_inventory(tmp_path)
     home = tmp_path / "ansible-home"
     cfg = ROOT / "ansible.cfg"
     wheels = frozen_wheelhouse(tmp_path)
     base_args = ["-i", str(inv), *wheels, "-e", f"jiva_ha_state_file={tmp_path / 'ha-state.json'}"]
+    base_args += shared_local_venv
     frozen = 0
     try:
         deploy = run_playbook("site.yml", cfg, home, *base_args)
