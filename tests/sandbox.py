@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+COLLECTION = ROOT / "collections" / "ansible_collections" / "jiva" / "storage"
 BIN = Path(sys.executable).parent
 _spec = importlib.util.spec_from_file_location("jiva_sandbox", ROOT / "scripts" / "sandbox.py")
 assert _spec is not None and _spec.loader is not None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.sandbox import ROOT, run_playbook
+from tests.sandbox import COLLECTION, ROOT, run_playbook
 
 PLAY = """
 - name: Secrets
@@ -39,7 +39,7 @@ def setup(tmp_path: Path, **host1: str) -> tuple[Path, Path, Path]:
     (inv / "hosts.yml").write_text(json.dumps({"jiva_nodes": {"hosts": hosts}}))
     out = tmp_path / "got.json"
     play = tmp_path / "play.yml"
-    play.write_text(PLAY.format(tasks=ROOT / "collections/ansible_collections/jiva/storage" / "playbooks" / "tasks" / "secrets.yml", out=out))
+    play.write_text(PLAY.format(tasks=COLLECTION / "playbooks/tasks/secrets.yml", out=out))
     return inv, play, out
 
 

@@ -23,13 +23,13 @@ import yaml
 
 from jiva_engine.ha import default_state_file
 from tests.sandbox import (  # noqa: F401 - local_daemons_fixture provides the fixture
+    COLLECTION,
     ROOT,
     PlaybookRun,
     local_daemons_fixture,
     local_inventory,
 )
 
-COLLECTION = ROOT / "collections" / "ansible_collections" / "jiva" / "storage"
 NET = f"127.{random.randint(64, 250)}.{random.randint(1, 250)}"
 PORTAL = f"{NET}.41"
 
@@ -119,8 +119,8 @@ def test_the_tarball_alone_deploys_a_cluster_with_the_lowest_claimed_ansible_cor
     assert st["state"] == "serving" and [x["mode"] for x in st["replicas"]] == ["RW"] * 3, st
 
     # the hosts' engine is the wheel that came in the tarball, not the checkout
-    engine = subprocess.run([str(nodes / "venv" / "bin" / "python"), "-c",
-                             "import jiva_engine; print(jiva_engine.__file__)"],
+    engine = subprocess.run([str(nodes / "venv" / "bin" / "python"), "-I", "-c",
+                             "import jiva_engine; print(jiva_engine.__file__)"], cwd=tmp_path,
                             env=clean_env(), capture_output=True, text=True, check=True)  # fmt: skip
     assert engine.stdout.startswith(str(nodes / "venv")), engine.stdout
     assert not engine.stdout.startswith(str(ROOT))

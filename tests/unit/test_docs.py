@@ -65,5 +65,5 @@ def test_role_readmes_are_generated_from_their_argument_specs():
     )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     for role in ("install", "witness", "replica", "controller"):
-        text = (root / "collections/ansible_collections/jiva/storage" / "roles" / role / "README.md").read_text()
+        text = (COLLECTION / "roles" / role / "README.md").read_text()
         assert "## Variables" in text and "| `jiva_venv` |" in text

@@ -26,7 +26,9 @@ sys.path.insert(0, str(ROOT / "collections"))
 
 from ansible_collections.jiva.storage.plugins.module_utils import jiva_service as S  # noqa: E402
 
-TEMPLATE = ROOT / "collections/ansible_collections/jiva/storage" / "roles" / "install" / "templates" / "jiva@.service.j2"
+TEMPLATE = (
+    ROOT / "collections/ansible_collections/jiva/storage/roles/install/templates/jiva@.service.j2"
+)
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze (Debian systemd)")
 
