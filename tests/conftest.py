@@ -12,6 +12,7 @@ import pytest
 os.environ.setdefault("JIVA_NO_UVLOOP", "1")
 
 from tests.procs import Procs
+from tests.sandbox import DeployedFactory
 
 
 @pytest.fixture
@@ -22,6 +23,18 @@ def procs(tmp_path):
         yield p
     finally:
         p.stop_all()
+
+
+@pytest.fixture(scope="session")
+def deployed_four_hosts(tmp_path_factory):
+    """`d = deployed_four_hosts()`: the shared 4-host cluster (see `Deployed`, `dirty`). Saves
+    a test-host set and a first site.yml run (1-2 min) per test that starts from it. The hosts
+    go at the end of the session (also after a failure)."""
+    factory = DeployedFactory(tmp_path_factory.mktemp("deployed4"))
+    try:
+        yield factory
+    finally:
+        factory.teardown()
 
 
 @pytest.fixture(scope="session")

@@ -237,3 +237,58 @@ def local_daemons_fixture(tmp_path):
         yield tmp_path
     finally:
         stop_daemons(tmp_path)
+
+
+@dataclass
+class Deployed:
+    """4 test hosts with the volumes alpha (32M, 3 replicas) and beta (16M, 2 replicas + a
+    witness) deployed by site.yml (`first` is that run); shared by the tests that start from this
+    cluster (tests/integration/test_ansible_hosts_down.py, test_ansible_sandbox.py)."""
+
+    sb: Any
+    volumes: list[dict]
+    cfg: Path
+    args: list[str]  # the frozen wheelhouse and this cluster's failover record
+    state_file: Path
+    first: PlaybookRun
+    # set by a test while it changes the cluster and cleared when it left it converged and
+    # healthy (or left set: torn down, or the test failed midway): the next caller gets a fresh one
+    dirty: bool = False
+
+    def api(self, i: int) -> str:
+        return f"{self.sb.free_address(i + 1)}:{9800 + i}"
+
+
+class DeployedFactory:
+    """Deploys the shared 4-host cluster on first use; again only after a test tore it down."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.hosts: HostsFactory | None = None
+        self.current: Deployed | None = None
+
+    def __call__(self) -> Deployed:
+        if self.current is not None and not self.current.dirty:
+            return self.current
+        self.teardown()
+        self.hosts = HostsFactory()
+        sb = self.hosts(4)
+        volumes = [
+            {"name": "alpha", "size": "32M", "replicas": 3, "portal": f"{sb.free_address(1)}:3260"},
+            {"name": "beta", "size": "16M", "replicas": 2, "portal": f"{sb.free_address(2)}:3260"},
+        ]
+        gv = sb.dir / "inventory" / "group_vars" / "jiva_nodes" / "volumes.yml"
+        gv.write_text(json.dumps({"jiva_volumes": volumes}))  # (JSON is YAML)
+        work = Path(tempfile.mkdtemp(prefix="dep", dir=self.base))
+        state_file = work / "ha-state.json"  # not the checkout's failover record
+        args = [*frozen_wheelhouse(work), "-e", f"jiva_ha_state_file={state_file}"]
+        cfg = sb.dir / "ansible.cfg"
+        first = run_playbook("site.yml", cfg, work / "ansible-home", *args)
+        self.current = Deployed(sb, volumes, cfg, args, state_file, first)
+        return self.current
+
+    def teardown(self) -> None:
+        """Remove the test hosts of the current cluster (if any)."""
+        if self.hosts is not None:
+            self.hosts.teardown()
+        self.hosts, self.current = None, None

@@ -12,14 +12,8 @@ import time
 import urllib.request
 
 import pytest
-import yaml
 
-from tests.sandbox import (  # noqa: F401 - sandbox_hosts_fixture provides the fixture
-    frozen_wheelhouse,
-    needs_root,
-    run_playbook,
-    sandbox_hosts_fixture,
-)
+from tests.sandbox import needs_root, run_playbook
 
 pytestmark = [pytest.mark.hosts, needs_root]
 
@@ -54,18 +48,15 @@ def qemu_io(portal: str, volume: str, command: str) -> str:
     return p.stdout
 
 
-def test_site_yml_on_four_test_hosts(sandbox_hosts, tmp_path):
-    sb = sandbox_hosts(4)
-    volumes = [
-        {"name": "alpha", "size": "32M", "replicas": 3, "portal": f"{sb.free_address(1)}:3260"},
-        {"name": "beta", "size": "16M", "replicas": 2, "portal": f"{sb.free_address(2)}:3260"},
-    ]
-    gv = sb.dir / "inventory" / "group_vars" / "jiva_nodes" / "volumes.yml"
-    gv.write_text(yaml.safe_dump({"jiva_volumes": volumes}))
-    cfg, home = sb.dir / "ansible.cfg", tmp_path / "ansible-home"
-    wheels = frozen_wheelhouse(tmp_path)
+def test_site_yml_on_four_test_hosts(deployed_four_hosts, tmp_path):
+    # the shared cluster: its first site.yml run (4 fresh hosts) is `d.first`; it may have served
+    # test_ansible_hosts_down.py before (which hands it back converged, every replica RW)
+    d = deployed_four_hosts()
+    d.dirty = True  # this test ends with teardown.yml
+    sb, volumes, cfg, home = d.sb, d.volumes, d.cfg, tmp_path / "ansible-home"
+    wheels = d.args  # the frozen wheelhouse and the cluster's failover record
 
-    first = run_playbook("site.yml", cfg, home, *wheels)
+    first = d.first
     assert first.rc == 0 and first.failed() == 0, first.output
     print(f"\nsite.yml, 4 hosts, 3 + 2 replicas and a witness: first run {first.seconds:.1f}s")
     assert re.search(r"alpha\s+32M\s+\S+:3260\s+\S+\s+h\d", first.output), first.output
@@ -153,7 +144,7 @@ def test_site_yml_on_four_test_hosts(sandbox_hosts, tmp_path):
     qemu_io(volumes[0]["portal"], "alpha", "read -P 0x5a 1M 512k")
 
     # health.yml: the witness column and JSON; the cluster is healthy
-    state_file = tmp_path / "ha-state.json"  # not the checkout's failover record
+    state_file = d.state_file  # not the checkout's failover record
     ha_args = ["-e", f"jiva_ha_state_file={state_file}"]
     report = tmp_path / "health.json"
     health = run_playbook(
