@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.sandbox import (  # noqa: F401 - local_daemons_fixture provides the fixture
+    COLLECTION,
     ROOT,
     local_daemons_fixture,
     local_inventory,
@@ -98,7 +99,7 @@ def test_a_host_gets_the_archive_of_its_python_and_cpu_with_the_highest_glibc_fl
               "cp313-manylinux_2_12_aarch64", "cp313-manylinux_2_35_x86_64",
               "cp311-manylinux_2_36_x86_64"]  # fmt: skip
     p = subprocess.run(
-        [sys.executable, str(ROOT / "roles/install/files/select_wheelhouse.py"), str(tmp_path),
+        [sys.executable, str(COLLECTION / "roles/install/files/select_wheelhouse.py"), str(tmp_path),
          *wanted],
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
@@ -139,7 +140,7 @@ def venv_version(base: Path, node: str) -> str:
 def task_block(output: str, task: str) -> str:
     """The output lines of the install role's task named `task...` (up to the next task)."""
     parts = re.split(r"^TASK \[", output, flags=re.M)
-    (block,) = [p for p in parts if p.startswith(f"install : {task}")]
+    (block,) = [p for p in parts if p.startswith(f"jiva.storage.install : {task}")]
     return block
 
 
