@@ -186,6 +186,19 @@ def _build_session_wheelhouse() -> Path:
     return built
 
 
+IQN = "iqn.2026-11.org.jiva-py:{}"  # a deployed volume's target name (the collection's default)
+
+
+def qemu_io(portal: str, volume: str, command: str) -> str:
+    """Run one qemu-io command on a deployed volume through iSCSI; assert it succeeded."""
+    url = f"iscsi://{portal}/{IQN.format(volume)}/0"
+    p = subprocess.run(
+        ["qemu-io", "-f", "raw", "-c", command, url], capture_output=True, text=True, timeout=60
+    )
+    assert p.returncode == 0 and "failed" not in p.stdout.lower(), p.stdout + p.stderr
+    return p.stdout
+
+
 def frozen_wheelhouse(base: Path) -> list[str]:
     """The engine wheelhouse for the test hosts' Python (/usr/bin/python3, the default
     jiva_python) in `base`; return ansible-playbook args that ship it as is (so engine commits

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -20,11 +19,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.sandbox import ROOT, Sandbox, frozen_wheelhouse, needs_root, run_playbook
+from tests.sandbox import ROOT, Sandbox, frozen_wheelhouse, needs_root, qemu_io, run_playbook
 from tests.waiting import eventually_sync
 
 USER = "jvdeploy"
-IQN = "iqn.2026-11.org.jiva-py:{}"
 COLLECTION = ROOT / "collections" / "ansible_collections" / "jiva" / "storage"
 
 
@@ -111,15 +109,6 @@ def serving(api: str) -> dict | None:
         if st["state"] == "serving":
             return st
     return None
-
-
-def qemu_io(portal: str, volume: str, command: str) -> str:
-    url = f"iscsi://{portal}/{IQN.format(volume)}/0"
-    p = subprocess.run(
-        ["qemu-io", "-f", "raw", "-c", command, url], capture_output=True, text=True, timeout=60
-    )
-    assert p.returncode == 0 and "failed" not in p.stdout.lower(), p.stdout + p.stderr
-    return p.stdout
 
 
 def jiva_process_uids(sb: Any, host: str) -> dict[int, int]:

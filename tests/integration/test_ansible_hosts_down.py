@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import urllib.request
 
 import pytest
 
-from tests.sandbox import needs_root, run_playbook
+from tests.sandbox import needs_root, qemu_io, run_playbook
 from tests.waiting import eventually_sync
 
 pytestmark = [pytest.mark.hosts, needs_root]
-
-IQN = "iqn.2026-11.org.jiva-py:{}"
 
 
 def volume_state(api: str) -> dict:
@@ -31,15 +28,6 @@ def serving(api: str) -> bool:
         return volume_state(api)["state"] == "serving"
     except OSError:
         return False
-
-
-def qemu_io(portal: str, volume: str, command: str) -> str:
-    url = f"iscsi://{portal}/{IQN.format(volume)}/0"
-    p = subprocess.run(
-        ["qemu-io", "-f", "raw", "-c", command, url], capture_output=True, text=True, timeout=60
-    )
-    assert p.returncode == 0 and "failed" not in p.stdout.lower(), p.stdout + p.stderr
-    return p.stdout
 
 
 def services(sb, host: str) -> tuple[set[str], dict[str, str]]:

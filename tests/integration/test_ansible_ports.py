@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -20,12 +19,12 @@ from tests.sandbox import (  # noqa: F401 - local_daemons_fixture provides the f
     frozen_wheelhouse,
     local_daemons_fixture,
     local_inventory,
+    qemu_io,
     run_playbook,
 )
 from tests.waiting import eventually_sync
 
 NET = f"127.{random.randint(64, 250)}.{random.randint(1, 250)}"
-IQN = "iqn.2026-11.org.jiva-py:{}"
 RBASE, ABASE = 9760, 9860
 
 
@@ -54,15 +53,6 @@ def serving(api: str) -> bool:
         return api_state(api)["state"] == "serving"
     except OSError:
         return False
-
-
-def qemu_io(portal: str, volume: str, command: str) -> str:
-    url = f"iscsi://{portal}/{IQN.format(volume)}/0"
-    p = subprocess.run(
-        ["qemu-io", "-f", "raw", "-c", command, url], capture_output=True, text=True, timeout=60
-    )
-    assert p.returncode == 0 and "failed" not in p.stdout.lower(), p.stdout + p.stderr
-    return p.stdout
 
 
 def pids(base: Path, volume: str) -> dict[str, str]:
