@@ -13,11 +13,9 @@ import urllib.request
 
 import pytest
 
-from tests.sandbox import needs_root, run_playbook
+from tests.sandbox import IQN, needs_root, qemu_io, run_playbook
 
 pytestmark = [pytest.mark.hosts, needs_root]
-
-IQN = "iqn.2026-11.org.jiva-py:{}"
 
 
 def volume_state(api: str) -> dict:
@@ -37,15 +35,6 @@ def wait_serving(api: str, timeout: float = 30) -> dict:
             last = exc
         time.sleep(0.2)
     raise AssertionError(f"{api} not serving after {timeout}s: {last}")
-
-
-def qemu_io(portal: str, volume: str, command: str) -> str:
-    url = f"iscsi://{portal}/{IQN.format(volume)}/0"
-    p = subprocess.run(
-        ["qemu-io", "-f", "raw", "-c", command, url], capture_output=True, text=True, timeout=60
-    )
-    assert p.returncode == 0 and "failed" not in p.stdout.lower(), p.stdout + p.stderr
-    return p.stdout
 
 
 def test_site_yml_on_four_test_hosts(deployed_four_hosts, tmp_path):
