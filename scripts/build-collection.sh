@@ -19,13 +19,8 @@ cp -a "$root/collections/ansible_collections/jiva/storage" "$tmp/ansible_collect
 coll=$tmp/ansible_collections/jiva/storage
 rm -rf "$coll/tests/output"
 mkdir -p "$coll/roles/install/files"
-# the engine wheel, built from a clean copy of the sources (reproducible: fixed timestamps)
-mkdir -p "$tmp/src"
-cp "$root/pyproject.toml" "$root/README.md" "$tmp/src/"
-(cd "$root" && find jiva_engine -name '*.py' -exec cp --parents {} "$tmp/src/" \;)
-SOURCE_DATE_EPOCH=315532800 PIP_DISABLE_PIP_VERSION_CHECK=1 \
-  "$py" -m pip wheel -q --no-deps -w "$coll/roles/install/files" "$tmp/src" >"$tmp/log" 2>&1 \
-  || { cat "$tmp/log" >&2; exit 1; }
+# the engine wheel, built as the wheelhouses build it (a clean copy of the sources, reproducible)
+"$py" "$root/scripts/wheelhouse.py" engine-wheel "$coll/roles/install/files" >/dev/null
 # and the wheelhouse builder the install role runs with that wheel (scripts/wheelhouse.py)
 cp "$root/scripts/wheelhouse.py" "$coll/roles/install/files/wheelhouse.py"
 "$galaxy" collection build --force --output-path "$out" "$coll" >"$tmp/log" 2>&1 \

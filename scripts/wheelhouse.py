@@ -14,6 +14,8 @@ Ansible ships to a host of that target.
       --platform without --glibc: glibc 2.17 (manylinux2014, any glibc host of that CPU). Prints
       "changed TARGET" or "unchanged TARGET" per target (nothing built or downloaded when the
       sources and dependencies did not change).
+  wheelhouse.py engine-wheel OUT_DIR
+      Only the engine wheel, into OUT_DIR (scripts/build-collection.sh puts it into the tarball).
   wheelhouse.py probe
       JSON facts of the running Python: what the install role asks of each host's jiva_python
       (the install role's own probe, roles/install/files/python_probe.py of the collection; the
@@ -306,10 +308,18 @@ def main(argv: list[str]) -> int:
     )
     b.add_argument("out", type=Path, nargs="?", default=ROOT / "build" / "wheelhouse")
     sub.add_parser("probe")
+    w = sub.add_parser("engine-wheel", help="build only the engine wheel into OUT_DIR; print it")
+    w.add_argument("out_dir", type=Path)
     a = ap.parse_args(argv)
     try:
         if a.cmd == "probe":
             print(json.dumps(probe()))
+        elif a.cmd == "engine-wheel":
+            py = os.environ.get("JIVA_BUILD_PYTHON") or sys.executable
+            with tempfile.TemporaryDirectory() as tmp:
+                whl = build_engine_wheel(py, Path(tmp))
+                a.out_dir.mkdir(parents=True, exist_ok=True)
+                print(shutil.copy2(whl, a.out_dir / whl.name))
         else:
             py = os.environ.get("JIVA_BUILD_PYTHON") or sys.executable
             if a.target:
