@@ -77,6 +77,18 @@ GOALS = {
 }
 
 
+# Issue 17: (target, job) -> most CPU time per I/O, summed over the target's processes (us).
+CPU_GOALS = {("vol-3r", "4K rand write QD32"): 150.0}
+
+
+def cpu_goal(target: str, job: str, cpu_us: float | None) -> str:
+    """The CPU-per-I/O goal cell of a row ("" when there is none)."""
+    goal = CPU_GOALS.get((target, job))
+    if goal is None or cpu_us is None:
+        return ""
+    return f"<= {goal:.0f} {'ok' if cpu_us <= goal else 'MISS'}"
+
+
 class Procs:
     """The processes this run started; stopped by PID (SIGTERM, then SIGKILL)."""
 
@@ -154,6 +166,17 @@ def wait_until(pred, timeout: float, what: str, poll: float = 0.05) -> float:
         time.sleep(poll)
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system, every thread) used so far by these processes, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:  # comm may hold spaces: fields after its ")"
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / tick
+
+
 class JivaVolume:
     """A replicated volume: N `jiva replica` processes and one `jiva controller` with a portal."""
 
@@ -166,6 +189,11 @@ class JivaVolume:
         self.portal_port = free_port()
         self.controller: subprocess.Popen | None = None
         self.url = f"iscsi://127.0.0.1:{self.portal_port}/iqn.2026-11.org.jiva-py:{name}/0"
+
+    def pids(self) -> list[int]:
+        """PIDs of the controller and every replica running now."""
+        procs = [self.controller, *(p for _, p in self.replicas)]
+        return [p.pid for p in procs if p is not None and p.poll() is None]
 
     def _replica_addr(self) -> str:
         return f"127.0.0.1:{free_port()}"
@@ -268,8 +296,17 @@ def loadavg() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def run_jobs(targets: dict[str, str], seconds: float, reps: int, only: list[str] | None) -> dict:
-    """Every job on every target; reps interleaved so every ratio compares the same minute."""
+def run_jobs(
+    targets: dict[str, str],
+    pids: dict[str, list[int]],
+    seconds: float,
+    reps: int,
+    only: list[str] | None,
+) -> dict:
+    """Every job on every target; reps interleaved so every ratio compares the same minute.
+
+    Also the CPU time per I/O summed over every process of the target (`pids`): a figure that
+    stays stable on a busy machine where IOPS do not."""
     counts: dict[tuple[str, str], int] = {}
     raw: dict[str, dict[str, list[dict]]] = {}
     jobs = [j for j in JOBS if not only or j.name in only]
@@ -281,19 +318,23 @@ def run_jobs(targets: dict[str, str], seconds: float, reps: int, only: list[str]
                     counts[key] = calibrate(url, job, seconds)
                 la = loadavg()
                 n = counts[key]
+                cpu0 = cpu_seconds(pids[tname])
                 t = qemu_bench(url, job, n)
                 for _ in range(3):  # shorter than asked (load changed): again, longer
                     if t >= seconds:
                         break
                     n = counts[key] = int(n / t * seconds * 1.2)
+                    cpu0 = cpu_seconds(pids[tname])
                     t = qemu_bench(url, job, n)
+                cpu_us = (cpu_seconds(pids[tname]) - cpu0) / n * 1e6
                 iops = n / t
                 raw.setdefault(job.name, {}).setdefault(tname, []).append(
                     {"count": n, "seconds": t, "iops": iops, "mb_s": iops * job.bs / 1e6,
-                     "load": la}
+                     "cpu_us": cpu_us, "load": la}
                 )  # fmt: skip
-                say(f"rep {rep + 1}/{reps} {job.name:<20} {tname:<7} {iops:10.0f} IOPS "
-                    f"{iops * job.bs / 1e6:8.1f} MB/s  {t:5.1f} s  load {la}")  # fmt: skip
+                say(f"rep {rep + 1}/{reps} {job.name:<20} {tname:<10} {iops:10.0f} IOPS "
+                    f"{iops * job.bs / 1e6:8.1f} MB/s {cpu_us:7.1f} us CPU/IO  {t:5.1f} s  "
+                    f"load {la}")  # fmt: skip
     results: dict = {}
     for job in jobs:
         base = statistics.median(r["iops"] for r in raw[job.name]["tgtd"])
@@ -303,6 +344,7 @@ def run_jobs(targets: dict[str, str], seconds: float, reps: int, only: list[str]
             results.setdefault(job.name, {})[tname] = {
                 "iops": med,
                 "mb_s": med * job.bs / 1e6,
+                "cpu_us": statistics.median(r["cpu_us"] for r in runs),
                 "ratio": med / base,
                 "goal": GOALS.get((tname, job.name)),
                 "runs": runs,
@@ -435,15 +477,19 @@ def main() -> int:
         procs = Procs(tmp / "servers.log")
         try:
             targets: dict[str, str] = {}
+            pids: dict[str, list[int]] = {}
             img = tmp / "tgt.img"
             with open(img, "wb") as f:
                 f.truncate(size)
             tgtd, targets["tgtd"] = start_tgtd(img, free_port(), procs.log)
             procs.procs.append(tgtd)
+            pids["tgtd"] = [tgtd.pid]
             if "file" in wanted:
                 port = free_port()
-                procs.start(jiva("target", "--file", str(tmp / "file.img"), "--size", str(size),
-                                 "--portal", f"127.0.0.1:{port}", "--log-level", "WARNING"))  # fmt: skip
+                ft = procs.start(jiva("target", "--file", str(tmp / "file.img"), "--size",
+                                      str(size), "--portal", f"127.0.0.1:{port}", "--log-level",
+                                      "WARNING"))  # fmt: skip
+                pids["file"] = [ft.pid]
                 wait_port("127.0.0.1", port)
                 targets["file"] = f"iscsi://127.0.0.1:{port}/iqn.2026-11.org.jiva-py:file/0"
             for n in (1, 3):
@@ -451,13 +497,15 @@ def main() -> int:
                     v = JivaVolume(procs, tmp, f"vol{n}r", size, n)
                     v.start()
                     targets[f"vol-{n}r"] = v.url
+                    pids[f"vol-{n}r"] = v.pids()
             if "vol-3r-10s" in wanted:
                 v = JivaVolume(procs, tmp, "vol3r10s", size, 3)
                 v.start()
                 v.take_snapshots(10)
                 targets["vol-3r-10s"] = v.url
+                pids["vol-3r-10s"] = v.pids()
             say("targets up: " + ", ".join(targets))
-            results = run_jobs(targets, args.seconds, args.reps, only)
+            results = run_jobs(targets, pids, args.seconds, args.reps, only)
             if not args.no_recovery:
                 q = results.get("4K rand write QD32", {}).get("vol-3r", {}).get("iops", 3000)
                 recovery = measure_rebuild(procs, tmp, size, 10.0, q)
@@ -482,13 +530,18 @@ def report(results: dict, recovery: dict, meta: dict, targets: list[str], outdir
             r = per[t]
             goal = r["goal"]
             mark = "" if goal is None else f">= {goal:.2f} {'ok' if r['ratio'] >= goal else 'MISS'}"
+            cpu = r.get("cpu_us")
             rows.append([job if t == "tgtd" else "", t, f"{r['iops']:,.0f}", f"{r['mb_s']:,.1f}",
-                         f"{r['ratio']:.2f}", mark])  # fmt: skip
+                         f"{r['ratio']:.2f}", "-" if cpu is None else f"{cpu:,.1f}",
+                         cpu_goal(t, job, cpu), mark])  # fmt: skip
     print()
-    print(tabulate(rows, headers=["job", "target", "IOPS", "MB/s", "x tgtd", "goal"],
-                   colalign=("left", "left", "right", "right", "right", "left")))  # fmt: skip
+    print(tabulate(rows, headers=["job", "target", "IOPS", "MB/s", "x tgtd", "CPU us/IO",
+                                  "CPU goal", "goal"],
+                   colalign=("left", "left", "right", "right", "right", "right", "left",
+                             "left")))  # fmt: skip
     print(f"(median of {meta['reps']} x {meta['seconds']:g} s; 4K rand = stride {RANDOM_STRIDE // 4096}"
-          f" blocks mod size; seq = step = block size; all QD32 unless named)")  # fmt: skip
+          f" blocks mod size; seq = step = block size; all QD32 unless named; CPU us/IO = user +"
+          f" system time of every process of the target / requests)")  # fmt: skip
     if "vol-3r" in targets and "vol-3r-10s" in targets:  # issue 15: at most 10 % on writes
         cost = [[job, f"{per['vol-3r-10s']['iops'] / per['vol-3r']['iops']:.2f}"]
                 for job, per in results.items() if per["vol-3r"]["iops"]]  # fmt: skip

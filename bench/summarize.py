@@ -1,5 +1,6 @@
 """Put several `make bench` result files side by side: one row per job and target, one column
-per run (ratio to tgtd of that run), the median across runs, and the recovery figures with load.
+per run (ratio to tgtd of that run), the median across runs, the CPU time per I/O, and the
+recovery figures with load.
 
     .venv/bin/python bench/summarize.py results/bench-A.json results/bench-B.json ...
 """
@@ -43,6 +44,19 @@ def ratio_rows(docs: list[dict], targets: list[str]) -> list[list]:
     return rows
 
 
+def cpu_rows(docs: list[dict], targets: list[str]) -> list[list]:
+    """job, target, CPU us per I/O per run (runs older than the CPU column show "-"), median."""
+    rows = []
+    for job in docs[0]["jobs"]:
+        for t in targets:
+            got = [d["jobs"].get(job, {}).get(t, {}).get("cpu_us") for d in docs]
+            vals = [g for g in got if g is not None]
+            if vals:
+                cells = [f"{g:.1f}" if g is not None else "-" for g in got]
+                rows.append([job, t, *cells, f"{statistics.median(vals):.1f}"])
+    return rows
+
+
 def recovery_rows(docs: list[dict]) -> list[list]:
     """Rebuild MiB/s, replica-back seconds (and bytes), controller restart seconds per run."""
 
@@ -74,6 +88,10 @@ def main() -> int:
     runs = [d["meta"]["started"] for d in docs]
     print(tabulate(ratio_rows(docs, targets), headers=["job", "target", *runs, "median", "goal"]))
     print()
+    if cpu := cpu_rows(docs, targets):
+        print("CPU time per I/O (us, user + system, every process of the target)")
+        print(tabulate(cpu, headers=["job", "target", *runs, "median"]))
+        print()
     print(tabulate(recovery_rows(docs), headers=["recovery", *runs, "goal"]))
     print()
     loads = [

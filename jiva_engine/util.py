@@ -87,8 +87,12 @@ def run_loop(main: Coroutine[Any, Any, _T]) -> _T:
     """Run `main` on uvloop when it is installed (the `fast` extra), else on the stdlib loop.
 
     uvloop measured faster on the small-I/O paths (bench/run.py); JIVA_NO_UVLOOP=1 forces the
-    stdlib loop (to compare, or to rule uvloop out when debugging).
+    stdlib loop (to compare, or to rule uvloop out when debugging). A daemon's big buffers
+    stay on the heap (`buffers.tune_malloc`).
     """
+    from jiva_engine.buffers import tune_malloc
+
+    tune_malloc()
     if os.environ.get("JIVA_NO_UVLOOP") != "1":
         try:
             import uvloop

@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from jiva_engine.buffers import POOL
 from jiva_engine.controller import transfer
 from jiva_engine.controller.backend import Connector, tcp_connector
 from jiva_engine.controller.coordinator import Coordinator
@@ -364,7 +365,8 @@ class Volume:
         """A large read cut into ranges served by the RW members in parallel, each received
         straight into its slice of one buffer; a failing member is ejected and its ranges are
         read again from the others."""
-        buf = bytearray(length)
+        buf = POOL.take(length)  # every range is filled, or the read fails
+        POOL.lend(buf)  # reused once the answer to the initiator is sent
         mv = memoryview(buf)
         rw = self.rw_members()
         k = max(1, min(len(rw), length // SPLIT_PART), -(-length // MAX_IO))

@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from jiva_engine.buffers import POOL
 from jiva_engine.iscsi import pdu as P
 from jiva_engine.iscsi.crc import crc32c
 from jiva_engine.iscsi.eager import start_eagerly
@@ -176,7 +177,8 @@ class Connection(ABC):
                 end_hdr += 4
             seg = b""
             if dlen:
-                seg = bytes(buf[end_hdr : end_hdr + dlen])
+                with memoryview(buf) as mv:  # one copy (a bytearray slice would be a second)
+                    seg = bytes(mv[end_hdr : end_hdr + dlen])
                 if dd:
                     dpos = end_hdr + dlen + pad_len(dlen)
                     if crc32c(buf[end_hdr:dpos]) != int.from_bytes(buf[dpos : dpos + 4], "little"):
@@ -449,7 +451,9 @@ class Connection(ABC):
                 t.received = len(data)
                 self._start(t)
                 return
-            t.buf = bytearray(t.edtl)
+            # zeroed: an initiator that leaves a gap writes zeroes there, never old data
+            t.buf = POOL.take(t.edtl, zero=True)
+            POOL.lend(t.buf)  # reused once the command is done with it
             self.buffered += t.edtl
             t.buf[: len(data)] = data
             t.received = len(data)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from jiva_engine.buffers import POOL
 from jiva_engine.protocol import auth, wire
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,12 @@ class _ClientProtocol(wire.RecvBuffer, asyncio.BufferedProtocol):
                     dest = into.pop(req_id, None) if into else None
                     if dest is not None and (status or len(dest) != plen):
                         dest = None
-                    big: bytearray | memoryview = bytearray(plen) if dest is None else dest
+                    big: bytearray | memoryview
+                    if dest is None:
+                        big = POOL.take(plen)  # every byte is received into it
+                        POOL.lend(big)  # reused once its reader is done with it
+                    else:
+                        big = dest
                     big[:have] = mv[pos + 40 : n]
                     self.big, self.big_filled = big, have
                     self.big_mv = big if isinstance(big, memoryview) else memoryview(big)

@@ -20,6 +20,7 @@ import socket
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from jiva_engine.buffers import POOL
 from jiva_engine.protocol import auth, voting, wire
 from jiva_engine.protocol.wire import Frame
 from jiva_engine.replica import snapshots
@@ -255,7 +256,8 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
                     if plen >= _BIG:
                         if not self.authed:  # no big allocations for strangers
                             raise wire.FrameError(f"{plen}-byte payload before authentication")
-                        big = bytearray(plen)
+                        big = POOL.take(plen)  # every byte is received into it
+                        POOL.lend(big)  # reused once the frame is done with it
                         have = n - pos - wire.HEADER_SIZE
                         big[:have] = src[pos + wire.HEADER_SIZE :]
                         self.big, self.big_mv, self.big_filled = big, memoryview(big), have
@@ -331,7 +333,8 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
                         or layered  # reads through to the layers: the general path
                     ):
                         break
-                    data = bytearray(ln)
+                    data = POOL.take(ln)  # filled by the read, or not used
+                    POOL.lend(data)  # reused once sent
                     try:  # only from the page cache here; a disk read goes to a thread
                         if cache_read(fd, data, off) != ln:
                             break
@@ -578,7 +581,8 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
             why = store.check_range(off, n) or f"length {n} exceeds {wire.MAX_IO}"
             return self._error(f, wire.EINVAL, f"READ refused: {why}")
         a, b = store.span(off, n)  # whole blocks are read: each is checked
-        data = bytearray(b - a)
+        data = POOL.take(b - a)  # filled by the read, or not used
+        POOL.lend(data)
         try:
             got = _cache_read(store.fd, data, a)
         except BlockingIOError:

@@ -151,6 +151,11 @@ async def all_current(vol: Volume, n: int, timeout: float = 30.0) -> None:
     )
 
 
+async def _no_dirty(rep: Rep) -> bool:
+    """The replica reports no dirty region."""
+    return (await rep.info())["dirty_regions"] == 0
+
+
 def block(seed: int, n: int = 4096) -> bytes:
     """Deterministic pseudo-random data."""
     return random.Random(seed).randbytes(n)
@@ -336,7 +341,10 @@ async def test_replica_killed_during_writes_catches_up_incrementally(procs, tmp_
         assert m.last_rebuild["copied"] <= 6 * MiB, m.last_rebuild
         info = await reps[2].info()
         assert 0 < info["stats"]["rebuild_bytes_written"] <= 6 * MiB
-        assert info["dirty_regions"] == 0, "its crash-time dirty bits are cleared once current"
+        # cleared right after it is made RW (the controller's next step after the promotion)
+        await eventually(
+            lambda: _no_dirty(reps[2]), 10, "its crash-time dirty bits cleared once current"
+        )
         assert not vol.degraded()
         await w.verify()
         assert await vol.read(16 * MiB, 32 * MiB) == base
