@@ -42,6 +42,9 @@ LOGIN_RX_LIMIT = 64 * 1024  # data segment bytes buffered per PDU before login s
 MAX_WRITE_EDTL = 32 * 1024 * 1024  # larger writes are refused before any buffer is allocated
 WRITE_BUDGET = 256 * 1024 * 1024  # write data buffered per connection; beyond: TASK SET FULL
 SN_MASK = 0xFFFFFFFF
+RBUF = 256 * 1024  # receive buffer to start with (grows to hold the biggest PDU accepted)
+RBUF_MIN_FREE = 64 * 1024  # room a receive into `rbuf` gets at least
+DIRECT_MIN = 64 * 1024  # Data-Out segments this big are received straight into the task
 
 
 class ConnState(Enum):
@@ -80,7 +83,13 @@ class Connection(ABC):
         self.tasks: dict[int, ScsiTask] = {}
         self.by_ttt: dict[int, ScsiTask] = {}
         self.next_ttt = 1
-        self.buf = bytearray()  # received bytes not yet parsed
+        self.rbuf = bytearray(RBUF)  # received bytes; rbuf[rstart:rend] not parsed yet
+        self.rmv = memoryview(self.rbuf)
+        self.rstart = self.rend = 0
+        self._direct: memoryview | None = None  # a Data-Out's data segment, received in place
+        self._direct_filled = 0
+        self._direct_hdr = b""
+        self.rx_placed = 0  # Data-Out bytes received straight into a task's buffer
         # data segments above the negotiated MaxRecvDataSegmentLength get a Reject, but only up
         # to this many bytes are ever buffered; beyond it the connection is closed
         self.rx_limit = LOGIN_RX_LIMIT
@@ -152,13 +161,63 @@ class Connection(ABC):
             self._send_nop_in(now)
 
     # ------------------------------------------------------------------ receive path
-    def receive(self, data: bytes) -> None:
-        """Handle every complete PDU now in the receive buffer."""
+    # Bytes arrive the way a BufferedProtocol receives them: the transport reads into
+    # `get_buffer()` and reports `buffer_updated(n)`. PDUs gather in `rbuf[rstart:rend]`,
+    # except the data segment of a big Data-Out, which is received straight into its place
+    # in the task's write buffer (`_direct`): the buffer that goes to the replicas.
+
+    def get_buffer(self, _sizehint: int = -1) -> memoryview:
+        """Where the next received bytes go."""
+        d = self._direct
+        if d is not None:
+            return d[self._direct_filled :]
+        if self.rend == len(self.rbuf):  # full: keep the unparsed tail, at the front
+            self._make_room(self.rend - self.rstart + RBUF_MIN_FREE)
+        return self.rmv[self.rend :]
+
+    def _make_room(self, need: int) -> None:
+        """Move the unparsed bytes to the front of `rbuf`, a new one if it holds < `need`."""
+        keep = self.rend - self.rstart
+        if len(self.rbuf) < need:
+            new = bytearray(max(2 * len(self.rbuf), need))
+            new[:keep] = self.rmv[self.rstart : self.rend]
+            self.rbuf, self.rmv = new, memoryview(new)
+        elif keep:
+            tail = self.rmv[self.rstart : self.rend]
+            self.rbuf[:keep] = tail if self.rstart >= keep else bytes(tail)  # no overlap
+        self.rstart, self.rend = 0, keep
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """`nbytes` more were received into the last `get_buffer()`: handle every complete PDU."""
         self.last_rx = time.monotonic()
-        buf = self.buf
-        buf += data
-        pos = 0
-        n = len(buf)
+        if self._direct is not None:
+            self._direct_filled += nbytes
+            if self._direct_filled < len(self._direct):
+                return
+            hdr = self._direct_hdr
+            self._direct = None
+            self._direct_hdr = b""
+            self._dispatch_placed(hdr)
+            return
+        self.rend += nbytes
+        self._parse()
+
+    def receive(self, data: Buffer) -> None:
+        """Handle received bytes given as one piece (as get_buffer/buffer_updated would)."""
+        view = memoryview(data)
+        while len(view) and self.state is not FREE:
+            dest = self.get_buffer()
+            n = min(len(dest), len(view))
+            dest[:n] = view[:n]
+            view = view[n:]
+            self.buffer_updated(n)
+
+    def _parse(self) -> None:
+        """Handle every complete PDU in `rbuf[rstart:rend]`; start receiving a big Data-Out's
+        data segment in place when one begins."""
+        buf = self.rbuf
+        pos, n = self.rstart, self.rend
+        need = 0  # bytes of the PDU that is not all here yet
         while self.state is not FREE and n - pos >= P.BHS_LEN:
             hd, dd = self.header_digest, self.data_digest
             ahs, dlen, total = lengths(buf, pos, hd, dd)
@@ -166,9 +225,12 @@ class Connection(ABC):
                 # never buffer what we would refuse anyway: bounded memory per connection
                 self.close(f"PDU with {dlen} data bytes exceeds the limit")
                 return
-            if n - pos < total:
-                break
             end_hdr = pos + P.BHS_LEN + ahs
+            if n - pos < total:
+                if n < end_hdr + (4 if hd else 0) or not self._place(pos, end_hdr, dlen):
+                    need = total
+                    break
+                return  # the rest of this PDU goes straight into a task's buffer
             hdr = bytes(buf[pos:end_hdr])
             if hd:
                 if crc32c(hdr) != int.from_bytes(buf[end_hdr : end_hdr + 4], "little"):
@@ -177,24 +239,60 @@ class Connection(ABC):
                 end_hdr += 4
             seg = b""
             if dlen:
-                with memoryview(buf) as mv:  # one copy (a bytearray slice would be a second)
-                    seg = bytes(mv[end_hdr : end_hdr + dlen])
+                seg = bytes(self.rmv[end_hdr : end_hdr + dlen])
                 if dd:
                     dpos = end_hdr + dlen + pad_len(dlen)
                     if crc32c(buf[end_hdr:dpos]) != int.from_bytes(buf[dpos : dpos + 4], "little"):
                         self.close("data digest error")
                         return
             pos += total
+            self.rstart = pos  # a handler may close: what was handled stays handled
             try:
                 self._dispatch(hdr, seg)
             except Exception:  # a bug must not take the process down
                 log.exception("error handling PDU from %s", self.peer)
                 self.close("internal error")
                 return
-        if pos >= len(buf):
-            buf.clear()
-        elif pos:
-            del buf[:pos]
+        if pos >= n:
+            self.rstart = self.rend = 0
+        else:
+            self.rstart = pos
+            if len(buf) - pos < need:  # the rest of this PDU does not fit after it
+                self._make_room(need)
+
+    def _place(self, pos: int, end_hdr: int, dlen: int) -> bool:
+        """The PDU at `pos` (header here, data still coming): if it is a big Data-Out the
+        target would take, copy the part of its data segment already here into the task's
+        buffer and receive the rest there (no digest, no padding: then True)."""
+        buf = self.rbuf
+        if (
+            self.state is not LOGGED_IN
+            or buf[pos] & P.OPCODE_MASK != P.Opcode.DATA_OUT
+            or dlen < DIRECT_MIN
+            or dlen % 4
+            or self.data_digest
+            or dlen > self.params.max_recv_dsl
+        ):
+            return False
+        hdr = bytes(buf[pos:end_hdr])
+        data_at = end_hdr
+        if self.header_digest:
+            if crc32c(hdr) != int.from_bytes(buf[end_hdr : end_hdr + 4], "little"):
+                return False  # the normal path closes the connection when it is all here
+            data_at += 4
+        d = P.DataOut.parse(hdr)
+        t = self._data_out_task(d)
+        if t is None or not isinstance(t.buf, bytearray) or d.offset + dlen > t.edtl:
+            return False
+        if d.datasn != self._data_out_sn(d, t) or t.started:
+            return False
+        dest = memoryview(t.buf)[d.offset : d.offset + dlen]
+        have = self.rend - data_at
+        dest[:have] = self.rmv[data_at : self.rend]
+        self.rstart = self.rend = 0
+        self._direct, self._direct_filled, self._direct_hdr = dest, have, hdr
+        self.rx_placed += dlen
+        return True
 
     def _dispatch(self, hdr: bytes, data: bytes) -> None:
         op = hdr[0] & P.OPCODE_MASK
@@ -486,27 +584,47 @@ class Connection(ABC):
             t.next_r2t += length
             self._send(r2t.pack())
 
-    def _on_data_out(self, hdr: bytes, data: bytes) -> None:
-        d = P.DataOut.parse(hdr)
-        ttt = d.ttt
-        if ttt == P.RESERVED_TAG:
+    def _data_out_task(self, d: P.DataOut) -> ScsiTask | None:
+        """The task a Data-Out is for, if it is expecting one like it (nothing changes)."""
+        if d.ttt == P.RESERVED_TAG:
             t = self.tasks.get(d.itt)
-            if t is None or t.unsol_left <= 0:
+            return t if t is not None and t.unsol_left > 0 else None
+        found = self.by_ttt.get(d.ttt)
+        return found if found is not None and found.itt == d.itt else None
+
+    @staticmethod
+    def _data_out_sn(d: P.DataOut, t: ScsiTask) -> int:
+        """The DataSN due next in the sequence `d` belongs to."""
+        return t.unsol_datasn if d.ttt == P.RESERVED_TAG else t.r2ts[d.ttt][2]
+
+    def _on_data_out(self, hdr: bytes, data: bytes) -> None:
+        self._data_out(P.DataOut.parse(hdr), data, len(data))
+
+    def _dispatch_placed(self, hdr: bytes) -> None:
+        """A Data-Out whose data segment `_place` received straight into its task's buffer."""
+        d = P.DataOut.parse(hdr)
+        try:
+            self._data_out(d, None, d.data_len)
+        except Exception:  # a bug must not take the process down
+            log.exception("error handling PDU from %s", self.peer)
+            self.close("internal error")
+
+    def _data_out(self, d: P.DataOut, data: bytes | None, n: int) -> None:
+        """Check a Data-Out against its sequence and take its `n` bytes (already in place
+        when `data` is None)."""
+        ttt = d.ttt
+        t = self._data_out_task(d)
+        if t is None:
+            if ttt == P.RESERVED_TAG:
                 self._reject(d.raw, Rej.PROTOCOL_ERROR, "unexpected unsolicited Data-Out")
-                return
-            want_sn = t.unsol_datasn
+            elif self.by_ttt.get(ttt) is not None or d.itt in self.tasks:
+                self._reject(d.raw, Rej.INVALID_PDU_FIELD, "Data-Out with unknown TTT")
+            return  # else data for an aborted task: dropped silently
+        want_sn = self._data_out_sn(d, t)
+        if ttt == P.RESERVED_TAG:
             t.unsol_datasn += 1
         else:
-            found = self.by_ttt.get(ttt)
-            if found is None or found.itt != d.itt:
-                if found is None and d.itt not in self.tasks:
-                    return  # data for an aborted task: drop silently
-                self._reject(d.raw, Rej.INVALID_PDU_FIELD, "Data-Out with unknown TTT")
-                return
-            t = found
-            seq = t.r2ts[ttt]
-            want_sn = seq[2]
-            seq[2] += 1
+            t.r2ts[ttt][2] += 1
         if d.datasn != want_sn:
             # a sequence error: Reject the PDU and drop the task (it never completes; at
             # ErrorRecoveryLevel 0 the initiator's timeout/abort handles it, the session lives)
@@ -517,11 +635,12 @@ class Connection(ABC):
                 self.by_ttt.pop(k, None)
             self._release(t)
             return
-        off, n = d.offset, len(data)
+        off = d.offset
         if off + n > t.edtl or not isinstance(t.buf, bytearray):
             self._reject(d.raw, Rej.PROTOCOL_ERROR, "Data-Out beyond expected transfer length")
             return
-        t.buf[off : off + n] = data
+        if data is not None:
+            t.buf[off : off + n] = data
         t.received += n
         if ttt == P.RESERVED_TAG:
             t.unsol_left -= n

@@ -22,8 +22,11 @@ log = logging.getLogger(__name__)
 TICK = 1.0  # seconds between timeout checks
 
 
-class TargetProtocol(Connection, asyncio.Protocol):
+class TargetProtocol(Connection, asyncio.BufferedProtocol):
     """A target connection on an asyncio transport.
+
+    A BufferedProtocol: the transport receives into the connection's own buffers (a big
+    Data-Out's data straight into its command's write buffer, see Connection.get_buffer).
 
     Responses are queued and leave once per event-loop iteration in one `writelines` (headers,
     digests and data views, nothing copied): inside a receive burst `data_received` flushes at
@@ -66,14 +69,18 @@ class TargetProtocol(Connection, asyncio.Protocol):
         self.lost()
         log.info("connection %s closed%s", self.peer, f": {exc}" if exc else "")
 
-    def data_received(self, data: bytes) -> None:
+    def buffer_updated(self, nbytes: int) -> None:
         """Handle every complete PDU; the responses leave in one batch at the end."""
         self._in_burst = True
         try:
-            self.receive(data)
+            super().buffer_updated(nbytes)
         finally:
             self._in_burst = False
             self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes handed over as one piece (tests; a transport without buffered reads)."""
+        self.receive(data)
 
     def pause_writing(self) -> None:
         """The socket buffer is full: stop reading until it drains (bounded memory)."""
