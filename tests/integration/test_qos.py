@@ -67,11 +67,13 @@ class Cluster:
         except OSError:
             return None
 
-    def call(self, path: str, body: Any = None, token: str | None = TOKEN) -> tuple[int, Any]:
+    def call(
+        self, path: str, body: Any = None, token: str | None = TOKEN, method: str = "PUT"
+    ) -> tuple[int, Any]:
         req = urllib.request.Request(f"http://127.0.0.1:{self.api}{path}")
         if body is not None:
-            req.method = "PUT"
-            req.data = json.dumps(body).encode()
+            req.method = method
+            req.data = body if isinstance(body, bytes) else json.dumps(body).encode()
             req.add_header("Content-Type", "application/json")
         if token:
             req.add_header("Authorization", f"Bearer {token}")
@@ -159,6 +161,28 @@ def test_max_mbps_caps_large_writes(procs, tmp_path):
     before = vol.qos()["throttled_ios"]
     vol.bench(60, "1M")
     assert vol.qos()["throttled_ios"] == before
+
+
+def test_internal_traffic_is_not_limited(procs, tmp_path):
+    """An import (the volume's own writes and unmaps) and a scrub pass under --max-iops 1
+    --max-mbps 1: none of their I/O waits for the limit (the counters stay 0)."""
+    vol = Cluster(procs, tmp_path).start("--max-iops", "1", "--max-mbps", "1")
+    begin = {"action": "begin", "source": "qos test", "total": 16 << 20}
+    code, doc = vol.call("/v1/import", begin, method="POST")
+    assert code == 201, doc
+    for i in range(8):  # 8 MiB: 8 s of --max-mbps 1, 8 I/Os at --max-iops 1
+        code, doc = vol.call(f"/v1/import/data?offset={i << 20}", bytes([i + 1]) * (1 << 20))
+        assert code == 200, doc
+    code, doc = vol.call(f"/v1/import/data?offset={8 << 20}&length={8 << 20}&zero=1", b"")
+    assert code == 200, doc
+    code, doc = vol.call("/v1/import", {"action": "end"}, method="POST")
+    assert code == 200 and doc["import"]["result"] == "done", doc
+    code, doc = vol.call("/v1/scrub", {}, method="POST")
+    assert code == 202, doc
+    eventually_sync(lambda: vol.status()["scrub"]["last_result"], 60, "the scrub pass ended")
+    assert vol.status()["scrub"]["last_result"] == "clean"
+    q = vol.qos()
+    assert q["throttled_ios"] == 0 and q["throttled_seconds"] == 0, q
 
 
 def test_bad_qos_values_are_refused_clearly(procs, tmp_path):
