@@ -192,3 +192,12 @@ def test_limit_values_are_checked():
     with pytest.raises(ValueError):
         q.set_limits(0, None)
     assert q.max_iops == 10  # nothing changed
+
+
+def test_status_table_shows_the_limits():
+    from jiva_engine.api.cli import qos_text, render
+
+    assert qos_text({"max_iops": None, "max_mbps": None}) == "unlimited"
+    q = {"max_iops": 200, "max_mbps": 2.5, "throttled_ios": 17, "throttled_seconds": 1.25}
+    assert qos_text(q) == "at most 200 IOPS and 2.5 MiB/s; 17 I/Os throttled (1.2 s)"
+    assert "at most 40 MiB/s; 0 I/Os" in render({"name": "v", "qos": {"max_mbps": 40.0}})
