@@ -79,10 +79,13 @@ class Bucket:
         self.set_rate(rate, now)
 
     def set_rate(self, rate: float | None, now: float) -> None:
-        """Change the rate; the bucket starts full under the new one."""
+        """Change the rate: a bucket that had none starts full; otherwise it keeps what it held
+        (up to the new burst), so changing a limit gives no extra burst."""
+        had = self.rate
+        self.refill(now)  # what the old rate earned until now
         self.rate = rate
         self.capacity = max(rate * BURST, self.minimum) if rate else 0.0
-        self.level = self.capacity
+        self.level = min(self.level, self.capacity) if had else self.capacity
         self.stamp = now
 
     def wait_time(self, cost: float, now: float) -> float:
@@ -143,9 +146,12 @@ class Limiter:
         then. A waiting I/O recomputes its wait under the new limits."""
         iops, mbps = check_iops(max_iops), check_mbps(max_mbps)
         now = self._clock()
+        if iops != self.max_iops:
+            self._iops.set_rate(iops, now)
+        if mbps != self.max_mbps:
+            self.max_mbps = mbps
+            self._bytes.set_rate(self._byte_rate(), now)
         self.max_iops, self.max_mbps = iops, mbps
-        self._iops.set_rate(iops, now)
-        self._bytes.set_rate(self._byte_rate(), now)
         self._changed.set()
 
     async def admit(self, nbytes: int) -> None:
