@@ -1,5 +1,5 @@
-"""The `jiva` command: replica, witness, controller, target, status, grow, scrub, backup, clone,
-supervise and ha."""
+"""The `jiva` command: replica, witness, controller, target, status, grow, qos, scrub, backup,
+clone, supervise and ha."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "target": ("jiva_engine.iscsi.cli", "serve one local file as an iSCSI target"),
     "status": ("jiva_engine.api.cli", "show a volume's state from its management API"),
     "grow": ("jiva_engine.api.grow", "grow a volume online through its management API"),
+    "qos": ("jiva_engine.api.qos", "show or change a volume's QoS limits (IOPS, MiB/s) online"),
     "scrub": ("jiva_engine.api.scrub", "check every block copy of a volume, repair what is bad"),
     "snapshot": ("jiva_engine.api.snapshot", "create, list, delete or revert a volume's snapshots"),
     "backup": ("jiva_engine.backup.cli", "back up snapshots to a folder, list, restore, prune"),

@@ -56,6 +56,19 @@ def transfer_text(tr: dict[str, Any]) -> str:
     return f"{head}: {tr['result']} ({human_size(done)}, {rate})"
 
 
+def qos_text(q: dict[str, Any]) -> str:
+    """One line about the QoS limits and how much I/O waited for them."""
+    iops, mbps = q.get("max_iops"), q.get("max_mbps")
+    if not iops and not mbps:
+        return "unlimited"
+    limits = [f"{iops} IOPS" if iops else "", f"{mbps:g} MiB/s" if mbps else ""]
+    waited = float(q.get("throttled_seconds") or 0)
+    return (
+        f"at most {' and '.join(x for x in limits if x)};"
+        f" {q.get('throttled_ios', 0)} I/Os throttled ({waited:.1f} s)"
+    )
+
+
 def render(status: dict[str, Any]) -> str:
     """The human view: a volume summary table and a replica table."""
     summary = [
@@ -90,6 +103,9 @@ def render(status: dict[str, Any]) -> str:
     sn = status.get("snapshots")
     if isinstance(sn, dict):
         summary.append(["snapshots", f"{sn.get('count')} of at most {sn.get('limit')}"])
+    qos = status.get("qos")
+    if isinstance(qos, dict):
+        summary.append(["qos", qos_text(qos)])
     rows = []
     for r in status.get("replicas", []):
         rb = r.get("rebuild")

@@ -140,3 +140,17 @@ def snapshot_delete(api: str, name: str, token: str | None = None, timeout: floa
 def snapshot_revert(api: str, name: str, token: str | None = None, timeout: float = 3600.0) -> dict:
     """POST /v1/snapshots/NAME/revert -> {"reverted", "bytes"} (waits for the copy)."""
     return _call(api, _snap_path(name, "/revert"), timeout, {}, token, expect="reverted")
+
+
+def qos_show(api: str, timeout: float = 10.0) -> dict:
+    """GET /v1/volume/qos -> {"name", "qos": {max_iops, max_mbps, throttled_ios,
+    throttled_seconds}}."""
+    return _call(api, "/v1/volume/qos", timeout, expect="qos")
+
+
+def qos_set(
+    api: str, limits: dict[str, Any], token: str | None = None, timeout: float = 10.0
+) -> dict:
+    """PUT /v1/volume/qos `limits` ({"max_iops": N|None, "max_mbps": M|None}, a key left out
+    keeps its limit) -> {"name", "qos"}; ApiError naming a refused value."""
+    return _call(api, "/v1/volume/qos", timeout, limits, token, expect="qos", method="PUT")

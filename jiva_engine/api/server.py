@@ -1,11 +1,12 @@
 """Management HTTP API of a controller (DESIGN.md §5): status, stats, metrics, replica add/remove,
-online grow, scrub, snapshots."""
+online grow, QoS limits, scrub, snapshots."""
 
 from __future__ import annotations
 
 import functools
 import hmac
 import json
+import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from jiva_engine.controller.grow import GrowRefused
+from jiva_engine.controller.qos import MiB, check_iops, check_mbps
 from jiva_engine.controller.scrub import ScrubRunning
 from jiva_engine.controller.snapshots import SnapshotRefused
 from jiva_engine.controller.volume import Volume
@@ -22,6 +24,8 @@ from jiva_engine.metrics import label as _label
 from jiva_engine.metrics import response as metrics_response
 from jiva_engine.util import parse_size
 from jiva_engine.volume import VolumeFenced, VolumeNotReady
+
+log = logging.getLogger("jiva.api")
 
 _VOLUME = web.AppKey("volume", Volume)
 _CONF = web.AppKey("conf", dict)
@@ -173,6 +177,16 @@ def render_metrics(app: web.Application) -> str:
         [(vl, vol.snapshots.count)],
     )
     metric("jiva_volume_snapshots_limit", "gauge", "--max-snapshots", [(vl, vol.snapshots.limit)])
+    qos = vol.qos
+    metric("jiva_volume_qos_max_iops", "gauge", "QoS limit in I/Os per second (0: unlimited)",
+           [(vl, qos.max_iops or 0)])  # fmt: skip
+    metric("jiva_volume_qos_max_bytes_per_second", "gauge",
+           "QoS limit in bytes per second (0: unlimited)",
+           [(vl, int((qos.max_mbps or 0) * MiB))])  # fmt: skip
+    metric("jiva_volume_qos_throttled_ios_total", "counter",
+           "initiator I/Os that waited for the QoS limit", [(vl, qos.throttled_ios)])  # fmt: skip
+    metric("jiva_volume_qos_throttled_seconds_total", "counter",
+           "time initiator I/Os waited for the QoS limit", [(vl, qos.throttled_seconds)])  # fmt: skip
     for key, mname, help_text in [
         ("reads", "jiva_volume_reads_total", "read requests completed"),
         ("writes", "jiva_volume_writes_total", "write requests acknowledged"),
@@ -335,6 +349,39 @@ async def post_grow(request: web.Request) -> web.Response:
     return web.json_response({**volume_status(request.app), "old_size": old})
 
 
+QOS_KEYS = ("max_iops", "max_mbps")
+
+
+async def get_qos(request: web.Request) -> web.Response:
+    """GET /v1/volume/qos: {"name", "qos": {max_iops, max_mbps, throttled_ios,
+    throttled_seconds}}."""
+    vol = request.app[_VOLUME]
+    return web.json_response({"name": vol.name, "qos": vol.qos.status()})
+
+
+@needs_token
+async def put_qos(request: web.Request) -> web.Response:
+    """PUT /v1/volume/qos {"max_iops": N|null, "max_mbps": M|null}: change the QoS limits now
+    (null: unlimited; a key left out keeps its limit); answers like GET /v1/volume/qos."""
+    body = await json_body(request)
+    usage = 'expected a JSON object {"max_iops": N or null, "max_mbps": MiB/s or null}'
+    if not isinstance(body, dict) or not body:
+        return _error(400, usage)
+    unknown = sorted(set(body) - set(QOS_KEYS))
+    if unknown:
+        return _error(400, f"unknown key(s) {', '.join(unknown)}: {usage}")
+    vol = request.app[_VOLUME]
+    qos = vol.qos
+    try:
+        iops = check_iops(body["max_iops"]) if "max_iops" in body else qos.max_iops
+        mbps = check_mbps(body["max_mbps"]) if "max_mbps" in body else qos.max_mbps
+    except ValueError as e:
+        return _error(400, str(e))
+    qos.set_limits(iops, mbps)
+    log.info("volume %s: QoS limits now max_iops=%s max_mbps=%s", vol.name, iops, mbps)
+    return web.json_response({"name": vol.name, "qos": qos.status()})
+
+
 @needs_token
 async def post_scrub(request: web.Request) -> web.Response:
     """POST /v1/scrub [{"rate": MiB/s}]: start a scrub pass; 202 with the scrub status, 409 (with
@@ -434,6 +481,8 @@ def make_app(
     app.router.add_post("/v1/replicas", post_replica)
     app.router.add_delete("/v1/replicas/{address}", delete_replica)
     app.router.add_post("/v1/volume/grow", post_grow)
+    app.router.add_get("/v1/volume/qos", get_qos)
+    app.router.add_put("/v1/volume/qos", put_qos)
     app.router.add_post("/v1/scrub", post_scrub)
     app.router.add_post("/v1/snapshots", post_snapshot)
     app.router.add_get("/v1/snapshots", get_snapshots)

@@ -82,6 +82,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_access_arguments(p)
     p.add_argument("--rebuild-rate", type=float, help="rebuild throttle in MiB/s (default none)")
     p.add_argument(
+        "--max-iops",
+        type=int,
+        metavar="N",
+        help="QoS: most reads+writes+unmaps per second the initiators get (default unlimited;"
+        " a token bucket with a 0.1 s burst; internal traffic is not counted)",
+    )
+    p.add_argument(
+        "--max-mbps",
+        type=float,
+        metavar="MIB_S",
+        help="QoS: most MiB/s read+written by the initiators (default unlimited)",
+    )
+    p.add_argument(
         "--scrub-rate",
         type=float,
         default=64.0,
@@ -145,6 +158,12 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--rebuild-rate must be positive (MiB/s)")
     if args.scrub_rate <= 0:
         raise ValueError("--scrub-rate must be positive (MiB/s)")
+    if args.max_iops is not None and args.max_iops <= 0:
+        raise ValueError(
+            f"--max-iops must be a positive integer (I/Os per second), not {args.max_iops}"
+        )
+    if args.max_mbps is not None and not 0 < args.max_mbps < float("inf"):
+        raise ValueError(f"--max-mbps must be a positive number (MiB/s), not {args.max_mbps:g}")
     scrub_interval = parse_duration(args.scrub_interval)
     max_snapshots = check_limit(args.max_snapshots)
     access = access_options(args)
@@ -174,6 +193,8 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         "scrub_rate": args.scrub_rate * (1 << 20),
         "scrub_interval": scrub_interval,
         "max_snapshots": max_snapshots,
+        "max_iops": args.max_iops,
+        "max_mbps": args.max_mbps,
     }
 
 
@@ -195,6 +216,8 @@ async def _serve(cfg: dict) -> int:
         scrub_rate=cfg["scrub_rate"],
         scrub_interval=cfg["scrub_interval"],
         max_snapshots=cfg["max_snapshots"],
+        max_iops=cfg["max_iops"],
+        max_mbps=cfg["max_mbps"],
     )
     iqn = IQN_PREFIX + cfg["volume"]
     portal = "{}:{}".format(*cfg["portal"]) if cfg["portal"] else None

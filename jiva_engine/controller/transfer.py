@@ -433,9 +433,10 @@ class Transfers:
             async def worker() -> None:
                 for o, n, data in todo:
                     if data:
-                        await vol.write(o, memoryview(await self.read_view(rec["name"], sid, o, n)))
+                        view = memoryview(await self.read_view(rec["name"], sid, o, n))
+                        await vol.write(o, view, qos=False)  # internal: not the initiators'
                     else:
-                        await vol.unmap(o, n)
+                        await vol.unmap(o, n, qos=False)
                     t.add(n)
                     self.bytes["revert"] += n
 
@@ -482,7 +483,7 @@ class Transfers:
         t = self._importing()
         if len(data) > MAX_DATA:
             raise ValueError(f"at most {MAX_DATA} bytes per request")
-        await self.vol.write(offset, data)
+        await self.vol.write(offset, data, qos=False)  # an import is not limited by QoS
         t.add(len(data))
         self.bytes["import"] += len(data)
 
@@ -491,7 +492,7 @@ class Transfers:
         t = self._importing()
         for o in range(offset, offset + length, ZERO_STEP):  # bounded work per replica request
             n = min(ZERO_STEP, offset + length - o)
-            await self.vol.unmap(o, n)
+            await self.vol.unmap(o, n, qos=False)
             t.add(n)
             self.bytes["import"] += n
 

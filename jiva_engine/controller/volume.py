@@ -22,6 +22,7 @@ from jiva_engine.controller.coordinator import Coordinator
 from jiva_engine.controller.grow import Grower
 from jiva_engine.controller.membership import Phase, Policy
 from jiva_engine.controller.peers import ERR, RW, WO, Peer
+from jiva_engine.controller.qos import Limiter
 from jiva_engine.controller.rangelock import Lease, RangeLock
 from jiva_engine.controller.rebuild import Rebuilder, clip
 from jiva_engine.controller.repair import Repairer
@@ -101,9 +102,12 @@ class Volume:
         quorum: str | Policy = Policy.MAJORITY,
         hold: float = DEFAULT_HOLD,
         max_snapshots: int = DEFAULT_LIMIT,
+        max_iops: int | None = None,
+        max_mbps: float | None = None,
         connector: Connector = tcp_connector,
     ) -> None:
         self.name = name
+        self.qos = Limiter(max_iops, max_mbps)  # initiators' I/O only (qos.py)
         self.hold = hold
         self.ranges = RangeLock()
         self._inflight: dict[int, _Op] = {}
@@ -258,6 +262,7 @@ class Volume:
             "transfer": self.transfers.status(),
             "scrub": self.scrubber.status(),
             "snapshots": self.snapshots.status(),
+            "qos": self.qos.status(),
         }
 
     def integrity(self) -> dict[str, Any]:
@@ -304,12 +309,17 @@ class Volume:
         if offset % SECTOR or length % SECTOR:
             raise ValueError(f"offset {offset} and length {length} must be multiples of {SECTOR}")
 
-    async def read(self, offset: int, length: int) -> bytes | bytearray | memoryview:
-        """Read from one current member, rotating; retry on another if one fails."""
+    async def read(
+        self, offset: int, length: int, *, qos: bool = True
+    ) -> bytes | bytearray | memoryview:
+        """Read from one current member, rotating; retry on another if one fails. `qos`
+        False: internal traffic, not subject to the volume's QoS limits."""
         await self._admit(True)
         self._check(offset, length)
         if length == 0:
             return b""
+        if qos:
+            await self.qos.admit(length)
         t0 = time.perf_counter()
         data: bytes | bytearray
         try:
@@ -409,12 +419,17 @@ class Volume:
                 await self.coord.failures(list(failed.values()))
         return buf
 
-    async def write(self, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
-        """Write to every member (ordered with overlapping writes); returns once all have it."""
+    async def write(
+        self, offset: int, data: bytes | memoryview, fua: bool = False, *, qos: bool = True
+    ) -> None:
+        """Write to every member (ordered with overlapping writes); returns once all have it.
+        `qos` False: internal traffic (revert, import), not subject to the QoS limits."""
         n = len(data)
         self._check(offset, n)
         if n == 0:
             return
+        if qos:  # before the range lock: a throttled write must not hold its range
+            await self.qos.admit(n)
         t0 = time.perf_counter()
         # admitted before the range lock: a write held while the controller starts must not
         # hold the range its start-up resynchronisation copies (that waited out the hold)
@@ -427,11 +442,14 @@ class Volume:
         st["write_bytes"] += n
         st["write_seconds"] += time.perf_counter() - t0
 
-    async def unmap(self, offset: int, length: int) -> None:
-        """Deallocate a range on every member; it reads back as zeroes."""
+    async def unmap(self, offset: int, length: int, *, qos: bool = True) -> None:
+        """Deallocate a range on every member; it reads back as zeroes. For QoS an unmap is one
+        I/O of no bytes (it moves no data); `qos` False: internal traffic, not limited."""
         self._check(offset, length)
         if length == 0:
             return
+        if qos:  # before the range lock (see write)
+            await self.qos.admit(0)
         await self._admit(False)  # before the range lock (see write)
         async with self.ranges.hold(offset, length) as lease:
             await self._replicate(_Op("unmap", offset, None, length, False, lease))

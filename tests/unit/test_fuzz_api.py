@@ -74,6 +74,12 @@ body = body | st.fixed_dictionaries(
         "total": size | json_val,
     }
 ).map(json.dumps)
+# QoS limits (PUT /v1/volume/qos)
+limit = st.none() | st.integers(-5, 10**6) | st.floats() | st.sampled_from(["100", True, []])
+path = path | st.just("/v1/volume/qos")
+body = body | st.fixed_dictionaries(
+    {}, optional={"max_iops": limit | json_val, "max_mbps": limit | json_val, "x": json_val}
+).map(json.dumps)
 method = st.sampled_from(["GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS"])
 authz = st.sampled_from(
     [None, f"Bearer {TOKEN}", "Bearer wrong", f"bearer {TOKEN}", TOKEN, "Basic eA==", "Bearer "]
@@ -123,7 +129,7 @@ class Harness:
             assert isinstance(err["error"], str) and err["error"] and err["status"] == resp.status
         scheme, _, given = (a or "").partition(" ")
         valid = scheme.lower() == "bearer" and given.strip() == TOKEN  # schemes are case-blind
-        if not valid and m in ("POST", "DELETE"):
+        if not valid and m in ("POST", "DELETE", "PUT"):
             assert resp.status in (401, 404, 405), f"{m} {p!r} without the token: {resp.status}"
         after = [r["address"] for r in self.vol.status()["replicas"]]
         if resp.status not in (200, 202):
@@ -132,6 +138,9 @@ class Harness:
         assert self.addr in after
         for extra in set(after) - {self.addr}:  # undo an accepted add so the state stays small
             await self.vol.remove_replica(extra)
+        if not valid:
+            assert self.vol.qos.unlimited, f"{m} {p!r} without the token changed the QoS limits"
+        self.vol.qos.set_limits(None, None)
 
 
 def _run(tmp_path, examples: int) -> None:

@@ -157,6 +157,24 @@ def test_ports_are_derived_from_the_list_position_or_given():
             "jiva_volumes[0] (volume 'db').quorum must be 'majority' or 'off', got 'strict'",
         ),
         (None, 3, "'jiva_volumes' is not defined"),
+        (
+            [vol("lv1", qos={"max_iops": 0})],
+            3,
+            "jiva_volumes[0] (volume 'lv1').qos.max_iops must be a positive integer (I/Os per"
+            " second), got 0",
+        ),
+        ([vol("lv1", qos={"max_iops": "fast"})], 3, "qos.max_iops must be a positive integer"),
+        ([vol("lv1", qos={"max_iops": 1.5})], 3, "qos.max_iops must be a positive integer"),
+        ([vol("lv1", qos={"max_iops": True})], 3, "qos.max_iops must be a positive integer"),
+        (
+            [vol("lv1", qos={"max_mbps": -5})],
+            3,
+            "jiva_volumes[0] (volume 'lv1').qos.max_mbps must be a positive number (MiB/s), got -5",
+        ),
+        ([vol("lv1", qos={"max_mbps": "100M"})], 3, "qos.max_mbps must be a positive number"),
+        ([vol("lv1", qos={"max_mbps": float("inf")})], 3, "qos.max_mbps must be a positive"),
+        ([vol("lv1", qos={"iops": 5})], 3, "(volume 'lv1').qos has unknown keys iops"),
+        ([vol("lv1", qos=500)], 3, "(volume 'lv1').qos must be a mapping"),
     ],
 )
 def test_bad_inventories_fail_with_a_message_naming_the_variable(volumes, nodecount, message):
@@ -375,3 +393,41 @@ def test_a_two_replica_volume_without_a_witness_is_warned_about():
     ]
     (msg,) = P.placement_warnings(P.place(nodes(2), [vol("a", replicas=2)]))
     assert "(no third eligible host)" in msg
+
+
+def test_qos_becomes_the_controller_flags():
+    """A volume's `qos:` reaches the controller's command line (placement -> the controller role
+    passes item.max_iops/max_mbps -> the controller module's arguments); a volume without one
+    gets no QoS flag (unlimited)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "collections"))
+    from ansible_collections.jiva.storage.plugins.modules import controller as C
+
+    placed = P.place(
+        nodes(3),
+        [vol("lv1", qos={"max_iops": 500, "max_mbps": 40}), vol("lv22"),
+         vol("lv333", qos={"max_mbps": 2.5})],
+    )  # fmt: skip
+    by_name = {v["name"]: v for v in placed}
+    assert (by_name["lv1"]["max_iops"], by_name["lv1"]["max_mbps"]) == (500, 40.0)
+    assert (by_name["lv22"]["max_iops"], by_name["lv22"]["max_mbps"]) == (None, None)
+    params = dict(api="10.0.0.1:9800", portal="10.9.9.3:3260", replicas=["10.0.0.1:9700"],
+                  witnesses=[], quorum=None, size="1G", replica_timeout=None, rebuild_rate=None,
+                  scrub_interval=None, scrub_rate=None, max_snapshots=None, chap_user=None,
+                  allowed_initiators=[])  # fmt: skip
+
+    def args(v: dict) -> list[str]:
+        # roles/controller/tasks/main.yml: max_iops/max_mbps from the placed item, else omitted
+        return C.daemon_args({**params, "name": v["name"], "max_iops": v["max_iops"],
+                              "max_mbps": v["max_mbps"]})  # fmt: skip
+
+    a = args(by_name["lv1"])
+    assert a[a.index("--max-iops") + 1] == "500" and a[a.index("--max-mbps") + 1] == "40"
+    assert "--max-iops" not in args(by_name["lv22"]) and "--max-mbps" not in args(by_name["lv22"])
+    c = args(by_name["lv333"])
+    assert "--max-iops" not in c and c[c.index("--max-mbps") + 1] == "2.5"
+    role = ROOT / "collections/ansible_collections/jiva/storage/roles/controller/tasks/main.yml"
+    text = role.read_text()
+    assert 'max_iops: "{{ item.max_iops if item.max_iops | default(none) else omit }}"' in text
+    assert 'max_mbps: "{{ item.max_mbps if item.max_mbps | default(none) else omit }}"' in text

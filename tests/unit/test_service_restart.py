@@ -39,6 +39,9 @@ def test_fingerprint_sees_args_revision_and_secret_contents():
     scrub = BASE + ["--scrub-interval", "7d", "--scrub-rate", "64"]
     assert len({one, fp(env(scrub)), fp(env(scrub[:-3] + ["12h", "--scrub-rate", "64"])),
                 fp(env(scrub[:-1] + ["32"]))}) == 4  # fmt: skip
+    # a volume's qos: (--max-iops/--max-mbps) is a config change too: the controller restarts
+    assert len({one, fp(env(BASE + ["--max-iops", "500"])), fp(env(BASE + ["--max-iops", "600"])),
+                fp(env(BASE + ["--max-mbps", "40"]))}) == 4  # fmt: skip
     assert one != fp(env(BASE, revision="r2"))  # a new engine build
     with_secret = env(BASE + ["--secret-file", SECRET])
     a = fp(with_secret, {SECRET: "old"})

@@ -177,6 +177,7 @@ def validate_volumes(
             "quorum",
             "state",
             "delete_data",
+            "qos",
         }
         unknown = sorted(set(vol) - known)
         if unknown:
@@ -245,6 +246,7 @@ def validate_volumes(
                 raise PlacementError(
                     "%s.chap.secret must be 12 to 255 characters (RFC 7143)" % where
                 )
+        max_iops, max_mbps = _qos(vol.get("qos"), where)
         initiators = vol.get("allowed_initiators", [])
         if not isinstance(initiators, list):
             raise PlacementError("%s.allowed_initiators must be a list of initiator IQNs" % where)
@@ -314,10 +316,42 @@ def validate_volumes(
                 "pinned_controller": controller,
                 "quorum": quorum,
                 "want_witness": witness,
+                "max_iops": max_iops,
+                "max_mbps": max_mbps,
                 "iqn": "iqn.2026-11.org.jiva-py:%s" % name,
             }
         )
     return out
+
+
+def _qos(qos, where):
+    """A volume's `qos: {max_iops: N, max_mbps: M}` (either or both; absent or null:
+    unlimited) -> (max_iops, max_mbps); PlacementError naming the variable otherwise."""
+    if qos is None:
+        return None, None
+    if not isinstance(qos, dict):
+        raise PlacementError(
+            "%s.qos must be a mapping with max_iops and/or max_mbps, got %r" % (where, qos)
+        )
+    unknown = sorted(set(qos) - {"max_iops", "max_mbps"})
+    if unknown:
+        raise PlacementError(
+            "%s.qos has unknown keys %s (allowed: max_iops, max_mbps)" % (where, ", ".join(unknown))
+        )
+    iops, mbps = qos.get("max_iops"), qos.get("max_mbps")
+    if iops is not None and (isinstance(iops, bool) or not isinstance(iops, int) or iops <= 0):
+        raise PlacementError(
+            "%s.qos.max_iops must be a positive integer (I/Os per second), got %r" % (where, iops)
+        )
+    if mbps is not None and (
+        isinstance(mbps, bool)
+        or not isinstance(mbps, (int, float))
+        or not 0 < mbps < float("inf")
+    ):
+        raise PlacementError(
+            "%s.qos.max_mbps must be a positive number (MiB/s), got %r" % (where, mbps)
+        )
+    return iops, (float(mbps) if mbps is not None else None)
 
 
 PORT_SOURCES = {

@@ -90,6 +90,20 @@ options:
       (omitted, the engine default of 64).
     type: int
     version_added: "0.5.0"
+  max_iops:
+    description:
+      - "QoS: most reads, writes and unmaps per second the volume's initiators get (C(--max-iops),
+        a token bucket; rebuilds, resyncs, scrubs and snapshot transfers are not limited).
+        Omitted, unlimited. Changed at runtime with C(jiva qos set) without a restart; a
+        changed value here restarts the controller."
+    type: int
+    version_added: "0.7.0"
+  max_mbps:
+    description:
+      - "QoS: most MiB/s the volume's initiators read and write (C(--max-mbps)). Omitted,
+        unlimited."
+    type: float
+    version_added: "0.7.0"
   secret:
     description: Shared controller/replica secret (0600 file).
     type: str
@@ -248,6 +262,39 @@ from ansible_collections.jiva.storage.plugins.module_utils.jiva_service import (
 )
 
 
+def daemon_args(p):
+    """The `jiva controller` options for the module's parameters `p` (without the TLS and
+    secret-file options, which need files)."""
+    args = ["--volume", p["name"], "--api", p["api"], "--portal", p["portal"]]
+    for r in p["replicas"]:
+        args += ["--replica", r]
+    for w in p["witnesses"]:
+        args += ["--witness", w]
+    if p["quorum"]:
+        args += ["--quorum", p["quorum"]]
+    if p["size"]:
+        args += ["--size", p["size"]]
+    if p["replica_timeout"] is not None:
+        args += ["--replica-timeout", "%g" % p["replica_timeout"]]
+    if p["rebuild_rate"] is not None:
+        args += ["--rebuild-rate", str(p["rebuild_rate"])]
+    if p["scrub_interval"] is not None:
+        args += ["--scrub-interval", p["scrub_interval"]]
+    if p["scrub_rate"] is not None:
+        args += ["--scrub-rate", "%g" % p["scrub_rate"]]
+    if p["max_snapshots"] is not None:
+        args += ["--max-snapshots", str(p["max_snapshots"])]
+    if p.get("max_iops") is not None:
+        args += ["--max-iops", str(p["max_iops"])]
+    if p.get("max_mbps") is not None:
+        args += ["--max-mbps", "%g" % p["max_mbps"]]
+    if p["chap_user"]:
+        args += ["--chap-user", p["chap_user"]]
+    for iqn in p["allowed_initiators"]:
+        args += ["--allow-initiator", iqn]
+    return args
+
+
 def main():
     """Run the module."""
     argument_spec = dict(
@@ -266,6 +313,8 @@ def main():
         scrub_interval=dict(type="str"),
         scrub_rate=dict(type="float"),
         max_snapshots=dict(type="int"),
+        max_iops=dict(type="int"),
+        max_mbps=dict(type="float"),
         secret=dict(type="str", no_log=True),
         previous_secret=dict(type="str", no_log=True),
         token=dict(type="str", no_log=True),
@@ -295,33 +344,14 @@ def main():
         module.fail_json(
             msg="controller %s: chap_secret must be 12 to 255 characters (RFC 7143)" % name
         )
+    for opt in ("max_iops", "max_mbps"):
+        if p[opt] is not None and not 0 < p[opt] < float("inf"):
+            module.fail_json(msg="controller %s: %s must be positive, got %s" % (name, opt, p[opt]))
     check_previous(module, [("secret", "previous_secret"), ("token", "previous_token")])
     svc = Service(module, "controller", name)
     args = []
     if p["state"] != "absent":
-        args = ["--volume", name, "--api", p["api"], "--portal", p["portal"]]
-        for r in p["replicas"]:
-            args += ["--replica", r]
-        for w in p["witnesses"]:
-            args += ["--witness", w]
-        if p["quorum"]:
-            args += ["--quorum", p["quorum"]]
-        if p["size"]:
-            args += ["--size", p["size"]]
-        if p["replica_timeout"] is not None:
-            args += ["--replica-timeout", "%g" % p["replica_timeout"]]
-        if p["rebuild_rate"] is not None:
-            args += ["--rebuild-rate", str(p["rebuild_rate"])]
-        if p["scrub_interval"] is not None:
-            args += ["--scrub-interval", p["scrub_interval"]]
-        if p["scrub_rate"] is not None:
-            args += ["--scrub-rate", "%g" % p["scrub_rate"]]
-        if p["max_snapshots"] is not None:
-            args += ["--max-snapshots", str(p["max_snapshots"])]
-        if p["chap_user"]:
-            args += ["--chap-user", p["chap_user"]]
-        for iqn in p["allowed_initiators"]:
-            args += ["--allow-initiator", iqn]
+        args = daemon_args(p)
         if p["api_tls_cert"]:
             if not module.check_mode:
                 for opt in ("api_tls_cert", "api_tls_key"):

@@ -79,7 +79,9 @@ options:
         C(portal) (HOST:PORT or HOST, port 3260 by default), and optionally C(chap)
         (C(user), C(secret)), C(allowed_initiators), C(nodes) (pinned hosts), C(controller)
         (pinned controller host), C(replica_port), C(api_port), C(witness) (true, false, or
-        unset = a witness when possible) and C(quorum) (C(majority), the default, or C(off)).
+        unset = a witness when possible), C(quorum) (C(majority), the default, or C(off)) and
+        C(qos) (C(max_iops), a positive integer, and/or C(max_mbps), a positive number of MiB/s;
+        returned as C(max_iops)/C(max_mbps) per volume, null when unlimited).
     type: list
     elements: raw
   existing:
