@@ -82,6 +82,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_access_arguments(p)
     p.add_argument("--rebuild-rate", type=float, help="rebuild throttle in MiB/s (default none)")
     p.add_argument(
+        "--rebuild-pacing",
+        choices=("on", "off"),
+        default="on",
+        help="slow rebuilds down while foreground I/O latency rises (default on; under"
+        " --rebuild-rate when both are set)",
+    )
+    p.add_argument(
         "--scrub-rate",
         type=float,
         default=64.0,
@@ -171,6 +178,7 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         "previous_token": previous_token,
         "access": access,
         "rebuild_rate": args.rebuild_rate * (1 << 20) if args.rebuild_rate else None,
+        "rebuild_pacing": args.rebuild_pacing == "on",
         "scrub_rate": args.scrub_rate * (1 << 20),
         "scrub_interval": scrub_interval,
         "max_snapshots": max_snapshots,
@@ -192,6 +200,7 @@ async def _serve(cfg: dict) -> int:
         replica_timeout=cfg["timeout"],
         secret=cfg["secret"],
         rebuild_rate=cfg["rebuild_rate"],
+        rebuild_pacing=cfg["rebuild_pacing"],
         scrub_rate=cfg["scrub_rate"],
         scrub_interval=cfg["scrub_interval"],
         max_snapshots=cfg["max_snapshots"],

@@ -20,6 +20,7 @@ from jiva_engine.controller.backend import Connector, tcp_connector
 from jiva_engine.controller.coordinator import Coordinator
 from jiva_engine.controller.grow import Grower
 from jiva_engine.controller.membership import Phase, Policy
+from jiva_engine.controller.pacing import Pacer
 from jiva_engine.controller.peers import ERR, RW, WO, Peer
 from jiva_engine.controller.rangelock import Lease, RangeLock
 from jiva_engine.controller.rebuild import Rebuilder, clip
@@ -94,6 +95,7 @@ class Volume:
         replica_timeout: float = 3.0,
         secret: str | bytes | tuple[str | bytes, ...] | None = None,
         rebuild_rate: float | None = None,
+        rebuild_pacing: bool = True,
         scrub_rate: float | None = None,
         scrub_interval: float | None = None,
         retry_interval: float = 1.0,
@@ -138,10 +140,11 @@ class Volume:
             "held_seconds": 0.0,
         }
         self.repairer = Repairer(self.coord, self.ranges, self.io_stats)
+        self.pacer = Pacer(rebuild_pacing)  # rebuilds paced from foreground latency
         self.coord.repairer = self.repairer
         self.coord.rebuilder = Rebuilder(
             self.coord, self.ranges, lambda: list(self._inflight.values()), self.io_stats,
-            rebuild_rate,
+            rebuild_rate, self.pacer,
         )  # fmt: skip
         self.grower = Grower(self.coord, self._admit)
         self.scrubber = Scrubber(self, scrub_rate, scrub_interval)
@@ -257,6 +260,7 @@ class Volume:
             "transfer": self.transfers.status(),
             "scrub": self.scrubber.status(),
             "snapshots": self.snapshots.status(),
+            "rebuild_pacing": self.pacer.status(),
         }
 
     def integrity(self) -> dict[str, Any]:
@@ -326,6 +330,7 @@ class Volume:
         st["reads"] += 1
         st["read_bytes"] += length
         st["read_seconds"] += time.perf_counter() - t0
+        self.pacer.observe(time.perf_counter() - t0)
         return data
 
     async def _read_one(self, offset: int, length: int) -> bytes | bytearray:
@@ -424,6 +429,7 @@ class Volume:
         st["writes"] += 1
         st["write_bytes"] += n
         st["write_seconds"] += time.perf_counter() - t0
+        self.pacer.observe(time.perf_counter() - t0)
 
     async def unmap(self, offset: int, length: int) -> None:
         """Deallocate a range on every member; it reads back as zeroes."""

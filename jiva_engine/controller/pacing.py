@@ -1,0 +1,223 @@
+"""Rebuild pacing from foreground latency (issue 17): a rebuild must not starve I/O.
+
+`Pacer` is a pure state machine with an injectable clock. The volume feeds it the latency of
+every foreground read and write (`observe`); every `window` seconds it compares the window's
+p99 with a baseline of idle latency and sets the rate rebuilds may copy at, AIMD-style:
+
+- no foreground I/O in a window: unlimited (an idle rebuild runs at full speed);
+- p99 above `threshold` x baseline (plus a small absolute `slack`, so sub-millisecond noise is
+  no reason): the allowed rate is cut by `cut` (from the rebuild's measured copy rate when it
+  was unlimited), never below `floor`;
+- otherwise it grows by `step` bytes/s per window, and becomes unlimited again once it is well
+  above what the rebuild achieved at full speed.
+
+The baseline follows the windows' p99 while no rebuild runs (a moving average), and while one
+runs it may only go down (a slow-moving minimum): latency measured under a rebuild never raises
+it. `--rebuild-rate` (rebuild.Throttle) stays an upper bound set by the operator; the pacer
+works under it. `RateMeter` measures a rebuild's recent copy rate for its ETA.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+MiB = 1 << 20
+WINDOW = 0.5  # seconds of foreground latency judged at once
+THRESHOLD = 1.5  # p99 above this many times the baseline: cut the rebuild's rate
+SLACK = 0.0005  # seconds added to the threshold (sub-millisecond jitter is no reason to cut)
+CUT = 0.5  # multiplicative decrease
+STEP = 8 * MiB  # additive increase per good window, bytes/s
+FLOOR = 2 * MiB  # the allowed rate never goes below this (a rebuild always progresses)
+MIN_SAMPLES = 8  # fewer completions in a window: no verdict on latency, keep growing
+BASELINE_ALPHA = 0.2  # weight of a new idle window in the baseline's moving average
+UNLIMIT_FACTOR = 2.0  # allowed rate above this x the full-speed copy rate: unlimited again
+
+
+def p99(samples: list[float]) -> float:
+    """The 99th percentile (nearest rank) of non-empty `samples`."""
+    s = sorted(samples)
+    return s[min(len(s) - 1, max(0, math.ceil(0.99 * len(s)) - 1))]
+
+
+def eta_seconds(done: int, total: int, rate: float) -> int | None:
+    """Seconds left at `rate` bytes/s (rounded up); None while the rate is not known."""
+    if rate <= 0:
+        return None
+    return max(0, math.ceil((total - done) / rate))
+
+
+class RateMeter:
+    """Recent rate of a growing byte count, over the last `span` seconds."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, span: float = 3.0) -> None:
+        self.clock = clock
+        self.span = span
+        self._points: deque[tuple[float, int]] = deque()
+
+    def add(self, done: int) -> None:
+        """Record the count now."""
+        now = self.clock()
+        pts = self._points
+        pts.append((now, done))
+        while len(pts) > 2 and now - pts[1][0] >= self.span:
+            pts.popleft()
+
+    def rate(self) -> float:
+        """Bytes per second between the oldest and newest point kept (0 before two points)."""
+        pts = self._points
+        if len(pts) < 2 or pts[-1][0] <= pts[0][0]:
+            return 0.0
+        return (pts[-1][1] - pts[0][1]) / (pts[-1][0] - pts[0][0])
+
+
+class Pacer:
+    """The rate rebuilds may copy at, from foreground latency (see the module's docstring)."""
+
+    def __init__(
+        self,
+        enabled: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        window: float = WINDOW,
+        threshold: float = THRESHOLD,
+        slack: float = SLACK,
+        cut: float = CUT,
+        step: float = STEP,
+        floor: float = FLOOR,
+    ) -> None:
+        self.enabled = enabled
+        self.clock = clock
+        self.window = window
+        self.threshold = threshold
+        self.slack = slack
+        self.cut_factor = cut
+        self.step = step
+        self.floor = floor
+        self.allowed: float | None = None  # bytes/s; None: unlimited
+        self.baseline: float | None = None  # seconds (idle p99)
+        self.last_p99: float | None = None
+        self.cuts = 0  # multiplicative decreases so far
+        self.active = 0  # rebuilds running
+        self.full_rate = 0.0  # copy rate measured while unlimited (bytes/s)
+        self._samples: list[float] = []
+        self._window_end = clock() + window
+        self._copied = RateMeter(clock, span=2.0)
+        self._copied_total = 0
+
+    # ------------------------------------------------------------------ inputs
+    def observe(self, latency: float) -> None:
+        """One foreground read or write completed, taking `latency` seconds."""
+        if self.clock() >= self._window_end:
+            self.tick()
+        self._samples.append(latency)
+
+    def started(self) -> None:
+        """A rebuild begins."""
+        self.tick()
+        self.active += 1
+
+    def finished(self) -> None:
+        """A rebuild ended (done, failed or cancelled)."""
+        self.active = max(0, self.active - 1)
+        if not self.active:
+            self.allowed = None
+
+    def copied(self, nbytes: int) -> None:
+        """A rebuild copied `nbytes` (its measured rate sets where a first cut starts)."""
+        self._copied_total += nbytes
+        self._copied.add(self._copied_total)
+        if self.allowed is None:
+            self.full_rate = max(self.full_rate * 0.9, self._copied.rate())
+
+    # ------------------------------------------------------------------ the state machine
+    def tick(self) -> None:
+        """Judge every window that ended since the last call."""
+        now = self.clock()
+        if now < self._window_end:
+            return
+        samples, self._samples = self._samples, []
+        gone = int((now - self._window_end) // self.window)  # whole windows with no sample
+        self._window_end += (gone + 1) * self.window
+        self._judge(samples)
+        if gone and samples:
+            self._judge([])
+
+    def _judge(self, samples: list[float]) -> None:
+        if not samples:  # no foreground I/O: nothing to protect
+            self.last_p99 = None
+            self.allowed = None
+            return
+        if len(samples) < MIN_SAMPLES:
+            self._grow()
+            return
+        p = self.last_p99 = p99(samples)
+        if self.baseline is None:
+            self.baseline = p
+        elif not self.active:  # idle latency: follow it
+            self.baseline += BASELINE_ALPHA * (p - self.baseline)
+        else:  # under a rebuild it only goes down
+            self.baseline = min(self.baseline, p)
+        if not self.active or not self.enabled:
+            return
+        if p > self.threshold * self.baseline + self.slack:
+            start = self.allowed if self.allowed is not None else self.full_rate or 64 * MiB
+            self.allowed = max(self.floor, start * self.cut_factor)
+            self.cuts += 1
+        else:
+            self._grow()
+
+    def _grow(self) -> None:
+        if self.allowed is None:
+            return
+        self.allowed += self.step
+        if self.full_rate and self.allowed > UNLIMIT_FACTOR * self.full_rate:
+            self.allowed = None
+
+    # ------------------------------------------------------------------ outputs
+    def rate(self) -> float | None:
+        """Bytes/s rebuilds may copy at now (None: unlimited, or pacing off)."""
+        self.tick()
+        return self.allowed if self.enabled else None
+
+    def chunk(self, largest: int, smallest: int = 256 << 10) -> int:
+        """The size of the next copy: `largest` when unlimited, else about 1/8 s of the allowed
+        rate (small copies keep a foreground write's wait behind one short), 4 KiB aligned."""
+        r = self.rate()
+        if r is None:
+            return largest
+        return max(smallest, min(largest, int(r / 8) & ~4095))
+
+    def status(self) -> dict[str, Any]:
+        """The `rebuild_pacing` entry of the status."""
+        ms = lambda v: round(v * 1000, 3) if v is not None else None  # noqa: E731
+        return {
+            "enabled": self.enabled,
+            "allowed_rate": int(self.allowed) if self.enabled and self.allowed else None,
+            "baseline_p99_ms": ms(self.baseline),
+            "recent_p99_ms": ms(self.last_p99),
+            "cuts": self.cuts,
+        }
+
+
+class PacedThrottle:
+    """Spaces a rebuild's copies at the pacer's allowed rate (one schedule for every rebuild)."""
+
+    def __init__(self, pacer: Pacer, clock: Callable[[], float] = time.monotonic) -> None:
+        self.pacer = pacer
+        self.clock = clock
+        self._next = 0.0
+
+    async def take(self, nbytes: int) -> None:
+        rate = self.pacer.rate()
+        now = self.clock()
+        if rate is None or nbytes <= 0:
+            self._next = now
+            return
+        start = max(now, self._next)
+        self._next = start + nbytes / rate
+        if start > now:
+            await asyncio.sleep(start - now)

@@ -1,0 +1,136 @@
+"""Rebuild pacing (controller/pacing.py): a fake clock drives the state machine."""
+
+from __future__ import annotations
+
+from jiva_engine.controller.pacing import (
+    FLOOR,
+    MiB,
+    Pacer,
+    RateMeter,
+    eta_seconds,
+    p99,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def window(p: Pacer, clock: Clock, latency: float, n: int = 50) -> None:
+    """One pacing window of `n` foreground completions taking `latency` seconds each."""
+    for _ in range(n):
+        clock.t += p.window / (n + 1)
+        p.observe(latency)
+    clock.t += p.window / (n + 1) + 1e-9
+    p.tick()
+
+
+def rebuilding(p: Pacer, clock: Clock, rate: float = 200 * MiB) -> None:
+    """Start a rebuild that copied at `rate` for a second (its full-speed rate)."""
+    p.started()
+    for _ in range(10):
+        clock.t += 0.1
+        p.copied(int(rate * 0.1))
+
+
+def test_p99_and_eta() -> None:
+    assert p99([0.001] * 99 + [0.1]) == 0.001
+    assert p99([0.001] * 98 + [0.1] * 2) == 0.1
+    assert p99([0.5]) == 0.5
+    assert eta_seconds(0, 100 * MiB, 10 * MiB) == 10
+    assert eta_seconds(95 * MiB, 100 * MiB, 2 * MiB) == 3  # rounded up
+    assert eta_seconds(100, 100, 5.0) == 0
+    assert eta_seconds(0, 100, 0.0) is None  # no rate yet
+
+
+def test_rate_meter_is_recent() -> None:
+    clock = Clock()
+    m = RateMeter(clock, span=2.0)
+    assert m.rate() == 0.0
+    done = 0
+    for _ in range(30):  # 3 s at 10 MiB/s
+        clock.t += 0.1
+        done += MiB
+        m.add(done)
+    assert abs(m.rate() - 10 * MiB) < 0.01 * MiB
+    for _ in range(30):  # then 3 s at 1 MiB/s: the old pace is forgotten
+        clock.t += 0.1
+        done += MiB // 10
+        m.add(done)
+    assert abs(m.rate() - MiB) < 0.05 * MiB
+
+
+def test_no_foreground_io_means_unlimited() -> None:
+    clock = Clock()
+    p = Pacer(clock=clock)
+    rebuilding(p, clock)
+    for _ in range(5):
+        clock.t += p.window
+        assert p.rate() is None
+    assert p.chunk(8 * MiB) == 8 * MiB
+    assert p.cuts == 0
+
+
+def test_latency_above_baseline_cuts_then_recovers() -> None:
+    clock = Clock()
+    p = Pacer(clock=clock)
+    for _ in range(4):  # idle foreground latency: 1 ms
+        window(p, clock, 0.001)
+    assert p.baseline is not None and abs(p.baseline - 0.001) < 1e-9
+    rebuilding(p, clock, 200 * MiB)
+    window(p, clock, 0.004)  # the rebuild hurts: cut from its full-speed rate
+    first = p.rate()
+    assert first is not None and first <= 100 * MiB + 1
+    assert p.cuts == 1
+    window(p, clock, 0.004)
+    second = p.rate()
+    assert second is not None and second < first  # multiplicative decrease, again
+    for _ in range(20):
+        window(p, clock, 0.004)
+    assert p.rate() == FLOOR  # never below the floor: the rebuild always progresses
+    assert p.chunk(8 * MiB) == 256 << 10  # short copies while paced
+    window(p, clock, 0.0011)  # latency back to normal: additive increase
+    grown = p.rate()
+    assert grown is not None and grown == FLOOR + p.step
+    for _ in range(100):
+        window(p, clock, 0.0011)
+    assert p.rate() is None  # well above the full-speed rate: unlimited again
+    assert p.status()["cuts"] == p.cuts >= 22
+
+
+def test_baseline_not_poisoned_by_rebuild_latency() -> None:
+    clock = Clock()
+    p = Pacer(clock=clock)
+    for _ in range(3):
+        window(p, clock, 0.002)
+    rebuilding(p, clock)
+    for _ in range(30):
+        window(p, clock, 0.010)
+    assert p.baseline == 0.002  # 5x latency for 15 s did not raise it
+    window(p, clock, 0.0015)  # but it may go down
+    assert p.baseline == 0.0015
+    p.finished()
+    assert p.rate() is None
+    window(p, clock, 0.003)  # with no rebuild it follows idle latency
+    assert p.baseline is not None and 0.0015 < p.baseline < 0.003
+
+
+def test_idle_gap_lifts_the_limit_and_disabled_never_limits() -> None:
+    clock = Clock()
+    p = Pacer(clock=clock)
+    window(p, clock, 0.001)
+    rebuilding(p, clock)
+    window(p, clock, 0.01)
+    assert p.rate() is not None
+    clock.t += 3 * p.window  # foreground stopped
+    assert p.rate() is None
+    off = Pacer(enabled=False, clock=clock)
+    window(off, clock, 0.001)
+    rebuilding(off, clock)
+    window(off, clock, 0.05)
+    assert off.rate() is None and off.chunk(4 * MiB) == 4 * MiB
+    assert off.status()["enabled"] is False and off.status()["allowed_rate"] is None
