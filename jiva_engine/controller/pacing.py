@@ -2,18 +2,22 @@
 
 `Pacer` is a pure state machine with an injectable clock. The volume feeds it the latency of
 every foreground read and write (`observe`); every `window` seconds it compares the window's
-p99 with a baseline of idle latency and sets the rate rebuilds may copy at, AIMD-style:
+p99 (smoothed over the last windows: one burst of noise from a neighbour is not a verdict) with
+a baseline of idle latency and sets the rate rebuilds may copy at, AIMD-style:
 
 - no foreground I/O in a window: unlimited (an idle rebuild runs at full speed);
-- p99 above `threshold` x baseline (plus a small absolute `slack`, so sub-millisecond noise is
-  no reason): the allowed rate is cut by `cut` (from the rebuild's measured copy rate when it
-  was unlimited), never below `floor`;
+- p99 above the target, `threshold` x baseline (plus a small absolute `slack`, so
+  sub-millisecond noise is no reason): the allowed rate is cut, starting from the rebuild's
+  measured copy rate when it was unlimited, by `cut` or by target/p99 when that is smaller
+  (a p99 ten times too high is not fixed by halving the rate once per window), but not below
+  `max_cut`, and never below `floor`;
 - otherwise it grows by `step` bytes/s per window, and becomes unlimited again once it is well
   above what the rebuild achieved at full speed.
 
-The baseline follows the windows' p99 while no rebuild runs (a moving average), and while one
-runs it may only go down (a slow-moving minimum): latency measured under a rebuild never raises
-it. `--rebuild-rate` (rebuild.Throttle) stays an upper bound set by the operator; the pacer
+The baseline follows the windows' p99 while no rebuild runs (a moving average) and stays put
+while one runs: latency measured under a rebuild never moves it (a lucky quiet window does not
+ratchet it down either, which would pin the rate to the floor on a noisy machine). With no idle
+history yet, it is the lowest window p99 seen under the rebuild. `--rebuild-rate` (rebuild.Throttle) stays an upper bound set by the operator; the pacer
 works under it. `RateMeter` measures a rebuild's recent copy rate for its ETA.
 """
 
@@ -30,8 +34,11 @@ MiB = 1 << 20
 WINDOW = 0.5  # seconds of foreground latency judged at once
 THRESHOLD = 1.5  # p99 above this many times the baseline: cut the rebuild's rate
 SLACK = 0.0005  # seconds added to the threshold (sub-millisecond jitter is no reason to cut)
-CUT = 0.5  # multiplicative decrease
+CUT = 0.5  # multiplicative decrease (at least)
+MAX_CUT = 0.125  # the deepest cut in one window
 STEP = 8 * MiB  # additive increase per good window, bytes/s
+SMOOTH = 0.5  # weight of the newest window in the smoothed p99 judged under a rebuild
+FULL_GUESS = 64 * MiB  # the rate a first cut starts from when none was measured yet
 FLOOR = 2 * MiB  # the allowed rate never goes below this (a rebuild always progresses)
 MIN_SAMPLES = 8  # fewer completions in a window: no verdict on latency, keep growing
 BASELINE_ALPHA = 0.2  # weight of a new idle window in the baseline's moving average
@@ -67,6 +74,11 @@ class RateMeter:
         while len(pts) > 2 and now - pts[1][0] >= self.span:
             pts.popleft()
 
+    def seconds(self) -> float:
+        """The time the points kept cover."""
+        pts = self._points
+        return pts[-1][0] - pts[0][0] if len(pts) >= 2 else 0.0
+
     def rate(self) -> float:
         """Bytes per second between the oldest and newest point kept (0 before two points)."""
         pts = self._points
@@ -100,6 +112,8 @@ class Pacer:
         self.allowed: float | None = None  # bytes/s; None: unlimited
         self.baseline: float | None = None  # seconds (idle p99)
         self.last_p99: float | None = None
+        self.smoothed: float | None = None  # p99 averaged over the recent windows (rebuild)
+        self._idle_baseline = False  # the baseline came from windows with no rebuild
         self.cuts = 0  # multiplicative decreases so far
         self.active = 0  # rebuilds running
         self.full_rate = 0.0  # copy rate measured while unlimited (bytes/s)
@@ -119,6 +133,7 @@ class Pacer:
         """A rebuild begins."""
         self.tick()
         self.active += 1
+        self.smoothed = None
 
     def finished(self) -> None:
         """A rebuild ended (done, failed or cancelled)."""
@@ -130,8 +145,8 @@ class Pacer:
         """A rebuild copied `nbytes` (its measured rate sets where a first cut starts)."""
         self._copied_total += nbytes
         self._copied.add(self._copied_total)
-        if self.allowed is None:
-            self.full_rate = max(self.full_rate * 0.9, self._copied.rate())
+        if self.allowed is None and self._copied.seconds() >= 0.5:
+            self.full_rate = self._copied.rate()
 
     # ------------------------------------------------------------------ the state machine
     def tick(self) -> None:
@@ -155,17 +170,25 @@ class Pacer:
             self._grow()
             return
         p = self.last_p99 = p99(samples)
-        if self.baseline is None:
-            self.baseline = p
-        elif not self.active:  # idle latency: follow it
-            self.baseline += BASELINE_ALPHA * (p - self.baseline)
-        else:  # under a rebuild it only goes down
-            self.baseline = min(self.baseline, p)
-        if not self.active or not self.enabled:
+        if not self.active:  # idle latency: follow it
+            if self.baseline is None or not self._idle_baseline:
+                self.baseline, self._idle_baseline = p, True
+            else:
+                self.baseline += BASELINE_ALPHA * (p - self.baseline)
             return
-        if p > self.threshold * self.baseline + self.slack:
-            start = self.allowed if self.allowed is not None else self.full_rate or 64 * MiB
-            self.allowed = max(self.floor, start * self.cut_factor)
+        if self.baseline is None or (not self._idle_baseline and p < self.baseline):
+            self.baseline = p  # no idle history: the best seen under the rebuild
+        if not self.enabled:
+            return
+        s = self.smoothed = (
+            p if self.smoothed is None else p * SMOOTH + self.smoothed * (1 - SMOOTH)
+        )
+        target = self.threshold * self.baseline + self.slack
+        if s > target:
+            p = s
+            start = self.allowed if self.allowed is not None else self.full_rate or FULL_GUESS
+            factor = max(MAX_CUT, min(self.cut_factor, target / p))
+            self.allowed = max(self.floor, start * factor)
             self.cuts += 1
         else:
             self._grow()
@@ -184,12 +207,12 @@ class Pacer:
         return self.allowed if self.enabled else None
 
     def chunk(self, largest: int, smallest: int = 256 << 10) -> int:
-        """The size of the next copy: `largest` when unlimited, else about 1/8 s of the allowed
+        """The size of the next copy: `largest` when unlimited, else about 1/32 s of the allowed
         rate (small copies keep a foreground write's wait behind one short), 4 KiB aligned."""
         r = self.rate()
         if r is None:
             return largest
-        return max(smallest, min(largest, int(r / 8) & ~4095))
+        return max(smallest, min(largest, int(r / 32) & ~4095))
 
     def status(self) -> dict[str, Any]:
         """The `rebuild_pacing` entry of the status."""
