@@ -2,13 +2,16 @@
 
 `Pacer` is a pure state machine with an injectable clock. The volume feeds it the latency of
 every foreground read and write (`observe`); every `window` seconds it compares the window's
-p99 (smoothed over the last windows: one burst of noise from a neighbour is not a verdict) with
-a baseline of idle latency and sets the rate rebuilds may copy at, AIMD-style:
+p50 and p99 (smoothed over the last windows: one burst of noise from a neighbour is not a
+verdict) with a baseline of idle latency and sets the rate rebuilds may copy at, AIMD-style.
+The p99 guards the tail; the p50 guards throughput (a closed-loop initiator at a fixed queue
+depth loses IOPS as its median latency grows):
 
 - no foreground I/O in a window: unlimited (an idle rebuild runs at full speed);
-- p99 above the target, `threshold` x baseline (plus a small absolute `slack`, so
-  sub-millisecond noise is no reason): the allowed rate is cut, starting from the rebuild's
-  measured copy rate when it was unlimited, by `cut` or by target/p99 when that is smaller
+- p99 above `threshold` x its baseline or p50 above `threshold_p50` x its baseline (plus a
+  small absolute `slack`, so sub-millisecond noise is no reason): the allowed rate is cut,
+  starting from the rebuild's measured copy rate when it was unlimited, by `cut` or by
+  target/latency when that is smaller
   (a p99 ten times too high is not fixed by halving the rate once per window), but not below
   `max_cut`, and never below `floor`;
 - otherwise it grows by `step` bytes/s per window, and becomes unlimited again once it is well
@@ -33,6 +36,7 @@ from typing import Any
 MiB = 1 << 20
 WINDOW = 0.5  # seconds of foreground latency judged at once
 THRESHOLD = 1.5  # p99 above this many times the baseline: cut the rebuild's rate
+THRESHOLD_P50 = 1.3  # the same for the median (IOPS >= 70 % of idle at a fixed queue depth)
 SLACK = 0.0005  # seconds added to the threshold (sub-millisecond jitter is no reason to cut)
 CUT = 0.5  # multiplicative decrease (at least)
 MAX_CUT = 0.125  # the deepest cut in one window
@@ -45,10 +49,15 @@ BASELINE_ALPHA = 0.2  # weight of a new idle window in the baseline's moving ave
 UNLIMIT_FACTOR = 2.0  # allowed rate above this x the full-speed copy rate: unlimited again
 
 
+def quantiles(samples: list[float], qs: tuple[float, ...]) -> tuple[float, ...]:
+    """The `qs` quantiles (nearest rank) of non-empty `samples`."""
+    s = sorted(samples)
+    return tuple(s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))] for q in qs)
+
+
 def p99(samples: list[float]) -> float:
     """The 99th percentile (nearest rank) of non-empty `samples`."""
-    s = sorted(samples)
-    return s[min(len(s) - 1, max(0, math.ceil(0.99 * len(s)) - 1))]
+    return quantiles(samples, (0.99,))[0]
 
 
 def eta_seconds(done: int, total: int, rate: float) -> int | None:
@@ -96,6 +105,7 @@ class Pacer:
         clock: Callable[[], float] = time.monotonic,
         window: float = WINDOW,
         threshold: float = THRESHOLD,
+        threshold_p50: float = THRESHOLD_P50,
         slack: float = SLACK,
         cut: float = CUT,
         step: float = STEP,
@@ -104,15 +114,15 @@ class Pacer:
         self.enabled = enabled
         self.clock = clock
         self.window = window
-        self.threshold = threshold
+        self.thresholds = (threshold_p50, threshold)  # for (p50, p99)
         self.slack = slack
         self.cut_factor = cut
         self.step = step
         self.floor = floor
         self.allowed: float | None = None  # bytes/s; None: unlimited
-        self.baseline: float | None = None  # seconds (idle p99)
-        self.last_p99: float | None = None
-        self.smoothed: float | None = None  # p99 averaged over the recent windows (rebuild)
+        self.base: tuple[float, ...] | None = None  # seconds: idle (p50, p99)
+        self.last: tuple[float, ...] | None = None  # the last window's (p50, p99)
+        self.smoothed: tuple[float, ...] | None = None  # averaged over recent windows (rebuild)
         self._idle_baseline = False  # the baseline came from windows with no rebuild
         self.cuts = 0  # multiplicative decreases so far
         self.active = 0  # rebuilds running
@@ -163,35 +173,48 @@ class Pacer:
 
     def _judge(self, samples: list[float]) -> None:
         if not samples:  # no foreground I/O: nothing to protect
-            self.last_p99 = None
+            self.last = None
             self.allowed = None
             return
         if len(samples) < MIN_SAMPLES:
             self._grow()
             return
-        p = self.last_p99 = p99(samples)
+        q = self.last = quantiles(samples, (0.5, 0.99))
         if not self.active:  # idle latency: follow it
-            if self.baseline is None or not self._idle_baseline:
-                self.baseline, self._idle_baseline = p, True
+            if self.base is None or not self._idle_baseline:
+                self.base, self._idle_baseline = q, True
             else:
-                self.baseline += BASELINE_ALPHA * (p - self.baseline)
+                self.base = tuple(
+                    b + BASELINE_ALPHA * (v - b) for b, v in zip(self.base, q, strict=True)
+                )
             return
-        if self.baseline is None or (not self._idle_baseline and p < self.baseline):
-            self.baseline = p  # no idle history: the best seen under the rebuild
+        if self.base is None or (not self._idle_baseline and q[1] < self.base[1]):
+            self.base = q  # no idle history: the best seen under the rebuild
         if not self.enabled:
             return
-        s = self.smoothed = (
-            p if self.smoothed is None else p * SMOOTH + self.smoothed * (1 - SMOOTH)
-        )
-        target = self.threshold * self.baseline + self.slack
-        if s > target:
-            p = s
+        old = self.smoothed
+        s = self.smoothed = q if old is None else tuple(
+            v * SMOOTH + o * (1 - SMOOTH) for v, o in zip(q, old, strict=True)
+        )  # fmt: skip
+        over = max(
+            v / (t * b + self.slack) for v, t, b in zip(s, self.thresholds, self.base, strict=True)
+        )  # latency over its target, the worse of p50 and p99
+        if over > 1:
             start = self.allowed if self.allowed is not None else self.full_rate or FULL_GUESS
-            factor = max(MAX_CUT, min(self.cut_factor, target / p))
+            factor = max(MAX_CUT, min(self.cut_factor, 1 / over))
             self.allowed = max(self.floor, start * factor)
             self.cuts += 1
         else:
             self._grow()
+
+    @property
+    def baseline(self) -> float | None:
+        """The idle p99 baseline (seconds)."""
+        return self.base[1] if self.base else None
+
+    @property
+    def last_p99(self) -> float | None:
+        return self.last[1] if self.last else None
 
     def _grow(self) -> None:
         if self.allowed is None:
@@ -220,7 +243,9 @@ class Pacer:
         return {
             "enabled": self.enabled,
             "allowed_rate": int(self.allowed) if self.enabled and self.allowed else None,
+            "baseline_p50_ms": ms(self.base[0] if self.base else None),
             "baseline_p99_ms": ms(self.baseline),
+            "recent_p50_ms": ms(self.last[0] if self.last else None),
             "recent_p99_ms": ms(self.last_p99),
             "cuts": self.cuts,
         }
