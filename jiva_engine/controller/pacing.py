@@ -8,6 +8,8 @@ The p99 guards the tail; the p50 guards throughput (a closed-loop initiator at a
 depth loses IOPS as its median latency grows):
 
 - no foreground I/O in a window: unlimited (an idle rebuild runs at full speed);
+- a rebuild that starts while foreground I/O runs starts at `start` bytes/s and grows from
+  there (a slow start: a full-speed first window would cost the foreground its worst second);
 - p99 above `threshold` x its baseline or p50 above `threshold_p50` x its baseline (plus a
   small absolute `slack`, so sub-millisecond noise is no reason): the allowed rate is cut,
   starting from the rebuild's measured copy rate when it was unlimited, by `cut` or by
@@ -43,6 +45,8 @@ MAX_CUT = 0.125  # the deepest cut in one window
 STEP = 8 * MiB  # additive increase per good window, bytes/s
 SMOOTH = 0.5  # weight of the newest window in the smoothed p99 judged under a rebuild
 FULL_GUESS = 64 * MiB  # the rate a first cut starts from when none was measured yet
+SLOW_START = 16 * MiB  # where a rebuild starting under foreground I/O begins, bytes/s
+CEILING_GUESS = 256 * MiB  # the full-speed rate assumed while none was measured
 FLOOR = 2 * MiB  # the allowed rate never goes below this (a rebuild always progresses)
 MIN_SAMPLES = 8  # fewer completions in a window: no verdict on latency, keep growing
 BASELINE_ALPHA = 0.2  # weight of a new idle window in the baseline's moving average
@@ -110,6 +114,7 @@ class Pacer:
         cut: float = CUT,
         step: float = STEP,
         floor: float = FLOOR,
+        start: float = SLOW_START,
     ) -> None:
         self.enabled = enabled
         self.clock = clock
@@ -119,6 +124,7 @@ class Pacer:
         self.cut_factor = cut
         self.step = step
         self.floor = floor
+        self.start = start
         self.allowed: float | None = None  # bytes/s; None: unlimited
         self.base: tuple[float, ...] | None = None  # seconds: idle (p50, p99)
         self.last: tuple[float, ...] | None = None  # the last window's (p50, p99)
@@ -144,6 +150,9 @@ class Pacer:
         self.tick()
         self.active += 1
         self.smoothed = None
+        self._copied = RateMeter(self.clock, span=2.0)  # this rebuild's pace, not an older one's
+        if self.enabled and self.last is not None and self.allowed is None:
+            self.allowed = self.start  # foreground I/O runs: slow start
 
     def finished(self) -> None:
         """A rebuild ended (done, failed or cancelled)."""
@@ -201,6 +210,8 @@ class Pacer:
         )  # latency over its target, the worse of p50 and p99
         if over > 1:
             start = self.allowed if self.allowed is not None else self.full_rate or FULL_GUESS
+            if self._copied.seconds() >= 0.5:  # from the pace achieved, not a cap above it
+                start = min(start, self._copied.rate())
             factor = max(MAX_CUT, min(self.cut_factor, 1 / over))
             self.allowed = max(self.floor, start * factor)
             self.cuts += 1
@@ -220,7 +231,7 @@ class Pacer:
         if self.allowed is None:
             return
         self.allowed += self.step
-        if self.full_rate and self.allowed > UNLIMIT_FACTOR * self.full_rate:
+        if self.allowed > UNLIMIT_FACTOR * (self.full_rate or CEILING_GUESS):
             self.allowed = None
 
     # ------------------------------------------------------------------ outputs

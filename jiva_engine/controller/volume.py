@@ -95,7 +95,7 @@ class Volume:
         replica_timeout: float = 3.0,
         secret: str | bytes | tuple[str | bytes, ...] | None = None,
         rebuild_rate: float | None = None,
-        rebuild_pacing: bool = True,
+        rebuild_pacing: bool | Pacer = True,
         scrub_rate: float | None = None,
         scrub_interval: float | None = None,
         retry_interval: float = 1.0,
@@ -140,7 +140,8 @@ class Volume:
             "held_seconds": 0.0,
         }
         self.repairer = Repairer(self.coord, self.ranges, self.io_stats)
-        self.pacer = Pacer(rebuild_pacing)  # rebuilds paced from foreground latency
+        # rebuilds paced from foreground latency (a Pacer given: tests tune it)
+        self.pacer = rebuild_pacing if isinstance(rebuild_pacing, Pacer) else Pacer(rebuild_pacing)
         self.coord.repairer = self.repairer
         self.coord.rebuilder = Rebuilder(
             self.coord, self.ranges, lambda: list(self._inflight.values()), self.io_stats,

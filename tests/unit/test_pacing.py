@@ -30,8 +30,11 @@ def window(p: Pacer, clock: Clock, latency: float, n: int = 50) -> None:
 
 
 def rebuilding(p: Pacer, clock: Clock, rate: float = 200 * MiB) -> None:
-    """Start a rebuild that copied at `rate` for a second (its full-speed rate)."""
+    """Start a rebuild during a pause of the foreground (so at full speed) that copied at `rate`
+    for a second; the foreground then resumes (the callers' windows)."""
+    clock.t += 2 * p.window
     p.started()
+    assert p.rate() is None
     for _ in range(10):
         clock.t += 0.1
         p.copied(int(rate * 0.1))
@@ -200,3 +203,29 @@ def test_median_rise_cuts_even_with_a_steady_p99() -> None:
         window(p, clock, 0.014)
     assert p.last_p99 is not None and p.last_p99 < 1.5 * 0.010 + 0.0005
     assert p.cuts >= 1
+
+
+def test_rebuild_starting_under_foreground_io_starts_slow() -> None:
+    clock = Clock()
+    p = Pacer(clock=clock)
+    window(p, clock, 0.001)  # foreground I/O runs
+    p.started()
+    assert p.rate() == p.start
+    window(p, clock, 0.001)
+    assert p.rate() == p.start + p.step  # and grows while latency stays put
+    idle = Pacer(clock=clock)
+    clock.t += 1
+    idle.started()  # no foreground I/O: full speed at once
+    assert idle.rate() is None
+
+
+def test_cut_starts_from_the_pace_achieved() -> None:
+    clock = Clock()
+    p = Pacer(clock=clock)
+    window(p, clock, 0.001)
+    p.started()
+    for _ in range(20):  # the allowed rate is 16 MiB/s, but the copy only makes 4 MiB/s
+        clock.t += 0.05
+        p.copied(200 << 10)
+    window(p, clock, 0.004)
+    assert (p.rate() or 0) <= 2.1 * MiB
