@@ -124,9 +124,13 @@ def add_replica(vol: JivaVolume) -> int:
 
 
 def rebuild_figures(vol: JivaVolume, i: int) -> dict:
+    """The last rebuild of replica i (its own timing), and how often any replica was ejected
+    (a write timing out on a swamped replica ejects it: its rebuild starts over)."""
     lr = vol.replica_status(i)["last_rebuild"] or {}
     secs = lr.get("seconds") or 0.0
-    return {"seconds": secs, "mib_s": lr.get("copied", 0) / MiB / secs if secs else 0.0}
+    ejected = sum(r["errors"] for r in api_get(vol.api, "/v1/stats")["replicas"].values())
+    return {"seconds": secs, "mib_s": lr.get("copied", 0) / MiB / secs if secs else 0.0,
+            "ejections": ejected}  # fmt: skip
 
 
 async def one_mode(procs: Procs, root: Path, size: int, seconds: float, pacing: str) -> dict:
@@ -146,6 +150,7 @@ async def one_mode(procs: Procs, root: Path, size: int, seconds: float, pacing: 
     lat, took = await load(vol, lambda: rebuilt(vol, i, samples), 2)
     during = figures(lat, took)
     during.update(rebuild_figures(vol, i))
+    during["to_rw"] = took  # from the add to RW (retries included)
     allowed = [s["pacing"]["allowed_rate"] for s in samples if s["pacing"]]
     limited = [a for a in allowed if a]
     during["min_allowed_mib_s"] = min(limited) / MiB if limited else None
@@ -167,14 +172,15 @@ def report(res: dict) -> str:
     for mode, r in res.items():
         idle, d, q = r["idle"], r["during"], r["idle_rebuild"]
         rows.append([f"pacing {mode}: idle", f"{idle['iops']:.0f}", f"{idle['p50_ms']:.2f}",
-                     f"{idle['p99_ms']:.2f}", "", "", "", "", f"{q['seconds']:.1f}",
+                     f"{idle['p99_ms']:.2f}", "", "", "", "", "", "", f"{q['seconds']:.1f}",
                      f"{q['mib_s']:.0f}", r["load"]])  # fmt: skip
         rows.append([f"pacing {mode}: during rebuild", f"{d['iops']:.0f}", f"{d['p50_ms']:.2f}",
                      f"{d['p99_ms']:.2f}", f"{d['iops'] / idle['iops']:.2f}",
                      f"{d['p99_ms'] / idle['p99_ms']:.2f}", f"{d['seconds']:.1f}",
-                     f"{d['mib_s']:.0f}", "", "", r["load"]])  # fmt: skip
+                     f"{d['mib_s']:.0f}", f"{d['to_rw']:.1f}", d["ejections"], "", "",
+                     r["load"]])  # fmt: skip
     headers = ["4K rand write QD32", "IOPS", "p50 ms", "p99 ms", "IOPS/idle", "p99/idle",
-               "rebuild s", "rebuild MiB/s", "idle rebuild s", "idle rebuild MiB/s", "load"]  # fmt: skip
+               "rebuild s", "rebuild MiB/s", "add to RW s", "ejections", "idle rebuild s", "idle rebuild MiB/s", "load"]  # fmt: skip
     return tabulate(rows, headers=headers)
 
 
