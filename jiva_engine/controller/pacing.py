@@ -49,7 +49,8 @@ SLOW_START = 16 * MiB  # where a rebuild starting under foreground I/O begins, b
 CEILING_GUESS = 256 * MiB  # the full-speed rate assumed while none was measured
 FLOOR = 2 * MiB  # the allowed rate never goes below this (a rebuild always progresses)
 MIN_SAMPLES = 8  # fewer completions in a window: no verdict on latency, keep growing
-BASELINE_ALPHA = 0.2  # weight of a new idle window in the baseline's moving average
+BASELINE_ALPHA = 0.2  # weight of a new idle window in the baseline's moving average...
+BASELINE_DOWN = 0.5  # ...and of one below it (a noisy first window is soon forgotten)
 UNLIMIT_FACTOR = 2.0  # allowed rate above this x the full-speed copy rate: unlimited again
 
 
@@ -131,6 +132,7 @@ class Pacer:
         self.smoothed: tuple[float, ...] | None = None  # averaged over recent windows (rebuild)
         self._idle_baseline = False  # the baseline came from windows with no rebuild
         self.cuts = 0  # multiplicative decreases so far
+        self.windows = 0  # windows with foreground I/O judged so far
         self.active = 0  # rebuilds running
         self.full_rate = 0.0  # copy rate measured while unlimited (bytes/s)
         self._samples: list[float] = []
@@ -189,12 +191,14 @@ class Pacer:
             self._grow()
             return
         q = self.last = quantiles(samples, (0.5, 0.99))
+        self.windows += 1
         if not self.active:  # idle latency: follow it
             if self.base is None or not self._idle_baseline:
                 self.base, self._idle_baseline = q, True
             else:
                 self.base = tuple(
-                    b + BASELINE_ALPHA * (v - b) for b, v in zip(self.base, q, strict=True)
+                    b + (BASELINE_DOWN if v < b else BASELINE_ALPHA) * (v - b)
+                    for b, v in zip(self.base, q, strict=True)
                 )
             return
         if self.base is None or (not self._idle_baseline and q[1] < self.base[1]):

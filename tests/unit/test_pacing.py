@@ -229,3 +229,15 @@ def test_cut_starts_from_the_pace_achieved() -> None:
         p.copied(200 << 10)
     window(p, clock, 0.004)
     assert (p.rate() or 0) <= 2.1 * MiB
+
+
+def test_idle_baseline_forgets_a_noisy_first_window_fast() -> None:
+    clock = Clock()
+    p = Pacer(clock=clock)
+    window(p, clock, 0.040)  # a hiccup while the volume starts
+    for _ in range(4):
+        window(p, clock, 0.002)
+    assert p.baseline is not None and p.baseline < 0.005  # down fast...
+    window(p, clock, 0.040)
+    assert p.baseline < 0.013  # ...up slowly
+    assert p.windows == 6
