@@ -1,10 +1,10 @@
 """Rebuild (docs/ENGINE.md rule 6): what a returning replica must copy, and copying it.
 
 Planning is pure (`plan_copy`); the copy runs a few range-locked spans at once, batches small
-change-map runs into READV/WRITEV, paces itself with `--rebuild-rate`, and hands the finished
-replica to the coordinator, which adds it to the membership under a new view. Under
-`--rebuild-rate` (an upper bound), the copy is paced from foreground latency (pacing.Pacer):
-smaller copies at a lower rate while foreground I/O suffers, full speed when none runs.
+change-map runs into READV/WRITEV, paces itself from foreground latency (pacing.Pacer: smaller
+copies at a lower rate while foreground I/O suffers, full speed when none runs) under
+`--rebuild-rate` when one is set, and hands the finished replica to the coordinator, which adds
+it to the membership under a new view.
 """
 
 from __future__ import annotations
