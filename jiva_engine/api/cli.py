@@ -113,6 +113,10 @@ def render(status: dict[str, Any]) -> str:
             total = rb.get("total") or 0
             pct = 100.0 * rb.get("done", 0) / total if total else 0.0
             progress = f"{pct:.0f}% ({human_size(rb.get('done', 0))}/{human_size(total)})"
+            if rb.get("rate"):
+                progress += f", {human_size(rb['rate'])}/s"
+            if rb.get("eta_seconds") is not None:
+                progress += f", ETA {rb['eta_seconds']}s"
         else:
             progress = "-"
         state = {"RW": "healthy", "WO": "rebuilding", "ERR": "failed"}.get(r.get("mode"), "?")

@@ -131,6 +131,10 @@ async def get_stats(request: web.Request) -> web.Response:
     return web.json_response(_stats(request.app))
 
 
+def _eta(v: int | None) -> int:
+    return -1 if v is None else v
+
+
 def render_metrics(app: web.Application) -> str:
     """Prometheus text exposition format (version 0.0.4)."""
     vol = app[_VOLUME]
@@ -279,6 +283,23 @@ def render_metrics(app: web.Application) -> str:
         "gauge",
         "bytes the current rebuild has to scan",
         [(f'{vl},replica="{_label(m.address)}"', (m.rebuild or {}).get("total", 0)) for m in reps],
+    )
+    metric(
+        "jiva_replica_rebuild_eta_seconds",
+        "gauge",
+        "seconds the current rebuild has left at its recent rate (-1: not known or none)",
+        [
+            (f'{vl},replica="{_label(m.address)}"', _eta((m.rebuild or {}).get("eta_seconds")))
+            for m in reps
+        ],
+    )
+    pacer = getattr(vol, "pacer", None)  # (a test's stand-in volume may have none)
+    allowed = pacer.status()["allowed_rate"] if pacer is not None else None
+    metric(
+        "jiva_volume_rebuild_allowed_rate_bytes",
+        "gauge",
+        "rate rebuilds may copy at, set by pacing from foreground latency (0: unlimited)",
+        [(vl, allowed or 0)],
     )
     metric(
         "jiva_replica_errors_total",

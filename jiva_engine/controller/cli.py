@@ -95,6 +95,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="QoS: most MiB/s read+written by the initiators (default unlimited)",
     )
     p.add_argument(
+        "--rebuild-pacing",
+        choices=("on", "off"),
+        default="on",
+        help="slow rebuilds down while foreground I/O latency rises (default on; under"
+        " --rebuild-rate when both are set)",
+    )
+    p.add_argument(
         "--scrub-rate",
         type=float,
         default=64.0,
@@ -190,6 +197,7 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         "previous_token": previous_token,
         "access": access,
         "rebuild_rate": args.rebuild_rate * (1 << 20) if args.rebuild_rate else None,
+        "rebuild_pacing": args.rebuild_pacing == "on",
         "scrub_rate": args.scrub_rate * (1 << 20),
         "scrub_interval": scrub_interval,
         "max_snapshots": max_snapshots,
@@ -213,6 +221,7 @@ async def _serve(cfg: dict) -> int:
         replica_timeout=cfg["timeout"],
         secret=cfg["secret"],
         rebuild_rate=cfg["rebuild_rate"],
+        rebuild_pacing=cfg["rebuild_pacing"],
         scrub_rate=cfg["scrub_rate"],
         scrub_interval=cfg["scrub_interval"],
         max_snapshots=cfg["max_snapshots"],

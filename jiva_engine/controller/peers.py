@@ -32,7 +32,7 @@ class Peer:
     mode: str = ERR
     client: Backend | None = None
     epoch: int = 0
-    rebuild: dict[str, int] | None = None
+    rebuild: dict[str, Any] | None = None  # done, total, rate, eta_seconds
     last_error: str | None = "not connected yet"
     last_rebuild: dict[str, Any] | None = None
     info: dict[str, Any] = field(default_factory=dict)

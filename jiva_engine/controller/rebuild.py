@@ -1,8 +1,10 @@
 """Rebuild (docs/ENGINE.md rule 6): what a returning replica must copy, and copying it.
 
 Planning is pure (`plan_copy`); the copy runs a few range-locked spans at once, batches small
-change-map runs into READV/WRITEV, paces itself with `--rebuild-rate`, and hands the finished
-replica to the coordinator, which adds it to the membership under a new view.
+change-map runs into READV/WRITEV, paces itself from foreground latency (pacing.Pacer: smaller
+copies at a lower rate while foreground I/O suffers, full speed when none runs) under
+`--rebuild-rate` when one is set, and hands the finished replica to the coordinator, which adds
+it to the membership under a new view.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from jiva_engine.controller.grow import fit
+from jiva_engine.controller.pacing import PacedThrottle, Pacer, RateMeter, eta_seconds
 from jiva_engine.controller.peers import ERR, RW, WO, Peer
 from jiva_engine.controller.rangelock import RangeLock
 from jiva_engine.controller.snapshots import snapshot_ids
@@ -265,12 +268,28 @@ class Rebuilder:
         inflight: Callable[[], list[Any]],
         stats: dict[str, float],
         rate: float | None,
+        pacer: Pacer | None = None,
     ) -> None:
         self.coord = coord
         self.ranges = ranges
         self.inflight = inflight  # writes in flight: each has `done`, a future
         self.stats = stats
         self.throttle = Throttle(rate)
+        self.pacer = pacer if pacer is not None else Pacer(enabled=False)
+        self.paced = PacedThrottle(self.pacer)
+
+    async def take(self, nbytes: int) -> None:
+        """Wait for the budget of a copy of `nbytes`: the pacer's rate, then --rebuild-rate."""
+        await self.paced.take(nbytes)
+        await self.throttle.take(nbytes)
+
+    def progressed(self, progress: dict[str, Any], meter: RateMeter, nbytes: int) -> None:
+        """Count `nbytes` of a rebuild's scan done; refresh its recent rate and ETA."""
+        progress["done"] += nbytes
+        meter.add(progress["done"])
+        rate = meter.rate()
+        progress["rate"] = int(rate)
+        progress["eta_seconds"] = eta_seconds(progress["done"], progress["total"], rate)
 
     async def run(self, m: Peer, rmeta: dict[str, Any]) -> None:
         """Rebuild replica `m` (connected, not a member) and promote it; failures drop it."""
@@ -278,7 +297,11 @@ class Rebuilder:
         gate = snaps.rebuilding(m) if snaps is not None else contextlib.nullcontext()
         try:
             async with gate:  # no snapshot is created or deleted until it ends (snapshots.py)
-                await self._rebuild(m, rmeta)
+                self.pacer.started()
+                try:
+                    await self._rebuild(m, rmeta)
+                finally:
+                    self.pacer.finished()
         except asyncio.CancelledError:
             raise
         except VolumeFenced:
@@ -334,7 +357,7 @@ class Rebuilder:
                 used.update(range(eo // region, (eo + el - 1) // region + 1))
             extents = merge([region_extent(r, region, size) for r in used], size)
         total = sum(ln for _, ln in extents)
-        progress = m.rebuild = {"done": 0, "total": total}
+        progress = m.rebuild = {"done": 0, "total": total, "rate": 0, "eta_seconds": None}
         log.info(
             "rebuilding %s from %s: %s, %d extents, %d bytes",
             m.address, src.address, kind, len(extents), total,
@@ -403,16 +426,18 @@ class Rebuilder:
             plans.append((snap, ssize, runs))
             total += sum(n for _, n in runs)
             prev = snap["id"]
-        progress = m.rebuild = {"done": 0, "total": total}
+        progress = m.rebuild = {"done": 0, "total": total, "rate": 0, "eta_seconds": None}
+        meter = RateMeter()
         m.last_error = f"rebuilding: copying {len(snaps)} snapshot(s) before it takes writes"
         gate = asyncio.Semaphore(REBUILD_PARALLEL)
 
         async def one(sid: str, o: int, n: int) -> None:
             async with gate:
-                await self.throttle.take(n)
+                await self.take(n)
                 data = await self._snap_read(src, sid, o, n)
                 await m.link.write(o, data, coord.mem.epoch, rebuild=True)
-                progress["done"] += n
+                self.progressed(progress, meter, n)
+                self.pacer.copied(n)
                 self.stats["rebuild_bytes_copied"] += n
 
         for snap, ssize, runs in plans:
@@ -466,7 +491,7 @@ class Rebuilder:
         src: Peer,
         m: Peer,
         extents: list[tuple[int, int]],
-        progress: dict[str, int],
+        progress: dict[str, Any],
         hole: str = "unmap",
         newest: str | None = None,
     ) -> int:
@@ -478,7 +503,8 @@ class Rebuilder:
         span = REBUILD_SPAN * region
         if self.throttle.rate:  # keep the pacing smooth: at most ~1/4 s of budget per span
             span = max(region, min(span, int(self.throttle.rate / 4)))
-        todo = iter(batches(split(extents, span), min(span, VEC_BYTES)))
+        todo = self._chunks(batches(split(extents, span), min(span, VEC_BYTES)))
+        meter = RateMeter()
         failure: list[BaseException] = []
         copied = 0
         unsynced = 0
@@ -494,7 +520,7 @@ class Rebuilder:
                     failure.append(ReplicaUnavailable("rebuild interrupted"))
                     return
                 size = ln if ranges is None else sum(n for _, n in ranges)
-                await self.throttle.take(size)  # --rebuild-rate, shared by every rebuild
+                await self.take(size)  # paced, under --rebuild-rate (shared by every rebuild)
                 try:
                     n = await self._copy_checked(src, m, off, ln, ranges, hole, newest)
                 except Exception as e:
@@ -502,7 +528,8 @@ class Rebuilder:
                     return
                 copied += n
                 self.stats["rebuild_bytes_copied"] += n
-                progress["done"] += size
+                self.pacer.copied(n)
+                self.progressed(progress, meter, size)
                 # start the write-back of what is copied so far while copying goes on, so the
                 # final flush (before it becomes a member) only has the tail left
                 unsynced += n
@@ -519,6 +546,21 @@ class Rebuilder:
             if isinstance(r, BaseException):
                 raise r
         return copied
+
+    def _chunks(
+        self, items: list[tuple[int, int, list | None]]
+    ) -> Iterator[tuple[int, int, list | None]]:
+        """The copy work items, a large span cut into the pacer's chunk size as each is taken
+        (while foreground I/O suffers, short copies: a write waits behind one for less)."""
+        for off, ln, ranges in items:
+            if ranges is not None:
+                yield off, ln, ranges
+                continue
+            pos, end = off, off + ln
+            while pos < end:
+                n = min(end - pos, self.pacer.chunk(ln))
+                yield pos, n, None
+                pos += n
 
     async def _copy_checked(
         self,

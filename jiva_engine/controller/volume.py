@@ -21,6 +21,7 @@ from jiva_engine.controller.backend import Connector, tcp_connector
 from jiva_engine.controller.coordinator import Coordinator
 from jiva_engine.controller.grow import Grower
 from jiva_engine.controller.membership import Phase, Policy
+from jiva_engine.controller.pacing import Pacer
 from jiva_engine.controller.peers import ERR, RW, WO, Peer
 from jiva_engine.controller.qos import Limiter
 from jiva_engine.controller.rangelock import Lease, RangeLock
@@ -96,6 +97,7 @@ class Volume:
         replica_timeout: float = 3.0,
         secret: str | bytes | tuple[str | bytes, ...] | None = None,
         rebuild_rate: float | None = None,
+        rebuild_pacing: bool | Pacer = True,
         scrub_rate: float | None = None,
         scrub_interval: float | None = None,
         retry_interval: float = 1.0,
@@ -143,10 +145,12 @@ class Volume:
             "held_seconds": 0.0,
         }
         self.repairer = Repairer(self.coord, self.ranges, self.io_stats)
+        # rebuilds paced from foreground latency (a Pacer given: tests tune it)
+        self.pacer = rebuild_pacing if isinstance(rebuild_pacing, Pacer) else Pacer(rebuild_pacing)
         self.coord.repairer = self.repairer
         self.coord.rebuilder = Rebuilder(
             self.coord, self.ranges, lambda: list(self._inflight.values()), self.io_stats,
-            rebuild_rate,
+            rebuild_rate, self.pacer,
         )  # fmt: skip
         self.grower = Grower(self.coord, self._admit)
         self.scrubber = Scrubber(self, scrub_rate, scrub_interval)
@@ -263,6 +267,7 @@ class Volume:
             "scrub": self.scrubber.status(),
             "snapshots": self.snapshots.status(),
             "qos": self.qos.status(),
+            "rebuild_pacing": self.pacer.status(),
         }
 
     def integrity(self) -> dict[str, Any]:
@@ -337,6 +342,7 @@ class Volume:
         st["reads"] += 1
         st["read_bytes"] += length
         st["read_seconds"] += time.perf_counter() - t0
+        self.pacer.observe(time.perf_counter() - t0)
         return data
 
     async def _read_one(self, offset: int, length: int) -> bytes | bytearray:
@@ -441,6 +447,7 @@ class Volume:
         st["writes"] += 1
         st["write_bytes"] += n
         st["write_seconds"] += time.perf_counter() - t0
+        self.pacer.observe(time.perf_counter() - t0)
 
     async def unmap(self, offset: int, length: int, *, qos: bool = True) -> None:
         """Deallocate a range on every member; it reads back as zeroes. For QoS an unmap is one
