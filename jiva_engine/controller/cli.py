@@ -9,6 +9,7 @@ import signal
 import sys
 from typing import Any
 
+from jiva_engine.controller import lag
 from jiva_engine.controller.snapshots import check_limit
 from jiva_engine.iscsi.cli import access_options, add_access_arguments
 from jiva_engine.util import (
@@ -62,6 +63,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--portal", metavar="HOST:PORT", help="iSCSI portal to serve the volume on")
     p.add_argument("--size", help="expected volume size (512M, 10G, ...); checked on replicas")
     p.add_argument("--replica-timeout", type=float, default=3.0, help="seconds (default 3)")
+    p.add_argument(
+        "--slow-replica-floor",
+        default=f"{lag.DEFAULT_FLOOR:g}",
+        metavar="SECONDS",
+        help="eject a replica whose oldest request is unanswered this long (and factor x its"
+        f" peers' p99) while its peers answer (default {lag.DEFAULT_FLOOR:g}); 0 or off: no"
+        " lag ejection, only --replica-timeout",
+    )
+    p.add_argument(
+        "--slow-replica-factor",
+        default=f"{lag.DEFAULT_FACTOR:g}",
+        metavar="K",
+        help="how far behind its peers' p99 answer time a replica must be to be ejected"
+        f" (default {lag.DEFAULT_FACTOR:g}); 0 or off: no lag ejection",
+    )
+    p.add_argument(
+        "--slow-replica-window",
+        default=f"{lag.DEFAULT_WINDOW:g}",
+        metavar="SECONDS",
+        help="eject a replica whose p99 answer time stays factor x its peers' for this long"
+        f" (default {lag.DEFAULT_WINDOW:g}); 0 or off: only stalls eject",
+    )
     p.add_argument("--secret-file", help="file holding the controller<->replica shared secret")
     p.add_argument(
         "--previous-secret-file",
@@ -141,6 +164,14 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--quorum-hold must be positive")
     if args.replica_timeout <= 0:
         raise ValueError("--replica-timeout must be positive")
+    try:
+        slow = lag.LagPolicy(
+            lag.parse_seconds(args.slow_replica_floor),
+            lag.parse_seconds(args.slow_replica_factor),
+            lag.parse_seconds(args.slow_replica_window),
+        )
+    except ValueError as e:
+        raise ValueError(f"--slow-replica-*: {e}") from None
     if args.rebuild_rate is not None and args.rebuild_rate <= 0:
         raise ValueError("--rebuild-rate must be positive (MiB/s)")
     if args.scrub_rate <= 0:
@@ -165,6 +196,7 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         "hold": args.quorum_hold,
         "size": parse_size(args.size) if args.size else None,
         "timeout": args.replica_timeout,
+        "slow_replica": slow,
         # presented in this order: the current secret, then (a rotation) the previous one
         "secret": tuple(s.encode() for s in (secret, previous) if s) or None,
         "token": token,
@@ -190,6 +222,7 @@ async def _serve(cfg: dict) -> int:
         hold=cfg["hold"],
         size=cfg["size"],
         replica_timeout=cfg["timeout"],
+        slow_replica=cfg["slow_replica"],
         secret=cfg["secret"],
         rebuild_rate=cfg["rebuild_rate"],
         scrub_rate=cfg["scrub_rate"],

@@ -67,6 +67,7 @@ def _consume(fut: asyncio.Future) -> None:
 
 _RBUF = wire.RECV_BUF  # receive buffer for small frames
 _BIG = 64 * 1024  # payloads at least this big are received straight into their own buffer
+ANSWER_TIMES = 4096  # answer times of fanned-out requests kept until the controller reads them
 
 
 class _ClientProtocol(wire.RecvBuffer, asyncio.BufferedProtocol):
@@ -211,6 +212,9 @@ class ReplicaClient:
         self._watchdog: asyncio.TimerHandle | None = None
         self._closed_reason: str | None = "not connected"
         self._ready = False  # handshake done
+        # seconds from queueing to answer of each replicated WRITE/UNMAP/FLUSH (write_all & co.):
+        # the same requests go to every member, so the controller compares these (lag.py)
+        self.answer_times: collections.deque[float] = collections.deque(maxlen=ANSWER_TIMES)
 
     # ------------------------------------------------------------------ connection
     @property
@@ -358,6 +362,16 @@ class ReplicaClient:
                 self._abort(f"request {oldest} got no answer in {age:.1f}s (timeout)")
                 return
         self._arm_watchdog()
+
+    def oldest_age(self, now: float) -> float | None:
+        """Seconds since the oldest unanswered request was sent (None: nothing unanswered)."""
+        oldest = next(iter(self._pending), None)
+        if oldest is None:
+            return None
+        dl = self._deadlines
+        while dl and dl[0][1] < oldest:  # batches whose requests are all answered
+            dl.popleft()
+        return max(0.0, now - (dl[0][0] - self.timeout)) if dl else 0.0
 
     # ------------------------------------------------------------------ frames
     def _send(
@@ -591,12 +605,13 @@ class ReplicaClient:
 class _Slot:
     """One replica's part of a fan-out: stands in for a Future in ReplicaClient._pending."""
 
-    __slots__ = ("fan", "idx", "fired")
+    __slots__ = ("fan", "idx", "fired", "times")
 
-    def __init__(self, fan: _Fan, idx: int) -> None:
+    def __init__(self, fan: _Fan, idx: int, times: collections.deque[float] | None) -> None:
         self.fan = fan
         self.idx = idx
         self.fired = False
+        self.times = times  # the client's answer_times
 
     def done(self) -> bool:
         return self.fired
@@ -604,6 +619,8 @@ class _Slot:
     def set_result(self, _payload: bytes) -> None:
         if not self.fired:
             self.fired = True
+            if self.times is not None:
+                self.times.append(time.monotonic() - self.fan.sent)
             self.fan.arrive()
 
     def set_exception(self, exc: BaseException) -> None:
@@ -614,9 +631,10 @@ class _Slot:
 
 
 class _Fan:
-    __slots__ = ("future", "results", "remaining")
+    __slots__ = ("future", "results", "remaining", "sent")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, n: int) -> None:
+        self.sent = time.monotonic()
         self.future: asyncio.Future = _Future(loop=loop)
         self.results: list[BaseException | None] = [None] * n
         self.remaining = n
@@ -634,7 +652,7 @@ def _fan(
 ) -> asyncio.Future:
     fan = _Fan(asyncio.get_running_loop(), len(clients))
     for i, c in enumerate(clients):
-        c._send(op, offset, length, epoch, data, _Slot(fan, i))
+        c._send(op, offset, length, epoch, data, _Slot(fan, i, getattr(c, "answer_times", None)))
     return fan.future
 
 
