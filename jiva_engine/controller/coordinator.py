@@ -772,6 +772,8 @@ class Coordinator:
             if isinstance(r, BaseException):
                 if p.mode == RW:
                     failed.append((p, r))
+                elif p.client is None:
+                    continue  # dropped meanwhile (ejected): its last error says why
                 else:
                     p.last_error = f"ping failed: {r}"
                     await self.drop_client(p)
