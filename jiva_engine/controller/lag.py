@@ -13,12 +13,14 @@ Two rules, both peer-relative (when every member is slow alike, nobody is ejecte
   (its own oldest unanswered request is at most a quarter of that age), and this holds for
   `CONFIRM` seconds (a member resumed a moment after its peers is not ejected);
 * **slow**: for `window` seconds in a row, each second's p99 answer time of the member is above
-  `max(SLOW_MIN, factor x the highest p99 of its peers)`, with enough answers from both sides.
-  Not judged while a replica is being rebuilt (the rebuild source answers rebuild reads too).
+  `max(SLOW_MIN, factor x its peers' typical p99)` (per peer the median of its per-second p99s
+  over those seconds, the highest peer counts), with enough answers from both sides. Not judged
+  while a replica is being rebuilt (the rebuild source answers rebuild reads too).
 
 Never the last current member, never with no other member to compare with, one at a time.
-A member ejected for lag may rejoin at once the first time; ejected again within
-`BACKOFF_RESET` seconds, it waits `BACKOFF_BASE` seconds, doubling up to `BACKOFF_MAX`.
+A member ejected for a stall may rejoin at once the first time (a host back from a hang); one
+ejected for sustained slowness (a dying disk), or again within `BACKOFF_RESET` seconds, waits
+`BACKOFF_BASE` seconds before rejoining, doubling up to `BACKOFF_MAX`.
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ class _Member:
     buckets: deque[tuple[int, Histogram]] = field(default_factory=lambda: deque(maxlen=KEEP))
     age: float | None = None  # oldest unanswered request's age at the last report
     stalled_since: float | None = None
-    slow_since: int | None = None  # first bucket of the current run of slow seconds
+    p99s: deque[tuple[int, float | None]] = field(default_factory=deque)  # per second judged
     ejections: int = 0
     last_ejection: float = -math.inf
     backoff: float = 0.0
@@ -177,7 +179,8 @@ class LagDetector:
         """`member` is current again (or left): judge it afresh from now on."""
         m = self._get(member)
         m.buckets.clear()
-        m.age = m.stalled_since = m.slow_since = None
+        m.p99s.clear()
+        m.age = m.stalled_since = None
 
     # ------------------------------------------------------------------ decisions
     def check(self, current: list[str], rebuilding: bool = False) -> Verdict | None:
@@ -188,12 +191,13 @@ class LagDetector:
                 self._get(k).stalled_since = None
             return None
         now = self.clock()
-        verdict = self._stall(current, now)
+        stalled = self._stall(current, now)
         slow = self._slow(current, rebuilding) if pol.slow_enabled else None
-        v = verdict or slow
-        if v is not None:
-            self._ejected(v.member, now)
-        return v
+        if stalled is not None:
+            self._ejected(stalled.member, now, False)
+        elif slow is not None:
+            self._ejected(slow.member, now, True)
+        return stalled or slow
 
     def _stall(self, current: list[str], now: float) -> Verdict | None:
         pol = self.policy
@@ -225,45 +229,54 @@ class LagDetector:
         return found
 
     def _slow(self, current: list[str], rebuilding: bool) -> Verdict | None:
-        """Judge each completed second once; a run of `window` slow seconds ejects."""
+        """Judge each completed second once: a member whose p99 was above factor x its peers'
+        typical p99 (each peer's median per-second p99) in every one of the last `window`
+        seconds is ejected."""
         pol = self.policy
         last = self._bucket() - 1  # the newest complete second
         if last <= self._judged:
             return None
         self._judged = last
         need = max(1, math.ceil(pol.window / BUCKET))
-        p99s: dict[str, float | None] = {}
-        for k in current:
-            h = next((h for b, h in self._get(k).buckets if b == last), None)
-            p99s[k] = h.quantile(0.99) if h is not None and h.n >= MIN_SAMPLES else None
-        found = None
         for k in current:
             m = self._get(k)
-            mine = p99s[k]
-            theirs = [v for p, v in p99s.items() if p != k]
-            if rebuilding or mine is None or any(v is None for v in theirs):
-                m.slow_since = None
+            h = next((h for b, h in m.buckets if b == last), None)
+            m.p99s.append(
+                (last, h.quantile(0.99) if h is not None and h.n >= MIN_SAMPLES else None)
+            )
+            while len(m.p99s) > need:
+                m.p99s.popleft()
+            if rebuilding:
+                m.p99s.clear()  # judged afresh once the rebuild is over
+        seconds = range(last - need + 1, last + 1)
+        series = {k: dict(self._get(k).p99s) for k in current}
+        for k in current:
+            mine = [series[k].get(b) for b in seconds]
+            if any(v is None for v in mine):
                 continue
-            top = max(v for v in theirs if v is not None)
-            if mine <= max(SLOW_MIN, pol.factor * top):
-                m.slow_since = None
-                continue
-            if m.slow_since is None:
-                m.slow_since = last
-            if found is None and last - m.slow_since + 1 >= need:
-                found = Verdict(
+            typical = []
+            for p in current:
+                theirs = sorted(v for b in seconds if (v := series[p].get(b)) is not None)
+                if p != k and len(theirs) > need // 2:
+                    typical.append(theirs[len(theirs) // 2])
+            if len(typical) < len(current) - 1:
+                continue  # a peer without enough answers: nothing to compare with
+            low = min(v for v in mine if v is not None)
+            top = max(typical)
+            if low > max(SLOW_MIN, pol.factor * top):
+                return Verdict(
                     k,
-                    f"lagged: p99 answer time {mine * 1000:.0f}ms for {need * BUCKET:g}s while "
-                    f"peers answer within {top * 1000:.0f}ms",
+                    f"lagged: p99 answer time above {low * 1000:.0f}ms every second for"
+                    f" {need * BUCKET:g}s while peers answer within {top * 1000:.0f}ms (p99)",
                 )
-        return found
+        return None
 
-    def _ejected(self, member: str, now: float) -> None:
+    def _ejected(self, member: str, now: float, slow: bool) -> None:
         m = self._get(member)
         if now - m.last_ejection < BACKOFF_RESET:
             m.backoff = min(BACKOFF_MAX, max(BACKOFF_BASE, 2 * m.backoff))
-        else:
-            m.backoff = 0.0
+        else:  # a stalled member (a lost host) returns at once; a slow one (a dying disk) waits
+            m.backoff = BACKOFF_BASE if slow else 0.0
         m.ejections += 1
         m.last_ejection = now
         self.rejoined(member)

@@ -227,3 +227,18 @@ def test_parse_seconds(text: str, value: float) -> None:
 def test_parse_seconds_refused(text: str) -> None:
     with pytest.raises(ValueError):
         lag.parse_seconds(text)
+
+
+def test_sustained_slowness_despite_a_peer_spike_then_backoff() -> None:
+    """A peer's one slow second does not hide the laggard (its typical p99 counts); a member
+    ejected for slowness (a dying disk) waits before rejoining, unlike a stalled one."""
+    d, clock = detector()
+    slow = {"a": 0.002, "b": 0.05, "c": 0.002}
+    spike = {"a": 0.03, "b": 0.05, "c": 0.002}
+    seen: list[Verdict] = []
+    for lat in (slow, slow, spike, slow, slow, slow, slow):
+        seen += tick_second(d, clock, lat)
+    assert [v.member for v in seen] == ["b"]
+    assert not d.may_rejoin("b")
+    clock.now += lag.BACKOFF_BASE
+    assert d.may_rejoin("b")
