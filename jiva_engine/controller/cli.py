@@ -143,6 +143,14 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
+def _off_or_number(option: str, text: str) -> float:
+    """A --slow-replica-* value: a number >= 0, or 0/off (disabled)."""
+    try:
+        return lag.parse_seconds(text)
+    except ValueError:
+        raise ValueError(f"{option} must be a number >= 0 or off, not {text!r}") from None
+
+
 def _config(args: argparse.Namespace) -> dict[str, Any]:
     if not args.replica:
         raise ValueError("at least one --replica HOST:PORT is required")
@@ -164,14 +172,12 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--quorum-hold must be positive")
     if args.replica_timeout <= 0:
         raise ValueError("--replica-timeout must be positive")
-    try:
-        slow = lag.LagPolicy(
-            lag.parse_seconds(args.slow_replica_floor),
-            lag.parse_seconds(args.slow_replica_factor),
-            lag.parse_seconds(args.slow_replica_window),
+    slow = lag.LagPolicy(
+        *(
+            _off_or_number(f"--slow-replica-{opt}", getattr(args, f"slow_replica_{opt}"))
+            for opt in ("floor", "factor", "window")
         )
-    except ValueError as e:
-        raise ValueError(f"--slow-replica-*: {e}") from None
+    )
     if args.rebuild_rate is not None and args.rebuild_rate <= 0:
         raise ValueError("--rebuild-rate must be positive (MiB/s)")
     if args.scrub_rate <= 0:
