@@ -215,6 +215,7 @@ class ReplicaClient:
         # seconds from queueing to answer of each replicated WRITE/UNMAP/FLUSH (write_all & co.):
         # the same requests go to every member, so the controller compares these (lag.py)
         self.answer_times: collections.deque[float] = collections.deque(maxlen=ANSWER_TIMES)
+        self._probes: dict[int, float] = {}  # PINGs in flight: request id -> sent (oldest_age)
 
     # ------------------------------------------------------------------ connection
     @property
@@ -335,6 +336,7 @@ class ReplicaClient:
         self._out.clear()
         pending, self._pending = self._pending, {}
         self._into.clear()
+        self._probes.clear()
         self._deadlines.clear()
         err_text = f"replica {self.address}: {self._closed_reason}"
         for fut in pending.values():
@@ -364,14 +366,22 @@ class ReplicaClient:
         self._arm_watchdog()
 
     def oldest_age(self, now: float) -> float | None:
-        """Seconds since the oldest unanswered request was sent (None: nothing unanswered)."""
-        oldest = next(iter(self._pending), None)
-        if oldest is None:
-            return None
-        dl = self._deadlines
-        while dl and dl[0][1] < oldest:  # batches whose requests are all answered
-            dl.popleft()
-        return max(0.0, now - (dl[0][0] - self.timeout)) if dl else 0.0
+        """Seconds since the oldest unanswered comparable request was sent: a replicated
+        WRITE/UNMAP/FLUSH (write_all & co.) or a PING, which every member gets alike (None:
+        none unanswered). Reads, rebuild copies and control requests differ per member."""
+        sent = None
+        probes = self._probes
+        while probes:
+            rid, t = next(iter(probes.items()))
+            if rid in self._pending:
+                sent = t
+                break
+            del probes[rid]  # answered
+        for fut in self._pending.values():  # _Slot entries stand in for futures (_fan)
+            if isinstance(fut, _Slot):
+                sent = fut.fan.sent if sent is None else min(sent, fut.fan.sent)
+                break
+        return None if sent is None else max(0.0, now - sent)
 
     # ------------------------------------------------------------------ frames
     def _send(
@@ -509,6 +519,8 @@ class ReplicaClient:
     # ------------------------------------------------------------------ control operations
     async def ping(self) -> None:
         """Round trip to check the replica answers."""
+        if self._transport is not None:
+            self._probes[self._next_id] = time.monotonic()  # the id _send gives it
         await self._send(wire.PING)
 
     async def info(self) -> dict[str, Any]:
