@@ -8,7 +8,7 @@ member, which rejoins and catches up later like any failed member).
 
 Two rules, both peer-relative (when every member is slow alike, nobody is ejected):
 
-* **stall**: a member's oldest unanswered request is older than
+* **stall**: a member's oldest unanswered replicated request or PING is older than
   `max(floor, factor x the peers' recent p99)` while another current member answers promptly
   (its own oldest unanswered request is at most a quarter of that age), and this holds for
   `CONFIRM` seconds (a member resumed a moment after its peers is not ejected);
