@@ -853,6 +853,8 @@ class Coordinator:
                 await self.check_lag()
             except VolumeFenced:
                 return
+            except Exception:  # keep watching: report it (the timeout still applies)
+                log.exception("volume %s lag watch error", self.name)
 
     async def check_lag(self) -> None:
         """One look at the members' answer times; ejects at most one member for lag."""
