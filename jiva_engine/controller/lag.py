@@ -10,8 +10,9 @@ Two rules, both peer-relative (when every member is slow alike, nobody is ejecte
 
 * **stall**: a member's oldest unanswered replicated request or PING is older than
   `max(floor, factor x the peers' recent p99)` while another current member answers promptly
-  (its own oldest unanswered request is at most a quarter of that age), and this holds for
-  `CONFIRM` seconds (a member resumed a moment after its peers is not ejected);
+  (its own oldest unanswered request is at most a quarter of that age), at least as many members
+  answer promptly as lag (it included), and this holds for `CONFIRM` seconds (a member resumed
+  a moment after its peers is not ejected);
 * **slow**: for `window` seconds in a row, each second's p99 answer time of the member is above
   `max(SLOW_MIN, factor x its peers' typical p99)` (per peer the median of its per-second p99s
   over those seconds, the highest peer counts), with enough answers from both sides. Not judged
@@ -214,7 +215,10 @@ class LagDetector:
                 for p in peers
                 if age is not None and (p.age is None or p.age <= age / PROMPT_RATIO)
             ]
-            if age is None or age <= limit or not prompt:
+            # behind most of its peers, not one of several stalled alike (two of three replicas
+            # lost: no view without both commits; the timeout path decides, as before)
+            lagging = [p for p in peers if p.age is not None and p.age > limit]
+            if age is None or age <= limit or not prompt or len(prompt) <= len(lagging):
                 m.stalled_since = None
                 continue
             if m.stalled_since is None:

@@ -242,3 +242,12 @@ def test_sustained_slowness_despite_a_peer_spike_then_backoff() -> None:
     assert not d.may_rejoin("b")
     clock.now += lag.BACKOFF_BASE
     assert d.may_rejoin("b")
+
+
+def test_two_of_three_stalled_alike_nobody_ejected_early() -> None:
+    """Two members hang together (a partition leaving the controller with one): they are not
+    behind most of their peers; the replica timeout decides, as without lag ejection."""
+    d, clock = detector()
+    for i in range(1, 30):
+        ages = {"a": 0.002, "b": 0.1 * i, "c": 0.1 * i}
+        assert tick(d, clock, ages, {"a": 0.002}) is None
