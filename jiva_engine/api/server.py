@@ -201,6 +201,11 @@ def render_metrics(app: web.Application) -> str:
         ("read_errors", "jiva_volume_read_errors_total", "reads failed on every replica"),
         ("write_errors", "jiva_volume_write_errors_total", "writes failed on every replica"),
         ("ejections", "jiva_volume_replica_ejections_total", "replicas removed after a failure"),
+        (
+            "lag_ejections",
+            "jiva_volume_replica_lag_ejections_total",
+            "replicas removed for lagging far behind their peers",
+        ),
         ("quorum_losses", "jiva_volume_quorum_losses_total", "view changes short of a quorum"),
         ("held_seconds", "jiva_volume_io_held_seconds_total", "time I/O waited for a quorum"),
         ("rebuilds_done", "jiva_volume_rebuilds_total", "rebuilds completed"),
@@ -306,6 +311,23 @@ def render_metrics(app: web.Application) -> str:
         "counter",
         "times the replica was ejected",
         [(f'{vl},replica="{_label(m.address)}"', m.errors) for m in reps],
+    )
+    metric(
+        "jiva_replica_lag_ejections_total",
+        "counter",
+        "times the replica was ejected for lagging far behind its peers",
+        [(f'{vl},replica="{_label(m.address)}"', m.lag_ejections) for m in reps],
+    )
+    metric(
+        "jiva_replica_answer_seconds",
+        "gauge",
+        "recent answer time of replicated writes (current members, last 8 s)",
+        [
+            (f'{vl},replica="{_label(m.address)}",quantile="{q}"', m.latency[k] / 1000)
+            for m in reps
+            if m.mode == "RW" and m.latency.get("p99_ms") is not None
+            for q, k in (("0.5", "p50_ms"), ("0.99", "p99_ms"))
+        ],
     )
     metric(
         "jiva_witness_up",

@@ -7,6 +7,7 @@ in-memory voters behind the same interface.
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -16,6 +17,7 @@ class Backend(Protocol):
 
     address: str
     epoch: int
+    answer_times: collections.deque[float]  # replicated requests' answer times (lag.py)
 
     @property
     def connected(self) -> bool: ...
@@ -24,6 +26,7 @@ class Backend(Protocol):
     @property
     def voter_id(self) -> str | None: ...
 
+    def oldest_age(self, now: float) -> float | None: ...
     async def connect(self) -> None: ...
     async def close(self) -> None: ...
     async def ping(self) -> None: ...

@@ -9,6 +9,7 @@ import signal
 import sys
 from typing import Any
 
+from jiva_engine.controller import lag
 from jiva_engine.controller.snapshots import check_limit
 from jiva_engine.iscsi.cli import access_options, add_access_arguments
 from jiva_engine.util import (
@@ -62,6 +63,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--portal", metavar="HOST:PORT", help="iSCSI portal to serve the volume on")
     p.add_argument("--size", help="expected volume size (512M, 10G, ...); checked on replicas")
     p.add_argument("--replica-timeout", type=float, default=3.0, help="seconds (default 3)")
+    p.add_argument(
+        "--slow-replica-floor",
+        default=f"{lag.DEFAULT_FLOOR:g}",
+        metavar="SECONDS",
+        help="eject a replica whose oldest request is unanswered this long (and factor x its"
+        f" peers' p99) while its peers answer (default {lag.DEFAULT_FLOOR:g}); 0 or off: no"
+        " lag ejection, only --replica-timeout",
+    )
+    p.add_argument(
+        "--slow-replica-factor",
+        default=f"{lag.DEFAULT_FACTOR:g}",
+        metavar="K",
+        help="how far behind its peers' p99 answer time a replica must be to be ejected"
+        f" (default {lag.DEFAULT_FACTOR:g}); 0 or off: no lag ejection",
+    )
+    p.add_argument(
+        "--slow-replica-window",
+        default=f"{lag.DEFAULT_WINDOW:g}",
+        metavar="SECONDS",
+        help="eject a replica whose p99 answer time stays factor x its peers' for this long"
+        f" (default {lag.DEFAULT_WINDOW:g}); 0 or off: only stalls eject",
+    )
     p.add_argument("--secret-file", help="file holding the controller<->replica shared secret")
     p.add_argument(
         "--previous-secret-file",
@@ -140,6 +163,14 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
+def _off_or_number(option: str, text: str) -> float:
+    """A --slow-replica-* value: a number >= 0, or 0/off (disabled)."""
+    try:
+        return lag.parse_seconds(text)
+    except ValueError:
+        raise ValueError(f"{option} must be a number >= 0 or off, not {text!r}") from None
+
+
 def _config(args: argparse.Namespace) -> dict[str, Any]:
     if not args.replica:
         raise ValueError("at least one --replica HOST:PORT is required")
@@ -161,6 +192,12 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--quorum-hold must be positive")
     if args.replica_timeout <= 0:
         raise ValueError("--replica-timeout must be positive")
+    slow = lag.LagPolicy(
+        *(
+            _off_or_number(f"--slow-replica-{opt}", getattr(args, f"slow_replica_{opt}"))
+            for opt in ("floor", "factor", "window")
+        )
+    )
     if args.rebuild_rate is not None and args.rebuild_rate <= 0:
         raise ValueError("--rebuild-rate must be positive (MiB/s)")
     if args.scrub_rate <= 0:
@@ -191,6 +228,7 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         "hold": args.quorum_hold,
         "size": parse_size(args.size) if args.size else None,
         "timeout": args.replica_timeout,
+        "slow_replica": slow,
         # presented in this order: the current secret, then (a rotation) the previous one
         "secret": tuple(s.encode() for s in (secret, previous) if s) or None,
         "token": token,
@@ -219,6 +257,7 @@ async def _serve(cfg: dict) -> int:
         hold=cfg["hold"],
         size=cfg["size"],
         replica_timeout=cfg["timeout"],
+        slow_replica=cfg["slow_replica"],
         secret=cfg["secret"],
         rebuild_rate=cfg["rebuild_rate"],
         rebuild_pacing=cfg["rebuild_pacing"],

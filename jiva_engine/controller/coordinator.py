@@ -21,6 +21,7 @@ from typing import Any
 
 from jiva_engine.controller.backend import Connector, tcp_connector
 from jiva_engine.controller.grow import fit
+from jiva_engine.controller.lag import LagDetector, LagPolicy
 from jiva_engine.controller.membership import (
     Fence,
     Membership,
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 
 START_GRACE = 0.5  # s a start-up waits for the other voters once a majority answered
 PING_INTERVAL = 0.5  # seconds between pings of every connected voter (failures, read lease)
+LAG_TICK = 0.1  # seconds between two looks at the members' answer times (lag.py)
 
 
 def _stale(e: BaseException) -> bool:
@@ -77,9 +79,11 @@ class Coordinator:
         secret: str | bytes | tuple[str | bytes, ...] | None = None,
         retry_interval: float = 1.0,
         connector: Connector = tcp_connector,
+        lag: LagPolicy | None = None,
     ) -> None:
         self.name = name
         self.mem = Membership(policy=Policy(policy))
+        self.lag = LagDetector(lag)  # members far behind their peers leave early (lag.py)
         # the size served: --size until the claim, then the largest of that and what the members
         # recorded (grow.py); it only grows, through `resize`
         self.size = size or 0
@@ -109,6 +113,7 @@ class Coordinator:
         self.wake = asyncio.Event()
         self.stats: dict[str, float] = {
             "ejections": 0,
+            "lag_ejections": 0,
             "epoch_changes": 0,
             "quorum_losses": 0,
             "lease_wait_seconds": 0.0,
@@ -699,6 +704,7 @@ class Coordinator:
             if not await self.change(view):
                 raise ReplicaUnavailable("the view adding it was not committed")
             p.mode, p.rebuild, p.last_error = RW, None, None
+            self.lag.rejoined(p.key)  # judged afresh
             self.addresses[p.key] = p.address
             log.info("replica %s is current: %s", p.address, view.describe())
         await self.rebuilder.clear_settled(p)
@@ -755,6 +761,8 @@ class Coordinator:
             busy = p.connecting or (p.rebuild_task is not None and not p.rebuild_task.done())
             if busy or (p.connected and (p.witness or p.mode != ERR)):
                 continue  # reconnect lost voters; rebuild replicas that are not members
+            if not p.witness and not self.lag.may_rejoin(p.key):
+                continue  # ejected for lag again soon: it waits out its backoff
             p.connecting = True
             self.spawn(self._rejoin(p))
         pinged = [p for p in self.peers.values() if p.connected and p.mode != WO]
@@ -764,6 +772,8 @@ class Coordinator:
             if isinstance(r, BaseException):
                 if p.mode == RW:
                     failed.append((p, r))
+                elif p.client is None:
+                    continue  # dropped meanwhile (ejected): its last error says why
                 else:
                     p.last_error = f"ping failed: {r}"
                     await self.drop_client(p)
@@ -834,8 +844,48 @@ class Coordinator:
             p.connecting = False
 
     # ------------------------------------------------------------------ lifecycle
+    async def watch_lag(self) -> None:
+        """Background loop: feed the members' answer times to the lag detector; eject a member
+        far behind its peers through the usual failure path (a view change without it)."""
+        while not self.closed and self.mem.phase is not Phase.FENCED:
+            await asyncio.sleep(LAG_TICK)
+            try:
+                await self.check_lag()
+            except VolumeFenced:
+                return
+            except Exception:  # keep watching: report it (the timeout still applies)
+                log.exception("volume %s lag watch error", self.name)
+
+    async def check_lag(self) -> None:
+        """One look at the members' answer times; ejects at most one member for lag."""
+        now = time.monotonic()
+        rw = self.rw_peers()
+        for p in rw:
+            c = p.link
+            times = c.answer_times
+            samples = list(times)
+            times.clear()
+            self.lag.answered(p.key, samples)
+            self.lag.outstanding(p.key, c.oldest_age(now))
+            p.latency = self.lag.latency(p.key)
+        # decide only while serving with no view change running (it would judge a moving view)
+        if not self.open or self._failing or self.lock.locked():
+            return
+        rebuilding = any(q.mode == WO for q in self.replicas())
+        verdict = self.lag.check([p.key for p in rw], rebuilding)
+        if verdict is None:
+            return
+        p = next(q for q in rw if q.key == verdict.member)
+        p.lag_ejections += 1
+        self.stats["lag_ejections"] += 1
+        why = f"replica {p.address} {verdict.reason}"
+        log.warning("volume %s: %s", self.name, why)
+        await self.failures([(p, ReplicaUnavailable(why))])
+
     async def manage(self) -> None:
         """Background loop: start-up attempts while waiting, tending while serving."""
+        if self.lag.policy.enabled:
+            self.spawn(self.watch_lag())
         last_try = 0.0
         while not self.closed and self.mem.phase is not Phase.FENCED:
             self.wake.clear()

@@ -41,6 +41,8 @@ class Peer:
     reads: int = 0
     writes: int = 0
     errors: int = 0
+    lag_ejections: int = 0  # ejected for lagging far behind its peers (lag.py)
+    latency: dict[str, Any] = field(default_factory=dict)  # recent answer times (lag.py)
 
     @property
     def witness(self) -> bool:
@@ -81,4 +83,6 @@ class Peer:
         out["mode"] = self.mode
         out["rebuild"] = dict(self.rebuild) if self.rebuild is not None else None
         out["last_rebuild"] = dict(self.last_rebuild) if self.last_rebuild else None
+        out["lag_ejections"] = self.lag_ejections
+        out["latency"] = dict(self.latency) if self.mode == RW else None
         return out

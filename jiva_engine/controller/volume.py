@@ -20,6 +20,7 @@ from jiva_engine.controller import transfer
 from jiva_engine.controller.backend import Connector, tcp_connector
 from jiva_engine.controller.coordinator import Coordinator
 from jiva_engine.controller.grow import Grower
+from jiva_engine.controller.lag import LagPolicy
 from jiva_engine.controller.membership import Phase, Policy
 from jiva_engine.controller.pacing import Pacer
 from jiva_engine.controller.peers import ERR, RW, WO, Peer
@@ -95,6 +96,7 @@ class Volume:
         witnesses: list[str] | tuple[str, ...] = (),
         size: int | None = None,
         replica_timeout: float = 3.0,
+        slow_replica: LagPolicy | None = None,  # lag ejection thresholds (lag.py)
         secret: str | bytes | tuple[str | bytes, ...] | None = None,
         rebuild_rate: float | None = None,
         rebuild_pacing: bool | Pacer = True,
@@ -124,6 +126,7 @@ class Volume:
             size=size,
             policy=Policy(quorum),
             replica_timeout=replica_timeout,
+            lag=slow_replica,
             secret=secret,
             retry_interval=retry_interval,
             connector=connector,

@@ -68,6 +68,7 @@ def _consume(fut: asyncio.Future) -> None:
 
 _RBUF = wire.RECV_BUF  # receive buffer for small frames
 _BIG = 64 * 1024  # payloads at least this big are received straight into their own buffer
+ANSWER_TIMES = 4096  # answer times of fanned-out requests kept until the controller reads them
 
 
 class _ClientProtocol(wire.RecvBuffer, asyncio.BufferedProtocol):
@@ -217,6 +218,10 @@ class ReplicaClient:
         self._watchdog: asyncio.TimerHandle | None = None
         self._closed_reason: str | None = "not connected"
         self._ready = False  # handshake done
+        # seconds from queueing to answer of each replicated WRITE/UNMAP/FLUSH (write_all & co.):
+        # the same requests go to every member, so the controller compares these (lag.py)
+        self.answer_times: collections.deque[float] = collections.deque(maxlen=ANSWER_TIMES)
+        self._probes: dict[int, float] = {}  # PINGs in flight: request id -> sent (oldest_age)
 
     # ------------------------------------------------------------------ connection
     @property
@@ -337,6 +342,7 @@ class ReplicaClient:
         self._out.clear()
         pending, self._pending = self._pending, {}
         self._into.clear()
+        self._probes.clear()
         self._deadlines.clear()
         err_text = f"replica {self.address}: {self._closed_reason}"
         for fut in pending.values():
@@ -364,6 +370,24 @@ class ReplicaClient:
                 self._abort(f"request {oldest} got no answer in {age:.1f}s (timeout)")
                 return
         self._arm_watchdog()
+
+    def oldest_age(self, now: float) -> float | None:
+        """Seconds since the oldest unanswered comparable request was sent: a replicated
+        WRITE/UNMAP/FLUSH (write_all & co.) or a PING, which every member gets alike (None:
+        none unanswered). Reads, rebuild copies and control requests differ per member."""
+        sent = None
+        probes = self._probes
+        while probes:
+            rid, t = next(iter(probes.items()))
+            if rid in self._pending:
+                sent = t
+                break
+            del probes[rid]  # answered
+        for fut in self._pending.values():  # _Slot entries stand in for futures (_fan)
+            if isinstance(fut, _Slot):
+                sent = fut.fan.sent if sent is None else min(sent, fut.fan.sent)
+                break
+        return None if sent is None else max(0.0, now - sent)
 
     # ------------------------------------------------------------------ frames
     def _send(
@@ -501,6 +525,8 @@ class ReplicaClient:
     # ------------------------------------------------------------------ control operations
     async def ping(self) -> None:
         """Round trip to check the replica answers."""
+        if self._transport is not None:
+            self._probes[self._next_id] = time.monotonic()  # the id _send gives it
         await self._send(wire.PING)
 
     async def info(self) -> dict[str, Any]:
@@ -597,12 +623,13 @@ class ReplicaClient:
 class _Slot:
     """One replica's part of a fan-out: stands in for a Future in ReplicaClient._pending."""
 
-    __slots__ = ("fan", "idx", "fired")
+    __slots__ = ("fan", "idx", "fired", "times")
 
-    def __init__(self, fan: _Fan, idx: int) -> None:
+    def __init__(self, fan: _Fan, idx: int, times: collections.deque[float] | None) -> None:
         self.fan = fan
         self.idx = idx
         self.fired = False
+        self.times = times  # the client's answer_times
 
     def done(self) -> bool:
         return self.fired
@@ -610,6 +637,8 @@ class _Slot:
     def set_result(self, _payload: bytes) -> None:
         if not self.fired:
             self.fired = True
+            if self.times is not None:
+                self.times.append(time.monotonic() - self.fan.sent)
             self.fan.arrive()
 
     def set_exception(self, exc: BaseException) -> None:
@@ -620,9 +649,10 @@ class _Slot:
 
 
 class _Fan:
-    __slots__ = ("future", "results", "remaining")
+    __slots__ = ("future", "results", "remaining", "sent")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, n: int) -> None:
+        self.sent = time.monotonic()
         self.future: asyncio.Future = _Future(loop=loop)
         self.results: list[BaseException | None] = [None] * n
         self.remaining = n
@@ -640,7 +670,7 @@ def _fan(
 ) -> asyncio.Future:
     fan = _Fan(asyncio.get_running_loop(), len(clients))
     for i, c in enumerate(clients):
-        c._send(op, offset, length, epoch, data, _Slot(fan, i))
+        c._send(op, offset, length, epoch, data, _Slot(fan, i, getattr(c, "answer_times", None)))
     return fan.future
 
 

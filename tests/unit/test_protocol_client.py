@@ -133,3 +133,25 @@ async def test_write_all_collects_per_client_results():
     feed(p2, wire.encode(wire.WRITE, 1, b"old epoch", status=wire.STALE_EPOCH), [])
     res = await fut
     assert res[0] is None and isinstance(res[1], ReplicaError)
+
+
+async def test_answer_times_and_oldest_comparable_request():
+    """What the lag detector reads: answer times of replicated requests, and the age of the
+    oldest unanswered replicated request or PING (reads and control requests are left out)."""
+    c, p, _t = connected_client()
+    assert c.oldest_age(0.0) is None
+    c.read(0, 512, 1)  # 1: a read: not comparable between members
+    fut = write_all([c], 0, b"z" * 512, 1)  # 2
+    sent = asyncio.get_running_loop().time()
+    ping = asyncio.ensure_future(c.ping())  # 3
+    await asyncio.sleep(0)
+    age = c.oldest_age(sent + 1.0)
+    assert age is not None and 0.9 < age < 1.1
+    feed(p, wire.encode(wire.WRITE, 2), [])
+    assert (await fut) == [None]
+    assert len(c.answer_times) == 1 and 0 <= c.answer_times[0] < 1
+    age = c.oldest_age(sent + 2.0)  # the PING is still out
+    assert age is not None and 1.9 < age < 2.1
+    feed(p, wire.encode(wire.PING, 3), [])
+    await ping
+    assert c.oldest_age(sent + 3.0) is None  # only the read is out
