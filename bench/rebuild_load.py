@@ -16,9 +16,7 @@ import argparse
 import asyncio
 import os
 import random
-import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from run import (
     Procs,
     api_get,
     api_post,
+    bench_session,
     jiva,
     loadavg,
     qemu_bench,
@@ -193,25 +192,14 @@ def main() -> int:
     from jiva_engine.util import parse_size
 
     size = parse_size(args.size)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda s, _f: sys.exit(128 + s))
     print(f"rebuild_load: {size // MiB} MiB, load {os.getloadavg()[0]:.2f}, "
           f"{os.cpu_count()} CPUs", flush=True)  # fmt: skip
     res: dict = {}
-    with tempfile.TemporaryDirectory(prefix="jiva-rebuild-load-") as d:
-        tmp = Path(d)
-        procs = Procs(tmp / "servers.log")
-        try:
-            for mode in args.pacing.split(","):
-                res[mode] = asyncio.run(one_mode(procs, tmp, size, args.seconds, mode))
-                for p in list(procs.procs):  # the next mode starts on an idle machine
-                    procs.stop(p)
-        except Exception:
-            tail = (tmp / "servers.log").read_text(errors="replace")[-3000:]
-            print(f"rebuild_load: failed; last server log lines:\n{tail}", file=sys.stderr)
-            raise
-        finally:
-            procs.stop_all()
+    with bench_session("jiva-rebuild-load-", "rebuild_load") as (tmp, procs):
+        for mode in args.pacing.split(","):
+            res[mode] = asyncio.run(one_mode(procs, tmp, size, args.seconds, mode))
+            for p in list(procs.procs):  # the next mode starts on an idle machine
+                procs.stop(p)
     print(report(res))
     for mode, r in res.items():
         d = r["during"]

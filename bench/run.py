@@ -12,6 +12,7 @@ away and a controller restart. Writes JSON + PNG under results/. Every process i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,6 +129,26 @@ class Procs:
             except (OSError, subprocess.SubprocessError) as e:
                 print(f"bench: could not stop pid {p.pid}: {e}", file=sys.stderr)
         self.log.close()
+
+
+@contextlib.contextmanager
+def bench_session(prefix: str, who: str) -> Iterator[tuple[Path, Procs]]:
+    """A temporary folder and the processes of one bench run: SIGTERM/SIGHUP (timeout, a closed
+    terminal) unwind like Ctrl-C, a failure prints the tail of the servers' log (`who` names
+    the bench), and every process started is stopped at the end, by PID."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda s, _f: sys.exit(128 + s))
+    with tempfile.TemporaryDirectory(prefix=prefix) as d:
+        tmp = Path(d)
+        procs = Procs(tmp / "servers.log")
+        try:
+            yield tmp, procs
+        except Exception:
+            tail = (tmp / "servers.log").read_text(errors="replace")[-3000:]
+            print(f"{who}: failed; last server log lines:\n{tail}", file=sys.stderr)
+            raise
+        finally:
+            procs.stop_all()
 
 
 def jiva(*args: str) -> list[str]:
@@ -462,9 +484,6 @@ def main() -> int:
     only = args.jobs.split(",") if args.jobs else None
     env_loop = {"JIVA_NO_UVLOOP": "1" if args.no_uvloop else "0"}
     os.environ.update(env_loop)
-    # SIGTERM/SIGHUP (timeout, a closed terminal) unwind like Ctrl-C: every process is stopped
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda s, _f: sys.exit(128 + s))
     started = time.strftime("%Y%m%d-%H%M%S")
     meta = {"started": started, "quick": quick, "seconds": args.seconds, "reps": args.reps,
             "size": size, "uvloop": not args.no_uvloop, "load_start": os.getloadavg(),
@@ -472,10 +491,8 @@ def main() -> int:
     print(f"bench: {len(wanted)} targets, {args.seconds:g} s jobs, {args.reps} repetition(s), "
           f"load {meta['load_start'][0]:.2f}", flush=True)  # fmt: skip
     recovery: dict = {}
-    with tempfile.TemporaryDirectory(prefix="jiva-perf-") as d:
-        tmp = Path(d)
-        procs = Procs(tmp / "servers.log")
-        try:
+    try:
+        with bench_session("jiva-perf-", "bench") as (tmp, procs):
             targets: dict[str, str] = {}
             pids: dict[str, list[int]] = {}
             img = tmp / "tgt.img"
@@ -510,13 +527,8 @@ def main() -> int:
                 q = results.get("4K rand write QD32", {}).get("vol-3r", {}).get("iops", 3000)
                 recovery = measure_rebuild(procs, tmp, size, 10.0, q)
                 say("recovery measured")
-        except Exception:
-            tail = (tmp / "servers.log").read_text(errors="replace")[-3000:]
-            print(f"bench: failed; last server log lines:\n{tail}", file=sys.stderr)
-            raise
-        finally:
-            procs.stop_all()
-            say("stopped")
+    finally:
+        say("stopped")
     meta["load_end"] = os.getloadavg()
     report(results, recovery, meta, list(targets), Path(args.results))
     return 0
