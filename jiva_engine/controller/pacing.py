@@ -22,7 +22,7 @@ depth loses IOPS as its median latency grows):
 The baseline follows the windows' p99 while no rebuild runs (a moving average) and stays put
 while one runs: latency measured under a rebuild never moves it (a lucky quiet window does not
 ratchet it down either, which would pin the rate to the floor on a noisy machine). With no idle
-history yet, it is the lowest window p99 seen under the rebuild. `--rebuild-rate` (rebuild.Throttle) stays an upper bound set by the operator; the pacer
+history yet, it is the lowest window p99 seen under the rebuild. `--rebuild-rate` (`Throttle` below) stays an upper bound set by the operator; the pacer
 works under it. `RateMeter` measures a rebuild's recent copy rate for its ETA.
 """
 
@@ -266,21 +266,42 @@ class Pacer:
         }
 
 
-class PacedThrottle:
-    """Spaces a rebuild's copies at the pacer's allowed rate (one schedule for every rebuild)."""
+class Throttle:
+    """Spaces copies at `rate` bytes per second (None: no limit), one schedule for every copy
+    that shares it: `--rebuild-rate` across every rebuild at once, a scrub's pace. With no
+    limit at the moment of a copy, no backlog is carried into a later limit."""
 
-    def __init__(self, pacer: Pacer, clock: Callable[[], float] = time.monotonic) -> None:
-        self.pacer = pacer
+    def __init__(self, rate: float | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = rate
         self.clock = clock
         self._next = 0.0
 
+    @property
+    def rate(self) -> float | None:
+        """The limit now, bytes/s."""
+        return self._rate
+
     async def take(self, nbytes: int) -> None:
-        rate = self.pacer.rate()
-        now = self.clock()
-        if rate is None or nbytes <= 0:
-            self._next = now
+        """Wait until a copy of `nbytes` fits the rate."""
+        rate = self.rate
+        if not rate or nbytes <= 0:
+            self._next = self.clock()
             return
+        now = self.clock()
         start = max(now, self._next)
         self._next = start + nbytes / rate
         if start > now:
             await asyncio.sleep(start - now)
+
+
+class PacedThrottle(Throttle):
+    """Spaces a rebuild's copies at the pacer's allowed rate (one schedule for every rebuild)."""
+
+    def __init__(self, pacer: Pacer, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(None, clock)
+        self.pacer = pacer
+
+    @property
+    def rate(self) -> float | None:
+        """The pacer's allowed rate now (None: unlimited)."""
+        return self.pacer.rate()

@@ -17,7 +17,13 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from jiva_engine.controller.grow import fit
-from jiva_engine.controller.pacing import PacedThrottle, Pacer, RateMeter, eta_seconds
+from jiva_engine.controller.pacing import (
+    PacedThrottle,
+    Pacer,
+    RateMeter,
+    Throttle,
+    eta_seconds,
+)
 from jiva_engine.controller.peers import ERR, RW, WO, Peer
 from jiva_engine.controller.rangelock import RangeLock
 from jiva_engine.controller.snapshots import snapshot_ids
@@ -40,23 +46,6 @@ VEC_BYTES = 4 << 20  # data of one READV/WRITEV batch
 VEC_RANGES = 1024  # ranges in one batch
 REBUILD_SYNC_EVERY = 64 << 20  # copied bytes between background flushes of the target
 SNAP_WINDOW = 1 << 30  # bytes of volume per SNAP_EXTENTS question when copying a snapshot
-
-
-class Throttle:
-    """Shared rebuild rate limit (bytes per second across every rebuild at once)."""
-
-    def __init__(self, rate: float | None) -> None:
-        self.rate = rate
-        self._next = 0.0
-
-    async def take(self, nbytes: int) -> None:
-        if not self.rate or nbytes <= 0:
-            return
-        now = time.monotonic()
-        start = max(now, self._next)
-        self._next = start + nbytes / self.rate
-        if start > now:
-            await asyncio.sleep(start - now)
 
 
 def region_extent(r: int, region_size: int, size: int) -> tuple[int, int]:

@@ -23,8 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from jiva_engine.controller.pacing import Throttle
 from jiva_engine.controller.peers import Peer
-from jiva_engine.controller.rebuild import Throttle
 from jiva_engine.controller.repair import BLOCK
 from jiva_engine.protocol.client import ReplicaError, ReplicaUnavailable
 from jiva_engine.volume import VolumeError, VolumeMediumError
