@@ -422,11 +422,14 @@ def test_supervisor_restarts_a_crashed_child_and_stops_on_sigterm(tmp_path):
             sup.wait()
 
 
-def run_module(tmp_path: Path, module: str, args: dict, *extra: str) -> dict:
-    """Run one jiva.storage module on localhost through ansible-playbook; return its result."""
+def run_module(
+    tmp_path: Path, module: str, args: dict, *extra: str, may_fail: bool = False
+) -> dict:
+    """Run one jiva.storage module on localhost through ansible-playbook; return its result
+    (`may_fail`: also when the module failed)."""
     out = tmp_path / "result.json"
     book = tmp_path / "module.yml"
-    task = {f"jiva.storage.{module}": args, "register": "r"}
+    task = {f"jiva.storage.{module}": args, "register": "r", "ignore_errors": may_fail}
     save = {
         "ansible.builtin.copy": {"content": "{{ r | to_json }}", "dest": str(out), "mode": "0600"},
         "check_mode": False,
@@ -443,6 +446,45 @@ def run_module(tmp_path: Path, module: str, args: dict, *extra: str) -> dict:
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     return json.loads(out.read_text())
+
+
+def test_one_module_call_brings_many_instances_to_their_state(tmp_path):
+    """`instances` (module_utils jiva_batch, what the roles use): each instance gets the top-level
+    options unless it sets its own, is checked like a call of its own (a bad one fails the call
+    with its name and the spec's message, after the others were handled), secrets stay out of the
+    result, and the result lists one loop-shaped entry per instance."""
+    secret = "batch-shared-secret"
+    top = {
+        "state": "present",
+        "size": "8M",
+        "secret": secret,
+        "config_dir": str(tmp_path / "etc"),
+        "run_dir": str(tmp_path / "run"),
+        "log_dir": str(tmp_path / "log"),
+        "venv": str(Path(os.sys.executable).parent.parent),
+        "service_manager": "daemon",
+    }
+    good = [
+        {"name": "b1", "listen": f"{NET}.39:9681", "data_dir": str(tmp_path / "data" / "b1")},
+        {"name": "b2", "listen": f"{NET}.39:9682", "data_dir": str(tmp_path / "data" / "b2"),
+         "size": "4M"},
+    ]  # fmt: skip
+    r = run_module(tmp_path, "replica", {**top, "instances": [*good, {"name": "b3"}]},
+                   may_fail=True)  # fmt: skip
+    assert r["failed"] and r["changed"], r
+    assert r["msg"] == "b3: state is present but all of the following are missing: listen, data_dir"
+    assert [x["item"]["name"] for x in r["results"]] == ["b1", "b2", "b3"], r
+    assert [x.get("failed", False) for x in r["results"]] == [False, False, True], r
+    assert secret not in json.dumps(r)
+    etc = tmp_path / "etc"
+    assert "--size 8M" in (etc / "replica-b1.env").read_text()
+    assert "--size 4M" in (etc / "replica-b2.env").read_text()
+    assert (etc / "replica-b1.secret").read_text() == secret
+    assert not (etc / "replica-b3.env").exists()
+    again = run_module(tmp_path, "replica", {**top, "instances": good})
+    assert not again["changed"] and len(again["results"]) == 2, again
+    both = run_module(tmp_path, "replica", {**top, "name": "b1", "instances": good}, may_fail=True)
+    assert both["failed"] and "mutually exclusive" in both["msg"], both
 
 
 @pytest.mark.parametrize("kind", ["replica", "witness"])

@@ -15,9 +15,8 @@ class ModuleDocFragment(object):
     DOCUMENTATION = r"""
 options:
   name:
-    description: Volume name.
+    description: Volume name. Required unless O(instances).
     type: str
-    required: true
   state:
     description:
       - C(present) writes the config only; C(started) also makes sure it runs (restarting it when

@@ -27,9 +27,8 @@ author:
   - jiva-py contributors (@jiva-py)
 options:
   name:
-    description: Volume name.
+    description: Volume name. Required unless O(instances).
     type: str
-    required: true
   state:
     description:
       - C(present) writes the config only; C(started) also makes sure it runs; C(stopped) stops it
@@ -150,6 +149,7 @@ options:
     type: path
     version_added: "0.6.0"
 extends_documentation_fragment:
+  - jiva.storage.instances
   - jiva.storage.service
 """
 
@@ -252,7 +252,10 @@ args:
 
 import os
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.jiva.storage.plugins.module_utils.jiva_batch import (
+    batch_module,
+    run_instances,
+)
 from ansible_collections.jiva.storage.plugins.module_utils.jiva_service import (
     SERVICE_COMMON_ARGS,
     Service,
@@ -298,7 +301,7 @@ def daemon_args(p):
 def main():
     """Run the module."""
     argument_spec = dict(
-        name=dict(type="str", required=True),
+        name=dict(type="str", required=True),  # (or instances: jiva_batch)
         state=dict(
             type="str", default="started", choices=["present", "started", "stopped", "absent"]
         ),
@@ -326,7 +329,7 @@ def main():
         api_tls_key=dict(type="path"),
     )
     argument_spec.update(SERVICE_COMMON_ARGS)
-    module = AnsibleModule(
+    module = batch_module(
         argument_spec=argument_spec,
         supports_check_mode=True,
         required_if=[
@@ -336,6 +339,11 @@ def main():
         ],
         required_together=[("chap_user", "chap_secret"), ("api_tls_cert", "api_tls_key")],
     )
+    run_instances(module, one_controller)
+
+
+def one_controller(module):
+    """Bring one controller to its state (the module's options, or one of its instances)."""
     p = module.params
     name = p["name"]
     if p["state"] != "absent" and not p["replicas"]:

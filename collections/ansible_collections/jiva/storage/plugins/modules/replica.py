@@ -34,6 +34,7 @@ options:
     type: str
 extends_documentation_fragment:
   - jiva.storage.voter
+  - jiva.storage.instances
   - jiva.storage.service
 """
 
@@ -121,7 +122,10 @@ args:
 import json
 import os
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.jiva.storage.plugins.module_utils.jiva_batch import (
+    batch_module,
+    run_instances,
+)
 from ansible_collections.jiva.storage.plugins.module_utils.jiva_placement import parse_size
 from ansible_collections.jiva.storage.plugins.module_utils.jiva_service import (
     ensure_voter,
@@ -138,9 +142,8 @@ def recorded_size(data_dir):
         return None
 
 
-def main():
-    """Run the module."""
-    module = AnsibleModule(**voter_module_kwargs(dict(size=dict(type="str")), required=("size",)))
+def one_replica(module):
+    """Bring one replica to its state (the module's options, or one of its instances)."""
     p = module.params
     args = []
     if p["state"] != "absent":
@@ -158,6 +161,12 @@ def main():
             )
         args = ["--size", p["size"]]
     ensure_voter(module, "replica", args)
+
+
+def main():
+    """Run the module."""
+    module = batch_module(**voter_module_kwargs(dict(size=dict(type="str")), required=("size",)))
+    run_instances(module, one_replica)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,8 @@ author:
   - jiva-py contributors (@jiva-py)
 options:
   api:
-    description: HOST:PORT of the volume's management API.
+    description: HOST:PORT of the volume's management API. Required unless O(instances).
     type: str
-    required: true
   name:
     description: Expected volume name; a different name in the answer is reported as an error.
     type: str
@@ -42,6 +41,7 @@ options:
     default: false
 extends_documentation_fragment:
   - jiva.storage.api_client
+  - jiva.storage.instances
 attributes:
   check_mode:
     support: full
@@ -95,7 +95,10 @@ volume:
     degraded: false
 """
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.jiva.storage.plugins.module_utils.jiva_batch import (
+    batch_module,
+    run_instances,
+)
 from ansible_collections.jiva.storage.plugins.module_utils.jiva_api import (
     API_CLIENT_ARGS,
     ApiError,
@@ -113,7 +116,12 @@ def main():
         fail_on_unreachable=dict(type="bool", default=False),
     )
     argument_spec.update(API_CLIENT_ARGS)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = batch_module(key="api", argument_spec=argument_spec, supports_check_mode=True)
+    run_instances(module, one_volume)
+
+
+def one_volume(module):
+    """Read one volume's state (the module's options, or one of its instances)."""
     p = module.params
     try:
         doc = get_json(

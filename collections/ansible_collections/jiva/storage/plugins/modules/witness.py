@@ -38,6 +38,7 @@ notes:
   - Pass the same O(secret) as the volume's replicas and controller.
 extends_documentation_fragment:
   - jiva.storage.voter
+  - jiva.storage.instances
   - jiva.storage.service
 """
 
@@ -127,7 +128,10 @@ args:
   sample: [witness, --volume, db, --listen, "10.0.0.3:9700", --dir, /var/lib/jiva/_witness/db]
 """
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.jiva.storage.plugins.module_utils.jiva_batch import (
+    batch_module,
+    run_instances,
+)
 from ansible_collections.jiva.storage.plugins.module_utils.jiva_service import (
     ensure_voter,
     voter_module_kwargs,
@@ -136,8 +140,8 @@ from ansible_collections.jiva.storage.plugins.module_utils.jiva_service import (
 
 def main():
     """Run the module."""
-    module = AnsibleModule(**voter_module_kwargs())
-    ensure_voter(module, "witness")
+    module = batch_module(**voter_module_kwargs())
+    run_instances(module, lambda m: ensure_voter(m, "witness"))
 
 
 if __name__ == "__main__":
