@@ -149,3 +149,22 @@ def test_controller_module_refuses_bad_tuning(option, value, why, capsys, tmp_pa
     out = json.loads(capsys.readouterr().out)
     assert out["failed"] and out["msg"].startswith("controller db: " + why), out
     assert list(tmp_path.iterdir()) == []  # refused before any file is written
+
+
+def test_failover_and_drain_start_controllers_with_the_roles_options():
+    """tasks/controller_start.yml (failover.yml, drain.yml) passes the controller module every
+    option the controller role does (only the restart policy differs): a moved controller runs
+    with the same config, and the next site.yml has nothing to restart."""
+    import yaml
+
+    collection = ROOT / "collections/ansible_collections/jiva/storage"
+
+    def options(tasks: str, name: str) -> set[str]:
+        found = yaml.safe_load((collection / tasks).read_text())
+        (task,) = [t for t in found if t.get("name", "").startswith(name)]
+        return set(task["jiva.storage.controller"])
+
+    role = options("roles/controller/tasks/main.yml", "Run the controllers")
+    moved = options("playbooks/tasks/controller_start.yml", "Start controllers")
+    assert role - moved == {"restart"}
+    assert moved - role == {"applied_online", "alive_check"}
