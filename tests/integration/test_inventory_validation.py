@@ -103,6 +103,12 @@ CASES = {
         {"n2": {"jiva_volumes": [good("db"), good("other", portal="127.0.0.88:3260")]}},
         "host 'n2' has a jiva_volumes that differs from the one of host 'n1': define jiva_volumes once",
     ),
+    "slow replica factor not above 1": (
+        [good("db")],
+        {"n2": {"jiva_slow_replica_factor": 1, "jiva_slow_replica_floor": "-1"}},
+        "host 'n2': jiva_slow_replica_floor must be seconds >= 0 (0 or off: no lag ejection),"
+        " got '-1'; host 'n2': jiva_slow_replica_factor must be a number above 1",
+    ),
     "missing jiva_address": (
         [good("db")],
         {"n2": {"jiva_address": ""}},

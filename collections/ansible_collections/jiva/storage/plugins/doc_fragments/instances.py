@@ -22,7 +22,7 @@ options:
         would be; the result's C(results) has one entry per instance, shaped like a loop's
         (C(item.name), C(changed), C(restart_pending), ...). The call fails when one instance
         fails, after the others were handled, with their messages.
-      - Mutually exclusive with the option that names one service (O(name); O(api) for
+      - Mutually exclusive with the option that names one service (C(name); C(api) for
         M(jiva.storage.volume_info)); one of the two is required.
     type: list
     elements: dict

@@ -9,7 +9,10 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.jiva.storage.plugins.module_utils.jiva_inventory import inventory_problems
+from ansible_collections.jiva.storage.plugins.module_utils.jiva_inventory import (
+    CONTROLLER_OPTIONS,
+    inventory_problems,
+)
 from ansible_collections.jiva.storage.plugins.module_utils.jiva_placement import (
     PlacementError,
     metrics_port,
@@ -27,6 +30,8 @@ def _problems(names, hostvars):
                 "ansible_host": hv.get("ansible_host"),
                 "volumes_set": "jiva_volumes" in hv,
                 "volumes": hv.get("jiva_volumes"),
+                # the controller tuning variables (jiva_slow_replica_factor, ...) set for it
+                "controller_options": {o: hv.get("jiva_" + o) for o in CONTROLLER_OPTIONS},
             }
         )
     return inventory_problems(hosts)

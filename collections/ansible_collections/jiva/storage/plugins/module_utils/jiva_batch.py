@@ -22,6 +22,7 @@ from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 RULES = ("mutually_exclusive", "required_together", "required_one_of", "required_if", "required_by")
 
+
 class InstanceDone(Exception):
     """An instance's code called exit_json: its result."""
 

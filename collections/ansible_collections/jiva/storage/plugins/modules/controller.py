@@ -71,8 +71,41 @@ options:
     description: Seconds after which an unresponsive replica is dropped from the membership.
     type: float
   rebuild_rate:
-    description: Rebuild bandwidth limit in MiB/s.
-    type: int
+    description:
+      - Rebuild bandwidth limit in MiB/s (C(--rebuild-rate)), a positive number; omitted, no limit
+        (only O(rebuild_pacing)).
+      - A number since 0.7.0 (was an integer).
+    type: float
+  rebuild_pacing:
+    description:
+      - C(--rebuild-pacing on|off) - slow rebuilds down while the volume's foreground I/O latency
+        rises (docs/ENGINE.md "Rebuild pacing"); under O(rebuild_rate) when both are set.
+      - Omitted, the engine's default (on).
+    type: bool
+    version_added: "0.7.0"
+  slow_replica_floor:
+    description:
+      - Lag ejection (C(--slow-replica-floor); docs/ENGINE.md, A slow replica is not a slow
+        volume) - a replica whose oldest request is unanswered this many seconds (and
+        O(slow_replica_factor) times its peers' p99 answer time) while its peers answer is
+        ejected. Seconds >= 0; V(0) or V(off) - no lag ejection, only O(replica_timeout).
+      - Omitted, the engine's default (1).
+    type: raw
+    version_added: "0.7.0"
+  slow_replica_factor:
+    description:
+      - How many times its peers' p99 answer time a replica must lag to be ejected
+        (C(--slow-replica-factor)); a number above 1, or V(0) / V(off) for no lag ejection.
+      - Omitted, the engine's default (4).
+    type: raw
+    version_added: "0.7.0"
+  slow_replica_window:
+    description:
+      - How long in seconds a replica's p99 answer time must stay O(slow_replica_factor) times
+        its peers' to be ejected (C(--slow-replica-window)); V(0) or V(off) - only stalls eject.
+      - Omitted, the engine's default (5).
+    type: raw
+    version_added: "0.7.0"
   scrub_interval:
     description:
       - How long after the previous scrub finished (or after the start) the controller scrubs the
@@ -256,6 +289,10 @@ from ansible_collections.jiva.storage.plugins.module_utils.jiva_batch import (
     batch_module,
     run_instances,
 )
+from ansible_collections.jiva.storage.plugins.module_utils.jiva_inventory import (
+    CONTROLLER_OPTIONS,
+    controller_option,
+)
 from ansible_collections.jiva.storage.plugins.module_utils.jiva_service import (
     SERVICE_COMMON_ARGS,
     Service,
@@ -279,8 +316,11 @@ def daemon_args(p):
         args += ["--size", p["size"]]
     if p["replica_timeout"] is not None:
         args += ["--replica-timeout", "%g" % p["replica_timeout"]]
-    if p["rebuild_rate"] is not None:
-        args += ["--rebuild-rate", str(p["rebuild_rate"])]
+    # the tuning options, normalised (controller_option: "0" and "off" alike, numbers as %g)
+    for opt in CONTROLLER_OPTIONS:
+        value = controller_option(opt, p.get(opt))
+        if value is not None:
+            args += ["--" + opt.replace("_", "-"), value]
     if p["scrub_interval"] is not None:
         args += ["--scrub-interval", p["scrub_interval"]]
     if p["scrub_rate"] is not None:
@@ -312,7 +352,11 @@ def main():
         quorum=dict(type="str", choices=["majority", "off"]),
         size=dict(type="str"),
         replica_timeout=dict(type="float"),
-        rebuild_rate=dict(type="int"),
+        rebuild_rate=dict(type="float"),
+        rebuild_pacing=dict(type="bool"),
+        slow_replica_floor=dict(type="raw"),
+        slow_replica_factor=dict(type="raw"),
+        slow_replica_window=dict(type="raw"),
         scrub_interval=dict(type="str"),
         scrub_rate=dict(type="float"),
         max_snapshots=dict(type="int"),
@@ -355,6 +399,11 @@ def one_controller(module):
     for opt in ("max_iops", "max_mbps"):
         if p[opt] is not None and not 0 < p[opt] < float("inf"):
             module.fail_json(msg="controller %s: %s must be positive, got %s" % (name, opt, p[opt]))
+    for opt in CONTROLLER_OPTIONS:
+        try:
+            controller_option(opt, p[opt])
+        except ValueError as exc:
+            module.fail_json(msg="controller %s: %s %s" % (name, opt, exc))
     check_previous(module, [("secret", "previous_secret"), ("token", "previous_token")])
     svc = Service(module, "controller", name)
     args = []
