@@ -26,7 +26,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,9 +37,9 @@ from pathlib import Path
 from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from run import RANDOM_STRIDE, Job, cpu_seconds, qemu_bench  # noqa: E402
+from run import RANDOM_STRIDE, Job, cpu_seconds, qemu_bench
 
-from tests.sandbox import ROOT, local_inventory, run_playbook, stop_daemons  # noqa: E402
+from tests.sandbox import ROOT, local_inventory, run_playbook, stop_daemons
 
 IQN_PREFIX = "iqn.2026-11.org.jiva-py:"
 WRITE_4K = Job("4K rand write QD32", 4096, 32, True, RANDOM_STRIDE, 0)
@@ -123,7 +122,9 @@ def main() -> int:
         ap.error("--volumes: 1 to 250 (one loopback portal address each)")
     for tool in ("qemu-img",):
         if not shutil.which(tool):
-            print(f"scale: {tool} is not installed (make bench installs qemu-utils)", file=sys.stderr)
+            print(
+                f"scale: {tool} is not installed (make bench installs qemu-utils)", file=sys.stderr
+            )
             return 2
 
     # a loopback /16 of its own: nodes on NET.0.1-3, portals on NET.1.i

@@ -128,5 +128,5 @@ def run_instances(module, one):
     if diffs:
         out["diff"] = diffs
     if failed:
-        module.fail_json(msg="; ".join(failed), **out)
+        module.fail_json(msg="; ".join(str(m) for m in failed), **out)
     module.exit_json(**out)
