@@ -23,9 +23,10 @@ from run import JivaVolume, MiB, Procs, bench_session, cpu_seconds, wait_until
 class SupervisedProcs(Procs):
     """Procs whose every process runs under a supervisor (stopping the supervisor stops it)."""
 
-    def __init__(self, log: Path, run_dir: Path) -> None:
+    def __init__(self, log: Path, run_dir: Path, controller_args: list[str]) -> None:
         super().__init__(log)
         self.run_dir = run_dir
+        self.controller_args = controller_args  # added to `jiva controller ...`
         self.pidfiles: dict[int, Path] = {}  # supervisor pid -> its pidfile
 
     def start(self, argv: list[str], env: dict | None = None) -> subprocess.Popen:
@@ -33,6 +34,8 @@ class SupervisedProcs(Procs):
         pidfile = self.run_dir / f"{name}.pid"
         sup = [sys.executable, "-m", "jiva_engine.supervise", "--name", name,
                "--pidfile", str(pidfile), "--log", self.log.name, "--"]  # fmt: skip
+        if "controller" in argv:
+            argv = argv + self.controller_args
         p = super().start(sup + argv, env)
         self.pidfiles[p.pid] = pidfile
         child = Path(f"{pidfile}.child")
@@ -63,10 +66,13 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="idle span measured")
     ap.add_argument("--replicas", type=int, default=3)
     ap.add_argument("--settle", type=float, default=3.0, help="idle seconds before measuring")
+    ap.add_argument(
+        "--scrub-interval", default="7d", help="the controller's (default 7d, as the Ansible role)"
+    )
     args = ap.parse_args()
     with bench_session("jiva-idle-", "idle_cpu") as (tmp, plain):
         plain.log.close()
-        procs = SupervisedProcs(tmp / "servers.log", tmp)
+        procs = SupervisedProcs(tmp / "servers.log", tmp, ["--scrub-interval", args.scrub_interval])
         try:
             vol = JivaVolume(procs, tmp, "idle", 64 * MiB, args.replicas)
             vol.start()
