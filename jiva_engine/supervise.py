@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -160,14 +161,31 @@ class Supervisor:
             self.say("stopped")
 
     def _wait_child(self) -> int:
+        """Block in waitpid until the child ends: an idle supervisor costs no CPU (a wait with
+        a timeout polls every 50 ms). The log's size is looked at by a thread meanwhile."""
         assert self.child is not None
-        while True:
+        done = threading.Event()
+        watcher = None
+        if self.log and self.log_max_bytes:
+            watcher = threading.Thread(target=self._watch_log, args=(done,), daemon=True)
+            # the thread starts with SIGTERM/SIGINT blocked, so the kernel delivers them to this
+            # (main) thread: they interrupt its waitpid and run on_term at once
+            stop = {signal.SIGTERM, signal.SIGINT}
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
             try:
-                return self.child.wait(timeout=LOG_CHECK_EVERY if self.log_max_bytes else None)
-            except subprocess.TimeoutExpired:
-                self.rotate_log()
-            except InterruptedError:  # pragma: no cover - PEP 475 retries for us
-                continue
+                watcher.start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        try:
+            return self.child.wait()
+        finally:
+            done.set()
+            if watcher is not None:
+                watcher.join()
+
+    def _watch_log(self, done: threading.Event) -> None:
+        while not done.wait(LOG_CHECK_EVERY):
+            self.rotate_log()
 
     def rotate_log(self) -> bool:
         """Copy-and-truncate the log when it is past the cap; True when it was rotated."""

@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 START_GRACE = 0.5  # s a start-up waits for the other voters once a majority answered
 PING_INTERVAL = 0.5  # seconds between pings of every connected voter (failures, read lease)
 LAG_TICK = 0.1  # seconds between two looks at the members' answer times (lag.py)
+# ... while idle (no answers since the last look, nothing unanswered: no I/O, or reads only);
+# at most half --slow-replica-floor, so an unanswered PING or write is seen before it can stall
+LAG_IDLE_TICK = 0.5
 
 
 def _stale(e: BaseException) -> bool:
@@ -847,40 +850,51 @@ class Coordinator:
     async def watch_lag(self) -> None:
         """Background loop: feed the members' answer times to the lag detector; eject a member
         far behind its peers through the usual failure path (a view change without it)."""
+        idle_tick = min(LAG_IDLE_TICK, self.lag.policy.floor / 2)
+        busy = True
         while not self.closed and self.mem.phase is not Phase.FENCED:
-            await asyncio.sleep(LAG_TICK)
+            await asyncio.sleep(LAG_TICK if busy else idle_tick)
             try:
-                await self.check_lag()
+                busy = await self.check_lag()
             except VolumeFenced:
                 return
             except Exception:  # keep watching: report it (the timeout still applies)
+                busy = True
                 log.exception("volume %s lag watch error", self.name)
 
-    async def check_lag(self) -> None:
-        """One look at the members' answer times; ejects at most one member for lag."""
+    async def check_lag(self) -> bool:
+        """One look at the members' answer times; ejects at most one member for lag. False when
+        it was idle: no member answered a replicated request since the last look and none has
+        one (or a PING) unanswered, so nothing can stall before a look `floor` / 2 from now."""
         now = time.monotonic()
         rw = self.rw_peers()
+        busy = False
         for p in rw:
             c = p.link
             times = c.answer_times
-            samples = list(times)
-            times.clear()
-            self.lag.answered(p.key, samples)
-            self.lag.outstanding(p.key, c.oldest_age(now))
+            age = c.oldest_age(now)
+            if times:
+                samples = list(times)
+                times.clear()
+                self.lag.answered(p.key, samples)
+                busy = True
+            self.lag.outstanding(p.key, age)
+            busy = busy or age is not None
             p.latency = self.lag.latency(p.key)
         # decide only while serving with no view change running (it would judge a moving view)
         if not self.open or self._failing or self.lock.locked():
-            return
+            return busy
         rebuilding = any(q.mode == WO for q in self.replicas())
         verdict = self.lag.check([p.key for p in rw], rebuilding)
         if verdict is None:
-            return
+            return busy
         p = next(q for q in rw if q.key == verdict.member)
         p.lag_ejections += 1
         self.stats["lag_ejections"] += 1
         why = f"replica {p.address} {verdict.reason}"
         log.warning("volume %s: %s", self.name, why)
         await self.failures([(p, ReplicaUnavailable(why))])
+        return True
 
     async def manage(self) -> None:
         """Background loop: start-up attempts while waiting, tending while serving."""

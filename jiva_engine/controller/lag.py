@@ -106,6 +106,8 @@ class Histogram:
             self.n += 1
 
     def merge(self, other: Histogram) -> None:
+        if not other.n:
+            return
         self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
         self.n += other.n
 
@@ -212,10 +214,13 @@ class LagDetector:
         found = None
         for k in current:
             m = self._get(k)
+            age = m.age
+            if age is None or age <= pol.floor:  # never above its limit (idle: nothing to judge)
+                m.stalled_since = None
+                continue
             peers = [self._get(p) for p in current if p != k]
             p99 = max(p.since(recent).quantile(0.99) for p in peers)
             limit = max(pol.floor, pol.factor * p99)
-            age = m.age
             prompt = [
                 p
                 for p in peers

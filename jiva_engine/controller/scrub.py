@@ -203,9 +203,11 @@ class Scrubber:
             base = self._finished_mono if self._finished_mono is not None else self._created
             left = base + self.interval - time.monotonic()
             if left > 0 or self.running or not self.volume.coord.open:
+                # only a pass's end (which wakes this) moves `left`: sleep until it is due;
+                # due while a pass runs or I/O is held, look again every second
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), min(max(left, 0.0), 1.0) or 1.0)
+                    await asyncio.wait_for(self._wake.wait(), left if left > 0 else 1.0)
                 continue
             log.info("volume %s: periodic scrub (every %gs)", self.volume.name, self.interval)
             with contextlib.suppress(ScrubRunning):

@@ -64,6 +64,29 @@ async def test_sigstopped_replica_is_ejected_for_lag_before_the_timeout(procs, t
     identical(reps)
 
 
+async def test_sigstopped_replica_of_an_idle_volume_is_ejected_by_its_unanswered_ping(
+    procs, tmp_path
+):
+    """No I/O at all (the lag watch looks at half its usual pace then): a hung replica's PING
+    stays unanswered and it still leaves for lag, well before the 3 s replica timeout."""
+    reps = replicas(procs, tmp_path, 3)
+    vol = await open_volume(reps)
+    try:
+        victim = vol.members[reps[2].addr]
+        reps[2].kill(signal.SIGSTOP)
+        t0 = time.monotonic()
+        await eventually(lambda: victim.mode == ERR, 10, "the stopped replica's ejection")
+        ejected_after = time.monotonic() - t0
+        print(f"idle lag ejection after {ejected_after:.2f}s")
+        assert "lagged: oldest request" in (victim.last_error or ""), victim.last_error
+        assert ejected_after < 2.5, ejected_after  # next PING within 0.5 s, floor 1 s, 0.2 s
+    finally:
+        for r in reps:
+            if r.proc is not None and r.proc.poll() is None:
+                os.kill(r.proc.pid, signal.SIGCONT)
+        await vol.close()
+
+
 async def test_all_replicas_slow_alike_nobody_ejected(procs, tmp_path):
     """Every replica hangs 1.5 s at once (past the 1 s floor, below the timeout), three times:
     nobody lags behind its peers, so nobody leaves."""

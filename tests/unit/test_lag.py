@@ -1,11 +1,19 @@
-"""The peer-relative lag detector (controller/lag.py), on a fake clock."""
+"""The peer-relative lag detector (controller/lag.py), on a fake clock; the coordinator's
+watch that feeds it (its pace while idle)."""
 
 from __future__ import annotations
 
+import asyncio
+import collections
+from typing import Any
+
 import pytest
 
-from jiva_engine.controller import lag
+from jiva_engine.controller import coordinator, lag
+from jiva_engine.controller.coordinator import Coordinator
 from jiva_engine.controller.lag import LagDetector, LagPolicy, Verdict
+from jiva_engine.controller.peers import RW
+from jiva_engine.controller.rangelock import RangeLock
 
 MEMBERS = ["a", "b", "c"]
 
@@ -251,3 +259,72 @@ def test_two_of_three_stalled_alike_nobody_ejected_early() -> None:
     for i in range(1, 30):
         ages = {"a": 0.002, "b": 0.1 * i, "c": 0.1 * i}
         assert tick(d, clock, ages, {"a": 0.002}) is None
+
+
+class _Link:
+    """What the lag watch reads of a member's connection."""
+
+    def __init__(self) -> None:
+        self.answer_times: collections.deque[float] = collections.deque()
+        self.age: float | None = None  # its oldest unanswered replicated request or PING
+
+    def oldest_age(self, now: float) -> float | None:
+        return self.age
+
+
+async def _no_resend() -> list[Any]:
+    return []
+
+
+def _coordinator(floor: float = lag.DEFAULT_FLOOR) -> tuple[Coordinator, list[_Link]]:
+    coord = Coordinator(
+        "v",
+        [f"127.0.0.1:{port}" for port in (1, 2, 3)],
+        ranges=RangeLock(),
+        resend=_no_resend,
+        lag=LagPolicy(floor=floor),
+    )
+    links = []
+    for p in coord.peers.values():
+        link = _Link()
+        p.mode, p.client = RW, link  # type: ignore[assignment]
+        links.append(link)
+    return coord, links
+
+
+async def test_a_look_is_idle_only_with_nothing_answered_and_nothing_outstanding() -> None:
+    coord, links = _coordinator()
+    coord.open = True
+    assert await coord.check_lag() is False  # no I/O, no PING out
+    links[0].age = 0.001  # a PING (or a write) out
+    assert await coord.check_lag() is True
+    links[0].age = None
+    links[1].answer_times.extend([0.002, 0.003])  # writes answered since the last look
+    assert await coord.check_lag() is True
+    assert not links[1].answer_times  # fed to the detector
+    assert await coord.check_lag() is False
+
+
+async def test_lag_watch_looks_slowly_while_idle_and_fast_once_busy(monkeypatch) -> None:
+    """Idle looks are half the floor apart at most (an unanswered PING or write is seen long
+    before it can count as a stall); the first busy look brings back the 0.1 s pace."""
+    coord, _ = _coordinator(floor=0.4)
+    looks = iter([False, False, True, True, False])
+    delays: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float) -> None:
+        delays.append(delay)
+        await real_sleep(0)
+
+    async def check_lag() -> bool:
+        busy = next(looks, None)
+        if busy is None:
+            coord.closed = True
+        return bool(busy)
+
+    monkeypatch.setattr(coordinator.asyncio, "sleep", sleep)
+    monkeypatch.setattr(coord, "check_lag", check_lag)
+    await coord.watch_lag()
+    fast, idle = coordinator.LAG_TICK, 0.2
+    assert delays == [fast, idle, idle, fast, fast, idle]
