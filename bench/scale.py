@@ -101,7 +101,7 @@ def slowest_tasks(junit_dir: Path, top: int) -> list[tuple[str, float, float]]:
     for f in junit_dir.glob("*.xml"):
         for case in ET.parse(f).getroot().iter("testcase"):
             name = case.get("name", "")
-            task = name.split("] ", 1)[-1]  # "[host] task: item"
+            task = name.split("] ", 1)[-1].split(": ", 1)[-1]  # "[host] play: role : task""
             t = float(case.get("time", 0))
             total[task] += t
             longest[task] = max(longest[task], t)
