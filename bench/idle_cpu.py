@@ -47,20 +47,6 @@ class SupervisedProcs(Procs):
         return int(Path(f"{self.pidfiles[sup_pid]}.child").read_text())
 
 
-def cpu_time(pids: list[int]) -> float:
-    """CPU seconds these processes used so far: the scheduler's nanosecond count summed over
-    their threads (/proc/PID/task/TID/schedstat), where /proc/PID/stat counts 10 ms ticks,
-    too coarse for a few ms per second; that count where the kernel keeps no schedstat."""
-    try:
-        return sum(
-            int(f.read_text().split()[0]) / 1e9
-            for pid in pids
-            for f in Path(f"/proc/{pid}/task").glob("*/schedstat")
-        )
-    except (OSError, ValueError, IndexError):
-        return cpu_seconds(pids)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=20.0, help="idle span measured")
@@ -83,11 +69,11 @@ def main() -> None:
                 "supervisor": [p.pid for p in procs.procs],
             }
             time.sleep(args.settle)  # start-up work (the claim, the first syncs) is over
-            before = {k: cpu_time(v) for k, v in kinds.items()}
+            before = {k: cpu_seconds(v) for k, v in kinds.items()}
             t0 = time.monotonic()
             time.sleep(args.seconds)
             span = time.monotonic() - t0
-            after = {k: cpu_time(v) for k, v in kinds.items()}
+            after = {k: cpu_seconds(v) for k, v in kinds.items()}
         finally:
             procs.stop_all()
     print(f"idle CPU over {span:.1f} s, one volume with {args.replicas} replicas")
