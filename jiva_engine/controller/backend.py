@@ -17,6 +17,7 @@ class Backend(Protocol):
 
     address: str
     epoch: int
+    owner: dict[str, Any] | None  # the controller's identity, sent when authenticating (Q8)
     answer_times: collections.deque[float]  # replicated requests' answer times (lag.py)
 
     @property

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from typing import Any
@@ -128,7 +129,13 @@ class Coordinator:
         # who claims: voters keep it, so a controller restarted here after this one died knows
         # no read lease of this one can be left (Q8)
         self.host = voting.host_identity()
-        self.identity: dict[str, Any] = {"host": self.host, "pid": os.getpid()}
+        # who this controller is to the voters (AUTH, CLAIM): host + PID say whether it is dead
+        # (Q8), `id` tells it from another controller object of the same process
+        self.identity: dict[str, Any] = {
+            "host": self.host,
+            "pid": os.getpid(),
+            "id": uuid.uuid4().hex[:12],
+        }
         self._ejector: asyncio.Task | None = None
         self._rr = 0
 
@@ -256,6 +263,7 @@ class Coordinator:
             await self.drop_client(p)
             host, port = parse_hostport(p.address)
             c = self.connector(host, port, self.name, self.secret, self.replica_timeout)
+            c.owner = self.identity
             try:
                 await c.connect()
                 info = await c.info()
@@ -372,11 +380,9 @@ class Coordinator:
             return await self.fence(decision.reason)
         if isinstance(decision, Wait):
             return
-        owners = [meta_of(i).get("owner") for i in infos if i]
-        gone = bool(owners) and all(voting.owner_gone(o, self.host) for o in owners)
-        await self._claim(decision.epoch, gone)
+        await self._claim(decision.epoch)
 
-    async def _claim(self, epoch: int, predecessor_gone: bool = False) -> None:
+    async def _claim(self, epoch: int) -> None:
         reached = [p for p in self.peers.values() if p.connected]
         sent = time.monotonic()
         res = await asyncio.gather(
@@ -384,6 +390,7 @@ class Coordinator:
         )
         got = time.monotonic()
         promises: dict[str, Record] = {}
+        answers: list[dict[str, Any]] = []
         for p, r in zip(reached, res, strict=True):
             if isinstance(r, BaseException):
                 p.last_error = f"CLAIM failed: {r}"
@@ -392,9 +399,13 @@ class Coordinator:
                 continue
             p.epoch = epoch
             promises[p.key] = self._record(p, r)
+            answers.append(r)
         if self.mem.phase is not Phase.WAITING:
             return
-        decision = self.mem.claimed(epoch, promises, self.configured_ids(), sent, predecessor_gone)
+        # every controller that spoke to the promising voters lately ran here and is dead: no
+        # read lease can be left to wait out (Q8)
+        gone = voting.lease_holders_gone(answers, self.host, self.identity)
+        decision = self.mem.claimed(epoch, promises, self.configured_ids(), sent, gone)
         if not isinstance(decision, Takeover):
             return
         if await self._takeover(decision, got):

@@ -204,6 +204,8 @@ class ReplicaClient:
         self.address = f"{host}:{port}"
         self.epoch = 0  # highest epoch this client has used; default for fenced control ops
         self.hello: dict[str, Any] | None = None
+        # the controller's identity, sent in AUTH: a voter names who spoke to it lately (Q8)
+        self.owner: dict[str, Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._transport: asyncio.Transport | None = None
         self._protocol: _ClientProtocol | None = None
@@ -298,9 +300,10 @@ class ReplicaClient:
             auth.client_mac(self.secret, self.volume, hello["nonce"], cnonce) if self.secret else ""
         )
         try:
-            answer = await self._json(
-                wire.AUTH, {"volume": self.volume, "mac": mac, "cnonce": cnonce}
-            )
+            body: dict[str, Any] = {"volume": self.volume, "mac": mac, "cnonce": cnonce}
+            if self.owner:
+                body["owner"] = self.owner
+            answer = await self._json(wire.AUTH, body)
         except ReplicaError as e:
             if e.status == wire.AUTH_FAILED and self.secret:
                 raise _SecretRefused(e.status, e.message) from None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -88,13 +89,38 @@ def host_identity() -> str:
 
 
 def owner_gone(owner: Any, here: str) -> bool:
-    """True when `owner` ({"host", "pid"}, the controller that claimed a voter's epoch) ran in
-    this host's PID namespace and no process has its PID any more: it is certainly dead. A
-    reused PID reads as alive (wrongly, but on the safe side)."""
+    """True when `owner` ({"host", "pid", ...}, a controller's identity) ran in this host's PID
+    namespace and no process has its PID any more: it is certainly dead. A reused PID reads as
+    alive (wrongly, but on the safe side)."""
     if not isinstance(owner, dict) or owner.get("host") != here:
         return False
     pid = owner.get("pid")
     return isinstance(pid, int) and pid > 0 and not os.path.exists(f"/proc/{pid}")
+
+
+def lease_holders_gone(answers: Iterable[dict[str, Any]], here: str, me: Any) -> bool:
+    """Q8's shortcut, from the CLAIM answers of a claim: True when every controller that may
+    still hold a read lease is certainly dead, so there is no lease to wait out.
+
+    Each answer names (`talkers`) the controllers that spoke to that voter in the last LEASE
+    seconds; any lease still running rests on answers of a majority, so at least one promise
+    names its holder. `me` (this controller's own identity: its earlier connections) does not
+    count. A voter that does not say (an older version), or a talker that gave no identity, or
+    one alive or on another host, means waiting."""
+    for answer in answers:
+        talkers = answer.get("talkers")
+        if not isinstance(talkers, list):
+            return False
+        if not all(t == me or owner_gone(t, here) for t in talkers):
+            return False
+    return True
+
+
+def identity(value: Any) -> dict[str, Any] | None:
+    """A controller identity as sent in AUTH/CLAIM bodies, or None when malformed/absent."""
+    if isinstance(value, dict) and isinstance(value.get("host"), str):
+        return value
+    return None
 
 
 def check_claim(meta: dict[str, Any], epoch: Any) -> None:
@@ -113,7 +139,7 @@ def apply_claim(meta: dict[str, Any], epoch: int, owner: Any = None) -> None:
     """Promise `epoch` (after check_claim) to `owner` ({"host", "pid"} of the claiming
     controller, or None); the caller persists meta before answering."""
     meta["epoch"] = epoch
-    meta["owner"] = owner if isinstance(owner, dict) else None
+    meta["owner"] = identity(owner)
 
 
 def check_accept(meta: dict[str, Any], body: dict[str, Any]) -> None:
@@ -182,12 +208,43 @@ def quiet_seconds(now: float, others: list[float | None], closed: float | None) 
     return max(0.0, now - max(times)) if times else None
 
 
+class Talkers:
+    """What a voter remembers of the controllers that spoke to it, for its CLAIM answers (Q8):
+    when the last closed connection last spoke, and who spoke in the last LEASE seconds
+    (identities from AUTH/CLAIM, None for a client that gave none). The voter's servers own
+    one each; open connections are passed in as (last active, identity)."""
+
+    def __init__(self) -> None:
+        self.last_closed: float | None = None
+        self._recent: list[tuple[float, dict[str, Any] | None]] = []  # closed, < LEASE ago
+
+    def closed(self, now: float, active: float | None, owner: dict[str, Any] | None) -> None:
+        """A connection closed; `active` is when it last sent something (None: never did)."""
+        if active is None:
+            return
+        self.last_closed = max(self.last_closed or 0.0, active)
+        self._recent = [(t, o) for t, o in self._recent if now - t < LEASE]
+        self._recent.append((active, owner))
+
+    def claim_fields(
+        self, now: float, others: Iterable[tuple[float | None, dict[str, Any] | None]]
+    ) -> dict[str, Any]:
+        """`quiet` and `talkers` of a CLAIM answer; `others` = every other open connection."""
+        others = list(others)
+        recent = [*self._recent, *((t, o) for t, o in others if t is not None)]
+        return {
+            "quiet": quiet_seconds(now, [t for t, _ in others], self.last_closed),
+            "talkers": [o for t, o in recent if now - t < LEASE],
+        }
+
+
 LEASE = 2.0  # seconds a controller may serve reads after a majority last answered it
 
 
 __all__ = [
     "LEASE",
     "TERM_SHIFT",
+    "Talkers",
     "VoteError",
     "apply_accept",
     "apply_claim",
@@ -196,6 +253,8 @@ __all__ = [
     "epoch_text",
     "fresh_fields",
     "host_identity",
+    "identity",
+    "lease_holders_gone",
     "make_epoch",
     "new_id",
     "owner_gone",

@@ -136,6 +136,7 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
         self.closing = False
         self.authed = False
         self.active: float | None = None  # loop time this (authenticated) peer last sent bytes
+        self.owner: dict[str, Any] | None = None  # the controller's identity (AUTH, CLAIM)
         self.wrote = False  # this connection changed data (its loss pins the dirty regions)
         self.read_paused = False
         self.write_paused = False
@@ -818,6 +819,7 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
             return self._close_after_reply()
         self.authed = True
         self.active = self.loop.time()
+        self.owner = voting.identity(body.get("owner"))
         log.info("controller %s authenticated", self.peer)
         self._reply(wire.AUTH, f.req_id, wire.dumps({"mac": answer}))
 
@@ -834,10 +836,12 @@ class ReplicaConnection(wire.RecvBuffer, asyncio.BufferedProtocol):
 
     def _claim(self, f: Frame) -> None:
         body = self._json(f.payload) if f.payload else {}
+        owner = voting.identity(body.get("owner")) if isinstance(body, dict) else None
         try:
-            self.store.claim(f.epoch, body.get("owner") if isinstance(body, dict) else None)
+            self.store.claim(f.epoch, owner)
         except voting.VoteError as e:
             return self._error(f, wire.STALE_EPOCH if e.stale else wire.EINVAL, str(e))
+        self.owner = owner or self.owner
         log.info("epoch %s promised to %s", voting.epoch_text(f.epoch), self.peer)
         self._block(self._persist_meta(f, claimer=True))
 

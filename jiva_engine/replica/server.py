@@ -121,7 +121,7 @@ class ReplicaServer:
         # trickling peers cannot pile up file descriptors
         self.auth_timeout = 10.0
         self.stopping = False
-        self.last_closed_active: float | None = None  # when a closed controller last spoke
+        self.talkers = voting.Talkers()  # who spoke lately, for CLAIM answers (Q8)
 
     async def start(self, host: str, port: int) -> None:
         """Listen on host:port and start the periodic sync-and-clear."""
@@ -229,12 +229,12 @@ class ReplicaServer:
             await asyncio.get_running_loop().run_in_executor(None, self.store.write_meta, snap)
 
     def info(self, claimer: ReplicaConnection | None = None) -> dict[str, Any]:
-        """INFO answer: meta, mode, dirty state and stats (+ `quiet` for a CLAIM answer)."""
+        """INFO answer: meta, mode, dirty state and stats (+ `quiet` and `talkers` for a CLAIM
+        answer)."""
         out = self.store.info()
         if claimer is not None:
-            others = [c.active for c in self.conns if c is not claimer]
-            now = asyncio.get_running_loop().time()
-            out["quiet"] = voting.quiet_seconds(now, others, self.last_closed_active)
+            others = [(c.active, c.owner) for c in self.conns if c is not claimer]
+            out.update(self.talkers.claim_fields(asyncio.get_running_loop().time(), others))
         out["stats"] = self.stats.as_dict()
         out["connections"] = len(self.conns)
         return out
@@ -242,8 +242,7 @@ class ReplicaServer:
     def connection_gone(self, conn: ReplicaConnection) -> None:
         """A connection closed: forget it, remember when its controller last spoke."""
         self.conns.discard(conn)
-        if conn.active is not None:
-            self.last_closed_active = max(self.last_closed_active or 0.0, conn.active)
+        self.talkers.closed(conn.loop.time(), conn.active, conn.owner)
 
     def metrics_text(self, address: str) -> str:
         """`GET /metrics` of `--metrics` (Prometheus text format); `address` is the replica's

@@ -25,13 +25,14 @@ _VOTER_FIELDS = {"epoch", "membership", "voters"}
 class _Conn:
     """One controller connection's handshake state."""
 
-    __slots__ = ("name", "nonce", "authed", "active")
+    __slots__ = ("name", "nonce", "authed", "active", "owner")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.nonce = auth.new_nonce()
         self.authed = False
         self.active: float | None = None  # loop time it last sent a frame (once authenticated)
+        self.owner: dict[str, Any] | None = None  # the controller's identity (AUTH, CLAIM)
 
 
 class WitnessServer:
@@ -45,7 +46,7 @@ class WitnessServer:
         self.previous_secret = previous_secret  # also accepted, during a rotation
         self.auth_timeout = 10.0
         self.conns: dict[asyncio.StreamWriter, _Conn] = {}
-        self.last_closed_active: float | None = None
+        self.talkers = voting.Talkers()  # who spoke lately, for CLAIM answers (Q8)
         self._lock = asyncio.Lock()
         self._server: asyncio.base_events.Server | None = None
 
@@ -70,13 +71,12 @@ class WitnessServer:
                 await asyncio.wait_for(self._server.wait_closed(), 5)
 
     def info(self, claimer: _Conn | None = None) -> dict[str, Any]:
-        """INFO answer: the voter record, plus `quiet` for a CLAIM answer."""
+        """INFO answer: the voter record, plus `quiet` and `talkers` for a CLAIM answer."""
         out = {"kind": "witness", "volume": self.store.volume, **voting.record(self.store.meta)}
         out["connections"] = len(self.conns)
         if claimer is not None:
-            now = asyncio.get_running_loop().time()
-            others = [c.active for c in self.conns.values() if c is not claimer]
-            out["quiet"] = voting.quiet_seconds(now, others, self.last_closed_active)
+            others = [(c.active, c.owner) for c in self.conns.values() if c is not claimer]
+            out.update(self.talkers.claim_fields(asyncio.get_running_loop().time(), others))
         return out
 
     def metrics_text(self, address: str) -> str:
@@ -131,8 +131,7 @@ class WitnessServer:
             log.warning("malformed frame from %s: %s; closing", conn.name, e)
         finally:
             self.conns.pop(writer, None)
-            if conn.active is not None:
-                self.last_closed_active = max(self.last_closed_active or 0.0, conn.active)
+            self.talkers.closed(loop.time(), conn.active, conn.owner)
             writer.close()
 
     async def _handle(
@@ -144,8 +143,9 @@ class WitnessServer:
             if op != wire.AUTH:
                 return wire.AUTH_REQUIRED, b"authenticate first (AUTH)", False
             try:
+                body = wire.loads(payload)
                 mac = auth.answer_auth(
-                    self.secret, store.volume, conn.nonce, wire.loads(payload), self.previous_secret
+                    self.secret, store.volume, conn.nonce, body, self.previous_secret
                 )
             except auth.Refused as e:
                 log.warning("refused %s: %s", conn.name, e)
@@ -155,6 +155,7 @@ class WitnessServer:
                 raise wire.FrameError(str(e)) from None
             conn.authed = True
             conn.active = asyncio.get_running_loop().time()
+            conn.owner = voting.identity(body.get("owner"))
             log.info("controller %s authenticated", conn.name)
             return wire.OK, wire.dumps({"mac": mac}), False
         if op == wire.PING:
@@ -169,9 +170,9 @@ class WitnessServer:
                 voting.check_claim(store.meta, ep)
             except voting.VoteError as e:
                 return (wire.STALE_EPOCH if e.stale else wire.EINVAL), str(e).encode(), False
-            voting.apply_claim(
-                store.meta, ep, body.get("owner") if isinstance(body, dict) else None
-            )
+            owner = voting.identity(body.get("owner")) if isinstance(body, dict) else None
+            voting.apply_claim(store.meta, ep, owner)
+            conn.owner = owner or conn.owner
             await self._persist()
             log.info("epoch %s promised to %s", voting.epoch_text(ep), conn.name)
             return wire.OK, wire.dumps(self.info(claimer=conn)), False

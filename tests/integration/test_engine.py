@@ -729,6 +729,44 @@ async def test_jiva_controller_killed_under_iscsi_writes(procs, tmp_path):
     identical(reps)
 
 
+async def test_restart_skips_the_lease_of_a_dead_controller_that_added_a_replica(procs, tmp_path):
+    """Q8's shortcut after a view change: a replica added while serving (never claimed by the
+    controller, only connected and told the view) still names that controller as the one that
+    spoke to it, so a controller started after a kill -9 on the same host serves at once
+    instead of waiting out a lease no live process holds."""
+    import urllib.request
+
+    reps = replicas(procs, tmp_path, 2)
+    api, portal = free_port(), free_port()
+    ctl = jiva(procs, *_controller_args(reps, api, portal), name="ctl-1")
+    await _api_serving(api)
+    new = Rep(procs, tmp_path, "new").start()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{api}/v1/replicas",
+        data=json.dumps({"address": new.addr}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status in (200, 201, 202)
+
+    async def added_and_current() -> bool:
+        st = await _api_serving(api)
+        return any(m["address"] == new.addr and m["mode"] == "RW" for m in st["replicas"])
+
+    await eventually(added_and_current, 60, "the added replica to be rebuilt and RW")
+    assert new.meta().get("owner") is None  # it never promised a term: only a view named it
+    procs.kill(ctl)  # kill -9: the supervisor would start the next one at once
+    vol = Volume(VOL, [r.addr for r in [*reps, new]], retry_interval=0.2)
+    await vol.start()
+    try:
+        await vol.wait_serving(20)
+        assert vol.stats["lease_wait_seconds"] == 0, vol.reason
+        assert sorted(vol.membership()) == sorted(r.addr for r in [*reps, new])
+    finally:
+        await vol.close()
+
+
 async def test_rebuild_rate_throttle_and_progress(procs, tmp_path):
     reps = replicas(procs, tmp_path, 1)
     vol = await open_volume(reps, rebuild_rate=4 * MiB)

@@ -71,3 +71,38 @@ def test_a_dead_controller_on_this_host_is_known_gone(tmp_path):
     meta = voting.fresh_fields()
     voting.apply_claim(meta, make_epoch(3), {"host": here, "pid": 42})
     assert voting.record(meta)["owner"] == {"host": here, "pid": 42}
+
+
+def test_a_voter_names_who_spoke_to_it_within_the_lease():
+    t = voting.Talkers()
+    a, b = {"host": "h", "pid": 1}, {"host": "h", "pid": 2}
+    t.closed(10.0, 9.0, a)  # closed, last spoke 1 s ago
+    t.closed(10.0, None, b)  # never spoke (did not authenticate): no lease from it
+    out = t.claim_fields(10.5, [(10.4, None), (None, b)])
+    assert out["quiet"] == pytest.approx(0.1)
+    assert out["talkers"] == [a, None]  # the unnamed open connection counts, unknown
+    later = t.claim_fields(9.0 + voting.LEASE + 0.01, [])
+    assert later["talkers"] == [] and later["quiet"] == pytest.approx(voting.LEASE + 0.01)
+    t.closed(20.0, 19.5, b)  # old entries are dropped as new ones come
+    assert t.claim_fields(20.0, [])["talkers"] == [b]
+    assert voting.Talkers().claim_fields(1.0, []) == {"quiet": None, "talkers": []}
+
+
+def test_the_lease_is_skipped_only_when_every_recent_talker_is_dead_here(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    here = voting.host_identity()
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    dead = {"host": here, "pid": p.pid, "id": "x"}
+    me = {"host": here, "pid": os.getpid(), "id": "me"}
+    other_me = {"host": here, "pid": os.getpid(), "id": "another controller object"}
+    gone = voting.lease_holders_gone
+    assert gone([{"talkers": [dead]}, {"talkers": [dead, me]}, {"talkers": []}], here, me)
+    assert not gone([{"talkers": [dead]}, {"talkers": [other_me]}], here, me)  # alive
+    assert not gone([{"talkers": [dead]}, {"talkers": [None]}], here, me)  # gave no identity
+    assert not gone([{"talkers": [dead]}, {"quiet": 0.1}], here, me)  # an older voter
+    assert not gone([{"talkers": [{**dead, "host": "elsewhere:1"}]}], here, me)
+    assert voting.identity({"host": here, "pid": 3}) and voting.identity("x") is None
