@@ -208,6 +208,11 @@ def render_metrics(app: web.Application) -> str:
         ),
         ("quorum_losses", "jiva_volume_quorum_losses_total", "view changes short of a quorum"),
         ("held_seconds", "jiva_volume_io_held_seconds_total", "time I/O waited for a quorum"),
+        (
+            "lease_wait_seconds",
+            "jiva_volume_lease_wait_seconds_total",
+            "time start-ups waited out a previous controller's read lease",
+        ),
         ("rebuilds_done", "jiva_volume_rebuilds_total", "rebuilds completed"),
         ("rebuild_bytes_copied", "jiva_volume_rebuild_bytes_total", "bytes copied by rebuilds"),
         ("read_seconds", "jiva_volume_read_seconds_total", "time spent in reads"),

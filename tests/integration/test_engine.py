@@ -756,15 +756,16 @@ async def test_restart_skips_the_lease_of_a_dead_controller_that_added_a_replica
 
     await eventually(added_and_current, 60, "the added replica to be rebuilt and RW")
     assert new.meta().get("owner") is None  # it never promised a term: only a view named it
-    procs.kill(ctl)  # kill -9: the supervisor would start the next one at once
-    vol = Volume(VOL, [r.addr for r in [*reps, new]], retry_interval=0.2)
-    await vol.start()
-    try:
-        await vol.wait_serving(20)
-        assert vol.stats["lease_wait_seconds"] == 0, vol.reason
-        assert sorted(vol.membership()) == sorted(r.addr for r in [*reps, new])
-    finally:
-        await vol.close()
+    procs.kill(ctl)  # kill -9, then at once the next one, as the supervisor does
+    jiva(procs, *_controller_args([*reps, new], api, portal), name="ctl-2")
+    st = await _api_serving(api)
+    assert sorted(m["address"] for m in st["replicas"] if m["mode"] == "RW") == sorted(
+        r.addr for r in [*reps, new]
+    )
+    with urllib.request.urlopen(f"http://127.0.0.1:{api}/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    waited = [line for line in metrics.splitlines() if line.startswith("jiva_volume_lease_wait")]
+    assert waited == [f'jiva_volume_lease_wait_seconds_total{{volume="{VOL}"}} 0'], waited
 
 
 async def test_rebuild_rate_throttle_and_progress(procs, tmp_path):
