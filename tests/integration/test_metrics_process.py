@@ -87,7 +87,10 @@ async def test_witness_metrics_and_a_taken_metrics_port_is_a_clear_error(procs, 
     got = scrape(mport)
     lbl = f'volume="m2",witness="{listen}"'
     assert got[f"jiva_witness_process_up{{{lbl}}}"] == 1
-    assert got[f"jiva_witness_connections{{{lbl}}}"] == 0
+    # wait_port's probe connection counts until the witness has read its close (under load,
+    # after the first scrape)
+    await eventually(lambda: scrape(mport)[f"jiva_witness_connections{{{lbl}}}"] == 0,
+                     what="wait_port's probe connection gone from the metrics")  # fmt: skip
     # a replica whose --metrics port is taken says so and exits 2
     p = procs.start(
         [*JIVA, "replica", "--volume", "m3", "--listen", f"127.0.0.1:{free_port()}",
