@@ -126,11 +126,10 @@ class Coordinator:
         self._connects: dict[str, asyncio.Task] = {}  # connect() running per voter (start-up)
         self._failing: dict[Peer, str] = {}  # failed replicas waiting for their ejection
         self.duplicates: set[str] = set()  # voter ids found at two addresses before serving
-        # who claims: voters keep it, so a controller restarted here after this one died knows
-        # no read lease of this one can be left (Q8)
+        # who this controller is to the voters (AUTH, CLAIM): they name it to the next claimer,
+        # whose host + PID check says whether it is dead (Q8); `id` tells it from another
+        # controller object of the same process
         self.host = voting.host_identity()
-        # who this controller is to the voters (AUTH, CLAIM): host + PID say whether it is dead
-        # (Q8), `id` tells it from another controller object of the same process
         self.identity: dict[str, Any] = {
             "host": self.host,
             "pid": os.getpid(),
